@@ -1,0 +1,112 @@
+// Command peerix is a peer-to-peer binary cache for Nix.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/peerix/peerix/internal/config"
+	"github.com/peerix/peerix/internal/daemon"
+	"github.com/peerix/peerix/internal/signing"
+)
+
+const usage = `peerix: a peer-to-peer binary cache for Nix
+
+usage:
+  peerix serve    [flags]   run the daemon (peerix serve --help for flags)
+  peerix tracker  [flags]   run the tracker
+  peerix status   [--url URL]
+  peerix doctor   [--url URL]
+  peerix keygen   NAME [--out DIR]
+  peerix version
+`
+
+func main() {
+	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "peerix:", err)
+		}
+		os.Exit(2)
+	}
+}
+
+func run(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return errors.New("missing command")
+	}
+	cmd, args := args[0], args[1:]
+	switch cmd {
+	case "serve":
+		return serve(args)
+	case "keygen":
+		return keygen(args, stdout)
+	case "version", "--version":
+		fmt.Fprintln(stdout, "peerix", daemon.Version)
+		return nil
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	fmt.Fprint(stderr, usage)
+	return fmt.Errorf("unknown command %q", cmd)
+}
+
+func serve(args []string) error {
+	cfg, err := config.ParseServe(args, os.Getenv)
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg.Verbose)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	d, err := daemon.New(cfg, log)
+	if err != nil {
+		return err
+	}
+	return d.Run(ctx)
+}
+
+func keygen(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("keygen", flag.ContinueOnError)
+	out := fs.String("out", ".", "directory to write NAME.sec and NAME.pub to")
+	// Flags may stand before or after NAME: the flag package stops at the
+	// first positional argument, so parse again after taking it.
+	var name string
+	for rest := args; ; rest = fs.Args()[1:] {
+		if err := fs.Parse(rest); err != nil {
+			return err
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		if name != "" {
+			return fmt.Errorf("keygen: unexpected argument %q", fs.Arg(0))
+		}
+		name = fs.Arg(0)
+	}
+	if name == "" {
+		return errors.New("keygen: usage: peerix keygen NAME [--out DIR]")
+	}
+	secPath, pubPath, err := signing.WriteKeyPair(name, *out)
+	if err != nil {
+		return fmt.Errorf("keygen: %w", err)
+	}
+	fmt.Fprintf(stdout, "secret key: %s\npublic key: %s\n", secPath, pubPath)
+	return nil
+}
+
+func newLogger(verbose bool) *slog.Logger {
+	level := slog.LevelInfo
+	if verbose {
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+}

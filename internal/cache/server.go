@@ -1,0 +1,367 @@
+// Package cache serves Nix's HTTP binary-cache protocol: nix-cache-info,
+// <hash>.narinfo and NARs, for the local store (to anyone, at /local/ and
+// /nar/) and for paths found on peers (to this machine's own Nix only).
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/peerix/peerix/internal/store"
+)
+
+// MaxURILength bounds the request target; every legitimate URL is far
+// shorter (a NAR URL of a peer is a few hundred bytes at most).
+const MaxURILength = 1024
+
+var narInfoContentType = []string{"text/x-nix-narinfo"}
+
+// Server is the binary-cache HTTP handler.
+type Server struct {
+	// Local is the machine's own store as it may be shared (filtered and
+	// signed). Required.
+	Local store.Store
+	// Remote finds paths on peers; nil when no peers are looked for.
+	Remote store.Store
+	// StoreDir and Priority go into nix-cache-info.
+	StoreDir string
+	Priority int
+	// Next serves every path that is not part of the cache protocol
+	// (health, metrics, dashboard, API); nil answers 404.
+	Next http.Handler
+	Log  *slog.Logger
+	// Observe, if set, is told about every cache request: which route, the
+	// outcome status and the bytes of NAR sent.
+	Observe func(ev Event)
+}
+
+// Route names the kind of cache request, for metrics and logs.
+type Route string
+
+// The cache routes.
+const (
+	RouteCacheInfo     Route = "cache-info"
+	RouteLocalNarInfo  Route = "local-narinfo"
+	RouteRemoteNarInfo Route = "remote-narinfo"
+	RouteLocalNAR      Route = "local-nar"
+	RouteRemoteNAR     Route = "remote-nar"
+)
+
+// Event describes one served cache request.
+type Event struct {
+	Route  Route
+	Hash   string // narinfo requests
+	URL    string // NAR requests
+	Status int
+	Bytes  int64 // NAR bytes written
+}
+
+// ServeHTTP routes a request. Routing is by hand: net/http's ServeMux can
+// neither express "/{hash}.narinfo" nor refuse "..", which it redirects.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if len(r.RequestURI) > MaxURILength {
+		http.Error(w, "request URI too long", http.StatusRequestURITooLong)
+		return
+	}
+	p := r.URL.Path
+	route, arg, ok := s.route(p)
+	if !ok {
+		if s.Next != nil && cleanPath(r) {
+			s.Next.ServeHTTP(w, r)
+			return
+		}
+		http.NotFound(w, r)
+		return
+	}
+	if !cleanPath(r) {
+		http.Error(w, "malformed path", http.StatusBadRequest)
+		return
+	}
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	remote := route == RouteRemoteNarInfo || route == RouteRemoteNAR || (route == RouteCacheInfo && p == "/nix-cache-info")
+	if remote && !IsLoopback(r) {
+		http.Error(w, "only this machine's Nix may use this route; peers use /local/", http.StatusForbidden)
+		return
+	}
+	switch route {
+	case RouteCacheInfo:
+		s.serveCacheInfo(w)
+	case RouteLocalNarInfo:
+		s.serveNarInfo(w, r, route, s.Local, arg)
+	case RouteRemoteNarInfo:
+		s.serveNarInfo(w, r, route, s.Remote, arg)
+	case RouteLocalNAR:
+		s.serveNAR(w, r, route, s.Local, arg)
+	case RouteRemoteNAR:
+		s.serveNAR(w, r, route, s.Remote, arg)
+	}
+}
+
+// route classifies a path. For narinfo routes arg is the hash part, for NAR
+// routes the NAR URL as a narinfo names it ("nar/...").
+func (s *Server) route(p string) (route Route, arg string, ok bool) {
+	local := false
+	if rest, cut := strings.CutPrefix(p, "/local/"); cut {
+		local, p = true, "/"+rest
+	}
+	switch {
+	case p == "/nix-cache-info":
+		return RouteCacheInfo, "", true
+	case strings.HasPrefix(p, "/nar/"):
+		url := p[1:]
+		// A local NAR URL is one path segment under nar/; peers' NAR URLs
+		// have more (nar/lan/..., nar/p2p/...) and are never served from /local/.
+		if strings.Contains(url[len("nar/"):], "/") {
+			if local {
+				return RouteLocalNAR, "", true // refused by the local store's URL check
+			}
+			return RouteRemoteNAR, url, true
+		}
+		return RouteLocalNAR, url, true
+	case strings.HasSuffix(p, ".narinfo") && strings.Count(p, "/") == 1:
+		hash := strings.TrimSuffix(p[1:], ".narinfo")
+		if local {
+			return RouteLocalNarInfo, hash, true
+		}
+		return RouteRemoteNarInfo, hash, true
+	}
+	return "", "", false
+}
+
+// cleanPath refuses what no legitimate cache URL contains: percent-encoding
+// (it could hide "/" or NUL), "..", empty segments, control bytes.
+func cleanPath(r *http.Request) bool {
+	raw := r.URL.EscapedPath()
+	if r.URL.RawPath != "" || strings.ContainsAny(raw, "%\\") {
+		return false
+	}
+	if strings.Contains(raw, "//") || strings.Contains(raw, "/./") || strings.Contains(raw, "/../") ||
+		strings.HasSuffix(raw, "/..") || strings.HasSuffix(raw, "/.") {
+		return false
+	}
+	for i := 0; i < len(r.URL.Path); i++ {
+		if c := r.URL.Path[i]; c < 0x20 || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// IsLoopback reports whether the request came from this machine.
+func IsLoopback(r *http.Request) bool {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+func (s *Server) serveCacheInfo(w http.ResponseWriter) {
+	w.Header().Set("Content-Type", "text/x-nix-cache-info")
+	fmt.Fprintf(w, "StoreDir: %s\nWantMassQuery: 1\nPriority: %d\n", s.StoreDir, s.Priority)
+}
+
+func (s *Server) serveNarInfo(w http.ResponseWriter, r *http.Request, route Route, st store.Store, hash string) {
+	status := s.narInfo(w, r, route, st, hash)
+	s.observe(Event{Route: route, Hash: hash, Status: status})
+}
+
+func (s *Server) narInfo(w http.ResponseWriter, r *http.Request, route Route, st store.Store, hash string) int {
+	if !store.ValidHash(hash) {
+		http.Error(w, "invalid store path hash", http.StatusBadRequest)
+		return http.StatusBadRequest
+	}
+	if st == nil {
+		http.NotFound(w, r)
+		return http.StatusNotFound
+	}
+	ni, err := st.NarInfo(r.Context(), hash)
+	if err != nil {
+		status := s.errorStatus(err)
+		if route == RouteRemoteNarInfo && status >= 500 {
+			// A 5xx switches the whole substituter off in Nix; "the peers
+			// failed us" is, to Nix, "not here".
+			status = http.StatusNotFound
+		}
+		s.logError(r, err, status)
+		http.Error(w, http.StatusText(status), status)
+		return status
+	}
+	body := AppendNarInfo(make([]byte, 0, 1024), ni)
+	h := w.Header()
+	h["Content-Type"] = narInfoContentType
+	h["Content-Length"] = []string{strconv.Itoa(len(body))}
+	if r.Method != http.MethodHead {
+		w.Write(body)
+	}
+	return http.StatusOK
+}
+
+func (s *Server) serveNAR(w http.ResponseWriter, r *http.Request, route Route, st store.Store, url string) {
+	status, n := s.nar(w, r, st, url)
+	s.observe(Event{Route: route, URL: url, Status: status, Bytes: n})
+}
+
+func (s *Server) nar(w http.ResponseWriter, r *http.Request, st store.Store, url string) (status int, sent int64) {
+	if st == nil || url == "" {
+		http.NotFound(w, r)
+		return http.StatusNotFound, 0
+	}
+	rng, err := parseRange(r.Header.Get("Range"))
+	if err != nil {
+		// RFC 9110: an unparseable Range is ignored.
+		rng = byteRange{start: 0, end: -1}
+	}
+	if rng.suffix > 0 {
+		// bytes=-N needs the size before the offset; Nix never asks this,
+		// so learning the size costs one extra open.
+		n, err := st.NAR(r.Context(), url, 0)
+		if err != nil {
+			return s.narError(w, r, err), 0
+		}
+		n.Close()
+		rng = byteRange{start: max(0, n.Size-rng.suffix), end: -1}
+	}
+	nar, err := st.NAR(r.Context(), url, rng.start)
+	if err != nil {
+		if errors.Is(err, store.ErrOffset) {
+			w.Header().Set("Content-Range", "bytes */*")
+			http.Error(w, "range not satisfiable", http.StatusRequestedRangeNotSatisfiable)
+			return http.StatusRequestedRangeNotSatisfiable, 0
+		}
+		return s.narError(w, r, err), 0
+	}
+	defer nar.Close()
+
+	h := w.Header()
+	h.Set("Content-Type", "application/x-nix-nar")
+	status = http.StatusOK
+	length := int64(-1)
+	if nar.Size >= 0 {
+		h.Set("Accept-Ranges", "bytes")
+		if rng.end < 0 || rng.end >= nar.Size {
+			rng.end = nar.Size - 1
+		}
+		length = rng.end - rng.start + 1
+		if rng.start > 0 || length < nar.Size {
+			if rng.start >= nar.Size && nar.Size > 0 {
+				h.Set("Content-Range", fmt.Sprintf("bytes */%d", nar.Size))
+				http.Error(w, "range not satisfiable", http.StatusRequestedRangeNotSatisfiable)
+				return http.StatusRequestedRangeNotSatisfiable, 0
+			}
+			status = http.StatusPartialContent
+			h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", rng.start, rng.end, nar.Size))
+		}
+		h.Set("Content-Length", strconv.FormatInt(length, 10))
+	}
+	w.WriteHeader(status)
+	if r.Method == http.MethodHead {
+		return status, 0
+	}
+	var src io.Reader = nar
+	if length >= 0 && rng.start+length < nar.Size {
+		src = io.LimitReader(nar, length)
+	}
+	sent, err = io.Copy(w, src)
+	if err == nil && length >= 0 && sent != length {
+		err = fmt.Errorf("NAR ended after %d of %d bytes", sent, length)
+	}
+	if err != nil {
+		if r.Context().Err() == nil {
+			s.Log.Warn("NAR transfer aborted", "url", url, "sent", sent, "err", err)
+		}
+		// Abort the connection: Nix must see a broken transfer, never a
+		// complete-looking short or chunk-terminated one.
+		panic(http.ErrAbortHandler)
+	}
+	return status, sent
+}
+
+func (s *Server) narError(w http.ResponseWriter, r *http.Request, err error) int {
+	status := s.errorStatus(err)
+	s.logError(r, err, status)
+	http.Error(w, http.StatusText(status), status)
+	return status
+}
+
+// errorStatus maps store errors to HTTP: absent and refused paths look the
+// same from outside (404), malformed requests are 400, the rest 500.
+func (s *Server) errorStatus(err error) int {
+	switch {
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrRefused):
+		return http.StatusNotFound
+	case errors.Is(err, store.ErrBadRequest):
+		return http.StatusBadRequest
+	case errors.Is(err, context.Canceled):
+		return 499 // the client went away; nobody reads this status
+	}
+	return http.StatusInternalServerError
+}
+
+func (s *Server) logError(r *http.Request, err error, status int) {
+	if status >= 500 && status != 499 {
+		s.Log.Error("cache request failed", "path", r.URL.Path, "err", err)
+	} else {
+		s.Log.Debug("cache request", "path", r.URL.Path, "status", status, "err", err)
+	}
+}
+
+func (s *Server) observe(ev Event) {
+	if s.Observe != nil {
+		s.Observe(ev)
+	}
+}
+
+// byteRange is one HTTP byte range: start..end inclusive (end -1: to the
+// end), or the last suffix bytes.
+type byteRange struct {
+	start, end, suffix int64
+}
+
+// parseRange parses a single-range "bytes=" header. Several ranges are
+// answered with the whole NAR, as RFC 9110 allows.
+func parseRange(h string) (byteRange, error) {
+	full := byteRange{start: 0, end: -1}
+	if h == "" {
+		return full, nil
+	}
+	spec, ok := strings.CutPrefix(h, "bytes=")
+	if !ok || strings.Contains(spec, ",") {
+		return full, errors.New("unsupported range")
+	}
+	first, last, ok := strings.Cut(strings.TrimSpace(spec), "-")
+	if !ok {
+		return full, errors.New("malformed range")
+	}
+	if first == "" {
+		n, err := strconv.ParseInt(last, 10, 64)
+		if err != nil || n <= 0 {
+			return full, errors.New("malformed suffix range")
+		}
+		return byteRange{suffix: n, end: -1}, nil
+	}
+	start, err := strconv.ParseInt(first, 10, 64)
+	if err != nil || start < 0 {
+		return full, errors.New("malformed range start")
+	}
+	end := int64(-1)
+	if last != "" {
+		end, err = strconv.ParseInt(last, 10, 64)
+		if err != nil || end < start {
+			return full, errors.New("malformed range end")
+		}
+	}
+	return byteRange{start: start, end: end}, nil
+}

@@ -1,0 +1,285 @@
+// Package nixstore reads the machine's own Nix store: path info straight from
+// the Nix database (opened read-only, never locked against Nix's writers) and
+// NARs serialised in-process from the store directory. It implements
+// store.Store for the local side of peerix.
+package nixstore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+
+	"github.com/nix-community/go-nix/pkg/narinfo"
+	"github.com/nix-community/go-nix/pkg/narinfo/signature"
+	"github.com/nix-community/go-nix/pkg/nixhash"
+	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
+
+	"github.com/peerix/peerix/internal/nar"
+	"github.com/peerix/peerix/internal/store"
+)
+
+// StoreDir is the logical store directory. Chroot stores (nix --store DIR)
+// keep it: their database names /nix/store paths, their files live under
+// DIR/nix/store.
+const StoreDir = "/nix/store"
+
+// DBPath is where a store root keeps its database.
+func DBPath(root string) string {
+	return filepath.Join(root, "nix/var/nix/db/db.sqlite")
+}
+
+// PathInfo is what the Nix database records about one valid store path.
+type PathInfo struct {
+	ID         int64
+	StorePath  string // full path, /nix/store/<hash>-<name>
+	NarHash    *nixhash.Hash
+	NarSize    uint64
+	References []string // full store paths, sorted
+	Deriver    string   // full path of the .drv, or ""
+	Signatures []string // as Nix stores them: "name:base64"
+	CA         string
+}
+
+// Local is the local Nix store rooted at Root.
+type Local struct {
+	root     string
+	db       *sql.DB
+	byHash   *sql.Stmt
+	allPaths *sql.Stmt
+	cache    *pathCache
+}
+
+// queryByHash finds the one valid path with the given hash part, and its
+// references in the same round trip. Paths are unique and start with the
+// hash part, so the first path >= "/nix/store/<hash>" is it if any is.
+const queryByHash = `
+SELECT p.id, p.path, p.hash, p.deriver, p.narSize, p.sigs, p.ca,
+       (SELECT group_concat(r.path, ' ') FROM Refs f JOIN ValidPaths r ON r.id = f.reference
+         WHERE f.referrer = p.id)
+FROM ValidPaths p WHERE p.path >= ? ORDER BY p.path LIMIT 1`
+
+// Open opens the store at root ("/" for the machine's own) read-only. A
+// missing or unreadable database is an error naming its path.
+func Open(root string) (*Local, error) {
+	path := DBPath(root)
+	if _, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("nix database %s: %w", path, err)
+	}
+	// mode=ro: we never write. busy_timeout: a Nix writer holding a lock
+	// makes us wait briefly instead of failing. query_only is a second guard.
+	dsn := "file:" + (&url.URL{Path: path}).EscapedPath() +
+		"?mode=ro&_pragma=busy_timeout(5000)&_pragma=query_only(1)"
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("nix database %s: %w", path, err)
+	}
+	// Reads run in parallel on separate connections; SQLite allows that.
+	conns := 2 * runtime.GOMAXPROCS(0)
+	db.SetMaxOpenConns(conns)
+	db.SetMaxIdleConns(conns)
+	l := &Local{root: root, db: db, cache: newPathCache(pathCacheSize)}
+	if l.byHash, err = db.Prepare(queryByHash); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("nix database %s: %w", path, err)
+	}
+	if l.allPaths, err = db.Prepare(`SELECT path FROM ValidPaths`); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("nix database %s: %w", path, err)
+	}
+	return l, nil
+}
+
+// pathCacheSize bounds the path info cache: about 1 KiB an entry.
+const pathCacheSize = 64 << 10
+
+// Close releases the database.
+func (l *Local) Close() error { return l.db.Close() }
+
+// Root is the directory the store's /nix lives under.
+func (l *Local) Root() string { return l.root }
+
+// Ping checks that the database answers.
+func (l *Local) Ping(ctx context.Context) error {
+	var n int
+	if err := l.db.QueryRowContext(ctx, `SELECT 1 FROM ValidPaths LIMIT 1`).Scan(&n); err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("nix database %s: %w", DBPath(l.root), err)
+	}
+	return nil
+}
+
+// PathInfo returns the valid path whose hash part is hash. The result is
+// shared and must not be modified.
+func (l *Local) PathInfo(ctx context.Context, hash string) (*PathInfo, error) {
+	if !store.ValidHash(hash) {
+		return nil, fmt.Errorf("hash %q: %w", hash, store.ErrBadRequest)
+	}
+	if pi := l.cache.get(hash, l.FilePath); pi != nil {
+		return pi, nil
+	}
+	pi, err := l.queryPathInfo(ctx, hash)
+	if err != nil {
+		return nil, err
+	}
+	l.cache.put(hash, pi, l.FilePath)
+	return pi, nil
+}
+
+func (l *Local) queryPathInfo(ctx context.Context, hash string) (*PathInfo, error) {
+	prefix := StoreDir + "/" + hash
+	var (
+		pi                      PathInfo
+		narHash                 string
+		deriver, sigs, ca, refs sql.NullString
+		narSize                 sql.NullInt64
+	)
+	err := l.byHash.QueryRowContext(ctx, prefix).Scan(&pi.ID, &pi.StorePath, &narHash, &deriver, &narSize, &sigs, &ca, &refs)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("%s: %w", hash, store.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("nix database %s: looking up %s: %w", DBPath(l.root), hash, err)
+	}
+	if !strings.HasPrefix(pi.StorePath, prefix+"-") {
+		return nil, fmt.Errorf("%s: %w", hash, store.ErrNotFound)
+	}
+	h, err := nixhash.ParseAny(narHash, nil)
+	if err != nil {
+		return nil, fmt.Errorf("nix database: %s has a bad hash %q: %w", pi.StorePath, narHash, err)
+	}
+	pi.NarHash = &h.Hash
+	if narSize.Valid && narSize.Int64 >= 0 {
+		pi.NarSize = uint64(narSize.Int64)
+	}
+	pi.Deriver = deriver.String
+	pi.CA = ca.String
+	if sigs.String != "" {
+		pi.Signatures = strings.Fields(sigs.String)
+	}
+	if refs.String != "" {
+		pi.References = strings.Fields(refs.String)
+		slices.Sort(pi.References)
+	}
+	return &pi, nil
+}
+
+// NarInfo renders the path's narinfo as this store serves it: uncompressed,
+// with the NAR at NarURL, carrying the signatures the database holds.
+func (l *Local) NarInfo(ctx context.Context, hash string) (*narinfo.NarInfo, error) {
+	pi, err := l.PathInfo(ctx, hash)
+	if err != nil {
+		return nil, err
+	}
+	return pi.NarInfo(), nil
+}
+
+// NarInfo converts database path info to a narinfo served by a local store.
+func (pi *PathInfo) NarInfo() *narinfo.NarInfo {
+	narHash := nixhash.MustNewHashWithEncoding(pi.NarHash.Algo(), pi.NarHash.Digest(), nixhash.NixBase32, true)
+	ni := &narinfo.NarInfo{
+		StorePath:   pi.StorePath,
+		URL:         NarURL(pi.StorePath, pi.NarHash),
+		Compression: "none",
+		FileHash:    narHash,
+		FileSize:    pi.NarSize,
+		NarHash:     narHash,
+		NarSize:     pi.NarSize,
+		CA:          pi.CA,
+	}
+	for _, r := range pi.References {
+		ni.References = append(ni.References, strings.TrimPrefix(r, StoreDir+"/"))
+	}
+	if pi.Deriver != "" {
+		ni.Deriver = strings.TrimPrefix(pi.Deriver, StoreDir+"/")
+	}
+	for _, s := range pi.Signatures {
+		// A signature the database holds that go-nix cannot parse is
+		// dropped rather than failing the whole path.
+		if sig, err := signature.ParseSignature(s); err == nil {
+			ni.Signatures = append(ni.Signatures, sig)
+		}
+	}
+	return ni
+}
+
+// NarURL is the URL a local narinfo names its NAR by:
+// nar/<hash part>-<NarHash in Nix base-32>.nar. The hash part finds the path
+// with one indexed lookup; the NarHash makes a stale URL (the path was
+// garbage-collected and built again differently) a 404 instead of a NAR that
+// does not match the narinfo Nix remembered.
+func NarURL(storePath string, narHash *nixhash.Hash) string {
+	base := strings.TrimPrefix(storePath, StoreDir+"/")
+	return "nar/" + base[:store.HashLen] + "-" + narHash.Format(nixhash.NixBase32, false) + ".nar"
+}
+
+// ParseNarURL splits a local NAR URL into hash part and NarHash (Nix
+// base-32), refusing anything not exactly of the NarURL shape.
+func ParseNarURL(u string) (hash, narHash string, err error) {
+	rest, ok := strings.CutPrefix(u, "nar/")
+	if ok {
+		rest, ok = strings.CutSuffix(rest, ".nar")
+	}
+	// 32 hash characters, '-', 52 characters of a base-32 SHA-256.
+	if !ok || len(rest) != store.HashLen+1+52 || rest[store.HashLen] != '-' {
+		return "", "", fmt.Errorf("nar url %q: %w", u, store.ErrBadRequest)
+	}
+	hash, narHash = rest[:store.HashLen], rest[store.HashLen+1:]
+	if !store.ValidHash(hash) || !store.ValidBase32(narHash) {
+		return "", "", fmt.Errorf("nar url %q: %w", u, store.ErrBadRequest)
+	}
+	return hash, narHash, nil
+}
+
+// NAR opens the NAR a local narinfo named, at offset.
+func (l *Local) NAR(ctx context.Context, u string, offset int64) (*store.NAR, error) {
+	hash, narHash, err := ParseNarURL(u)
+	if err != nil {
+		return nil, err
+	}
+	pi, err := l.PathInfo(ctx, hash)
+	if err != nil {
+		return nil, err
+	}
+	if pi.NarHash.Format(nixhash.NixBase32, false) != narHash {
+		return nil, fmt.Errorf("nar url %q: NarHash differs from the store's: %w", u, store.ErrNotFound)
+	}
+	return l.OpenNAR(pi, offset)
+}
+
+// OpenNAR streams the NAR of a path from disk, starting at offset.
+func (l *Local) OpenNAR(pi *PathInfo, offset int64) (*store.NAR, error) {
+	if offset < 0 || uint64(offset) > pi.NarSize {
+		return nil, fmt.Errorf("offset %d outside NAR of %d bytes: %w", offset, pi.NarSize, store.ErrOffset)
+	}
+	return &store.NAR{Size: int64(pi.NarSize), ReadCloser: nar.Open(l.FilePath(pi.StorePath), offset)}, nil
+}
+
+// FilePath is where a store path's files are on this machine.
+func (l *Local) FilePath(storePath string) string {
+	return filepath.Join(l.root, storePath)
+}
+
+// StorePaths calls fn with every valid path in the store, in database order.
+func (l *Local) StorePaths(ctx context.Context, fn func(storePath string) error) error {
+	rows, err := l.allPaths.QueryContext(ctx)
+	if err != nil {
+		return fmt.Errorf("nix database %s: %w", DBPath(l.root), err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var p string
+		if err := rows.Scan(&p); err != nil {
+			return fmt.Errorf("nix database %s: %w", DBPath(l.root), err)
+		}
+		if err := fn(p); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
+}

@@ -1,0 +1,74 @@
+// Package store defines the one contract every source of store paths in peerix
+// implements: the machine's own Nix store, LAN peers, P2P peers, and the filter
+// and verifier that wrap them. A Store answers narinfo by hash part and NARs by
+// the reference (URL) its narinfo handed out.
+package store
+
+import (
+	"context"
+	"errors"
+	"io"
+
+	"github.com/nix-community/go-nix/pkg/narinfo"
+)
+
+// Sentinel errors callers branch on. HTTP maps ErrNotFound to 404 and
+// ErrRefused to 404 too (a refused path must look exactly like an absent one
+// to the outside), ErrBadRequest to 400.
+var (
+	ErrNotFound   = errors.New("not found")
+	ErrRefused    = errors.New("refused")
+	ErrBadRequest = errors.New("bad request")
+	// ErrOffset: a NAR was asked for from beyond its end (HTTP 416).
+	ErrOffset = errors.New("offset beyond the end of the NAR")
+)
+
+// Store is a source of store paths.
+type Store interface {
+	// NarInfo returns the path whose 32-character hash part is hash, or an
+	// error wrapping ErrNotFound. hash has been checked with ValidHash.
+	NarInfo(ctx context.Context, hash string) (*narinfo.NarInfo, error)
+
+	// NAR opens the NAR that a narinfo of this store named in its URL field
+	// (the "nar/..." form), positioned at offset. An unknown or malformed url
+	// is an error wrapping ErrNotFound or ErrBadRequest.
+	NAR(ctx context.Context, url string, offset int64) (*NAR, error)
+}
+
+// NAR is an open NAR stream, positioned at the offset it was opened at.
+// Reader may implement io.WriterTo; the local store's does, so that file
+// contents go to a socket with sendfile.
+type NAR struct {
+	// Size is the size of the whole NAR, not of what remains after the offset.
+	Size int64
+	io.ReadCloser
+}
+
+// HashLen is the length of a store path's hash part.
+const HashLen = 32
+
+// ValidHash reports whether s is a 32-character Nix base-32 hash part
+// (alphabet 0123456789abcdfghijklmnpqrsvwxyz).
+func ValidHash(s string) bool {
+	return len(s) == HashLen && ValidBase32(s)
+}
+
+// ValidBase32 reports whether s is non-empty and all Nix base-32 characters.
+func ValidBase32(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !isBase32[s[i]] {
+			return false
+		}
+	}
+	return true
+}
+
+var isBase32 = func() (t [256]bool) {
+	for _, c := range "0123456789abcdfghijklmnpqrsvwxyz" {
+		t[c] = true
+	}
+	return t
+}()

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what peerix and its tests need on a Debian machine, skipping what
+# is already there: Nix (Debian's nix-bin), nginx and wrk (benchmarks),
+# iproute2 and iptables (network-namespace tests), chromium (dashboard test).
+# Usage: scripts/deps.sh [run|test|bench]
+set -euo pipefail
+want=${1:-test}
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+pkgs=()
+command -v nix-store >/dev/null || pkgs+=(nix-bin)
+if [ "$want" != run ]; then
+  command -v ip >/dev/null || pkgs+=(iproute2)
+  command -v iptables >/dev/null || pkgs+=(iptables)
+  command -v nginx >/dev/null || pkgs+=(nginx-light)
+  command -v curl >/dev/null || pkgs+=(curl)
+fi
+if [ "$want" = bench ]; then
+  command -v wrk >/dev/null || pkgs+=(wrk)
+fi
+if [ ${#pkgs[@]} -gt 0 ]; then
+  echo "installing: ${pkgs[*]}" >&2
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+fi
+
+# A fresh nix-bin has no store database until something creates it.
+if [ "$(id -u)" = 0 ] && [ ! -e /nix/var/nix/db/db.sqlite ]; then
+  NIX_REMOTE=local nix-store --init
+fi
