@@ -61,6 +61,10 @@ func run(args []string, stdout, stderr io.Writer) error {
 
 func serve(args []string) error {
 	cfg, err := config.ParseServe(args, os.Getenv)
+	if errors.Is(err, flag.ErrHelp) {
+		config.ServeUsage(os.Stdout)
+		return nil
+	}
 	if err != nil {
 		return err
 	}

@@ -42,6 +42,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/BurntSushi/toml"
@@ -160,6 +161,7 @@ func newFlagSet(name string) *flag.FlagSet {
 // the config file. getenv reads the environment (HOME, XDG_CONFIG_HOME,
 // NIX_SECRET_KEY_FILE); pass os.Getenv. It returns flag.ErrHelp for -h/--help.
 func ParseServe(args []string, getenv func(string) string) (*Serve, error) {
+	getenv = orEmpty(getenv)
 	s := &Serve{}
 	flags := serveFlags(s)
 	p, err := load(flags, args, getenv, "config.toml")
@@ -232,6 +234,7 @@ func ParseServe(args []string, getenv func(string) string) (*Serve, error) {
 // ParseTracker parses the arguments of `peerix tracker` (without "tracker")
 // and the config file, as ParseServe does.
 func ParseTracker(args []string, getenv func(string) string) (*Tracker, error) {
+	getenv = orEmpty(getenv)
 	t := &Tracker{}
 	flags := trackerFlags(t)
 	p, err := load(flags, args, getenv, "tracker.toml")
@@ -252,6 +255,14 @@ func ParseTracker(args []string, getenv func(string) string) (*Tracker, error) {
 		return nil, p.errorf("db", "%v", err)
 	}
 	return t, nil
+}
+
+// orEmpty makes a nil getenv an empty environment.
+func orEmpty(getenv func(string) string) func(string) string {
+	if getenv == nil {
+		return func(string) string { return "" }
+	}
+	return getenv
 }
 
 // ServeUsage writes the usage of `peerix serve` to w.
@@ -418,16 +429,11 @@ func findConfigFile(getenv func(string) string, fileName string) string {
 	candidates = append(candidates, filepath.Join(systemConfigDir, fileName))
 	for _, c := range candidates {
 		_, err := os.Stat(c)
-		if err == nil || !errors.Is(err, fs.ErrNotExist) && !isNotDir(err) {
+		if err == nil || !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, syscall.ENOTDIR) {
 			return c
 		}
 	}
 	return ""
-}
-
-func isNotDir(err error) bool {
-	var pe *fs.PathError
-	return errors.As(err, &pe) && strings.Contains(pe.Err.Error(), "not a directory")
 }
 
 func readConfig(file string) ([]byte, error) {
@@ -473,12 +479,14 @@ func (p *parsed) apply(data []byte) error {
 		if key == "config" {
 			return fmt.Errorf("config %s: key \"config\" cannot be set in a config file", p.file)
 		}
-		if p.cmdline[key] {
-			continue // the command line wins
-		}
+		// Type-check even a key the command line overrides: the file is
+		// wrong either way, and would break once the flag is dropped.
 		values, err := flagValues(f, doc[key])
 		if err != nil {
 			return fmt.Errorf("config %s: key %q: %v", p.file, key, err)
+		}
+		if p.cmdline[key] {
+			continue // the command line wins
 		}
 		if list, ok := f.Value.(*stringList); ok {
 			list.reset()

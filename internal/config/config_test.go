@@ -290,6 +290,7 @@ func TestServeErrors(t *testing.T) {
 		{"--config is a directory", func() []string { return []string{"--config", unreadableDir} }, "is a directory"},
 		{"empty --config", func() []string { return []string{"--config", ""} }, "--config: must name a file"},
 
+		{"wrong type even when the flag overrides it", func() []string { return append(file(`lan = "yes"`), "--lan") }, `key "lan": want a boolean`},
 		{"bad mode flag", func() []string { return []string{"--mode", "x"} }, `--mode: must be one of p2p, lan, local, got "x"`},
 		{"bad filter flag", func() []string { return []string{"--filter", "all"} }, `--filter: must be one of upstream, patterns, none, got "all"`},
 		{"lan with local", func() []string { return []string{"--mode", "local", "--lan"} }, `--lan: cannot be used with mode local`},
@@ -329,7 +330,7 @@ func TestServeErrors(t *testing.T) {
 			if strings.Contains(msg, "\n") {
 				t.Errorf("error spans several lines: %q", msg)
 			}
-			if len(args) == 2 && args[0] == "--config" && args[1] != "" && !strings.HasPrefix(msg, "config "+args[1]+": ") {
+			if len(args) >= 2 && args[0] == "--config" && args[1] != "" && !strings.HasPrefix(msg, "config "+args[1]+": ") {
 				t.Errorf("error %q does not start with the file name", msg)
 			}
 			if errors.Is(err, flag.ErrHelp) {
@@ -500,4 +501,11 @@ func FuzzServeConfigFile(f *testing.F) {
 			t.Fatalf("ConfigFile = %q", s.ConfigFile)
 		}
 	})
+}
+
+func TestNilGetenv(t *testing.T) {
+	s, err := config.ParseServe([]string{"--mode", "local"}, nil)
+	if err != nil || s.Filter != "none" || s.SigningKeyFile != "" {
+		t.Fatalf("%+v %v", s, err)
+	}
 }

@@ -16,7 +16,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -442,26 +441,6 @@ func TestCloseLeaksNothing(t *testing.T) {
 		t.Fatalf("Read during Close: %v", err)
 	}
 	waitGoroutines(t, before)
-}
-
-func TestUnsupported(t *testing.T) {
-	dir := t.TempDir()
-	fifo := dir + "/sub/fifo"
-	mkdir(t, dir+"/sub")
-	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
-		t.Skipf("mkfifo: %v", err)
-	}
-	for _, p := range []string{dir, fifo} {
-		if _, err := nar.Size(p); !errors.Is(err, nar.ErrUnsupported) || !strings.Contains(err.Error(), fifo) {
-			t.Errorf("Size(%s) error = %v, want ErrUnsupported naming %s", p, err, fifo)
-		}
-		if _, err := nar.Dump(io.Discard, p, 0); !errors.Is(err, nar.ErrUnsupported) || !strings.Contains(err.Error(), fifo) {
-			t.Errorf("Dump(%s) error = %v, want ErrUnsupported naming %s", p, err, fifo)
-		}
-		if _, err := io.ReadAll(nar.Open(p, 0)); !errors.Is(err, nar.ErrUnsupported) {
-			t.Errorf("Open(%s) ReadAll error = %v, want ErrUnsupported", p, err)
-		}
-	}
 }
 
 func TestNotExist(t *testing.T) {

@@ -330,6 +330,11 @@ func TestNARRange(t *testing.T) {
 			resp, _ := httpGet(t, url, "Range: "+unsat)
 			if resp.StatusCode != http.StatusRequestedRangeNotSatisfiable {
 				t.Errorf("GET %s Range %s (NAR is %d bytes): %s, want 416", url, unsat, n, resp.Status)
+				continue
+			}
+			// RFC 9110 section 14.4: a 416 names the current length.
+			if cr, want := resp.Header.Get("Content-Range"), fmt.Sprintf("bytes */%d", n); cr != want {
+				t.Errorf("GET %s Range %s: 416 with Content-Range %q, want %q", url, unsat, cr, want)
 			}
 		}
 	}
