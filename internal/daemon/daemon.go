@@ -15,6 +15,7 @@ import (
 
 	"github.com/peerix/peerix/internal/cache"
 	"github.com/peerix/peerix/internal/config"
+	"github.com/peerix/peerix/internal/lan"
 	"github.com/peerix/peerix/internal/nixstore"
 	"github.com/peerix/peerix/internal/signing"
 	"github.com/peerix/peerix/internal/store"
@@ -36,6 +37,7 @@ type Daemon struct {
 	remote store.Store // peers; nil in local mode
 	server *http.Server
 	ln     net.Listener
+	lan    *lan.Discovery // nil unless LAN discovery runs
 	start  time.Time
 }
 
@@ -60,6 +62,22 @@ func New(cfg *config.Serve, log *slog.Logger) (*Daemon, error) {
 		log.Info("signing local narinfos", "key", key.ToPublicKey().String())
 	}
 
+	d.ln, err = net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		local.Close()
+		return nil, fmt.Errorf("--listen %s: %w", cfg.Listen, err)
+	}
+	if cfg.Mode == "lan" || cfg.LAN {
+		httpPort := uint16(d.ln.Addr().(*net.TCPAddr).Port)
+		d.lan, err = lan.Listen(cfg.LANPort, httpPort, d.holds, log.With("part", "lan"))
+		if err != nil {
+			d.ln.Close()
+			local.Close()
+			return nil, fmt.Errorf("--lan-port %d: %w", cfg.LANPort, err)
+		}
+		d.remote = lan.NewStore(d.lan, cfg.LANTimeout, log.With("part", "lan"))
+	}
+
 	cacheServer := &cache.Server{
 		Local:    d.shared,
 		Remote:   d.remote,
@@ -75,12 +93,14 @@ func New(cfg *config.Serve, log *slog.Logger) (*Daemon, error) {
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
-	d.ln, err = net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		local.Close()
-		return nil, fmt.Errorf("--listen %s: %w", cfg.Listen, err)
-	}
 	return d, nil
+}
+
+// holds tells LAN discovery whether to answer for a path: only when it is
+// in the local store and may be shared.
+func (d *Daemon) holds(ctx context.Context, hash string) bool {
+	_, err := d.shared.NarInfo(ctx, hash)
+	return err == nil
 }
 
 // Addr is the address the HTTP server listens on.
@@ -91,11 +111,19 @@ func (d *Daemon) Run(ctx context.Context) error {
 	defer d.local.Close()
 	d.log.Info("peerix serving", "listen", d.ln.Addr().String(), "mode", d.cfg.Mode,
 		"store", nixstore.DBPath(d.cfg.StoreRoot), "version", Version)
-	errc := make(chan error, 1)
-	go func() { errc <- d.server.Serve(d.ln) }()
+	errc := make(chan error, 2)
+	go func() { errc <- fmt.Errorf("http server: %w", d.server.Serve(d.ln)) }()
+	if d.lan != nil {
+		go func() {
+			if err := d.lan.Serve(ctx); err != nil {
+				errc <- fmt.Errorf("LAN discovery: %w", err)
+			}
+		}()
+		d.log.Info("LAN discovery on", "udp-port", d.lan.Port(), "wait", d.cfg.LANTimeout)
+	}
 	select {
 	case err := <-errc:
-		return fmt.Errorf("http server: %w", err)
+		return err
 	case <-ctx.Done():
 	}
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), ShutdownGrace)
