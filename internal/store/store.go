@@ -44,6 +44,15 @@ type NAR struct {
 	io.ReadCloser
 }
 
+// WriteTo lets io.Copy reach the stream's own WriteTo (the local store's
+// goes to sendfile); embedding alone would hide it.
+func (n *NAR) WriteTo(w io.Writer) (int64, error) {
+	if wt, ok := n.ReadCloser.(io.WriterTo); ok {
+		return wt.WriteTo(w)
+	}
+	return io.Copy(w, n.ReadCloser)
+}
+
 // HashLen is the length of a store path's hash part.
 const HashLen = 32
 
