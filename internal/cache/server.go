@@ -220,6 +220,9 @@ func (s *Server) nar(w http.ResponseWriter, r *http.Request, st store.Store, url
 		return http.StatusNotFound, 0
 	}
 	rng, err := parseRange(r.Header.Get("Range"))
+	if errors.Is(err, errUnsatisfiable) {
+		return s.rangeNotSatisfiable(w, r, st, url), 0
+	}
 	if err != nil {
 		// RFC 9110: an unparseable Range is ignored.
 		rng = byteRange{start: 0, end: -1}
@@ -227,20 +230,17 @@ func (s *Server) nar(w http.ResponseWriter, r *http.Request, st store.Store, url
 	if rng.suffix > 0 {
 		// bytes=-N needs the size before the offset; Nix never asks this,
 		// so learning the size costs one extra open.
-		n, err := st.NAR(r.Context(), url, 0)
+		size, err := narSize(r.Context(), st, url)
 		if err != nil {
 			return s.narError(w, r, err), 0
 		}
-		n.Close()
-		rng = byteRange{start: max(0, n.Size-rng.suffix), end: -1}
+		rng = byteRange{start: max(0, size-rng.suffix), end: -1}
 	}
 	nar, err := st.NAR(r.Context(), url, rng.start)
+	if errors.Is(err, store.ErrOffset) {
+		return s.rangeNotSatisfiable(w, r, st, url), 0
+	}
 	if err != nil {
-		if errors.Is(err, store.ErrOffset) {
-			w.Header().Set("Content-Range", "bytes */*")
-			http.Error(w, "range not satisfiable", http.StatusRequestedRangeNotSatisfiable)
-			return http.StatusRequestedRangeNotSatisfiable, 0
-		}
 		return s.narError(w, r, err), 0
 	}
 	defer nar.Close()
@@ -256,10 +256,8 @@ func (s *Server) nar(w http.ResponseWriter, r *http.Request, st store.Store, url
 		}
 		length = rng.end - rng.start + 1
 		if rng.start > 0 || length < nar.Size {
-			if rng.start >= nar.Size && nar.Size > 0 {
-				h.Set("Content-Range", fmt.Sprintf("bytes */%d", nar.Size))
-				http.Error(w, "range not satisfiable", http.StatusRequestedRangeNotSatisfiable)
-				return http.StatusRequestedRangeNotSatisfiable, 0
+			if rng.start >= nar.Size {
+				return s.rangeNotSatisfiable(w, r, st, url), 0
 			}
 			status = http.StatusPartialContent
 			h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", rng.start, rng.end, nar.Size))
@@ -287,6 +285,28 @@ func (s *Server) nar(w http.ResponseWriter, r *http.Request, st store.Store, url
 		panic(http.ErrAbortHandler)
 	}
 	return status, sent
+}
+
+// narSize learns the size of a NAR by opening it.
+func narSize(ctx context.Context, st store.Store, url string) (int64, error) {
+	n, err := st.NAR(ctx, url, 0)
+	if err != nil {
+		return 0, err
+	}
+	n.Close()
+	return n.Size, nil
+}
+
+// rangeNotSatisfiable answers 416 with the NAR's size, as RFC 9110 asks, or
+// the store's error if the NAR itself is not there.
+func (s *Server) rangeNotSatisfiable(w http.ResponseWriter, r *http.Request, st store.Store, url string) int {
+	size, err := narSize(r.Context(), st, url)
+	if err != nil {
+		return s.narError(w, r, err)
+	}
+	w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", size))
+	http.Error(w, "range not satisfiable", http.StatusRequestedRangeNotSatisfiable)
+	return http.StatusRequestedRangeNotSatisfiable
 }
 
 func (s *Server) narError(w http.ResponseWriter, r *http.Request, err error) int {
@@ -330,6 +350,9 @@ type byteRange struct {
 	start, end, suffix int64
 }
 
+// errUnsatisfiable: a well-formed range no byte can satisfy (bytes=-0).
+var errUnsatisfiable = errors.New("unsatisfiable range")
+
 // parseRange parses a single-range "bytes=" header. Several ranges are
 // answered with the whole NAR, as RFC 9110 allows.
 func parseRange(h string) (byteRange, error) {
@@ -347,8 +370,11 @@ func parseRange(h string) (byteRange, error) {
 	}
 	if first == "" {
 		n, err := strconv.ParseInt(last, 10, 64)
-		if err != nil || n <= 0 {
+		if err != nil || n < 0 {
 			return full, errors.New("malformed suffix range")
+		}
+		if n == 0 {
+			return full, errUnsatisfiable
 		}
 		return byteRange{suffix: n, end: -1}, nil
 	}

@@ -235,10 +235,11 @@ func (f *fixture) facts(t testing.TB, storePath string) nixFacts {
 	return nf
 }
 
-// dump is `nix-store --dump` of a path in the fixture store.
+// dump is the path's NAR as Nix writes it (`nix store dump-path`, which,
+// unlike `nix-store --store DIR --dump`, reads the chroot store).
 func (f *fixture) dump(t testing.TB, storePath string) []byte {
 	t.Helper()
-	return []byte(f.mustNix(t, "nix-store", "--store", f.root, "--dump", storePath))
+	return []byte(f.mustNix(t, "nix", "store", "dump-path", "--store", f.root, storePath))
 }
 
 // removeAll deletes a tree that may hold read-only store directories.
