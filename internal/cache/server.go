@@ -245,40 +245,37 @@ func (s *Server) nar(w http.ResponseWriter, r *http.Request, st store.Store, url
 	}
 	defer nar.Close()
 
+	if rng.start >= nar.Size && rng.start > 0 {
+		return s.rangeNotSatisfiable(w, r, st, url), 0
+	}
+	if rng.end < 0 || rng.end >= nar.Size {
+		rng.end = nar.Size - 1
+	}
+	length := rng.end - rng.start + 1
 	h := w.Header()
 	h.Set("Content-Type", "application/x-nix-nar")
+	h.Set("Accept-Ranges", "bytes")
+	h.Set("Content-Length", strconv.FormatInt(length, 10))
 	status = http.StatusOK
-	length := int64(-1)
-	if nar.Size >= 0 {
-		h.Set("Accept-Ranges", "bytes")
-		if rng.end < 0 || rng.end >= nar.Size {
-			rng.end = nar.Size - 1
-		}
-		length = rng.end - rng.start + 1
-		if rng.start > 0 || length < nar.Size {
-			if rng.start >= nar.Size {
-				return s.rangeNotSatisfiable(w, r, st, url), 0
-			}
-			status = http.StatusPartialContent
-			h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", rng.start, rng.end, nar.Size))
-		}
-		h.Set("Content-Length", strconv.FormatInt(length, 10))
+	if length < nar.Size {
+		status = http.StatusPartialContent
+		h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", rng.start, rng.end, nar.Size))
 	}
 	w.WriteHeader(status)
 	if r.Method == http.MethodHead {
 		return status, 0
 	}
 	var src io.Reader = nar
-	if length >= 0 && rng.start+length < nar.Size {
+	if rng.start+length < nar.Size {
 		src = io.LimitReader(nar, length)
 	}
 	sent, err = io.Copy(w, src)
-	if err == nil && length >= 0 && sent != length {
+	if err == nil && sent != length {
 		err = fmt.Errorf("NAR ended after %d of %d bytes", sent, length)
 	}
 	if err != nil {
 		if r.Context().Err() == nil {
-			s.Log.Warn("NAR transfer aborted", "url", url, "sent", sent, "err", err)
+			s.log().Warn("NAR transfer aborted", "url", url, "sent", sent, "err", err)
 		}
 		// Abort the connection: Nix must see a broken transfer, never a
 		// complete-looking short or chunk-terminated one.
@@ -332,11 +329,20 @@ func (s *Server) errorStatus(err error) int {
 
 func (s *Server) logError(r *http.Request, err error, status int) {
 	if status >= 500 && status != 499 {
-		s.Log.Error("cache request failed", "path", r.URL.Path, "err", err)
+		s.log().Error("cache request failed", "path", r.URL.Path, "err", err)
 	} else {
-		s.Log.Debug("cache request", "path", r.URL.Path, "status", status, "err", err)
+		s.log().Debug("cache request", "path", r.URL.Path, "status", status, "err", err)
 	}
 }
+
+func (s *Server) log() *slog.Logger {
+	if s.Log == nil {
+		return discardLog
+	}
+	return s.Log
+}
+
+var discardLog = slog.New(slog.DiscardHandler)
 
 func (s *Server) observe(ev Event) {
 	if s.Observe != nil {

@@ -87,6 +87,13 @@ func Open(root string) (*Local, error) {
 	l := &Local{root: root, db: db, cache: newPathCache(pathCacheSize)}
 	if l.byHash, err = db.Prepare(queryByHash); err != nil {
 		db.Close()
+		if strings.Contains(err.Error(), "readonly database") {
+			// WAL mode: with no Nix process holding the database, a reader
+			// must create db.sqlite-shm, which needs write access to the
+			// directory even though peerix never writes the database.
+			return nil, fmt.Errorf("nix database %s: %w (peerix needs to create db.sqlite-shm in %s: run it as root or give it write access to that directory)",
+				path, err, filepath.Dir(path))
+		}
 		return nil, fmt.Errorf("nix database %s: %w", path, err)
 	}
 	if l.allPaths, err = db.Prepare(`SELECT path FROM ValidPaths`); err != nil {

@@ -4,10 +4,14 @@ import (
 	"os"
 	"sync"
 	"syscall"
+	"time"
 )
 
 // pathCache remembers path info of valid paths, so that Nix's bursts of
 // narinfo lookups cost a map read and an lstat instead of a database query.
+//
+// Entries also expire after pathCacheTTL, so that changes only the database
+// sees (signatures added later) show within seconds.
 //
 // A valid store path never changes; it can only be deleted (garbage
 // collection) and perhaps registered again later with other contents. Each
@@ -21,9 +25,14 @@ type pathCache struct {
 }
 
 type cachedPath struct {
-	info *PathInfo
-	id   fileID
+	info    *PathInfo
+	id      fileID
+	expires time.Time
 }
+
+// pathCacheTTL bounds how long database-only changes (a signature added by
+// `nix store sign`) can go unseen; a burst of lookups is far shorter.
+const pathCacheTTL = 5 * time.Second
 
 type fileID struct {
 	dev, ino            uint64
@@ -55,6 +64,12 @@ func (c *pathCache) get(hash string, filePath func(string) string) *PathInfo {
 	if !ok {
 		return nil
 	}
+	if time.Now().After(e.expires) {
+		c.mu.Lock()
+		delete(c.entries, hash)
+		c.mu.Unlock()
+		return nil
+	}
 	if id, ok := statID(filePath(e.info.StorePath)); !ok || id != e.id {
 		c.mu.Lock()
 		delete(c.entries, hash)
@@ -84,5 +99,5 @@ func (c *pathCache) put(hash string, info *PathInfo, filePath func(string) strin
 			n--
 		}
 	}
-	c.entries[hash] = cachedPath{info: info, id: id}
+	c.entries[hash] = cachedPath{info: info, id: id, expires: time.Now().Add(pathCacheTTL)}
 }

@@ -30,7 +30,7 @@ const (
 	netToolsNarinfo = "testdata/00bgd045z0d4icpbc2yyz4gx48ak44la.narinfo"
 )
 
-func readFile(t *testing.T, name string) string {
+func readFile(t testing.TB, name string) string {
 	t.Helper()
 	b, err := os.ReadFile(name)
 	if err != nil {
@@ -39,7 +39,7 @@ func readFile(t *testing.T, name string) string {
 	return string(b)
 }
 
-func parseNarinfo(t *testing.T, text string) *narinfo.NarInfo {
+func parseNarinfo(t testing.TB, text string) *narinfo.NarInfo {
 	t.Helper()
 	ni, err := narinfo.Parse(strings.NewReader(text))
 	if err != nil {
@@ -48,7 +48,7 @@ func parseNarinfo(t *testing.T, text string) *narinfo.NarInfo {
 	return ni
 }
 
-func mustPub(t *testing.T, s string) []signature.PublicKey {
+func mustPub(t testing.TB, s string) []signature.PublicKey {
 	t.Helper()
 	keys, err := signing.ParsePublicKeys([]string{s})
 	if err != nil {

@@ -39,7 +39,9 @@ type Store interface {
 // Reader may implement io.WriterTo; the local store's does, so that file
 // contents go to a socket with sendfile.
 type NAR struct {
-	// Size is the size of the whole NAR, not of what remains after the offset.
+	// Size is the size of the whole NAR, not of what remains after the
+	// offset. Every store knows it (narinfos carry NarSize), so HTTP can
+	// always answer Content-Length and ranges.
 	Size int64
 	io.ReadCloser
 }
