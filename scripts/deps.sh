@@ -15,6 +15,7 @@ if [ "$want" != run ]; then
   command -v iptables >/dev/null || pkgs+=(iptables)
   command -v nginx >/dev/null || pkgs+=(nginx-light)
   command -v curl >/dev/null || pkgs+=(curl)
+  command -v chromium >/dev/null || pkgs+=(chromium)
 fi
 if [ "$want" = bench ]; then
   command -v wrk >/dev/null || pkgs+=(wrk)
