@@ -19,6 +19,7 @@ import (
 	"github.com/peerix/peerix/internal/nixstore"
 	"github.com/peerix/peerix/internal/signing"
 	"github.com/peerix/peerix/internal/store"
+	"github.com/peerix/peerix/internal/trust"
 )
 
 // Version is the peerix version, set at build time with
@@ -39,43 +40,84 @@ type Daemon struct {
 	ln     net.Listener
 	lan    *lan.Discovery // nil unless LAN discovery runs
 	start  time.Time
+
+	filter   *trust.Filter
+	verifier *trust.Verifier // nil without peer sources
+	closers  []func() error
 }
 
 // New opens everything a daemon needs and binds its HTTP listener, so that
 // configuration and permission errors surface before Run.
-func New(cfg *config.Serve, log *slog.Logger) (*Daemon, error) {
+func New(cfg *config.Serve, log *slog.Logger) (_ *Daemon, err error) {
+	d := &Daemon{cfg: cfg, log: log, start: time.Now()}
+	defer func() {
+		if err != nil {
+			d.close()
+		}
+	}()
 	if err := os.MkdirAll(cfg.StateDir, 0o755); err != nil {
 		return nil, fmt.Errorf("state dir: %w", err)
 	}
-	local, err := nixstore.Open(cfg.StoreRoot)
+	if d.local, err = nixstore.Open(cfg.StoreRoot); err != nil {
+		return nil, err
+	}
+	d.closers = append(d.closers, d.local.Close)
+
+	trusted := cfg.TrustedPublicKeys
+	if len(trusted) == 0 {
+		keys, source, err := trust.NixTrustedPublicKeys(context.Background())
+		if err != nil {
+			return nil, fmt.Errorf("reading Nix's trusted-public-keys: %w", err)
+		}
+		trusted = keys
+		log.Debug("trusted public keys from Nix", "source", source, "keys", keys)
+	}
+
+	// What may leave: the filter, then our signature on what passes.
+	d.filter, err = trust.NewFilter(trust.FilterOptions{
+		Mode: cfg.Filter, Patterns: cfg.FilterPatterns, Upstream: cfg.Upstream,
+		TrustedPublicKeys: trusted, StateDir: cfg.StateDir, Log: log.With("part", "filter"),
+	})
 	if err != nil {
 		return nil, err
 	}
-	d := &Daemon{cfg: cfg, log: log, local: local, shared: local, start: time.Now()}
+	d.closers = append(d.closers, d.filter.Close)
+	d.shared = d.filter.Wrap(d.local)
 	if cfg.SigningKeyFile != "" {
 		key, err := signing.LoadSecretKeyFile(cfg.SigningKeyFile)
 		if err != nil {
-			local.Close()
 			return nil, err
 		}
 		d.shared = signing.NewStore(d.shared, key)
 		log.Info("signing local narinfos", "key", key.ToPublicKey().String())
 	}
 
-	d.ln, err = net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		local.Close()
+	if d.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return nil, fmt.Errorf("--listen %s: %w", cfg.Listen, err)
 	}
+	d.closers = append(d.closers, d.ln.Close)
+
+	// Where paths come from: the peer sources of the mode, behind the
+	// verifier.
+	var sources []store.Store
 	if cfg.Mode == "lan" || cfg.LAN {
 		httpPort := uint16(d.ln.Addr().(*net.TCPAddr).Port)
-		d.lan, err = lan.Listen(cfg.LANPort, httpPort, d.holds, log.With("part", "lan"))
+		d.lan, err = lan.Listen(cfg.LANPort, httpPort, d.filter.Shareable, log.With("part", "lan"))
 		if err != nil {
-			d.ln.Close()
-			local.Close()
 			return nil, fmt.Errorf("--lan-port %d: %w", cfg.LANPort, err)
 		}
-		d.remote = lan.NewStore(d.lan, cfg.LANTimeout, log.With("part", "lan"))
+		sources = append(sources, lan.NewStore(d.lan, cfg.LANTimeout, log.With("part", "lan")))
+	}
+	if len(sources) > 0 {
+		d.verifier, err = trust.NewVerifier(trust.VerifierOptions{
+			NoVerify: cfg.NoVerify, TrustedPublicKeys: trusted, Upstream: cfg.Upstream,
+			Log: log.With("part", "verifier"),
+		})
+		if err != nil {
+			return nil, err
+		}
+		d.closers = append(d.closers, d.verifier.Close)
+		d.remote = d.verifier.Wrap(store.FirstOf(sources...))
 	}
 
 	cacheServer := &cache.Server{
@@ -96,11 +138,14 @@ func New(cfg *config.Serve, log *slog.Logger) (*Daemon, error) {
 	return d, nil
 }
 
-// holds tells LAN discovery whether to answer for a path: only when it is
-// in the local store and may be shared.
-func (d *Daemon) holds(ctx context.Context, hash string) bool {
-	_, err := d.shared.NarInfo(ctx, hash)
-	return err == nil
+// close releases what New opened, last first.
+func (d *Daemon) close() {
+	for i := len(d.closers) - 1; i >= 0; i-- {
+		if err := d.closers[i](); err != nil && !errors.Is(err, net.ErrClosed) {
+			d.log.Warn("closing", "err", err)
+		}
+	}
+	d.closers = nil
 }
 
 // Addr is the address the HTTP server listens on.
@@ -108,7 +153,7 @@ func (d *Daemon) Addr() net.Addr { return d.ln.Addr() }
 
 // Run serves until ctx ends, then shuts down gracefully.
 func (d *Daemon) Run(ctx context.Context) error {
-	defer d.local.Close()
+	defer d.close()
 	d.log.Info("peerix serving", "listen", d.ln.Addr().String(), "mode", d.cfg.Mode,
 		"store", nixstore.DBPath(d.cfg.StoreRoot), "version", Version)
 	errc := make(chan error, 2)

@@ -83,3 +83,58 @@ var isBase32 = func() (t [256]bool) {
 	}
 	return t
 }()
+
+// FirstOf combines the peer sources of a daemon (LAN, P2P) into one store:
+// all sources are asked for a narinfo at once and the first that has the
+// path answers (so a LAN miss, which waits for broadcast answers, does not
+// delay a P2P hit); a NAR comes from the source whose URL shape it has
+// (every source hands out URLs of its own and refuses others with
+// ErrBadRequest).
+func FirstOf(sources ...Store) Store {
+	if len(sources) == 1 {
+		return sources[0]
+	}
+	return firstOf(sources)
+}
+
+type firstOf []Store
+
+func (f firstOf) NarInfo(ctx context.Context, hash string) (*narinfo.NarInfo, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type result struct {
+		ni  *narinfo.NarInfo
+		err error
+	}
+	results := make(chan result, len(f))
+	for _, s := range f {
+		go func() {
+			ni, err := s.NarInfo(ctx, hash)
+			results <- result{ni, err}
+		}()
+	}
+	var errs []error
+	for range f {
+		r := <-results
+		if r.err == nil {
+			return r.ni, nil
+		}
+		errs = append(errs, r.err)
+	}
+	return nil, errors.Join(errs...)
+}
+
+func (f firstOf) NAR(ctx context.Context, url string, offset int64) (*NAR, error) {
+	var errs []error
+	for _, s := range f {
+		n, err := s.NAR(ctx, url, offset)
+		if err == nil {
+			return n, nil
+		}
+		if !errors.Is(err, ErrBadRequest) {
+			return nil, err
+		}
+		errs = append(errs, err)
+	}
+	return nil, errors.Join(errs...)
+}

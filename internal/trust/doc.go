@@ -1,0 +1,71 @@
+// Package trust holds peerix's two gatekeepers, both store.Store wrappers:
+// the Filter decides what may leave this machine (privacy), the Verifier
+// what peers may hand to this machine's Nix (integrity).
+//
+// # Filter
+//
+//	f, err := trust.NewFilter(trust.FilterOptions{Mode: cfg.Filter, Patterns: cfg.FilterPatterns,
+//		Upstream: cfg.Upstream, TrustedPublicKeys: keys, StateDir: cfg.StateDir, Log: log})
+//	shared := signing.NewStore(f.Wrap(local), key) // what peers see, over HTTP and P2P
+//	lan.Listen(..., f.Shareable, ...)               // LAN answers; also tracker announcements
+//	defer f.Close()                                 // saves the cache
+//
+// Modes: "none" shares everything (the default in local mode). "patterns"
+// shares everything but names on the deny-list: DefaultPatterns (secrets,
+// keys, credentials, tokens, NixOS system closures, home-manager
+// generations, profiles, flake sources, .drv files) plus the user's
+// --filter-pattern globs, matched case-insensitively on the name after
+// "<hash>-". "upstream" (the default in p2p and lan mode) applies the
+// deny-list and then shares a path only if the upstream cache has it: a path
+// whose database record carries a signature that verifies against the
+// upstream's key (UpstreamKey; cache.nixos.org-1 by default) is public
+// without a network request; for the others the filter asks
+// HEAD <upstream>/<hash>.narinfo — 200 public, 404 private, anything else
+// (5xx, 403, a timeout, a network error) unknown, and unknown is refused.
+// Requests are bounded (8 in flight), one per hash at a time, and remembered:
+// public for 24 h, private for 1 h, unknown for 10 s (memory only). Public
+// and private answers survive restarts in <state dir>/filter-cache, a small
+// text file written atomically every 5 minutes when changed and on Close; a
+// corrupt file is ignored with a warning and rewritten.
+//
+// Refused paths are store.ErrRefused from both NarInfo and NAR (HTTP turns
+// that into 404, like an absent path). A NAR URL is mapped to its path by
+// HashFromURL (the last segment starts with "<hash>-"), and the NAR is
+// served only if that path is shared.
+//
+// # Verifier
+//
+//	v, err := trust.NewVerifier(trust.VerifierOptions{NoVerify: cfg.NoVerify, TrustedPublicKeys: keys,
+//		Upstream: cfg.Upstream, OnBadNAR: func(url string) { /* cost the peers reputation */ }, Log: log})
+//	remote = v.Wrap(remote) // LAN ∪ P2P
+//	defer v.Close()
+//
+// A peer's narinfo reaches Nix only if it carries a valid signature by a
+// trusted key (--trusted-public-key, else NixTrustedPublicKeys), or if its
+// StorePath, NarHash, NarSize and references equal those of the upstream's
+// narinfo for the path (fetched with GET, at most 1 MiB, parsed with go-nix,
+// its own signature checked against the upstream key when one is known,
+// remembered for 1 h, a miss for 10 min, a failure for 5 s). In the second
+// case the upstream's signatures are added to the narinfo: they cover the
+// same fingerprint, so Nix, which trusts the upstream, accepts the path even
+// when the peer's record lacks them. Anything else is store.ErrNotFound — a
+// miss, never a 5xx that would switch the substituter off. An unreachable
+// upstream makes unsigned narinfos misses (fail closed) and shows in Health.
+//
+// NARs are checked as they stream: the Verifier looks up the verified
+// narinfo for the path the URL names, requires the URL to name that
+// narinfo's NAR (its URL, or "<hash>-<NarHash>.nar" under any prefix, so
+// nar/lan/ and nar/p2p/ are interchangeable), and hashes exactly NarSize bytes with SHA-256. The read that would complete
+// the NAR returns its bytes only after the hash matched and the source ended
+// right there; otherwise it returns ErrBadNAR with those bytes held back, so
+// Nix never holds a complete wrong NAR (the HTTP server aborts the
+// connection on the read error), calls OnBadNAR(url) and counts it. A NAR
+// asked for at an offset (Nix resuming an uncompressed download) is opened
+// at 0 and its prefix hashed and dropped before the first byte is handed
+// out, so resumption keeps the guarantee at the price of sending the prefix
+// again. A Range that ends before the NAR does (Nix never asks one) is not
+// verified: it is not a complete NAR.
+//
+// --no-verify: Wrap returns the remote store unchanged, and NewVerifier logs
+// a loud warning.
+package trust

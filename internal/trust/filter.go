@@ -1,0 +1,475 @@
+package trust
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nix-community/go-nix/pkg/narinfo"
+	"github.com/nix-community/go-nix/pkg/narinfo/signature"
+
+	"github.com/peerix/peerix/internal/signing"
+	"github.com/peerix/peerix/internal/store"
+)
+
+// Filter modes (--filter).
+const (
+	ModeUpstream = "upstream" // share what the upstream has, minus the deny-list
+	ModePatterns = "patterns" // share everything but the deny-list
+	ModeNone     = "none"     // share everything
+)
+
+// Filter defaults.
+const (
+	DefaultConcurrency     = 8
+	DefaultPositiveTTL     = 24 * time.Hour
+	DefaultNegativeTTL     = time.Hour
+	DefaultUnknownTTL      = 10 * time.Second
+	DefaultCheckTimeout    = 10 * time.Second
+	DefaultSaveInterval    = 5 * time.Minute
+	DefaultUnhealthyAfter  = 3
+	DefaultMaxCacheEntries = 1 << 20
+	// FilterCacheFile is the on-disk cache of upstream answers, in the state dir.
+	FilterCacheFile = "filter-cache"
+)
+
+// FilterOptions configure a Filter. The zero value (plus a StateDir) is the
+// default upstream filter against cache.nixos.org.
+type FilterOptions struct {
+	// Mode is ModeUpstream (the default when empty), ModePatterns or ModeNone.
+	Mode string
+	// Patterns are extra name globs never to share (--filter-pattern), on
+	// top of DefaultPatterns, in the upstream and patterns modes.
+	Patterns []string
+
+	// Upstream is the upstream cache's base URL (--upstream); "" means
+	// DefaultUpstream.
+	Upstream string
+	// UpstreamKeyName, UpstreamPublicKey and TrustedPublicKeys choose the
+	// upstream's key, as UpstreamKey describes: a path whose database record
+	// carries a valid signature by it is public without a network check.
+	UpstreamKeyName   string
+	UpstreamPublicKey string
+	TrustedPublicKeys []string
+
+	// StateDir holds the on-disk cache of upstream answers
+	// (<StateDir>/filter-cache); "" keeps answers in memory only.
+	StateDir string
+
+	// HTTPClient makes the upstream HEAD requests; nil means a client with
+	// sensible timeouts.
+	HTTPClient *http.Client
+	// Concurrency bounds the HEAD requests in flight; 0 means 8.
+	Concurrency int
+	// CheckTimeout bounds one HEAD request; 0 means 10 s.
+	CheckTimeout time.Duration
+	// How long answers are kept: the upstream has the path (0: 24 h), has
+	// it not (0: 1 h), could not be asked (0: 10 s; in memory only).
+	PositiveTTL, NegativeTTL, UnknownTTL time.Duration
+	// SaveInterval is how often a changed cache is written to disk; 0
+	// means 5 min. It is also written on Close.
+	SaveInterval time.Duration
+	// UnhealthyAfter is how many upstream failures in a row make Health
+	// report it unreachable; 0 means 3.
+	UnhealthyAfter int
+	// MaxCacheEntries bounds the answers kept; 0 means 1 Mi.
+	MaxCacheEntries int
+	// HashOfURL tells which path a NAR URL of the wrapped store names; nil
+	// means HashFromURL.
+	HashOfURL func(url string) (string, error)
+
+	Log *slog.Logger
+	// Now is the clock; nil means time.Now. For tests.
+	Now func() time.Time
+}
+
+// Decision is the filter's verdict on one path.
+type Decision int
+
+const (
+	// Shared: the path may leave the machine.
+	Shared Decision = iota
+	// RefusedPattern: the path's name is on the deny-list.
+	RefusedPattern
+	// RefusedPrivate: the upstream does not have the path.
+	RefusedPrivate
+	// RefusedUnknown: whether the upstream has the path could not be
+	// learned (upstream unreachable, unexpected answer, malformed path).
+	// Privacy fails closed.
+	RefusedUnknown
+)
+
+func (d Decision) String() string {
+	switch d {
+	case Shared:
+		return "shared"
+	case RefusedPattern:
+		return "refused-pattern"
+	case RefusedPrivate:
+		return "refused-private"
+	case RefusedUnknown:
+		return "refused-unknown"
+	}
+	return fmt.Sprintf("Decision(%d)", int(d))
+}
+
+// FilterStats counts the filter's decisions and upstream checks since start.
+type FilterStats struct {
+	Shared         uint64 `json:"shared"`
+	RefusedPattern uint64 `json:"refused_pattern"`
+	RefusedPrivate uint64 `json:"refused_private"`
+	Unknown        uint64 `json:"unknown"`
+	// SharedBySignature counts the Shared decisions that needed no network:
+	// the path's record carried a valid upstream signature.
+	SharedBySignature uint64 `json:"shared_by_signature"`
+	// UpstreamChecks counts HEAD requests, UpstreamErrors those that gave
+	// no answer, CacheHits decisions answered from the cache.
+	UpstreamChecks uint64 `json:"upstream_checks"`
+	UpstreamErrors uint64 `json:"upstream_errors"`
+	CacheHits      uint64 `json:"cache_hits"`
+	CacheEntries   int    `json:"cache_entries"`
+}
+
+// answer is what the upstream said about a path.
+type answer uint8
+
+const (
+	answerUnknown answer = iota
+	answerPublic
+	answerPrivate
+)
+
+// Filter decides which local paths may be shared. It governs every way out:
+// the Store that Wrap returns (narinfo and NAR requests of peers, over HTTP
+// and P2P), and Shareable (LAN answers, tracker announcements). Its methods
+// are safe for concurrent use. Close it to save the cache.
+type Filter struct {
+	mode      string
+	patterns  *patternSet
+	upstream  string
+	key       *signature.PublicKey // nil: no signature shortcut
+	client    *http.Client
+	timeout   time.Duration
+	posTTL    time.Duration
+	negTTL    time.Duration
+	unkTTL    time.Duration
+	hashOfURL func(string) (string, error)
+	log       *slog.Logger
+	now       func() time.Time
+	cacheFile string
+
+	answers *memo[answer]
+	health  *healthTracker
+
+	mu    sync.Mutex
+	store store.Store // the store Wrap was given, for Shareable
+
+	cancel   context.CancelFunc
+	saveStop chan struct{}
+	saveDone chan struct{}
+	saveMu   sync.Mutex // one save at a time
+	closed   sync.Once
+
+	shared, refusedPattern, refusedPrivate, unknown atomic.Uint64
+	bySignature, checks, checkErrors, cacheHits     atomic.Uint64
+}
+
+// NewFilter makes a filter. In upstream mode it loads the on-disk cache (a
+// corrupt one is ignored with a warning) and starts saving it periodically.
+func NewFilter(opts FilterOptions) (*Filter, error) {
+	f := &Filter{
+		mode:      opts.Mode,
+		upstream:  strings.TrimRight(opts.Upstream, "/"),
+		client:    opts.HTTPClient,
+		timeout:   orDuration(opts.CheckTimeout, DefaultCheckTimeout),
+		posTTL:    orDuration(opts.PositiveTTL, DefaultPositiveTTL),
+		negTTL:    orDuration(opts.NegativeTTL, DefaultNegativeTTL),
+		unkTTL:    orDuration(opts.UnknownTTL, DefaultUnknownTTL),
+		hashOfURL: opts.HashOfURL,
+		log:       opts.Log,
+		now:       opts.Now,
+	}
+	if f.mode == "" {
+		f.mode = ModeUpstream
+	}
+	switch f.mode {
+	case ModeUpstream, ModePatterns, ModeNone:
+	default:
+		return nil, fmt.Errorf("filter mode %q: must be %s, %s or %s", f.mode, ModeUpstream, ModePatterns, ModeNone)
+	}
+	if f.upstream == "" {
+		f.upstream = DefaultUpstream
+	}
+	if f.hashOfURL == nil {
+		f.hashOfURL = HashFromURL
+	}
+	if f.log == nil {
+		f.log = slog.New(slog.DiscardHandler)
+	}
+	f.log = f.log.With("part", "filter")
+	if f.now == nil {
+		f.now = time.Now
+	}
+	var err error
+	if f.patterns, err = newPatternSet(true, opts.Patterns); err != nil {
+		return nil, err
+	}
+	if f.mode == ModeUpstream {
+		if f.key, err = UpstreamKey(f.upstream, opts.UpstreamKeyName, opts.UpstreamPublicKey, opts.TrustedPublicKeys); err != nil {
+			return nil, err
+		}
+		if f.key == nil {
+			f.log.Warn("no public key known for the upstream: every path is checked with a HEAD request", "upstream", f.upstream)
+		}
+	}
+	conc := orInt(opts.Concurrency, DefaultConcurrency)
+	if f.client == nil {
+		f.client = newHTTPClient(conc)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	f.cancel = cancel
+	f.answers = newMemo[answer](ctx, f.now, conc, orInt(opts.MaxCacheEntries, DefaultMaxCacheEntries))
+	f.health = &healthTracker{upstream: f.upstream, what: "filter", threshold: orInt(opts.UnhealthyAfter, DefaultUnhealthyAfter), log: f.log, now: f.now}
+
+	if f.mode == ModeUpstream && opts.StateDir != "" {
+		f.cacheFile = filepath.Join(opts.StateDir, FilterCacheFile)
+		f.loadCache()
+		f.saveStop, f.saveDone = make(chan struct{}), make(chan struct{})
+		go f.saveLoop(orDuration(opts.SaveInterval, DefaultSaveInterval))
+	}
+	return f, nil
+}
+
+func orDuration(d, def time.Duration) time.Duration {
+	if d > 0 {
+		return d
+	}
+	return def
+}
+
+func orInt(n, def int) int {
+	if n > 0 {
+		return n
+	}
+	return def
+}
+
+// Mode is the filter's mode.
+func (f *Filter) Mode() string { return f.mode }
+
+// UpstreamKey is the public key whose signatures prove a path public, or ""
+// when there is none (every path is checked with a HEAD).
+func (f *Filter) UpstreamKey() string {
+	if f.key == nil {
+		return ""
+	}
+	return f.key.String()
+}
+
+// Close stops the periodic save and writes the cache to disk one last time.
+func (f *Filter) Close() error {
+	var err error
+	f.closed.Do(func() {
+		if f.saveStop != nil {
+			close(f.saveStop)
+			<-f.saveDone
+			err = f.saveCache()
+		}
+		f.cancel()
+	})
+	return err
+}
+
+// Wrap returns local as peers may see it: its NarInfo and NAR answer
+// store.ErrRefused (which HTTP shows as 404) for every path the filter does
+// not share. It also makes local the store Shareable asks; call Wrap once.
+func (f *Filter) Wrap(local store.Store) store.Store {
+	f.mu.Lock()
+	f.store = local
+	f.mu.Unlock()
+	return &filteredStore{f: f, next: local}
+}
+
+// Shareable reports whether the path with hash part hash is held by the
+// wrapped store and may be shared: for LAN answers and tracker
+// announcements. It is false for an invalid hash, an absent path, and
+// whenever the filter cannot tell.
+func (f *Filter) Shareable(ctx context.Context, hash string) bool {
+	f.mu.Lock()
+	st := f.store
+	f.mu.Unlock()
+	if st == nil || !store.ValidHash(hash) {
+		return false
+	}
+	ni, err := st.NarInfo(ctx, hash)
+	if err != nil {
+		return false
+	}
+	return f.Decide(ctx, hash, ni) == Shared
+}
+
+// Decide tells whether the path described by ni, whose hash part is hash,
+// may be shared, and counts and logs the decision. ni comes from the local
+// store: its Signatures are the database's.
+func (f *Filter) Decide(ctx context.Context, hash string, ni *narinfo.NarInfo) Decision {
+	d, why := f.decide(ctx, hash, ni)
+	switch d {
+	case Shared:
+		f.shared.Add(1)
+	case RefusedPattern:
+		f.refusedPattern.Add(1)
+	case RefusedPrivate:
+		f.refusedPrivate.Add(1)
+	default:
+		f.unknown.Add(1)
+	}
+	if f.log.Enabled(ctx, slog.LevelDebug) {
+		f.log.Debug("filter decision", "hash", hash, "decision", d.String(), "why", why)
+	}
+	return d
+}
+
+func (f *Filter) decide(ctx context.Context, hash string, ni *narinfo.NarInfo) (Decision, string) {
+	if f.mode == ModeNone {
+		return Shared, "filter none"
+	}
+	if ni == nil || hashOfStorePath(ni.StorePath) != hash {
+		return RefusedUnknown, "narinfo is not for this path"
+	}
+	if g, ok := f.patterns.match(nameOfStorePath(ni.StorePath)); ok {
+		return RefusedPattern, "name matches " + g
+	}
+	if f.mode == ModePatterns {
+		return Shared, "no pattern matches"
+	}
+	if f.key != nil && signing.Verify(ni, []signature.PublicKey{*f.key}) {
+		f.bySignature.Add(1)
+		return Shared, "signed by " + f.key.Name
+	}
+	switch f.upstreamHas(ctx, hash) {
+	case answerPublic:
+		return Shared, "upstream has it"
+	case answerPrivate:
+		return RefusedPrivate, "upstream has it not"
+	}
+	return RefusedUnknown, "upstream could not be asked"
+}
+
+// upstreamHas asks the cache, else the upstream, whether it has hash.
+func (f *Filter) upstreamHas(ctx context.Context, hash string) answer {
+	a, hit, err := f.answers.get(ctx, hash, func(ctx context.Context) (answer, time.Duration) {
+		a := f.head(ctx, hash)
+		switch a {
+		case answerPublic:
+			return a, f.posTTL
+		case answerPrivate:
+			return a, f.negTTL
+		}
+		return a, f.unkTTL
+	})
+	if err != nil {
+		return answerUnknown
+	}
+	if hit {
+		f.cacheHits.Add(1)
+	}
+	return a
+}
+
+// head asks the upstream with HEAD <upstream>/<hash>.narinfo: 200 is
+// public, 404 private, anything else unknown.
+func (f *Filter) head(ctx context.Context, hash string) answer {
+	f.checks.Add(1)
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+	a, err := f.doHead(ctx, hash)
+	if err != nil {
+		f.checkErrors.Add(1)
+		f.health.fail(err)
+		f.log.Debug("upstream check failed", "hash", hash, "err", err)
+		return answerUnknown
+	}
+	f.health.ok()
+	return a
+}
+
+func (f *Filter) doHead(ctx context.Context, hash string) (answer, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodHead, f.upstream+"/"+hash+".narinfo", nil)
+	if err != nil {
+		return answerUnknown, err
+	}
+	resp, err := f.client.Do(req)
+	if err != nil {
+		return answerUnknown, err
+	}
+	drainClose(resp.Body)
+	switch resp.StatusCode {
+	case http.StatusOK:
+		return answerPublic, nil
+	case http.StatusNotFound:
+		return answerPrivate, nil
+	}
+	return answerUnknown, fmt.Errorf("HEAD %s: HTTP %d", req.URL, resp.StatusCode)
+}
+
+// Health reports whether the upstream answers the filter's checks.
+func (f *Filter) Health() Health { return f.health.health() }
+
+// Stats returns the decision counters.
+func (f *Filter) Stats() FilterStats {
+	return FilterStats{
+		Shared:            f.shared.Load(),
+		RefusedPattern:    f.refusedPattern.Load(),
+		RefusedPrivate:    f.refusedPrivate.Load(),
+		Unknown:           f.unknown.Load(),
+		SharedBySignature: f.bySignature.Load(),
+		UpstreamChecks:    f.checks.Load(),
+		UpstreamErrors:    f.checkErrors.Load(),
+		CacheHits:         f.cacheHits.Load(),
+		CacheEntries:      f.answers.len(),
+	}
+}
+
+// filteredStore is the local store as the filter lets peers see it.
+type filteredStore struct {
+	f    *Filter
+	next store.Store
+}
+
+func (s *filteredStore) NarInfo(ctx context.Context, hash string) (*narinfo.NarInfo, error) {
+	ni, err := s.next.NarInfo(ctx, hash)
+	if err != nil {
+		return nil, err
+	}
+	if d := s.f.Decide(ctx, hash, ni); d != Shared {
+		return nil, fmt.Errorf("%s: %s: %w", hash, d, store.ErrRefused)
+	}
+	return ni, nil
+}
+
+func (s *filteredStore) NAR(ctx context.Context, url string, offset int64) (*store.NAR, error) {
+	if s.f.mode == ModeNone {
+		return s.next.NAR(ctx, url, offset)
+	}
+	hash, err := s.f.hashOfURL(url)
+	if err != nil {
+		if !errors.Is(err, store.ErrBadRequest) && !errors.Is(err, store.ErrNotFound) {
+			err = fmt.Errorf("%w: %w", store.ErrRefused, err)
+		}
+		return nil, err
+	}
+	if _, err := s.NarInfo(ctx, hash); err != nil {
+		return nil, err
+	}
+	return s.next.NAR(ctx, url, offset)
+}
+
+var _ io.Closer = (*Filter)(nil)

@@ -1,0 +1,612 @@
+package trust
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nix-community/go-nix/pkg/narinfo/signature"
+
+	"github.com/peerix/peerix/internal/store"
+)
+
+const localPrefix = "nar/"
+
+func TestFilterRules(t *testing.T) {
+	upKey, upPub := genKey(t, "upstream.example-1")
+	// A key that carries the upstream's name but is not the upstream's: a
+	// locally generated key named like it must not make a path public.
+	forger, _ := genKey(t, "upstream.example-1")
+	other, _ := genKey(t, "me.example-1")
+
+	type tc struct {
+		name     string
+		mode     string
+		patterns []string
+		path     *spath
+		sign     []signature.SecretKey
+		status   int           // upstream's answer to the HEAD
+		delay    time.Duration // before the upstream answers
+		want     Decision
+		heads    int64
+	}
+	cases := []tc{
+		{name: "signed by upstream key, no network", path: newPath("hello-2.12", []byte("a")), sign: []signature.SecretKey{upKey}, status: 404, want: Shared, heads: 0},
+		{name: "signed by upstream key among others", path: newPath("hello-2.13", []byte("a")), sign: []signature.SecretKey{other, upKey}, status: 404, want: Shared, heads: 0},
+		{name: "forged: upstream's key name, other key", path: newPath("private-tool-1", []byte("a")), sign: []signature.SecretKey{forger}, status: 404, want: RefusedPrivate, heads: 1},
+		{name: "signed by another key only", path: newPath("private-tool-2", []byte("a")), sign: []signature.SecretKey{other}, status: 404, want: RefusedPrivate, heads: 1},
+		{name: "unsigned, upstream 200", path: newPath("built-here-but-public", []byte("a")), status: 200, want: Shared, heads: 1},
+		{name: "unsigned, upstream 404", path: newPath("my-app-0.1", []byte("a")), status: 404, want: RefusedPrivate, heads: 1},
+		{name: "unsigned, upstream 500", path: newPath("my-app-0.2", []byte("a")), status: 500, want: RefusedUnknown, heads: 1},
+		{name: "unsigned, upstream 403", path: newPath("my-app-0.3", []byte("a")), status: 403, want: RefusedUnknown, heads: 1},
+		{name: "unsigned, upstream times out", path: newPath("my-app-0.4", []byte("a")), status: 200, delay: 5 * time.Second, want: RefusedUnknown, heads: 1},
+		{name: "pattern denies although signed", path: newPath("db-secret.yaml", []byte("a")), sign: []signature.SecretKey{upKey}, status: 200, want: RefusedPattern, heads: 0},
+		{name: "pattern denies although upstream has it", path: newPath("nixos-system-host-24.05", []byte("a")), status: 200, want: RefusedPattern, heads: 0},
+		{name: "pattern is case-insensitive", path: newPath("Server.KEY", []byte("a")), status: 200, want: RefusedPattern, heads: 0},
+		{name: "user pattern", patterns: []string{"acme-*"}, path: newPath("acme-internal-1.0", []byte("a")), status: 200, want: RefusedPattern, heads: 0},
+		{name: "home-manager generation", path: newPath("home-manager-generation", []byte("a")), status: 200, want: RefusedPattern},
+		{name: "home-manager package itself is fine", path: newPath("home-manager-0-unstable-2024-05-01", []byte("a")), status: 200, want: Shared, heads: 1},
+		{name: "libsecret is fine", path: newPath("libsecret-0.21.4", []byte("a")), sign: []signature.SecretKey{upKey}, want: Shared},
+		{name: "patterns mode: unsigned private path shared", mode: ModePatterns, path: newPath("my-app-0.5", []byte("a")), status: 404, want: Shared, heads: 0},
+		{name: "patterns mode: secret refused", mode: ModePatterns, path: newPath("wg-private-key", []byte("a")), want: RefusedPattern},
+		{name: "patterns mode: user pattern", mode: ModePatterns, patterns: []string{"*-corp-*"}, path: newPath("tool-corp-3", []byte("a")), want: RefusedPattern},
+		{name: "none mode: private path shared", mode: ModeNone, path: newPath("my-app-0.6", []byte("a")), status: 500, want: Shared, heads: 0},
+		{name: "none mode: secret shared", mode: ModeNone, path: newPath("secrets.json", []byte("a")), want: Shared, heads: 0},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			up := newUpstream(t)
+			up.set(c.path.hash, c.status)
+			up.delay = c.delay
+			f, err := NewFilter(FilterOptions{
+				Mode: c.mode, Patterns: c.patterns, Upstream: up.URL, UpstreamPublicKey: upPub,
+				CheckTimeout: time.Second,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			local := newFakeStore()
+			ni := c.path.narInfo(localPrefix, c.sign...)
+			local.add(ni, c.path.nar)
+			shared := f.Wrap(local)
+
+			if got := f.Decide(context.Background(), c.path.hash, ni); got != c.want {
+				t.Errorf("Decide = %v, want %v", got, c.want)
+			}
+			if got := up.heads.Load(); got != c.heads {
+				t.Errorf("HEAD requests = %d, want %d", got, c.heads)
+			}
+
+			// Every way out agrees: narinfo, NAR, Shareable.
+			_, err = shared.NarInfo(context.Background(), c.path.hash)
+			if c.want == Shared && err != nil {
+				t.Errorf("NarInfo: %v", err)
+			}
+			if c.want != Shared && !errors.Is(err, store.ErrRefused) {
+				t.Errorf("NarInfo: err = %v, want ErrRefused", err)
+			}
+			n, err := shared.NAR(context.Background(), ni.URL, 0)
+			if c.want == Shared {
+				if err != nil {
+					t.Errorf("NAR: %v", err)
+				} else {
+					n.Close()
+				}
+			} else if !errors.Is(err, store.ErrRefused) {
+				t.Errorf("NAR: err = %v, want ErrRefused", err)
+			}
+			if got := f.Shareable(context.Background(), c.path.hash); got != (c.want == Shared) {
+				t.Errorf("Shareable = %v", got)
+			}
+		})
+	}
+}
+
+func TestFilterRealCacheNixosOrgSignature(t *testing.T) {
+	data, err := os.ReadFile("testdata/syd87l2rxw8cbsxmxl853h0r6pdwhwjr.narinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ni, err := parseUpstreamNarInfo(data, "syd87l2rxw8cbsxmxl853h0r6pdwhwjr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := newUpstream(t) // answers 404 to everything
+	// The default upstream, whose key is built in: no key option needed.
+	f, err := NewFilter(FilterOptions{Upstream: up.URL, UpstreamKeyName: DefaultUpstreamKeyName})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if f.UpstreamKey() != DefaultUpstreamPublicKey {
+		t.Fatalf("UpstreamKey = %q", f.UpstreamKey())
+	}
+	if d := f.Decide(context.Background(), "syd87l2rxw8cbsxmxl853h0r6pdwhwjr", ni); d != Shared {
+		t.Errorf("real cache.nixos.org path: %v", d)
+	}
+	if up.heads.Load() != 0 {
+		t.Errorf("HEAD sent for a path signed by cache.nixos.org")
+	}
+	// The same record with its NarSize changed no longer verifies.
+	tampered := *ni
+	tampered.NarSize++
+	if d := f.Decide(context.Background(), "syd87l2rxw8cbsxmxl853h0r6pdwhwjr", &tampered); d != RefusedPrivate {
+		t.Errorf("tampered record: %v", d)
+	}
+}
+
+func TestUpstreamKeyResolution(t *testing.T) {
+	_, pub := genKey(t, "corp-cache-1")
+	_, pub2 := genKey(t, "cache.nixos.org-1")
+	cases := []struct {
+		name, url, keyName, key string
+		trusted                 []string
+		want                    string // "" = no key
+		err                     bool
+	}{
+		{name: "default upstream: built-in key", url: "", want: DefaultUpstreamPublicKey},
+		{name: "default upstream URL", url: DefaultUpstream + "/", want: DefaultUpstreamPublicKey},
+		{name: "default name found among trusted keys", url: DefaultUpstream, trusted: []string{pub + " " + pub2}, want: pub2},
+		{name: "custom upstream, nothing configured: no key", url: "http://nginx:8080", trusted: []string{pub}},
+		{name: "custom upstream, name found in trusted", url: "http://nginx:8080", keyName: "corp-cache-1", trusted: []string{pub}, want: pub},
+		{name: "custom upstream, name not found: no key", url: "http://nginx:8080", keyName: "corp-cache-2", trusted: []string{pub}},
+		{name: "explicit key", url: "http://nginx:8080", key: pub, want: pub},
+		{name: "explicit key, wrong name", url: "http://nginx:8080", key: pub, keyName: "other", err: true},
+		{name: "malformed key", key: "corp:xyz", err: true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			k, err := UpstreamKey(c.url, c.keyName, c.key, c.trusted)
+			if c.err {
+				if err == nil {
+					t.Fatal("no error")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := ""
+			if k != nil {
+				got = k.String()
+			}
+			if got != c.want {
+				t.Errorf("key = %q, want %q", got, c.want)
+			}
+		})
+	}
+}
+
+func TestFilterNoKeyChecksEverything(t *testing.T) {
+	upKey, _ := genKey(t, "upstream.example-1")
+	up := newUpstream(t)
+	p := newPath("hello-2.12", []byte("a"))
+	f, err := NewFilter(FilterOptions{Upstream: up.URL, UpstreamKeyName: "upstream.example-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	// The name is configured but no key for it is known: a signature by
+	// that name proves nothing, the upstream is asked.
+	if d := f.Decide(context.Background(), p.hash, p.narInfo(localPrefix, upKey)); d != RefusedPrivate {
+		t.Errorf("decision %v", d)
+	}
+	if up.heads.Load() != 1 {
+		t.Errorf("HEADs = %d", up.heads.Load())
+	}
+}
+
+func TestFilterRejectsMismatchedOrMalformed(t *testing.T) {
+	up := newUpstream(t)
+	up.def = 200
+	f, err := NewFilter(FilterOptions{Upstream: up.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	p := newPath("hello", []byte("a"))
+	ni := p.narInfo(localPrefix)
+	if d := f.Decide(context.Background(), hashOf("other"), ni); d != RefusedUnknown {
+		t.Errorf("narinfo of another path: %v", d)
+	}
+	if d := f.Decide(context.Background(), p.hash, nil); d != RefusedUnknown {
+		t.Errorf("nil narinfo: %v", d)
+	}
+	shared := f.Wrap(newFakeStore())
+	if _, err := shared.NAR(context.Background(), "nar/../../etc/passwd", 0); !errors.Is(err, store.ErrBadRequest) {
+		t.Errorf("bad NAR URL: %v", err)
+	}
+	if _, err := shared.NarInfo(context.Background(), p.hash); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("absent path: %v", err)
+	}
+	if f.Shareable(context.Background(), p.hash) || f.Shareable(context.Background(), "not-a-hash") {
+		t.Error("absent or invalid path shareable")
+	}
+}
+
+func TestFilterBadPatterns(t *testing.T) {
+	for _, p := range []string{"", "[", "a/b"} {
+		if _, err := NewFilter(FilterOptions{Mode: ModePatterns, Patterns: []string{p}}); err == nil {
+			t.Errorf("pattern %q accepted", p)
+		}
+	}
+	if _, err := NewFilter(FilterOptions{Mode: "everything"}); err == nil {
+		t.Error("bad mode accepted")
+	}
+}
+
+func TestDefaultPatterns(t *testing.T) {
+	ps, err := newPatternSet(true, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deny := []string{
+		"secret", "secret.txt", "db-secret", "api_secret.json", "x.secrets", "agenix-secrets.nix",
+		"server.key", "cert.pem", "id_ed25519", "id_rsa.pub", "wg-private-key", "cache-priv-key.pem",
+		"mykey.sec", "github-token", "api_token.txt", "tokens.json", "aws-credentials", "credentials.json",
+		"htpasswd", "password-file", "wpa_supplicant.conf", "x.env", "netrc",
+		"nixos-system-host-24.05.20240101.abcdef", "etc", "etc-hosts", "system-path", "system-units",
+		"unit-sshd.service", "X-Restart-Triggers-sshd", "initrd-linux-6.6.1",
+		"home-manager-generation", "home-manager-files", "home-manager-path", "hm_.bashrc", "hm-session-vars.sh",
+		"user-environment", "env-manifest.nix", "profile", "source", "hello-2.12.drv",
+	}
+	allow := []string{
+		"hello-2.12", "glibc-2.39", "libsecret-0.21.4", "python3.11-tokenizers-0.15.0", "tiktoken-0.5",
+		"home-manager-0-unstable-2024-05-01", "openssl-3.0.13", "keyutils-1.6.3", "gnupg-2.4.5",
+		"etcd-3.5.12", "systemd-255", "nix-2.18.1", "source-highlight-3.1.9", "profile-sync-daemon-6.50",
+	}
+	for _, n := range deny {
+		if _, ok := ps.match(n); !ok {
+			t.Errorf("%q not denied", n)
+		}
+	}
+	for _, n := range allow {
+		if g, ok := ps.match(n); ok {
+			t.Errorf("%q denied by %q", n, g)
+		}
+	}
+}
+
+func TestFilterCacheExpiry(t *testing.T) {
+	up := newUpstream(t)
+	clk := newClock()
+	f, err := NewFilter(FilterOptions{Upstream: up.URL, Now: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	ctx := context.Background()
+	pub, priv, unk := newPath("pub", []byte("a")), newPath("priv", []byte("b")), newPath("unk", []byte("c"))
+	up.set(pub.hash, 200)
+	up.set(priv.hash, 404)
+	up.set(unk.hash, 502)
+	decide := func(p *spath) Decision { return f.Decide(ctx, p.hash, p.narInfo(localPrefix)) }
+	heads := func() int64 { return up.heads.Load() }
+
+	if decide(pub) != Shared || decide(priv) != RefusedPrivate || decide(unk) != RefusedUnknown || heads() != 3 {
+		t.Fatalf("first decisions wrong, %d HEADs", heads())
+	}
+	// Everything cached for now.
+	if decide(pub) != Shared || decide(priv) != RefusedPrivate || decide(unk) != RefusedUnknown || heads() != 3 {
+		t.Fatalf("cached decisions wrong, %d HEADs", heads())
+	}
+	// The upstream changes its mind about all three.
+	up.set(pub.hash, 404)
+	up.set(priv.hash, 200)
+	up.set(unk.hash, 200)
+
+	clk.Advance(DefaultUnknownTTL + time.Second) // unknown expires
+	if decide(unk) != Shared || decide(pub) != Shared || decide(priv) != RefusedPrivate || heads() != 4 {
+		t.Fatalf("after %v: wrong, %d HEADs", DefaultUnknownTTL, heads())
+	}
+	clk.Advance(DefaultNegativeTTL) // negative expires
+	if decide(priv) != Shared || decide(pub) != Shared || heads() != 5 {
+		t.Fatalf("after 1 h: wrong, %d HEADs", heads())
+	}
+	clk.Advance(DefaultPositiveTTL - DefaultNegativeTTL - DefaultUnknownTTL - 2*time.Second) // just before 24 h
+	if decide(pub) != Shared || heads() != 5 {
+		t.Fatalf("before 24 h: wrong, %d HEADs", heads())
+	}
+	clk.Advance(2 * time.Second) // 24 h and a second
+	if decide(pub) != RefusedPrivate || heads() != 6 {
+		t.Fatalf("after 24 h: wrong, %d HEADs", heads())
+	}
+	st := f.Stats()
+	if st.CacheHits == 0 || st.UpstreamChecks != 6 || st.UpstreamErrors != 1 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+func TestFilterDiskCache(t *testing.T) {
+	dir := t.TempDir()
+	up := newUpstream(t)
+	clk := newClock()
+	opts := FilterOptions{Upstream: up.URL, StateDir: dir, Now: clk.Now}
+	pub, priv, unk := newPath("pub", []byte("a")), newPath("priv", []byte("b")), newPath("unk", []byte("c"))
+	up.set(pub.hash, 200)
+	up.set(priv.hash, 404)
+	up.set(unk.hash, 500)
+	ctx := context.Background()
+
+	f, err := NewFilter(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []*spath{pub, priv, unk} {
+		f.Decide(ctx, p.hash, p.narInfo(localPrefix))
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, FilterCacheFile)
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(data)
+	if !strings.HasPrefix(text, cacheHeader+"\n") || !strings.Contains(text, pub.hash+" p ") ||
+		!strings.Contains(text, priv.hash+" n ") || strings.Contains(text, unk.hash) {
+		t.Fatalf("cache file:\n%s", text)
+	}
+	if fi, _ := os.Stat(file); fi.Mode().Perm() != 0o600 {
+		t.Errorf("cache file mode %v", fi.Mode())
+	}
+
+	// Reloaded: answers come from disk, the upstream is not asked again
+	// (it now answers 500 to everything).
+	up.def = 500
+	up.set(pub.hash, 500)
+	up.set(priv.hash, 500)
+	before := up.heads.Load()
+	f2, err := NewFilter(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := f2.Decide(ctx, pub.hash, pub.narInfo(localPrefix)); d != Shared {
+		t.Errorf("reloaded public: %v", d)
+	}
+	if d := f2.Decide(ctx, priv.hash, priv.narInfo(localPrefix)); d != RefusedPrivate {
+		t.Errorf("reloaded private: %v", d)
+	}
+	if up.heads.Load() != before {
+		t.Errorf("upstream asked despite the cache")
+	}
+	f2.Close()
+
+	// After more than an hour the negative answer has expired on disk too.
+	clk.Advance(DefaultNegativeTTL + time.Minute)
+	f3, err := NewFilter(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f3.Close()
+	if d := f3.Decide(ctx, priv.hash, priv.narInfo(localPrefix)); d != RefusedUnknown {
+		t.Errorf("expired private: %v", d)
+	}
+	if d := f3.Decide(ctx, pub.hash, pub.narInfo(localPrefix)); d != Shared {
+		t.Errorf("public after an hour: %v", d)
+	}
+}
+
+func TestFilterDiskCacheClampsExpiry(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	h := hashOf("x")
+	data := fmt.Sprintf("%s\n%s p %d\n", cacheHeader, h, now.Add(365*24*time.Hour).Unix())
+	entries, err := parseCache([]byte(data), now, time.Hour, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := entries[h].exp; !got.Equal(now.Add(time.Hour)) {
+		t.Errorf("expiry %v not clamped to now+TTL", got)
+	}
+}
+
+func TestFilterCorruptDiskCache(t *testing.T) {
+	h := hashOf("x")
+	for name, content := range map[string]string{
+		"garbage":      "\x00\x01garbage\n",
+		"wrong header": "peerix-filter-cache 9\n" + h + " p 99999999999\n",
+		"bad line":     cacheHeader + "\n" + h + " p 99999999999\nnot a line\n",
+		"bad answer":   cacheHeader + "\n" + h + " y 99999999999\n",
+		"bad hash":     cacheHeader + "\n" + strings.Repeat("e", 32) + " p 99999999999\n",
+		"truncated":    cacheHeader + "\n" + h + " p 999",
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			file := filepath.Join(dir, FilterCacheFile)
+			if err := os.WriteFile(file, []byte(content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			var logs logBuffer
+			up := newUpstream(t) // 404 for all
+			f, err := NewFilter(FilterOptions{Upstream: up.URL, StateDir: dir, Log: newLogger(&logs)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(logs.String(), "filter cache corrupt") {
+				t.Errorf("no warning; log:\n%s", logs.String())
+			}
+			if f.Stats().CacheEntries != 0 {
+				t.Errorf("entries loaded from a corrupt file")
+			}
+			p := &spath{hash: h, name: "x", nar: []byte("a")}
+			if d := f.Decide(context.Background(), h, p.narInfo(localPrefix)); d != RefusedPrivate {
+				t.Errorf("decision %v", d)
+			}
+			f.Close()
+			data, _ := os.ReadFile(file)
+			if !strings.HasPrefix(string(data), cacheHeader+"\n"+h+" n ") {
+				t.Errorf("cache not rewritten:\n%q", data)
+			}
+		})
+	}
+}
+
+func TestFilterPeriodicSave(t *testing.T) {
+	dir := t.TempDir()
+	up := newUpstream(t)
+	f, err := NewFilter(FilterOptions{Upstream: up.URL, StateDir: dir, SaveInterval: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	p := newPath("x", []byte("a"))
+	f.Decide(context.Background(), p.hash, p.narInfo(localPrefix))
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if data, _ := os.ReadFile(filepath.Join(dir, FilterCacheFile)); strings.Contains(string(data), p.hash) {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatal("cache not saved periodically")
+}
+
+func TestFilterBoundedConcurrency(t *testing.T) {
+	up := newUpstream(t)
+	up.delay = 30 * time.Millisecond
+	up.def = 200
+	f, err := NewFilter(FilterOptions{Upstream: up.URL, Concurrency: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	local := newFakeStore()
+	var paths []*spath
+	for i := range 40 {
+		p := newPath(fmt.Sprintf("p%d", i), []byte("a"))
+		local.add(p.narInfo(localPrefix), p.nar)
+		paths = append(paths, p)
+	}
+	f.Wrap(local)
+	var wg sync.WaitGroup
+	for _, p := range paths {
+		for range 5 { // five askers per path: one HEAD each
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if !f.Shareable(context.Background(), p.hash) {
+					t.Errorf("%s not shareable", p.name)
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	if got := up.maxIn.Load(); got > 8 || got < 2 {
+		t.Errorf("max HEADs in flight = %d, want 2..8", got)
+	}
+	if got := up.heads.Load(); got != 40 {
+		t.Errorf("HEADs = %d, want 40 (one per path)", got)
+	}
+}
+
+func TestFilterCallerGivesUp(t *testing.T) {
+	up := newUpstream(t)
+	up.delay = 200 * time.Millisecond
+	up.def = 200
+	f, err := NewFilter(FilterOptions{Upstream: up.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	p := newPath("x", []byte("a"))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if d := f.Decide(ctx, p.hash, p.narInfo(localPrefix)); d != RefusedUnknown {
+		t.Errorf("impatient caller: %v", d)
+	}
+	// The check went on; its answer serves the next caller.
+	for deadline := time.Now().Add(5 * time.Second); f.Stats().CacheEntries == 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if d := f.Decide(context.Background(), p.hash, p.narInfo(localPrefix)); d != Shared || up.heads.Load() != 1 {
+		t.Errorf("next caller: %v, %d HEADs", d, up.heads.Load())
+	}
+}
+
+func TestFilterHealth(t *testing.T) {
+	up := newUpstream(t)
+	up.def = 503
+	var logs logBuffer
+	f, err := NewFilter(FilterOptions{Upstream: up.URL, UnhealthyAfter: 3, UnknownTTL: time.Nanosecond, Log: newLogger(&logs)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	ctx := context.Background()
+	if h := f.Health(); !h.Reachable || h.Upstream != up.URL {
+		t.Fatalf("initial health %+v", h)
+	}
+	for i := range 3 {
+		p := newPath(fmt.Sprint(i), []byte("a"))
+		if d := f.Decide(ctx, p.hash, p.narInfo(localPrefix)); d != RefusedUnknown {
+			t.Fatalf("decision %v", d)
+		}
+		if h := f.Health(); h.Reachable != (i < 2) || h.ConsecutiveFailures != i+1 {
+			t.Fatalf("after %d failures: %+v", i+1, h)
+		}
+	}
+	if h := f.Health(); !strings.Contains(h.LastError, "503") {
+		t.Errorf("last error %q", h.LastError)
+	}
+	if !strings.Contains(logs.String(), "upstream unreachable") {
+		t.Error("no warning logged")
+	}
+	up.def = 404
+	p := newPath("back", []byte("a"))
+	f.Decide(ctx, p.hash, p.narInfo(localPrefix))
+	if h := f.Health(); !h.Reachable || h.ConsecutiveFailures != 0 {
+		t.Errorf("after a success: %+v", h)
+	}
+	st := f.Stats()
+	if st.Unknown != 3 || st.RefusedPrivate != 1 {
+		t.Errorf("stats %+v", st)
+	}
+
+	// A closed upstream is a network error: unknown, and counted.
+	up.Close()
+	p = newPath("gone", []byte("a"))
+	if d := f.Decide(ctx, p.hash, p.narInfo(localPrefix)); d != RefusedUnknown {
+		t.Errorf("closed upstream: %v", d)
+	}
+}
+
+func TestFilterStatsCount(t *testing.T) {
+	upKey, upPub := genKey(t, "u-1")
+	up := newUpstream(t)
+	f, err := NewFilter(FilterOptions{Upstream: up.URL, UpstreamPublicKey: upPub})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	ctx := context.Background()
+	signed, secret, private := newPath("a", nil), newPath("a.key", nil), newPath("b", nil)
+	f.Decide(ctx, signed.hash, signed.narInfo(localPrefix, upKey))
+	f.Decide(ctx, secret.hash, secret.narInfo(localPrefix))
+	f.Decide(ctx, private.hash, private.narInfo(localPrefix))
+	want := FilterStats{Shared: 1, SharedBySignature: 1, RefusedPattern: 1, RefusedPrivate: 1, UpstreamChecks: 1, CacheEntries: 1}
+	if got := f.Stats(); got != want {
+		t.Errorf("stats %+v, want %+v", got, want)
+	}
+}
+
+func TestHashFromURL(t *testing.T) {
+	h := hashOf("x")
+	for _, u := range []string{"nar/" + h + "-abc.nar", "nar/lan/" + h + "-abc.nar", "nar/p2p/" + h + "-" + strings.Repeat("0", 52) + ".nar"} {
+		if got, err := HashFromURL(u); err != nil || got != h {
+			t.Errorf("%s: %q, %v", u, got, err)
+		}
+	}
+	for _, u := range []string{"", "nar/", "nar/" + h, "nar/" + h + "-", "nar/" + strings.Repeat("e", 32) + "-x.nar", h + "x"} {
+		if _, err := HashFromURL(u); !errors.Is(err, store.ErrBadRequest) {
+			t.Errorf("%q accepted", u)
+		}
+	}
+}
