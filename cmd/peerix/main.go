@@ -15,6 +15,7 @@ import (
 	"github.com/peerix/peerix/internal/config"
 	"github.com/peerix/peerix/internal/daemon"
 	"github.com/peerix/peerix/internal/signing"
+	"github.com/peerix/peerix/internal/tracker"
 )
 
 const usage = `peerix: a peer-to-peer binary cache for Nix
@@ -46,6 +47,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 	switch cmd {
 	case "serve":
 		return serve(args)
+	case "tracker":
+		return runTracker(args)
 	case "keygen":
 		return keygen(args, stdout)
 	case "version", "--version":
@@ -76,6 +79,20 @@ func serve(args []string) error {
 		return err
 	}
 	return d.Run(ctx)
+}
+
+func runTracker(args []string) error {
+	cfg, err := config.ParseTracker(args, os.Getenv)
+	if errors.Is(err, flag.ErrHelp) {
+		config.TrackerUsage(os.Stdout)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	return tracker.Run(ctx, cfg, newLogger(cfg.Verbose))
 }
 
 func keygen(args []string, stdout io.Writer) error {

@@ -1,0 +1,64 @@
+package tracker
+
+import (
+	"crypto/ed25519"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// fuzzSigner is a fixed identity, so that seeds can name its peer_id.
+func fuzzSigner(t testing.TB) signer {
+	k, err := crypto.UnmarshalEd25519PrivateKey(ed25519.NewKeyFromSeed(make([]byte, 32)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := peer.IDFromPrivateKey(k)
+	return signer{k, id}
+}
+
+// fuzzWrite feeds arbitrary bodies, validly signed, to a write route: the
+// handler must never panic and never answer 5xx.
+func fuzzWrite(f *testing.F, path string, seeds []string) {
+	me := fuzzSigner(f)
+	now := ms(t0)
+	for _, s := range seeds {
+		f.Add([]byte(fmt.Sprintf(s, me.id.String(), now)))
+	}
+	for _, s := range []string{``, `{}`, `null`, `[]`, `"x"`, `{"peer_id":null}`, `{"ts":1e400}`, `{"peer_id":"` + me.id.String() + `","ts":-1}`, "\x00\xff"} {
+		f.Add([]byte(s))
+	}
+	s, _, clock := newTestServer(f, time.Minute)
+	me.announce(f, s, now-10000)
+	f.Fuzz(func(t *testing.T, body []byte) {
+		clock.Advance(time.Millisecond)
+		w := serve(s, me.request(t, "POST", path, body))
+		if w.Code >= 500 {
+			t.Fatalf("%d for %q: %s", w.Code, body, w.Body)
+		}
+	})
+}
+
+func FuzzAnnounceBody(f *testing.F) {
+	fuzzWrite(f, "/v1/announce", []string{
+		`{"peer_id":%q,"ts":%d,"addrs":["/ip4/198.51.100.7/udp/12306/quic-v1","/ip6/::1/tcp/1"]}`,
+		`{"peer_id":%q,"ts":%d,"addrs":[]}`,
+		`{"peer_id":%q,"ts":%d,"addrs":["/dns/x/tcp/1/p2p/12D3KooWRelay/p2p-circuit"]}`,
+		`{"peer_id":%q,"ts":%d,"addrs":["/ip4/1.2.3.4/tcp/99999"]}`,
+		`{"peer_id":%q,"ts":%d,"addrs":null,"PEER_ID":"x"}`,
+	})
+}
+
+func FuzzPackagesBody(f *testing.F) {
+	h1, h2 := hashN(1), hashN(2)
+	fuzzWrite(f, "/v1/packages", []string{
+		`{"peer_id":%q,"ts":%d,"full":true,"add":["` + h1 + `","` + h2 + `"]}`,
+		`{"peer_id":%q,"ts":%d,"full":false,"add":["` + h2 + `"],"remove":["` + h1 + `"]}`,
+		`{"peer_id":%q,"ts":%d,"full":false,"add":["` + h1 + `"],"remove":["` + h1 + `"]}`,
+		`{"peer_id":%q,"ts":%d,"full":true}`,
+		`{"peer_id":%q,"ts":%d,"add":["zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz"]}`,
+	})
+}

@@ -1,0 +1,515 @@
+package tracker
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nix-community/go-nix/pkg/nixbase32"
+	_ "modernc.org/sqlite" // driver "sqlite"
+)
+
+// SQLite is the Registry in one SQLite file (WAL mode). All writes go
+// through one connection, so they are serialised in-process and never wait
+// on SQLite's busy handler; reads use a pool of read-only connections and
+// run in parallel with the writer.
+//
+// Schema (see migrations):
+//
+//	peers(id INTEGER PRIMARY KEY, peer_id TEXT UNIQUE, addrs TEXT (JSON array),
+//	      last_seen INTEGER (Unix ms; 0 once deregistered), last_ts INTEGER,
+//	      packages INTEGER (how many hashes the peer holds))
+//	packages(hash BLOB, peer INTEGER REFERENCES peers(id), PRIMARY KEY(hash, peer))
+//	      WITHOUT ROWID, plus an index on (peer)
+//
+// A hash is stored as its 20 decoded bytes (nixbase32), not as 32 characters
+// of text: measured with 5 M rows, the file is 31% smaller (60 vs 87 bytes a
+// row) and inserts are slightly faster; lookups cost the same. The peer is an
+// integer surrogate, not the 52-character peer ID, for the same reason.
+// find(hash) is one range scan of the primary key.
+type SQLite struct {
+	w *sql.DB // the one writer connection
+	r *sql.DB // read-only pool
+}
+
+var _ Registry = (*SQLite)(nil)
+
+// migrations are applied in order, each once, inside one transaction;
+// schema_version holds how many have been applied. Append only.
+var migrations = []string{
+	// 1: peers and packages.
+	`CREATE TABLE peers (
+		id        INTEGER PRIMARY KEY,
+		peer_id   TEXT    NOT NULL UNIQUE,
+		addrs     TEXT    NOT NULL DEFAULT '[]',
+		last_seen INTEGER NOT NULL,
+		last_ts   INTEGER NOT NULL,
+		packages  INTEGER NOT NULL DEFAULT 0
+	);
+	CREATE INDEX peers_last_seen ON peers(last_seen);
+	CREATE TABLE packages (
+		hash BLOB    NOT NULL,
+		peer INTEGER NOT NULL REFERENCES peers(id) ON DELETE CASCADE,
+		PRIMARY KEY (hash, peer)
+	) WITHOUT ROWID;
+	CREATE INDEX packages_peer ON packages(peer);`,
+}
+
+// sweepChunk bounds how many hash rows one sweep transaction deletes, so a
+// peer with a huge set never holds the write lock for long.
+const sweepChunk = 10000
+
+// OpenSQLite opens (creating if needed) the tracker database at path and
+// brings its schema up to date. The parent directory must exist.
+func OpenSQLite(path string) (*SQLite, error) {
+	base := "file:" + (&url.URL{Path: path}).EscapedPath() +
+		"?_pragma=busy_timeout(10000)&_pragma=foreign_keys(1)&_pragma=synchronous(NORMAL)"
+	w, err := sql.Open("sqlite", base+"&_pragma=journal_mode(WAL)&_pragma=cache_size(-65536)&_txlock=immediate")
+	if err != nil {
+		return nil, fmt.Errorf("tracker database %s: %w", path, err)
+	}
+	w.SetMaxOpenConns(1)
+	w.SetMaxIdleConns(1)
+	w.SetConnMaxLifetime(0)
+	w.SetConnMaxIdleTime(0)
+	if err := migrate(w); err != nil {
+		w.Close()
+		return nil, fmt.Errorf("tracker database %s: %w", path, err)
+	}
+	r, err := sql.Open("sqlite", base+"&_pragma=query_only(1)&_pragma=cache_size(-16384)")
+	if err != nil {
+		w.Close()
+		return nil, fmt.Errorf("tracker database %s: %w", path, err)
+	}
+	n := min(max(runtime.GOMAXPROCS(0), 2), 8)
+	r.SetMaxOpenConns(n)
+	r.SetMaxIdleConns(n)
+	if err := r.Ping(); err != nil {
+		w.Close()
+		r.Close()
+		return nil, fmt.Errorf("tracker database %s: %w", path, err)
+	}
+	return &SQLite{w: w, r: r}, nil
+}
+
+func migrate(db *sql.DB) error {
+	tx, err := db.Begin()
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if _, err := tx.Exec(`CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)`); err != nil {
+		return err
+	}
+	var version int
+	switch err := tx.QueryRow(`SELECT version FROM schema_version`).Scan(&version); {
+	case errors.Is(err, sql.ErrNoRows):
+		if _, err := tx.Exec(`INSERT INTO schema_version (version) VALUES (0)`); err != nil {
+			return err
+		}
+	case err != nil:
+		return err
+	}
+	if version > len(migrations) {
+		return fmt.Errorf("schema version %d is newer than this peerix knows (%d); use a newer peerix", version, len(migrations))
+	}
+	for i := version; i < len(migrations); i++ {
+		if _, err := tx.Exec(migrations[i]); err != nil {
+			return fmt.Errorf("migration %d: %w", i+1, err)
+		}
+	}
+	if _, err := tx.Exec(`UPDATE schema_version SET version = ?`, len(migrations)); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+// Close closes both connection pools.
+func (s *SQLite) Close() error {
+	return errors.Join(s.r.Close(), s.w.Close())
+}
+
+type peerRow struct {
+	id, lastSeen, lastTS, packages int64
+}
+
+// lookup reads the peer's row inside tx; ok is false if there is none.
+func lookup(ctx context.Context, tx *sql.Tx, peerID string) (row peerRow, ok bool, err error) {
+	err = tx.QueryRowContext(ctx, `SELECT id, last_seen, last_ts, packages FROM peers WHERE peer_id = ?`, peerID).
+		Scan(&row.id, &row.lastSeen, &row.lastTS, &row.packages)
+	if errors.Is(err, sql.ErrNoRows) {
+		return row, false, nil
+	}
+	return row, err == nil, err
+}
+
+func (s *SQLite) UpsertPeer(ctx context.Context, peerID string, addrs []string, ts int64, now, liveSince time.Time) (bool, error) {
+	if addrs == nil {
+		addrs = []string{}
+	}
+	addrsJSON, err := json.Marshal(addrs)
+	if err != nil {
+		return false, err
+	}
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return false, err
+	}
+	defer tx.Rollback()
+	row, ok, err := lookup(ctx, tx, peerID)
+	if err != nil {
+		return false, err
+	}
+	fresh := true
+	if !ok {
+		_, err = tx.ExecContext(ctx, `INSERT INTO peers (peer_id, addrs, last_seen, last_ts) VALUES (?, ?, ?, ?)`,
+			peerID, string(addrsJSON), now.UnixMilli(), ts)
+	} else {
+		if ts <= row.lastTS {
+			return false, &ReplayError{TS: ts, LastTS: row.lastTS}
+		}
+		fresh = row.lastSeen < liveSince.UnixMilli()
+		if fresh && row.packages > 0 {
+			// Its old hashes (expired, not yet swept) must not reappear.
+			if _, err := tx.ExecContext(ctx, `DELETE FROM packages WHERE peer = ?`, row.id); err != nil {
+				return false, err
+			}
+			row.packages = 0
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE peers SET addrs = ?, last_seen = ?, last_ts = ?, packages = ? WHERE id = ?`,
+			string(addrsJSON), now.UnixMilli(), ts, row.packages, row.id)
+	}
+	if err != nil {
+		return false, err
+	}
+	return fresh, tx.Commit()
+}
+
+func (s *SQLite) SetPackages(ctx context.Context, peerID string, ts int64, liveSince time.Time, full bool, add, remove []string) (int64, error) {
+	addB, err := decodeHashes(add)
+	if err != nil {
+		return 0, err
+	}
+	removeB, err := decodeHashes(remove)
+	if err != nil {
+		return 0, err
+	}
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Rollback()
+	row, ok, err := lookup(ctx, tx, peerID)
+	if err != nil {
+		return 0, err
+	}
+	if !ok {
+		return 0, ErrUnknownPeer
+	}
+	if ts <= row.lastTS {
+		return 0, &ReplayError{TS: ts, LastTS: row.lastTS}
+	}
+	if row.lastSeen < liveSince.UnixMilli() {
+		return 0, ErrUnknownPeer
+	}
+	count := row.packages
+	if full {
+		// Apply the difference to what is stored: a peer resending the same
+		// set costs a read, not a rewrite of its rows.
+		have, err := peerHashes(ctx, tx, row.id)
+		if err != nil {
+			return 0, err
+		}
+		want := make(map[[20]byte]struct{}, len(addB))
+		for _, h := range addB {
+			want[[20]byte(h)] = struct{}{}
+		}
+		removeB = removeB[:0]
+		for h := range have {
+			if _, ok := want[h]; !ok {
+				removeB = append(removeB, h[:])
+			}
+		}
+		addB = addB[:0]
+		for h := range want {
+			if _, ok := have[h]; !ok {
+				addB = append(addB, h[:])
+			}
+		}
+	}
+	if len(removeB) > 0 {
+		n, err := deleteHashes(ctx, tx, row.id, removeB)
+		if err != nil {
+			return 0, err
+		}
+		count -= n
+	}
+	if len(addB) > 0 {
+		n, err := insertHashes(ctx, tx, row.id, addB)
+		if err != nil {
+			return 0, err
+		}
+		count += n
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE peers SET last_ts = ?, packages = ? WHERE id = ?`, ts, count, row.id); err != nil {
+		return 0, err
+	}
+	return count, tx.Commit()
+}
+
+func decodeHashes(hashes []string) ([][]byte, error) {
+	out := make([][]byte, len(hashes))
+	for i, h := range hashes {
+		b, err := nixbase32.DecodeString(h)
+		if err != nil || len(b) != 20 {
+			return nil, fmt.Errorf("invalid hash %q", h)
+		}
+		out[i] = b
+	}
+	return out, nil
+}
+
+func peerHashes(ctx context.Context, tx *sql.Tx, id int64) (map[[20]byte]struct{}, error) {
+	rows, err := tx.QueryContext(ctx, `SELECT hash FROM packages WHERE peer = ?`, id)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	have := make(map[[20]byte]struct{})
+	var b []byte
+	for rows.Next() {
+		if err := rows.Scan(&b); err != nil {
+			return nil, err
+		}
+		if len(b) == 20 {
+			have[[20]byte(b)] = struct{}{}
+		}
+	}
+	return have, rows.Err()
+}
+
+// batchSize is how many hashes one INSERT or DELETE statement carries:
+// with 500 a statement, 50k hashes go in about 90 ms, three times faster
+// than a statement per hash.
+const batchSize = 500
+
+// insertHashes adds hashes to peer's set and returns how many were new.
+// They are sorted first: inserting in key order into the primary key's
+// B-tree is about twice as fast as in random order.
+func insertHashes(ctx context.Context, tx *sql.Tx, peer int64, hashes [][]byte) (int64, error) {
+	return execBatches(ctx, tx, hashes, func(n int) string {
+		p := strconv.FormatInt(peer, 10)
+		return "INSERT OR IGNORE INTO packages (hash, peer) VALUES " +
+			strings.TrimSuffix(strings.Repeat("(?, "+p+"),", n), ",")
+	})
+}
+
+// deleteHashes removes hashes from peer's set and returns how many it held.
+func deleteHashes(ctx context.Context, tx *sql.Tx, peer int64, hashes [][]byte) (int64, error) {
+	return execBatches(ctx, tx, hashes, func(n int) string {
+		return "DELETE FROM packages WHERE peer = " + strconv.FormatInt(peer, 10) +
+			" AND hash IN (" + strings.TrimSuffix(strings.Repeat("?,", n), ",") + ")"
+	})
+}
+
+func execBatches(ctx context.Context, tx *sql.Tx, hashes [][]byte, query func(n int) string) (int64, error) {
+	slices.SortFunc(hashes, bytes.Compare)
+	var (
+		total int64
+		stmt  *sql.Stmt // prepared for stmtN hashes
+		stmtN int
+		args  = make([]any, 0, batchSize)
+	)
+	defer func() {
+		if stmt != nil {
+			stmt.Close()
+		}
+	}()
+	for len(hashes) > 0 {
+		n := min(len(hashes), batchSize)
+		if n != stmtN {
+			if stmt != nil {
+				stmt.Close()
+			}
+			var err error
+			if stmt, err = tx.PrepareContext(ctx, query(n)); err != nil {
+				return 0, err
+			}
+			stmtN = n
+		}
+		args = args[:0]
+		for _, h := range hashes[:n] {
+			args = append(args, h)
+		}
+		hashes = hashes[n:]
+		res, err := stmt.ExecContext(ctx, args...)
+		if err != nil {
+			return 0, err
+		}
+		c, err := res.RowsAffected()
+		if err != nil {
+			return 0, err
+		}
+		total += c
+	}
+	return total, nil
+}
+
+func (s *SQLite) RemovePeer(ctx context.Context, peerID string, ts int64, liveSince time.Time) (bool, error) {
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return false, err
+	}
+	defer tx.Rollback()
+	row, ok, err := lookup(ctx, tx, peerID)
+	if err != nil || !ok {
+		return false, err
+	}
+	if ts <= row.lastTS {
+		return false, &ReplayError{TS: ts, LastTS: row.lastTS}
+	}
+	if row.packages > 0 {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM packages WHERE peer = ?`, row.id); err != nil {
+			return false, err
+		}
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE peers SET addrs = '[]', last_seen = 0, last_ts = ?, packages = 0 WHERE id = ?`, ts, row.id); err != nil {
+		return false, err
+	}
+	return row.lastSeen >= liveSince.UnixMilli(), tx.Commit()
+}
+
+func (s *SQLite) Find(ctx context.Context, hash string, liveSince time.Time, limit int) ([]PeerInfo, error) {
+	h, err := nixbase32.DecodeString(hash)
+	if err != nil || len(h) != 20 {
+		return nil, fmt.Errorf("invalid hash %q", hash)
+	}
+	// CROSS JOIN keeps packages as the outer loop: a range scan of its
+	// primary key for this hash, then one peers lookup per holder.
+	return queryPeers(ctx, s.r, `SELECT p.peer_id, p.addrs, p.last_seen, p.packages
+		FROM packages k CROSS JOIN peers p ON p.id = k.peer
+		WHERE k.hash = ? AND p.last_seen >= ?
+		ORDER BY p.last_seen DESC, p.id LIMIT ?`, h, liveSince.UnixMilli(), limit)
+}
+
+func (s *SQLite) Peers(ctx context.Context, liveSince time.Time) ([]PeerInfo, error) {
+	return queryPeers(ctx, s.r, `SELECT peer_id, addrs, last_seen, packages FROM peers
+		WHERE last_seen >= ? ORDER BY peer_id`, liveSince.UnixMilli())
+}
+
+func queryPeers(ctx context.Context, db *sql.DB, query string, args ...any) ([]PeerInfo, error) {
+	rows, err := db.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	peers := []PeerInfo{}
+	for rows.Next() {
+		var (
+			p        PeerInfo
+			addrs    string
+			lastSeen int64
+		)
+		if err := rows.Scan(&p.PeerID, &addrs, &lastSeen, &p.Packages); err != nil {
+			return nil, err
+		}
+		if err := json.Unmarshal([]byte(addrs), &p.Addrs); err != nil || p.Addrs == nil {
+			p.Addrs = []string{}
+		}
+		p.LastSeen = time.UnixMilli(lastSeen).UTC()
+		peers = append(peers, p)
+	}
+	return peers, rows.Err()
+}
+
+func (s *SQLite) Sweep(ctx context.Context, liveSince time.Time, tsBefore int64) (int, error) {
+	cutoff := liveSince.UnixMilli()
+	rows, err := s.r.QueryContext(ctx, `SELECT id FROM peers WHERE last_seen < ? AND packages > 0`, cutoff)
+	if err != nil {
+		return 0, err
+	}
+	var ids []int64
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			rows.Close()
+			return 0, err
+		}
+		ids = append(ids, id)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return 0, err
+	}
+	for _, id := range ids {
+		for {
+			n, err := s.sweepChunk(ctx, id, cutoff)
+			if err != nil {
+				return 0, err
+			}
+			if n < sweepChunk {
+				break
+			}
+		}
+	}
+	res, err := s.w.ExecContext(ctx, `DELETE FROM peers WHERE last_seen < ? AND last_ts < ?`, cutoff, tsBefore)
+	if err != nil {
+		return 0, err
+	}
+	n, err := res.RowsAffected()
+	return int(n), err
+}
+
+// sweepChunk deletes up to sweepChunk hashes of peer id, if it is still
+// expired (it may have announced again since the sweep looked).
+func (s *SQLite) sweepChunk(ctx context.Context, id, cutoff int64) (int64, error) {
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Rollback()
+	var packages int64
+	err = tx.QueryRowContext(ctx, `SELECT packages FROM peers WHERE id = ? AND last_seen < ?`, id, cutoff).Scan(&packages)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	res, err := tx.ExecContext(ctx, `DELETE FROM packages WHERE peer = ?1 AND hash IN
+		(SELECT hash FROM packages WHERE peer = ?1 LIMIT ?2)`, id, sweepChunk)
+	if err != nil {
+		return 0, err
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, err
+	}
+	if n < sweepChunk {
+		packages = 0
+	} else {
+		packages = max(packages-n, 0)
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE peers SET packages = ? WHERE id = ?`, packages, id); err != nil {
+		return 0, err
+	}
+	return n, tx.Commit()
+}
+
+func (s *SQLite) LastTS(ctx context.Context, peerID string) (int64, bool, error) {
+	var ts int64
+	err := s.r.QueryRowContext(ctx, `SELECT last_ts FROM peers WHERE peer_id = ?`, peerID).Scan(&ts)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, false, nil
+	}
+	return ts, err == nil, err
+}
