@@ -34,7 +34,12 @@ func main() {
 		if !errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintln(os.Stderr, "peerix:", err)
 		}
-		os.Exit(2)
+		code := 2
+		var ec interface{ ExitCode() int }
+		if errors.As(err, &ec) {
+			code = ec.ExitCode()
+		}
+		os.Exit(code)
 	}
 }
 
@@ -49,6 +54,10 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return serve(args)
 	case "tracker":
 		return runTracker(args)
+	case "status":
+		return status(args, stdout)
+	case "doctor":
+		return doctor(args, stdout)
 	case "keygen":
 		return keygen(args, stdout)
 	case "version", "--version":
@@ -78,6 +87,15 @@ func serve(args []string) error {
 	if err != nil {
 		return err
 	}
+	// SIGHUP (systemctl reload) rescans the store and announces changes.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for range hup {
+			d.Rescan()
+		}
+	}()
 	return d.Run(ctx)
 }
 

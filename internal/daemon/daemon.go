@@ -17,6 +17,7 @@ import (
 	"github.com/peerix/peerix/internal/config"
 	"github.com/peerix/peerix/internal/lan"
 	"github.com/peerix/peerix/internal/nixstore"
+	"github.com/peerix/peerix/internal/ops"
 	"github.com/peerix/peerix/internal/signing"
 	"github.com/peerix/peerix/internal/store"
 	"github.com/peerix/peerix/internal/trust"
@@ -44,6 +45,7 @@ type Daemon struct {
 	filter   *trust.Filter
 	verifier *trust.Verifier // nil without peer sources
 	closers  []func() error
+	ops      *ops.Ops
 }
 
 // New opens everything a daemon needs and binds its HTTP listener, so that
@@ -120,16 +122,18 @@ func New(cfg *config.Serve, log *slog.Logger) (_ *Daemon, err error) {
 		d.remote = d.verifier.Wrap(store.FirstOf(sources...))
 	}
 
+	d.ops = d.newOps()
 	cacheServer := &cache.Server{
 		Local:    d.shared,
 		Remote:   d.remote,
 		StoreDir: nixstore.StoreDir,
 		Priority: cfg.Priority,
-		Next:     d.opsHandler(),
+		Next:     d.ops.Handler(),
 		Log:      log,
+		Observe:  d.ops.ObserveCache,
 	}
 	d.server = &http.Server{
-		Handler:           cacheServer,
+		Handler:           d.ops.Instrument(cacheServer),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    16 << 10,
@@ -148,6 +152,12 @@ func (d *Daemon) close() {
 	d.closers = nil
 }
 
+// Rescan looks at the store again and announces what changed (SIGHUP).
+func (d *Daemon) Rescan() {
+	d.log.Info("rescanning the store")
+	d.ops.Activity("store rescan requested")
+}
+
 // Addr is the address the HTTP server listens on.
 func (d *Daemon) Addr() net.Addr { return d.ln.Addr() }
 
@@ -156,6 +166,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 	defer d.close()
 	d.log.Info("peerix serving", "listen", d.ln.Addr().String(), "mode", d.cfg.Mode,
 		"store", nixstore.DBPath(d.cfg.StoreRoot), "version", Version)
+	if err := d.ops.Load(); err != nil {
+		d.log.Warn("loading stats", "err", err)
+	}
+	d.ops.Activity("peerix " + Version + " started in " + d.cfg.Mode + " mode")
+	opsCtx, stopOps := context.WithCancel(context.Background())
+	opsDone := make(chan struct{})
+	go func() { d.ops.Run(opsCtx); close(opsDone) }()
+	defer func() { stopOps(); <-opsDone }()
 	errc := make(chan error, 2)
 	go func() { errc <- fmt.Errorf("http server: %w", d.server.Serve(d.ln)) }()
 	if d.lan != nil {

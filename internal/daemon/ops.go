@@ -2,70 +2,66 @@ package daemon
 
 import (
 	"context"
-	"encoding/json"
-	"net/http"
-	"time"
+	"fmt"
 
-	"github.com/peerix/peerix/internal/cache"
+	"github.com/peerix/peerix/internal/ops"
+	"github.com/peerix/peerix/internal/trust"
 )
 
-// opsHandler serves the operator's routes beside the cache protocol.
-func (d *Daemon) opsHandler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /health", d.serveHealth)
-	mux.Handle("GET /api/status", loopbackOnly(http.HandlerFunc(d.serveStatus)))
-	return mux
-}
-
-func loopbackOnly(h http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !cache.IsLoopback(r) {
-			http.Error(w, "only from this machine", http.StatusForbidden)
-			return
-		}
-		h.ServeHTTP(w, r)
-	})
-}
-
-// Check is one line of /health.
-type Check struct {
-	OK     bool   `json:"ok"`
-	Detail string `json:"detail,omitempty"`
-}
-
-func (d *Daemon) serveHealth(w http.ResponseWriter, r *http.Request) {
-	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-	defer cancel()
-	checks := map[string]Check{}
-	if err := d.local.Ping(ctx); err != nil {
-		checks["store"] = Check{Detail: err.Error()}
-	} else {
-		checks["store"] = Check{OK: true}
+// newOps makes the operator's side: metrics, /health, /api/*, /dashboard.
+func (d *Daemon) newOps() *ops.Ops {
+	upstream := ""
+	if d.cfg.Filter == "upstream" || (d.verifier != nil && !d.cfg.NoVerify) {
+		upstream = d.cfg.Upstream
 	}
-	status, code := "healthy", http.StatusOK
-	for _, c := range checks {
-		if !c.OK {
-			status, code = "degraded", http.StatusServiceUnavailable
+	checks := map[string]func(context.Context) error{
+		"store":    d.local.Ping,
+		"tracker":  nil,
+		"upstream": nil,
+	}
+	if upstream != "" {
+		// Passive: what the filter's and verifier's own requests to the
+		// upstream found, so /health never sends traffic of its own.
+		checks["upstream"] = func(context.Context) error {
+			healths := []trust.Health{d.filter.Health()}
+			if d.verifier != nil {
+				healths = append(healths, d.verifier.Health())
+			}
+			for _, h := range healths {
+				if !h.Reachable {
+					return fmt.Errorf("upstream %s unreachable after %d failures: %s", h.Upstream, h.ConsecutiveFailures, h.LastError)
+				}
+			}
+			return nil
 		}
 	}
-	writeJSON(w, code, map[string]any{"status": status, "checks": checks})
-}
-
-func (d *Daemon) serveStatus(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]any{
-		"peer_id":    "",
-		"mode":       d.cfg.Mode,
-		"version":    Version,
-		"listen":     d.ln.Addr().String(),
-		"store_root": d.cfg.StoreRoot,
-		"uptime_s":   int64(time.Since(d.start).Seconds()),
+	return ops.New(ops.Options{
+		Mode:              d.cfg.Mode,
+		Version:           Version,
+		Listen:            d.ln.Addr().String(),
+		StoreRoot:         d.cfg.StoreRoot,
+		StateDir:          d.cfg.StateDir,
+		Tracker:           d.cfg.Tracker,
+		Upstream:          upstream,
+		Filter:            d.cfg.Filter,
+		TrustedPublicKeys: d.cfg.TrustedPublicKeys,
+		Log:               d.log.With("part", "ops"),
+		Checks:            checks,
+		Store: func(ctx context.Context) ops.StoreInfo {
+			n := int64(0)
+			err := d.local.StorePaths(ctx, func(string) error { n++; return nil })
+			info := ops.StoreInfo{Paths: n, Shared: -1, Filter: d.cfg.Filter}
+			if err != nil {
+				info.Error = err.Error()
+			}
+			return info
+		},
+		PathName: func(ctx context.Context, hash string) string {
+			pi, err := d.local.PathInfo(ctx, hash)
+			if err != nil {
+				return ""
+			}
+			return pi.StorePath
+		},
 	})
-}
-
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	enc.Encode(v)
 }

@@ -1,0 +1,391 @@
+package ops
+
+import (
+	"io"
+	"net"
+	"net/http"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/peerix/peerix/internal/cache"
+)
+
+// Route classes of Instrument: the cache routes as cache.Server names them,
+// then the operator's routes.
+const (
+	rCacheInfo = iota
+	rLocalNarInfo
+	rRemoteNarInfo
+	rLocalNAR
+	rRemoteNAR
+	rHealth
+	rMetrics
+	rAPI
+	rDashboard
+	rOther
+	nRoutes
+)
+
+var routeNames = [nRoutes]string{
+	rCacheInfo:     string(cache.RouteCacheInfo),
+	rLocalNarInfo:  string(cache.RouteLocalNarInfo),
+	rRemoteNarInfo: string(cache.RouteRemoteNarInfo),
+	rLocalNAR:      string(cache.RouteLocalNAR),
+	rRemoteNAR:     string(cache.RouteRemoteNAR),
+	rHealth:        "health",
+	rMetrics:       "metrics",
+	rAPI:           "api",
+	rDashboard:     "dashboard",
+	rOther:         "other",
+}
+
+// classify names the route of a request path the way cache.Server routes it,
+// without allocating. Malformed paths the cache refuses land in their class
+// anyway; the status code tells them apart.
+func classify(p string) int {
+	local := false
+	if strings.HasPrefix(p, "/local/") {
+		local, p = true, p[len("/local"):]
+	}
+	switch {
+	case p == "/nix-cache-info":
+		return rCacheInfo
+	case strings.HasPrefix(p, "/nar/"):
+		if !local && strings.IndexByte(p[len("/nar/"):], '/') >= 0 {
+			return rRemoteNAR
+		}
+		return rLocalNAR
+	case strings.HasSuffix(p, ".narinfo") && strings.IndexByte(p[1:], '/') < 0:
+		if local {
+			return rLocalNarInfo
+		}
+		return rRemoteNarInfo
+	case local:
+		return rOther
+	case p == "/health":
+		return rHealth
+	case p == "/metrics":
+		return rMetrics
+	case strings.HasPrefix(p, "/api/"):
+		return rAPI
+	case p == "/dashboard" || strings.HasPrefix(p, "/dashboard/"):
+		return rDashboard
+	}
+	return rOther
+}
+
+// isCacheRoute: the binary-cache protocol, as opposed to the operator's routes.
+func isCacheRoute(rc int) bool { return rc <= rRemoteNAR }
+
+// Sources of hits, misses and bytes.
+const (
+	srcLocal = iota // this store, as peers (or anyone at /local/) ask it
+	srcPeers        // Nix's narinfo lookups on the peers: the layer is not known yet
+	srcLAN          // NARs fetched from LAN peers
+	srcP2P          // NARs fetched from P2P peers
+	nSources
+)
+
+var sourceNames = [nSources]string{"local", "peers", "lan", "p2p"}
+
+// sourceIndex maps a source name to its index, -1 if unknown.
+func sourceIndex(s string) int {
+	for i, n := range sourceNames {
+		if n == s {
+			return i
+		}
+	}
+	return -1
+}
+
+// Histogram buckets for request durations: narinfo answers take well under
+// a millisecond, NAR transfers up to minutes.
+var durationBuckets = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300}
+
+// metrics holds the Prometheus side. Everything on a request's path is
+// resolved ahead (per route, per source) or cached (per route and status),
+// so observing a request is a few atomic operations.
+type metrics struct {
+	requests         *prometheus.CounterVec
+	requestsByCode   [nRoutes][600]atomic.Pointer[prometheus.Counter]
+	durations        [nRoutes]prometheus.Observer
+	hits, misses     [nSources]prometheus.Counter
+	bytesSent        prometheus.Counter
+	bytesReceived    [nSources]prometheus.Counter
+	verifyFailures   prometheus.Counter
+	filterDecisions  *prometheus.CounterVec
+	transfersStarted prometheus.Counter
+	transfersFailed  prometheus.Counter
+}
+
+func newMetrics(o *Ops, reg *prometheus.Registry) *metrics {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "peerix_requests_total",
+			Help: "HTTP requests answered, by route and status code (\"aborted\": the transfer broke off).",
+		}, []string{"route", "code"}),
+		filterDecisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "peerix_filter_decisions_total",
+			Help: "Decisions of the share filter, by outcome.",
+		}, []string{"decision"}),
+	}
+	durations := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "peerix_request_duration_seconds",
+		Help:    "Time to answer HTTP requests, to the last byte, by route.",
+		Buckets: durationBuckets,
+	}, []string{"route"})
+	hits := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "peerix_cache_hits_total",
+		Help: "Paths found, by source: local = narinfo requests for this store (/local/), peers = this machine's Nix's narinfo lookups on the peers, lan and p2p = NARs fetched from peers.",
+	}, []string{"source"})
+	misses := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "peerix_cache_misses_total",
+		Help: "Paths not found (404), by source, as for peerix_cache_hits_total.",
+	}, []string{"source"})
+	received := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "peerix_bytes_received_total",
+		Help: "NAR bytes received from peers and passed on to Nix, by source.",
+	}, []string{"source"})
+	m.bytesSent = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "peerix_bytes_sent_total",
+		Help: "NAR bytes sent, to peers and to this machine's Nix.",
+	})
+	m.verifyFailures = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "peerix_verification_failures_total",
+		Help: "Narinfos or NARs from peers refused by the verifier.",
+	})
+	m.transfersStarted = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "peerix_transfers_total",
+		Help: "NAR transfers started (from peers, and large ones to peers).",
+	})
+	m.transfersFailed = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "peerix_transfers_failed_total",
+		Help: "NAR transfers that ended in an error.",
+	})
+	for rc := range nRoutes {
+		m.durations[rc] = durations.WithLabelValues(routeNames[rc])
+	}
+	for s := range nSources {
+		m.hits[s] = hits.WithLabelValues(sourceNames[s])
+		m.misses[s] = misses.WithLabelValues(sourceNames[s])
+		if s != srcPeers {
+			m.bytesReceived[s] = received.WithLabelValues(sourceNames[s])
+		}
+	}
+	// Remove the series that cannot happen: "local" bytes are never received.
+	received.DeleteLabelValues(sourceNames[srcLocal])
+
+	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "peerix_build_info",
+		Help: "Always 1; the labels describe the running peerix.",
+	}, []string{"version", "goversion", "mode"})
+	build.WithLabelValues(o.opts.Version, runtime.Version(), o.opts.Mode).Set(1)
+
+	reg.MustRegister(m.requests, durations, hits, misses, received, m.bytesSent, m.verifyFailures,
+		m.filterDecisions, m.transfersStarted, m.transfersFailed, build,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "peerix_peers_known",
+			Help: "Peers known now (LAN and P2P).",
+		}, func() float64 { return float64(len(o.peers())) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "peerix_peers_connected",
+			Help: "Peers with a live connection now.",
+		}, func() float64 {
+			n := 0
+			for _, p := range o.peers() {
+				if p.Connected {
+					n++
+				}
+			}
+			return float64(n)
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "peerix_transfers_in_flight",
+			Help: "NAR transfers in progress.",
+		}, func() float64 {
+			o.tmu.Lock()
+			defer o.tmu.Unlock()
+			return float64(len(o.transfers))
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "peerix_uptime_seconds",
+			Help: "Seconds since the daemon started.",
+		}, func() float64 { return o.now().Sub(o.started).Seconds() }),
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	return m
+}
+
+func (o *Ops) metricsHandler() http.Handler {
+	return promhttp.HandlerFor(o.reg, promhttp.HandlerOpts{ErrorLog: slogPrinter{o}})
+}
+
+type slogPrinter struct{ o *Ops }
+
+func (p slogPrinter) Println(v ...any) { p.o.log.Warn("metrics", "err", v) }
+
+// Registry is where Ops registers its metrics; the daemon may add its own.
+func (o *Ops) Registry() *prometheus.Registry {
+	if o == nil {
+		return nil
+	}
+	return o.reg
+}
+
+// codeStrings are the status codes as label values, made once.
+var codeStrings = func() (t [600]string) {
+	for i := range t {
+		t[i] = strconv.Itoa(i)
+	}
+	return t
+}()
+
+const codeAborted = 0 // a handler that panicked (an aborted transfer)
+
+// requestCounter returns the requests_total child for a route and status,
+// creating it once.
+func (m *metrics) requestCounter(rc, status int) prometheus.Counter {
+	if status < 100 || status >= 600 {
+		status = codeAborted
+	}
+	slot := &m.requestsByCode[rc][status]
+	if c := slot.Load(); c != nil {
+		return *c
+	}
+	code := codeStrings[status]
+	if status == codeAborted {
+		code = "aborted"
+	}
+	c := m.requests.WithLabelValues(routeNames[rc], code)
+	slot.Store(&c)
+	return c
+}
+
+// Instrument wraps the daemon's whole handler: it counts requests by route
+// and status, times them, and shows NARs served to peers as transfers. It
+// logs nothing and allocates nothing per request beyond pooled state.
+func (o *Ops) Instrument(next http.Handler) http.Handler {
+	if o == nil {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rc := classify(r.URL.Path)
+		rw := writerPool.Get().(*respWriter)
+		*rw = respWriter{ResponseWriter: w, o: o, r: r, rc: rc}
+		start := time.Now()
+		defer func() {
+			rec := recover()
+			status := rw.status
+			if rec != nil {
+				status = codeAborted
+			} else if status == 0 {
+				status = http.StatusOK
+			}
+			o.finishRequest(rc, status, time.Since(start))
+			if rw.transfer != nil {
+				var err error
+				if rec != nil {
+					err = errAborted
+				}
+				rw.transfer.Done(err)
+			}
+			*rw = respWriter{}
+			writerPool.Put(rw)
+			if rec != nil {
+				panic(rec)
+			}
+		}()
+		next.ServeHTTP(rw, r)
+	})
+}
+
+func (o *Ops) finishRequest(rc, status int, d time.Duration) {
+	o.metrics.requestCounter(rc, status).Inc()
+	o.metrics.durations[rc].Observe(d.Seconds())
+	if isCacheRoute(rc) {
+		o.stats.requests.Add(1)
+	}
+}
+
+var writerPool = sync.Pool{New: func() any { return new(respWriter) }}
+
+// uploadMinSize: NARs served to peers are shown as transfers from this
+// size on; smaller ones come and go too fast to watch.
+const uploadMinSize = 1 << 20
+
+// respWriter records the status and, for NARs served to peers, the
+// progress. It keeps io.ReaderFrom so that file bodies still go out with
+// sendfile, and http.Flusher.
+type respWriter struct {
+	http.ResponseWriter
+	o        *Ops
+	r        *http.Request
+	rc       int
+	status   int
+	transfer *Transfer
+}
+
+func (w *respWriter) WriteHeader(code int) {
+	if w.status == 0 && code >= 200 {
+		w.status = code
+		if w.rc == rLocalNAR && (code == http.StatusOK || code == http.StatusPartialContent) && w.r.Method == http.MethodGet {
+			w.startUpload()
+		}
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *respWriter) startUpload() {
+	size, err := strconv.ParseInt(w.Header().Get("Content-Length"), 10, 64)
+	if err != nil || size < uploadMinSize {
+		return
+	}
+	url := strings.TrimPrefix(strings.TrimPrefix(w.r.URL.Path, "/local"), "/")
+	peer, _, _ := net.SplitHostPort(w.r.RemoteAddr)
+	w.transfer = w.o.startTransfer("up", "", hashOfNarURL(url), "local", peer, size)
+}
+
+func (w *respWriter) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+	n, err := w.ResponseWriter.Write(p)
+	w.transfer.Add(int64(n))
+	return n, err
+}
+
+// ReadFrom keeps sendfile: net/http's own ReadFrom sees the *os.File.
+func (w *respWriter) ReadFrom(src io.Reader) (int64, error) {
+	if w.status == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+	var n int64
+	var err error
+	if rf, ok := w.ResponseWriter.(io.ReaderFrom); ok {
+		n, err = rf.ReadFrom(src)
+	} else {
+		n, err = io.Copy(writerOnly{w.ResponseWriter}, src)
+	}
+	w.transfer.Add(n)
+	return n, err
+}
+
+func (w *respWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (w *respWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+type writerOnly struct{ io.Writer }

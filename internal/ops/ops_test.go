@@ -1,0 +1,702 @@
+package ops
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/peerix/peerix/internal/cache"
+)
+
+const (
+	hashA = "0c0rbkz6fv6z6hkfg8r9cxk6wq1b2d7m"
+	hashB = "1b4sb93wp679q4zx9k1ignby1yna3z7c"
+	hashC = "2f3l6s9p5y7xk3d4m8q0ccvzna1b6r9w"
+)
+
+// fakeClock is a settable clock.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+func newTestOps(t *testing.T, opts Options) (*Ops, *fakeClock) {
+	t.Helper()
+	clk := &fakeClock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+	opts.now = clk.now
+	if opts.Mode == "" {
+		opts.Mode = "local"
+	}
+	if opts.Version == "" {
+		opts.Version = "1.2.3-test"
+	}
+	return New(opts), clk
+}
+
+// get serves one request through h from addr (RemoteAddr).
+func get(h http.Handler, target, remoteAddr string) *httptest.ResponseRecorder {
+	r := httptest.NewRequest("GET", target, nil)
+	r.RemoteAddr = remoteAddr
+	r.Host = "127.0.0.1:12304"
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	return w
+}
+
+func TestClassify(t *testing.T) {
+	cases := map[string]int{
+		"/nix-cache-info":              rCacheInfo,
+		"/local/nix-cache-info":        rCacheInfo,
+		"/" + hashA + ".narinfo":       rRemoteNarInfo,
+		"/local/" + hashA + ".narinfo": rLocalNarInfo,
+		"/nar/" + hashA + "-x.nar":     rLocalNAR,
+		"/local/nar/" + hashA + "-x":   rLocalNAR,
+		"/nar/lan/1.2.3.4/1/x.nar":     rRemoteNAR,
+		"/nar/p2p/x.nar":               rRemoteNAR,
+		"/local/nar/lan/x":             rLocalNAR,
+		"/health":                      rHealth,
+		"/metrics":                     rMetrics,
+		"/api/status":                  rAPI,
+		"/dashboard":                   rDashboard,
+		"/":                            rOther,
+		"/local/health":                rOther,
+		"/a/b.narinfo":                 rOther,
+	}
+	for p, want := range cases {
+		if got := classify(p); got != want {
+			t.Errorf("classify(%q) = %s, want %s", p, routeNames[got], routeNames[want])
+		}
+	}
+}
+
+func TestInstrumentCountsAndKeepsInterfaces(t *testing.T) {
+	o, _ := newTestOps(t, Options{})
+	var sawReaderFrom, sawFlusher bool
+	h := o.Instrument(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, sawReaderFrom = w.(io.ReaderFrom)
+		_, sawFlusher = w.(http.Flusher)
+		switch r.URL.Path {
+		case "/" + hashA + ".narinfo":
+			http.NotFound(w, r)
+		case "/nar/" + hashA + "-x.nar":
+			io.Copy(w, strings.NewReader("nar bytes")) // goes through ReadFrom
+		case "/health":
+			w.Write([]byte("ok"))
+		}
+	}))
+	get(h, "/"+hashA+".narinfo", "127.0.0.1:1")
+	get(h, "/"+hashA+".narinfo", "127.0.0.1:1")
+	w := get(h, "/nar/"+hashA+"-x.nar", "10.0.0.2:1")
+	if w.Body.String() != "nar bytes" || w.Code != 200 {
+		t.Errorf("NAR through ReadFrom: %d %q", w.Code, w.Body)
+	}
+	get(h, "/health", "127.0.0.1:1")
+	if !sawReaderFrom || !sawFlusher {
+		t.Errorf("wrapped writer lost io.ReaderFrom (%v) or http.Flusher (%v)", sawReaderFrom, sawFlusher)
+	}
+	if got := o.stats.requests.Load(); got != 3 {
+		t.Errorf("cache requests counted %d, want 3 (the operator's routes do not count)", got)
+	}
+	text := scrape(t, o)
+	for _, want := range []string{
+		`peerix_requests_total{code="404",route="remote-narinfo"} 2`,
+		`peerix_requests_total{code="200",route="local-nar"} 1`,
+		`peerix_requests_total{code="200",route="health"} 1`,
+		`peerix_request_duration_seconds_count{route="remote-narinfo"} 2`,
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+}
+
+func TestInstrumentAbortedTransfer(t *testing.T) {
+	o, _ := newTestOps(t, Options{})
+	h := o.Instrument(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", fmt.Sprint(2<<20))
+		w.WriteHeader(200)
+		w.Write(make([]byte, 1<<20))
+		panic(http.ErrAbortHandler)
+	}))
+	func() {
+		defer func() {
+			if r := recover(); r != http.ErrAbortHandler {
+				t.Errorf("Instrument swallowed or changed the panic: %v", r)
+			}
+		}()
+		get(h, "/local/nar/"+hashA+"-x.nar", "10.0.0.2:5000")
+	}()
+	if !strings.Contains(scrape(t, o), `peerix_requests_total{code="aborted",route="local-nar"} 1`) {
+		t.Error("aborted request not counted as aborted")
+	}
+	inFlight, recent := o.transferInfos()
+	if len(inFlight) != 0 || len(recent) != 1 {
+		t.Fatalf("upload transfer: %d in flight, %d recent; want 0 and 1", len(inFlight), len(recent))
+	}
+	r := recent[0]
+	if r.Direction != "up" || r.Hash != hashA || r.Peer != "10.0.0.2" || r.Done != 1<<20 || r.Size != 2<<20 || r.Error != "aborted" {
+		t.Errorf("upload transfer recorded as %+v", r)
+	}
+}
+
+func TestInstrumentAllocations(t *testing.T) {
+	o, _ := newTestOps(t, Options{})
+	h := o.Instrument(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(200)
+	}))
+	r := httptest.NewRequest("GET", "/"+hashA+".narinfo", nil)
+	w := &nopWriter{h: http.Header{}}
+	h.ServeHTTP(w, r) // create the counter child
+	allocs := testing.AllocsPerRun(1000, func() { h.ServeHTTP(w, r) })
+	if allocs > 0 {
+		t.Errorf("Instrument allocates %.1f times per request, want 0", allocs)
+	}
+}
+
+type nopWriter struct{ h http.Header }
+
+func (w *nopWriter) Header() http.Header         { return w.h }
+func (w *nopWriter) Write(p []byte) (int, error) { return len(p), nil }
+func (w *nopWriter) WriteHeader(int)             {}
+
+func TestObserveCache(t *testing.T) {
+	o, _ := newTestOps(t, Options{})
+	lanURL := "nar/lan/192.168.1.20/12304/" + hashB + "-1b4sb93wp679q4zx9k1ignby1yna3z7c4c2ri3wphylbc2dwsys0.nar"
+	evs := []cache.Event{
+		{Route: cache.RouteLocalNarInfo, Hash: hashA, Status: 200},
+		{Route: cache.RouteLocalNarInfo, Hash: hashA, Status: 200},
+		{Route: cache.RouteLocalNarInfo, Hash: hashC, Status: 404},
+		{Route: cache.RouteLocalNarInfo, Hash: "bad", Status: 400},
+		{Route: cache.RouteRemoteNarInfo, Hash: hashB, Status: 200},
+		{Route: cache.RouteRemoteNarInfo, Hash: hashC, Status: 404},
+		{Route: cache.RouteLocalNAR, URL: "nar/" + hashA + "-xyz.nar", Status: 200, Bytes: 1000},
+		{Route: cache.RouteRemoteNAR, URL: lanURL, Status: 200, Bytes: 500},
+		{Route: cache.RouteRemoteNAR, URL: "nar/p2p/" + hashC + "-x.nar", Status: 404},
+		{Route: cache.RouteCacheInfo, Status: 200},
+	}
+	for _, ev := range evs {
+		o.ObserveCache(ev)
+	}
+	c := o.stats.counters()
+	want := Counters{
+		Hits:          map[string]int64{"local": 2, "peers": 1, "lan": 1, "p2p": 0},
+		Misses:        map[string]int64{"local": 1, "peers": 1, "lan": 0, "p2p": 1},
+		BytesSent:     1500,
+		BytesReceived: map[string]int64{"lan": 500, "p2p": 0},
+	}
+	if fmt.Sprint(c.Hits, c.Misses, c.BytesSent, c.BytesReceived) != fmt.Sprint(want.Hits, want.Misses, want.BytesSent, want.BytesReceived) {
+		t.Errorf("counters %+v\nwant %+v", c, want)
+	}
+	top := o.stats.requested.top(TopN)
+	if len(top) != 3 || top[0].Hash != hashA || top[0].Count != 2 {
+		t.Errorf("top requested %+v", top)
+	}
+	served := o.stats.served.top(TopN)
+	if len(served) != 2 || served[0].Hash != hashA || served[0].Bytes != 1000 || served[1].Hash != hashB {
+		t.Errorf("top served %+v", served)
+	}
+	text := scrape(t, o)
+	for _, w := range []string{
+		`peerix_cache_hits_total{source="local"} 2`,
+		`peerix_cache_misses_total{source="p2p"} 1`,
+		`peerix_bytes_sent_total 1500`,
+		`peerix_bytes_received_total{source="lan"} 500`,
+	} {
+		if !strings.Contains(text, w) {
+			t.Errorf("metrics lack %s", w)
+		}
+	}
+	if strings.Contains(text, `peerix_bytes_received_total{source="local"}`) {
+		t.Error("metrics show bytes received from the local store")
+	}
+}
+
+func TestTopKFindsHeavyHitters(t *testing.T) {
+	k := newTopK(16)
+	// 3 heavy keys among 1000 distinct light ones.
+	for i := range 1000 {
+		// Space-saving finds every key counted more than total/capacity
+		// (about 1575/16 here) times.
+		k.add(fmt.Sprintf("light-%d", i), 0)
+		if i%4 == 0 {
+			k.add("heavy-a", 0)
+		}
+		if i%5 == 0 {
+			k.add("heavy-b", 0)
+		}
+		if i%8 == 0 {
+			k.add("heavy-c", 0)
+		}
+	}
+	top := k.top(3)
+	got := []string{top[0].Hash, top[1].Hash, top[2].Hash}
+	if fmt.Sprint(got) != "[heavy-a heavy-b heavy-c]" {
+		t.Errorf("top 3 = %v, want heavy-a, heavy-b, heavy-c", got)
+	}
+	if len(k.items) != 16 || len(k.idx) != 16 {
+		t.Errorf("topK holds %d items, %d indexed; want 16", len(k.items), len(k.idx))
+	}
+	for _, e := range top {
+		if e.Count-e.Error > 250 {
+			t.Errorf("%s: count %d - error %d exceeds the true count", e.Hash, e.Count, e.Error)
+		}
+	}
+}
+
+func TestHealth(t *testing.T) {
+	old := checkTimeout
+	checkTimeout = 100 * time.Millisecond
+	defer func() { checkTimeout = old }()
+	stateDir := t.TempDir()
+	o, clk := newTestOps(t, Options{
+		StateDir: stateDir,
+		Checks: map[string]func(context.Context) error{
+			"store":   func(context.Context) error { return nil },
+			"tracker": nil,
+		},
+	})
+	w := get(o.Handler(), "/health", "10.0.0.9:1") // anyone may ask
+	var h Health
+	if err := json.Unmarshal(w.Body.Bytes(), &h); err != nil {
+		t.Fatal(err)
+	}
+	if w.Code != 200 || h.Status != Healthy || !h.Checks["store"].OK || h.Checks["tracker"].Detail != NotApplicable || !h.Checks["state_dir"].OK {
+		t.Errorf("healthy daemon: %d %s", w.Code, w.Body)
+	}
+
+	o, clk = newTestOps(t, Options{
+		StateDir: filepath.Join(stateDir, "missing"),
+		Checks: map[string]func(context.Context) error{
+			"store":    func(context.Context) error { return errors.New("database locked") },
+			"upstream": func(context.Context) error { select {} }, // ignores its context
+			"peers":    func(context.Context) error { panic("boom") },
+			"tracker":  func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() },
+		},
+	})
+	start := time.Now()
+	w = get(o.Handler(), "/health", "127.0.0.1:1")
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("checks ran %v; they must run concurrently, each bounded by the timeout", took)
+	}
+	h = Health{}
+	json.Unmarshal(w.Body.Bytes(), &h)
+	if w.Code != 503 || h.Status != Degraded {
+		t.Errorf("degraded daemon answered %d %s", w.Code, w.Body)
+	}
+	for name, want := range map[string]string{
+		"store": "database locked", "upstream": "no answer within", "peers": "panicked: boom",
+		"tracker": "", "state_dir": "not writable",
+	} {
+		if c := h.Checks[name]; c.OK || !strings.Contains(c.Detail, want) {
+			t.Errorf("check %s = %+v, want failed with %q", name, c, want)
+		}
+	}
+	_ = clk
+}
+
+func TestHealthIsCachedBriefly(t *testing.T) {
+	calls := 0
+	o, clk := newTestOps(t, Options{Checks: map[string]func(context.Context) error{
+		"store": func(context.Context) error { calls++; return nil },
+	}})
+	o.Health(context.Background())
+	o.Health(context.Background())
+	if calls != 1 {
+		t.Errorf("check ran %d times within the TTL, want 1", calls)
+	}
+	clk.advance(2 * healthTTL)
+	o.Health(context.Background())
+	if calls != 2 {
+		t.Errorf("check ran %d times after the TTL, want 2", calls)
+	}
+}
+
+func TestLocalOnly(t *testing.T) {
+	o, _ := newTestOps(t, Options{})
+	h := o.Handler()
+	for _, c := range []struct {
+		target, remote, host string
+		want                 int
+	}{
+		{"/api/status", "127.0.0.1:5", "127.0.0.1:12304", 200},
+		{"/api/status", "[::1]:5", "[::1]:12304", 200},
+		{"/api/peers", "127.0.0.1:5", "localhost:12304", 200},
+		{"/dashboard", "127.0.0.1:5", "127.0.0.1:12304", 200},
+		{"/api/status", "192.168.1.7:5", "192.168.1.2:12304", 403},
+		{"/api/peers", "10.1.1.1:5", "127.0.0.1:12304", 403},
+		{"/dashboard", "192.168.1.7:5", "192.168.1.2:12304", 403},
+		{"/dashboard", "127.0.0.1:5", "rebind.attacker.example:12304", 403},
+		{"/api/status", "127.0.0.1:5", "rebind.attacker.example", 403},
+		{"/metrics", "192.168.1.7:5", "192.168.1.2:12304", 200},
+		{"/health", "192.168.1.7:5", "192.168.1.2:12304", 200},
+	} {
+		r := httptest.NewRequest("GET", c.target, nil)
+		r.RemoteAddr, r.Host = c.remote, c.host
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		if w.Code != c.want {
+			t.Errorf("GET %s from %s (Host %s) = %d, want %d", c.target, c.remote, c.host, w.Code, c.want)
+		}
+	}
+}
+
+func TestStatusAndPeers(t *testing.T) {
+	backoff := time.Date(2026, 3, 1, 12, 5, 0, 0, time.UTC)
+	o, clk := newTestOps(t, Options{
+		Mode:      "p2p",
+		PeerID:    func() string { return "12D3KooWtest" },
+		Listen:    "127.0.0.1:12304",
+		StoreRoot: "/",
+		Tracker:   "https://tracker.example",
+		Peers: func() []PeerInfo {
+			return []PeerInfo{
+				{ID: "12D3KooWzzz", Source: "p2p", Reputation: &Reputation{SuccessRate: 0.25, BackoffUntil: backoff}},
+				{ID: "192.168.1.20:12304", Source: "lan", Connected: true, Addrs: []string{"192.168.1.20:12304"}},
+				{ID: "12D3KooWaaa", Source: "p2p", Connected: true, Relayed: true},
+			}
+		},
+		Store: func(context.Context) StoreInfo {
+			return StoreInfo{Paths: 100, Shared: 40, Filter: "upstream", FilterChecked: 50, FilterTotal: 100}
+		},
+		PathName: func(_ context.Context, h string) string { return "/nix/store/" + h + "-hello-2.12" },
+	})
+	clk.advance(90 * time.Second)
+	o.ObserveCache(cache.Event{Route: cache.RouteLocalNarInfo, Hash: hashA, Status: 200})
+	tr := o.StartTransfer("", hashB, "p2p", 1000)
+	tr.SetPeer("12D3KooWaaa")
+	tr.Add(400)
+	o.Activity("peer 12D3KooWaaa connected")
+
+	w := get(o.Handler(), "/api/status", "127.0.0.1:1")
+	if w.Code != 200 || w.Header().Get("Content-Type") != "application/json" {
+		t.Fatalf("/api/status: %d %s", w.Code, w.Header())
+	}
+	var st Status
+	if err := json.Unmarshal(w.Body.Bytes(), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.PeerID != "12D3KooWtest" || st.Mode != "p2p" || st.Version != "1.2.3-test" || st.UptimeS != 90 ||
+		st.Listen != "127.0.0.1:12304" || st.Tracker != "https://tracker.example" {
+		t.Errorf("status head: %+v", st)
+	}
+	if st.Peers != (PeerCounts{Known: 3, Connected: 2, LAN: 1, P2P: 2}) {
+		t.Errorf("peer counts %+v", st.Peers)
+	}
+	if st.Store == nil || st.Store.Paths != 100 || st.Store.FilterChecked != 50 {
+		t.Errorf("store %+v", st.Store)
+	}
+	if len(st.Transfers) != 1 || st.Transfers[0].Done != 400 || st.Transfers[0].StorePath != "/nix/store/"+hashB+"-hello-2.12" ||
+		st.Transfers[0].Peer != "12D3KooWaaa" || st.Transfers[0].Direction != "down" {
+		t.Errorf("transfers %+v", st.Transfers)
+	}
+	if len(st.TopRequested) != 1 || st.TopRequested[0].Name != "/nix/store/"+hashA+"-hello-2.12" || st.Counters.Requests != 0 || st.Counters.Hits["local"] != 1 {
+		t.Errorf("top requested %+v, counters %+v", st.TopRequested, st.Counters)
+	}
+	if len(st.Activity) != 1 || st.Activity[0].Msg != "peer 12D3KooWaaa connected" {
+		t.Errorf("activity %+v", st.Activity)
+	}
+
+	w = get(o.Handler(), "/api/peers", "127.0.0.1:1")
+	var peers []PeerInfo
+	if err := json.Unmarshal(w.Body.Bytes(), &peers); err != nil {
+		t.Fatalf("/api/peers is not a JSON list: %v\n%s", err, w.Body)
+	}
+	var order []string
+	for _, p := range peers {
+		order = append(order, p.ID)
+	}
+	if fmt.Sprint(order) != "[192.168.1.20:12304 12D3KooWaaa 12D3KooWzzz]" {
+		t.Errorf("peers in order %v; want connected first, then by source and ID", order)
+	}
+	if !strings.Contains(w.Body.String(), `"backoff_until": "2026-03-01T12:05:00Z"`) || !strings.Contains(w.Body.String(), `"addrs": []`) {
+		t.Errorf("/api/peers JSON:\n%s", w.Body)
+	}
+	text := scrape(t, o)
+	for _, want := range []string{"peerix_peers_known 3", "peerix_peers_connected 2", "peerix_transfers_in_flight 1",
+		`peerix_build_info{goversion=`, `mode="p2p",version="1.2.3-test"} 1`} {
+		if !strings.Contains(text, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+}
+
+func TestEmptyStatusHasListsNotNulls(t *testing.T) {
+	o, _ := newTestOps(t, Options{})
+	body := get(o.Handler(), "/api/status", "127.0.0.1:1").Body.String()
+	for _, key := range []string{"transfers", "recent_transfers", "top_requested", "top_served", "activity"} {
+		if !strings.Contains(body, `"`+key+`": []`) {
+			t.Errorf("empty status: %q is not []:\n%s", key, body)
+		}
+	}
+	if b := get(o.Handler(), "/api/peers", "127.0.0.1:1").Body.String(); strings.TrimSpace(b) != "[]" {
+		t.Errorf("no peers: /api/peers = %s, want []", b)
+	}
+}
+
+func TestTransfers(t *testing.T) {
+	var nilOps *Ops
+	tr := nilOps.StartTransfer("x", "/nix/store/x", "lan", 10)
+	tr.Add(5)
+	tr.SetPeer("p")
+	tr.SetSize(3)
+	tr.Done(nil) // all no-ops on nil
+	nilOps.ObserveCache(cache.Event{})
+	nilOps.Activity("x")
+	nilOps.VerificationFailure("p", "x")
+	nilOps.FilterDecision("shared")
+	if nilOps.Instrument(http.NotFoundHandler()) == nil {
+		t.Error("nil Ops: Instrument returned nil")
+	}
+
+	o, clk := newTestOps(t, Options{})
+	ok := o.StartTransfer("t1", "/nix/store/"+hashA+"-big", "lan", 250<<20)
+	bad := o.StartTransfer("t2", "/nix/store/"+hashB+"-small", "p2p", -1)
+	ok.Add(100 << 20)
+	clk.advance(2 * time.Second)
+	inFlight, _ := o.transferInfos()
+	if len(inFlight) != 2 || inFlight[0].ID != "t1" || inFlight[0].RateBps != 50<<20 {
+		t.Fatalf("in flight: %+v", inFlight)
+	}
+	ok.Add(150 << 20)
+	ok.Done(nil)
+	ok.Done(errors.New("late")) // ignored
+	bad.Done(errors.New("hash mismatch"))
+	inFlight, recent := o.transferInfos()
+	if len(inFlight) != 0 || len(recent) != 2 || recent[0].ID != "t2" || recent[0].Error != "hash mismatch" || recent[1].Error != "" {
+		t.Errorf("after Done: in flight %+v, recent %+v", inFlight, recent)
+	}
+	c := o.stats.counters()
+	if c.Transfers != 2 || c.TransfersFailed != 1 {
+		t.Errorf("transfer counters %+v", c)
+	}
+	acts := o.recentActivity(10)
+	if len(acts) != 2 || !strings.Contains(acts[0].Msg, "failed") || !strings.Contains(acts[1].Msg, "fetched /nix/store/"+hashA+"-big (250.0 MiB) from lan in 2s") {
+		t.Errorf("activity %+v", acts)
+	}
+
+	for i := range 2 * recentTransfers {
+		o.StartTransfer(fmt.Sprint(i), "", "lan", 1).Done(nil)
+	}
+	if _, recent = o.transferInfos(); len(recent) != recentTransfers {
+		t.Errorf("%d recent transfers kept, want %d", len(recent), recentTransfers)
+	}
+}
+
+func TestActivityRing(t *testing.T) {
+	o, _ := newTestOps(t, Options{})
+	for i := range activitySize + 5 {
+		o.Activity(fmt.Sprint(i))
+	}
+	acts := o.recentActivity(activitySize + 10)
+	if len(acts) != activitySize || acts[0].Msg != fmt.Sprint(activitySize+4) || acts[len(acts)-1].Msg != "5" {
+		t.Errorf("ring holds %d, newest %q, oldest %q", len(acts), acts[0].Msg, acts[len(acts)-1].Msg)
+	}
+}
+
+func TestFilterAndVerification(t *testing.T) {
+	o, _ := newTestOps(t, Options{})
+	o.FilterDecision("shared")
+	o.FilterDecision("shared")
+	o.FilterDecision("denied-pattern")
+	for i := range maxFilterDecisions + 3 {
+		o.FilterDecision(fmt.Sprint("d", i))
+	}
+	o.VerificationFailure("12D3KooWabcdefghijklmnop", "narinfo of "+hashA)
+	text := scrape(t, o)
+	for _, want := range []string{
+		`peerix_filter_decisions_total{decision="shared"} 2`,
+		`peerix_filter_decisions_total{decision="other"} 5`,
+		`peerix_verification_failures_total 1`,
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	if acts := o.recentActivity(1); len(acts) != 1 || acts[0].Msg != "verification failed: narinfo of "+hashA+" from …ijklmnop" {
+		t.Errorf("activity %+v", acts)
+	}
+}
+
+func TestSaveLoad(t *testing.T) {
+	dir := t.TempDir()
+	o, _ := newTestOps(t, Options{StateDir: dir})
+	o.ObserveCache(cache.Event{Route: cache.RouteLocalNarInfo, Hash: hashA, Status: 200})
+	o.ObserveCache(cache.Event{Route: cache.RouteLocalNAR, URL: "nar/" + hashA + "-x.nar", Status: 200, Bytes: 77})
+	o.FilterDecision("shared")
+	if err := o.Save(); err != nil {
+		t.Fatal(err)
+	}
+	entries, _ := os.ReadDir(dir)
+	if len(entries) != 1 || entries[0].Name() != StatsFile {
+		t.Errorf("state dir holds %v, want just %s", entries, StatsFile)
+	}
+
+	o2, _ := newTestOps(t, Options{StateDir: dir})
+	if err := o2.Load(); err != nil {
+		t.Fatal(err)
+	}
+	o2.ObserveCache(cache.Event{Route: cache.RouteLocalNarInfo, Hash: hashA, Status: 200})
+	c := o2.stats.counters()
+	if c.Hits["local"] != 2 || c.BytesSent != 77 || c.FilterDecisions["shared"] != 1 {
+		t.Errorf("after Load: %+v", c)
+	}
+	if top := o2.stats.requested.top(1); len(top) != 1 || top[0].Count != 2 {
+		t.Errorf("top requested after Load: %+v", top)
+	}
+
+	// A corrupt file is moved aside, not overwritten by the next Save.
+	os.WriteFile(filepath.Join(dir, StatsFile), []byte("{garbage"), 0o600)
+	o3, _ := newTestOps(t, Options{StateDir: dir})
+	if err := o3.Load(); err == nil || !strings.Contains(err.Error(), ".bad") {
+		t.Errorf("corrupt stats: err = %v", err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, StatsFile+".bad")); string(b) != "{garbage" {
+		t.Errorf("corrupt stats not kept aside: %q", b)
+	}
+	// Missing file and no state dir are fine.
+	os.Remove(filepath.Join(dir, StatsFile))
+	if err := o3.Load(); err != nil {
+		t.Errorf("missing stats: %v", err)
+	}
+	if err := (&Ops{}).Save(); err != nil {
+		t.Errorf("no state dir: %v", err)
+	}
+}
+
+func TestRunSavesOnStop(t *testing.T) {
+	dir := t.TempDir()
+	o, _ := newTestOps(t, Options{StateDir: dir})
+	o.ObserveCache(cache.Event{Route: cache.RouteRemoteNarInfo, Hash: hashA, Status: 404})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { o.Run(ctx); close(done) }()
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return after its context ended")
+	}
+	var saved savedStats
+	b, err := os.ReadFile(filepath.Join(dir, StatsFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &saved); err != nil || saved.Counters.Misses["peers"] != 1 {
+		t.Errorf("saved %s (%v)", b, err)
+	}
+}
+
+func TestDashboard(t *testing.T) {
+	o, _ := newTestOps(t, Options{})
+	w := get(o.Handler(), "/dashboard", "127.0.0.1:1")
+	if w.Code != 200 || !strings.HasPrefix(w.Header().Get("Content-Type"), "text/html") {
+		t.Fatalf("/dashboard: %d %v", w.Code, w.Header())
+	}
+	body := w.Body.String()
+	csp := w.Header().Get("Content-Security-Policy")
+	// The CSP must allow exactly the inline script and style the page has.
+	for _, tag := range []string{"script", "style"} {
+		m := regexp.MustCompile(`(?s)<` + tag + `>(.*?)</` + tag + `>`).FindStringSubmatch(body)
+		if m == nil {
+			t.Fatalf("no <%s> in the dashboard", tag)
+		}
+		sum := sha256.Sum256([]byte(m[1]))
+		if want := "'sha256-" + base64.StdEncoding.EncodeToString(sum[:]) + "'"; !strings.Contains(csp, tag+"-src "+want) {
+			t.Errorf("CSP %q lacks %s-src %s", csp, tag, want)
+		}
+	}
+	for _, bad := range []string{"http://", "https://", "innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("} {
+		if strings.Contains(body, bad) {
+			t.Errorf("dashboard contains %q: no outside assets, no HTML built from data", bad)
+		}
+	}
+	for _, id := range []string{"node-peer-id", "node-mode", "node-version", "node-uptime", "count-requests",
+		"peers", "transfers", "store-progress", "top-requested", "top-served", "activity"} {
+		if !strings.Contains(body, `id="`+id+`"`) {
+			t.Errorf("dashboard lacks #%s", id)
+		}
+	}
+	for _, api := range []string{`"/api/status"`, `"/api/peers"`} {
+		if !strings.Contains(body, api) {
+			t.Errorf("dashboard does not poll %s", api)
+		}
+	}
+}
+
+func TestConcurrentUse(t *testing.T) {
+	o, _ := newTestOps(t, Options{StateDir: t.TempDir(), Peers: func() []PeerInfo { return nil }})
+	h := o.Instrument(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/nar/") {
+			w.Header().Set("Content-Length", fmt.Sprint(2<<20))
+			w.Write(make([]byte, 2<<20))
+			return
+		}
+		o.Handler().ServeHTTP(w, r)
+	}))
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Go(func() {
+			for j := range 50 {
+				switch j % 5 {
+				case 0:
+					get(h, "/nar/"+hashA+"-x.nar", "10.0.0.1:1")
+				case 1:
+					o.ObserveCache(cache.Event{Route: cache.RouteLocalNarInfo, Hash: hashB, Status: 200})
+				case 2:
+					get(h, "/api/status", "127.0.0.1:1")
+				case 3:
+					tr := o.StartTransfer("", hashC, "p2p", 10)
+					tr.Add(10)
+					tr.Done(nil)
+				case 4:
+					if i == 0 {
+						o.Save()
+					}
+					get(h, "/metrics", "127.0.0.1:1")
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if c := o.stats.counters(); c.Hits["local"] != 8*10 {
+		t.Errorf("hits %d, want %d", c.Hits["local"], 8*10)
+	}
+}
+
+// scrape returns /metrics as text.
+func scrape(t *testing.T, o *Ops) string {
+	t.Helper()
+	w := get(o.Handler(), "/metrics", "127.0.0.1:1")
+	if w.Code != 200 {
+		t.Fatalf("/metrics: %d", w.Code)
+	}
+	var b bytes.Buffer
+	b.Write(w.Body.Bytes())
+	return b.String()
+}
