@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/peerix/peerix/internal/cache"
@@ -18,6 +19,7 @@ import (
 	"github.com/peerix/peerix/internal/lan"
 	"github.com/peerix/peerix/internal/nixstore"
 	"github.com/peerix/peerix/internal/ops"
+	"github.com/peerix/peerix/internal/p2p"
 	"github.com/peerix/peerix/internal/signing"
 	"github.com/peerix/peerix/internal/store"
 	"github.com/peerix/peerix/internal/trust"
@@ -40,6 +42,7 @@ type Daemon struct {
 	server *http.Server
 	ln     net.Listener
 	lan    *lan.Discovery // nil unless LAN discovery runs
+	p2p    *p2p.Node      // nil unless in p2p mode
 	start  time.Time
 
 	filter   *trust.Filter
@@ -110,10 +113,25 @@ func New(cfg *config.Serve, log *slog.Logger) (_ *Daemon, err error) {
 		}
 		sources = append(sources, lan.NewStore(d.lan, cfg.LANTimeout, log.With("part", "lan")))
 	}
+	if cfg.Mode == "p2p" {
+		d.p2p, err = p2p.Start(context.Background(), p2p.Config{
+			StateDir: cfg.StateDir, Port: cfg.P2PPort, TrackerURL: cfg.Tracker,
+			Shared: d.shared, Paths: d.local, Shareable: d.filter.Shareable,
+			Log: log.With("part", "p2p"),
+		})
+		if err != nil {
+			return nil, fmt.Errorf("p2p: %w", err)
+		}
+		d.closers = append(d.closers, d.p2p.Close)
+		// The verifier hashes every NAR; the P2P store need not do it again.
+		d.p2p.Store.SetHashNARs(cfg.NoVerify)
+		sources = append(sources, d.p2p.Store)
+		log.Info("p2p node up", "peer_id", d.p2p.ID().String(), "tracker", cfg.Tracker)
+	}
 	if len(sources) > 0 {
 		d.verifier, err = trust.NewVerifier(trust.VerifierOptions{
 			NoVerify: cfg.NoVerify, TrustedPublicKeys: trusted, Upstream: cfg.Upstream,
-			Log: log.With("part", "verifier"),
+			OnBadNAR: d.reportBadNAR, Log: log.With("part", "verifier"),
 		})
 		if err != nil {
 			return nil, err
@@ -156,6 +174,18 @@ func (d *Daemon) close() {
 func (d *Daemon) Rescan() {
 	d.log.Info("rescanning the store")
 	d.ops.Activity("store rescan requested")
+	if d.p2p != nil {
+		d.p2p.Rescan()
+	}
+}
+
+// reportBadNAR costs the peers that sent a NAR failing verification their
+// reputation (LAN peers have none; the LAN store retries others anyway).
+func (d *Daemon) reportBadNAR(url string) {
+	d.ops.VerificationFailure("", url)
+	if d.p2p != nil && strings.HasPrefix(url, p2p.URLPrefix) {
+		d.p2p.Store.ReportBadNAR(url)
+	}
 }
 
 // Addr is the address the HTTP server listens on.

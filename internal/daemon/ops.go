@@ -19,6 +19,12 @@ func (d *Daemon) newOps() *ops.Ops {
 		"tracker":  nil,
 		"upstream": nil,
 	}
+	if d.p2p != nil && d.p2p.Tracker != nil {
+		checks["tracker"] = func(ctx context.Context) error {
+			_, err := d.p2p.Tracker.Info(ctx)
+			return err
+		}
+	}
 	if upstream != "" {
 		// Passive: what the filter's and verifier's own requests to the
 		// upstream found, so /health never sends traffic of its own.
@@ -56,6 +62,8 @@ func (d *Daemon) newOps() *ops.Ops {
 			}
 			return info
 		},
+		PeerID: d.peerID,
+		Peers:  d.peers,
 		PathName: func(ctx context.Context, hash string) string {
 			pi, err := d.local.PathInfo(ctx, hash)
 			if err != nil {
@@ -64,4 +72,32 @@ func (d *Daemon) newOps() *ops.Ops {
 			return pi.StorePath
 		},
 	})
+}
+
+func (d *Daemon) peerID() string {
+	if d.p2p == nil {
+		return ""
+	}
+	return d.p2p.ID().String()
+}
+
+// peers lists the P2P peers the daemon knows, for /api/peers and the
+// dashboard.
+func (d *Daemon) peers() []ops.PeerInfo {
+	if d.p2p == nil {
+		return nil
+	}
+	var out []ops.PeerInfo
+	for _, p := range d.p2p.Peers() {
+		r := p.Reputation
+		out = append(out, ops.PeerInfo{
+			ID: p.PeerID, Addrs: p.Addrs, Source: "p2p",
+			Connected: p.Connected, Direct: p.Direct, Relayed: p.Relayed, LastSeen: p.LastFound,
+			Reputation: &ops.Reputation{
+				Successes: r.Successes, Failures: r.Failures, SuccessRate: r.SuccessRate,
+				LatencyMs: r.LatencyMs, BackoffUntil: r.BackoffEnds, LastFailure: r.LastFailure,
+			},
+		})
+	}
+	return out
 }

@@ -102,7 +102,8 @@ type PeerInfo struct {
 	Addrs      []string    `json:"addrs"`
 	Source     string      `json:"source"`    // "lan" or "p2p"
 	Connected  bool        `json:"connected"` // a live connection now
-	Relayed    bool        `json:"relayed"`   // the connection goes through a relay
+	Direct     bool        `json:"direct"`    // at least one connection not through a relay
+	Relayed    bool        `json:"relayed"`   // at least one connection through a relay
 	LastSeen   time.Time   `json:"last_seen,omitzero"`
 	Reputation *Reputation `json:"reputation,omitempty"`
 }

@@ -307,10 +307,21 @@ func QueryNarInfo(ctx context.Context, h host.Host, p peer.ID, hash string) (*na
 	if a.Status != StatusFound {
 		return nil, a.Err("narinfo " + hash)
 	}
-	if len(a.Payload) == 0 {
+	return parseNarInfo(a.Payload)
+}
+
+// parseNarInfo parses a peer's narinfo text; a text that does not parse
+// (or panics the parser) is a protocol error.
+func parseNarInfo(b []byte) (ni *narinfo.NarInfo, err error) {
+	if len(b) == 0 {
 		return nil, protocolErrorf("empty narinfo")
 	}
-	ni, err := narinfo.Parse(bytes.NewReader(a.Payload))
+	defer func() {
+		if r := recover(); r != nil {
+			ni, err = nil, protocolErrorf("narinfo: unparsable (%v)", r)
+		}
+	}()
+	ni, err = narinfo.Parse(bytes.NewReader(b))
 	if err != nil {
 		return nil, protocolErrorf("narinfo: %v", err)
 	}

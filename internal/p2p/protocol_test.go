@@ -1,0 +1,286 @@
+package p2p
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"io"
+	"runtime"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/nix-community/go-nix/pkg/nixhash"
+
+	"github.com/peerix/peerix/internal/cache"
+	"github.com/peerix/peerix/internal/store"
+)
+
+// servedPair is a host serving a memStore and a host asking it.
+func servedPair(t *testing.T) (server, client *Host, st *memStore) {
+	t.Helper()
+	server, client = newTestHost(t), newTestHost(t)
+	st = newMemStore()
+	srv := Serve(server, st, testLog(t))
+	t.Cleanup(func() { srv.Close() })
+	know(client, server)
+	return server, client, st
+}
+
+func TestQueryNarInfo(t *testing.T) {
+	server, client, st := servedPair(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	found := randomHash(t)
+	e := st.add(found, []byte("nix-archive-1 pretend"))
+	refused := randomHash(t)
+	st.add(refused, []byte("secret")).refused = true
+
+	ni, err := QueryNarInfo(ctx, client, server.ID(), found)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := string(cache.AppendNarInfo(nil, ni)), string(cache.AppendNarInfo(nil, e.ni)); got != want {
+		t.Errorf("narinfo:\n%s\nwant:\n%s", got, want)
+	}
+	if err := CheckNarInfo(ni, found); err != nil {
+		t.Error(err)
+	}
+
+	if _, err := QueryNarInfo(ctx, client, server.ID(), randomHash(t)); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("absent path: %v, want ErrNotFound", err)
+	}
+	if _, err := QueryNarInfo(ctx, client, server.ID(), refused); !errors.Is(err, store.ErrRefused) {
+		t.Errorf("refused path: %v, want ErrRefused", err)
+	}
+	if _, err := QueryNarInfo(ctx, client, server.ID(), "not-a-hash"); !errors.Is(err, store.ErrBadRequest) {
+		t.Errorf("bad hash: %v, want ErrBadRequest", err)
+	}
+}
+
+func TestOpenNAROffsets(t *testing.T) {
+	server, client, st := servedPair(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	data := make([]byte, 300<<10+7)
+	for i := range data {
+		data[i] = byte(i*7 + i>>9)
+	}
+	hash := randomHash(t)
+	e := st.add(hash, data)
+	for _, off := range []int64{0, 1, int64(len(data)) / 2, int64(len(data)) - 1, int64(len(data))} {
+		size, body, err := OpenNAR(ctx, client, server.ID(), hash, narHashOf(e), off)
+		if err != nil {
+			t.Fatalf("offset %d: %v", off, err)
+		}
+		got, err := io.ReadAll(body)
+		body.Close()
+		if err != nil {
+			t.Fatalf("offset %d: %v", off, err)
+		}
+		if size != int64(len(data)) || !bytes.Equal(got, data[off:]) {
+			t.Fatalf("offset %d: size %d, %d bytes, mismatch", off, size, len(got))
+		}
+	}
+	// Beyond the end: an error answer, not a dropped stream.
+	_, _, err := OpenNAR(ctx, client, server.ID(), hash, narHashOf(e), int64(len(data))+1)
+	var re *RemoteError
+	if !errors.As(err, &re) {
+		t.Errorf("offset beyond the end: %v, want a RemoteError", err)
+	}
+	// Another NarHash: not found.
+	other := "1" + narHashOf(e)[1:]
+	if other == narHashOf(e) {
+		other = "0" + narHashOf(e)[1:]
+	}
+	if _, _, err := OpenNAR(ctx, client, server.ID(), hash, other, 0); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("other NarHash: %v, want ErrNotFound", err)
+	}
+}
+
+// A 64 MiB NAR streams through with bounded memory on both ends.
+func TestOpenNARLargeBoundedMemory(t *testing.T) {
+	server, client, st := servedPair(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Second)
+	defer cancel()
+	const size = 64 << 20
+	hash := randomHash(t)
+	e := st.addGenerated(hash, size, 42)
+
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	base := ms.HeapInuse
+	var peak atomic.Uint64
+	stop := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				var ms runtime.MemStats
+				runtime.ReadMemStats(&ms)
+				if ms.HeapInuse > peak.Load() {
+					peak.Store(ms.HeapInuse)
+				}
+			}
+		}
+	}()
+
+	start := time.Now()
+	gotSize, body, err := OpenNAR(ctx, client, server.ID(), hash, narHashOf(e), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := sha256.New()
+	n, err := io.Copy(h, body)
+	body.Close()
+	close(stop)
+	<-sampled
+	if err != nil {
+		t.Fatal(err)
+	}
+	if gotSize != size || n != size || !bytes.Equal(h.Sum(nil), e.ni.NarHash.Digest()) {
+		t.Fatalf("size %d, read %d, hash mismatch", gotSize, n)
+	}
+	growth := int64(peak.Load()) - int64(base)
+	t.Logf("64 MiB in %v; heap in use %d MiB before, peak %d MiB", time.Since(start).Round(time.Millisecond), base>>20, peak.Load()>>20)
+	if growth > 32<<20 {
+		t.Errorf("heap grew by %d MiB while streaming 64 MiB", growth>>20)
+	}
+}
+
+// Garbage requests get a framed error answer; garbage answers are protocol
+// errors.
+func TestGarbage(t *testing.T) {
+	server, client, _ := servedPair(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	for _, tc := range []struct {
+		name    string
+		proto   string
+		request []byte
+	}{
+		{"narinfo frame too long", string(NarInfoProtocol), frame(bytes.Repeat([]byte("a"), 1000))},
+		{"narinfo bad hash", string(NarInfoProtocol), frame([]byte("eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee"))},
+		{"narinfo huge length", string(NarInfoProtocol), []byte{0xff, 0xff, 0xff, 0xff, 1, 2, 3}},
+		{"nar short", string(NARProtocol), frame(make([]byte, 91))},
+		{"nar zeros", string(NARProtocol), frame(make([]byte, 92))},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st, err := client.NewStream(ctx, server.ID(), protoID(tc.proto))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close()
+			st.SetDeadline(time.Now().Add(5 * time.Second))
+			st.Write(tc.request)
+			st.CloseWrite()
+			a, err := ReadStatus(st, MaxNarInfoFrame)
+			if err != nil {
+				t.Fatalf("no framed answer: %v", err)
+			}
+			if a.Status != StatusError || len(a.Payload) == 0 {
+				t.Errorf("answer %d %q, want an error with a message", a.Status, a.Payload)
+			}
+		})
+	}
+
+	// A truncated request (the asker closes early) does not hang the server.
+	st, err := client.NewStream(ctx, server.ID(), NarInfoProtocol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Write([]byte{0, 0})
+	st.CloseWrite()
+	st.SetDeadline(time.Now().Add(5 * time.Second))
+	io.Copy(io.Discard, st)
+	st.Close()
+
+	// A peer answering garbage.
+	liar := newTestHost(t)
+	liar.SetStreamHandler(NarInfoProtocol, func(s network.Stream) {
+		defer s.Close()
+		readExactFrame(s, 32)
+		writeFrame(s, []byte{0x07, 'x'})
+	})
+	liar.SetStreamHandler(NARProtocol, func(s network.Stream) {
+		defer s.Close()
+		readExactFrame(s, narRequestLen)
+		writeFrame(s, []byte{StatusFound, 1, 2}) // found without a proper size
+	})
+	know(client, liar)
+	if _, err := QueryNarInfo(ctx, client, liar.ID(), randomHash(t)); !errors.Is(err, ErrProtocol) {
+		t.Errorf("garbage narinfo answer: %v, want ErrProtocol", err)
+	}
+	if _, _, err := OpenNAR(ctx, client, liar.ID(), randomHash(t), validNarHashString(), 0); !errors.Is(err, ErrProtocol) {
+		t.Errorf("garbage NAR answer: %v, want ErrProtocol", err)
+	}
+}
+
+func validNarHashString() string {
+	sum := sha256.Sum256([]byte("x"))
+	return narInfoFor("00000000000000000000000000000000", "x", sum[:], 1).NarHash.Format(nixhash.NixBase32, false)
+}
+
+func frame(b []byte) []byte {
+	return append(binary.BigEndian.AppendUint32(nil, uint32(len(b))), b...)
+}
+
+// A peer that never answers is abandoned within the request deadline.
+func TestDeadlines(t *testing.T) {
+	old := RequestTimeout
+	RequestTimeout = 500 * time.Millisecond
+	t.Cleanup(func() { RequestTimeout = old })
+
+	client, mute := newTestHost(t), newTestHost(t)
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	mute.SetStreamHandler(NarInfoProtocol, func(s network.Stream) { <-release; s.Reset() })
+	mute.SetStreamHandler(NARProtocol, func(s network.Stream) { <-release; s.Reset() })
+	know(client, mute)
+	ctx := context.Background()
+
+	start := time.Now()
+	_, err := QueryNarInfo(ctx, client, mute.ID(), randomHash(t))
+	if err == nil || time.Since(start) > 3*time.Second {
+		t.Errorf("mute narinfo peer: %v after %v", err, time.Since(start))
+	}
+	start = time.Now()
+	_, _, err = OpenNAR(ctx, client, mute.ID(), randomHash(t), validNarHashString(), 0)
+	if err == nil || time.Since(start) > 3*time.Second {
+		t.Errorf("mute NAR peer: %v after %v", err, time.Since(start))
+	}
+
+	// A body that stops flowing fails after BodyTimeout.
+	oldBody := BodyTimeout
+	BodyTimeout = 1500 * time.Millisecond
+	t.Cleanup(func() { BodyTimeout = oldBody })
+	server, st := newTestHost(t), newMemStore()
+	srv := Serve(server, st, testLog(t))
+	t.Cleanup(func() { srv.Close() })
+	know(client, server)
+	hash := randomHash(t)
+	e := st.add(hash, []byte("some bytes"))
+	e.hang = true
+	_, body, err := OpenNAR(ctx, client, server.ID(), hash, narHashOf(e), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start = time.Now()
+	_, err = io.ReadAll(body)
+	body.Close()
+	if err == nil || time.Since(start) > 5*time.Second {
+		t.Errorf("stalled body: %v after %v", err, time.Since(start))
+	}
+}

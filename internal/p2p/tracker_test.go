@@ -1,0 +1,236 @@
+package p2p
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"io"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+
+	"github.com/peerix/peerix/internal/store"
+	"github.com/peerix/peerix/internal/tracker"
+)
+
+// End to end through a real tracker: a peer announces what it shares,
+// another finds it through the tracker and fetches it; after the first
+// says goodbye, the tracker no longer names it.
+func TestTrackerEndToEnd(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	log := testLog(t)
+
+	api, relay := startTracker(t)
+
+	// The holder.
+	keyA, _ := LoadOrCreateIdentity(t.TempDir())
+	a, err := NewHost(ctx, keyA, 0, nil, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	shared := newMemStore()
+	hash := randomHash(t)
+	data := testData(2<<20+5, 7)
+	shared.add(hash, data)
+	private := randomHash(t)
+	shared.add(private, []byte("secret")).refused = true
+	srv := Serve(a, shared, log)
+	t.Cleanup(func() { srv.Close() })
+	clientA := tracker.NewClient(api.URL, keyA)
+	followCtx, stopFollow := context.WithCancel(ctx)
+	defer stopFollow()
+	go a.FollowTracker(followCtx, clientA)
+
+	paths := &fakePaths{}
+	paths.set(hash, private)
+	stateDir := t.TempDir()
+	ann := NewAnnouncer(AnnouncerConfig{
+		Registry: TrackerClient{clientA},
+		Paths:    paths,
+		Shareable: func(ctx context.Context, h string) bool {
+			_, err := shared.NarInfo(ctx, h)
+			return err == nil
+		},
+		Addrs:    a.AnnounceAddrs,
+		StateDir: stateDir,
+		Tracker:  api.URL,
+		PeerID:   a.ID(),
+		Log:      log,
+	})
+	annCtx, stopAnn := context.WithCancel(ctx)
+	annDone := make(chan struct{})
+	go func() {
+		defer close(annDone)
+		ann.Run(annCtx)
+	}()
+	defer func() { stopAnn(); <-annDone }()
+
+	// The fetcher.
+	keyB, _, _ := crypto.GenerateEd25519Key(rand.Reader)
+	b, err := NewHost(ctx, keyB, 0, nil, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	clientB := tracker.NewClient(api.URL, keyB)
+	for ctx.Err() == nil {
+		if ps, err := clientB.Find(ctx, hash); err == nil && len(ps) == 1 {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for range 100 {
+		if ann.Stats().Announced == 1 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if s := ann.Stats(); s.Announced != 1 {
+		t.Errorf("announcer stats %+v, want 1 path announced (the private one withheld)", s)
+	}
+	if ps, err := clientB.Find(ctx, private); err != nil || len(ps) != 0 {
+		t.Errorf("private path announced: %v %v", ps, err)
+	}
+
+	s := NewStore(b, TrackerClient{clientB}, nil, log)
+	ni, err := s.NarInfo(ctx, hash)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nar, err := s.NAR(ctx, ni.URL, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(nar)
+	nar.Close()
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("NAR through the tracker: %d bytes, %v", len(got), err)
+	}
+	if _, err := s.NarInfo(ctx, private); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("private path: %v", err)
+	}
+
+	// Behind NAT, the holder announces a circuit address through the
+	// tracker's relay, and the tracker takes it.
+	relayInfo, err := (&tracker.PeerAddrs{PeerID: relay.ID().String(), Addrs: relayAddrs(relay)}).AddrInfo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.UseRelay(ctx, relayInfo, "203.0.113.9:4000"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := clientA.Announce(ctx, a.AnnounceAddrs()); err != nil {
+		t.Fatalf("announcing circuit addresses: %v", err)
+	}
+	ps, err := clientB.Find(ctx, hash)
+	if err != nil || len(ps) != 1 {
+		t.Fatalf("find: %v %v", ps, err)
+	}
+	circuit := false
+	for _, s := range ps[0].Addrs {
+		circuit = circuit || strings.Contains(s, "/p2p-circuit")
+	}
+	if !circuit {
+		t.Errorf("no circuit address at the tracker: %v", ps[0].Addrs)
+	}
+
+	// Goodbye: the tracker forgets the holder at once.
+	stopAnn()
+	<-annDone
+	fresh := NewStore(b, TrackerClient{clientB}, nil, log)
+	start := time.Now()
+	if _, err := fresh.NarInfo(ctx, hash); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("after deregistering: %v", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("miss took %v", d)
+	}
+}
+
+func relayAddrs(r *tracker.Relay) []string {
+	var out []string
+	for _, a := range r.Addrs() {
+		out = append(out, a.String())
+	}
+	return out
+}
+
+// startTracker runs a tracker API (SQLite, relay on 127.0.0.1) for a test.
+func startTracker(t *testing.T) (*httptest.Server, *tracker.Relay) {
+	t.Helper()
+	log := testLog(t)
+	reg, err := tracker.OpenSQLite(filepath.Join(t.TempDir(), "tracker.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { reg.Close() })
+	relayKey, _, _ := crypto.GenerateEd25519Key(rand.Reader)
+	relay, err := tracker.StartRelay(relayKey, []string{"127.0.0.1"}, 0, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { relay.Close() })
+	api := httptest.NewServer(tracker.NewServer(reg, tracker.ServerOptions{TTL: time.Minute, Relay: relay.Info, Log: log}))
+	t.Cleanup(api.Close)
+	return api, relay
+}
+
+// The daemon's one-call wiring: two nodes find each other's paths through
+// the tracker; closing a node deregisters it.
+func TestNode(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	api, _ := startTracker(t)
+
+	sharedA := newMemStore()
+	hash := randomHash(t)
+	data := testData(100<<10, 5)
+	sharedA.add(hash, data)
+	paths := &fakePaths{}
+	paths.set(hash)
+	a, err := Start(ctx, Config{StateDir: t.TempDir(), TrackerURL: api.URL, Shared: sharedA, Paths: paths, Log: testLog(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := Start(ctx, Config{StateDir: t.TempDir(), TrackerURL: api.URL, Shared: newMemStore(), Paths: &fakePaths{}, Log: testLog(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+
+	for ctx.Err() == nil {
+		if ps, err := b.Tracker.Find(ctx, hash); err == nil && len(ps) == 1 {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	ni, err := b.Store.NarInfo(ctx, hash)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nar, err := b.Store.NAR(ctx, ni.URL, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(nar)
+	nar.Close()
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("NAR: %d bytes, %v", len(got), err)
+	}
+	if ps := b.Peers(); len(ps) != 1 || ps[0].PeerID != a.ID().String() || !ps[0].Connected {
+		t.Errorf("b's peers: %+v", ps)
+	}
+
+	a.Close()
+	if ps, err := b.Tracker.Find(ctx, hash); err != nil || len(ps) != 0 {
+		t.Errorf("after closing the holder the tracker still names %v (%v)", ps, err)
+	}
+}
