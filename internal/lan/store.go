@@ -279,26 +279,25 @@ func (s *Store) NAR(ctx context.Context, u string, offset int64) (*store.NAR, er
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
-	l.mu.Lock()
-	var cands []candidate
-	for _, c := range l.candidates {
-		if c.ni.NarHash.Format(nixhash.NixBase32, false) == narHash {
-			cands = append(cands, c)
-		}
-	}
-	l.mu.Unlock()
-	if len(cands) == 0 {
+	first, ok := l.candidate(0, narHash, -1)
+	if !ok {
 		return nil, fmt.Errorf("%s with NarHash %s on the LAN: %w", hash, narHash, store.ErrNotFound)
 	}
-	size := int64(cands[0].ni.NarSize)
+	size := int64(first.ni.NarSize)
 	if offset > size {
 		return nil, fmt.Errorf("offset %d of %d: %w", offset, size, store.ErrOffset)
 	}
 	next := 0
 	open := func(ctx context.Context, off int64) (io.ReadCloser, error) {
 		var errs []error
-		for next < len(cands) {
-			c := cands[next]
+		for {
+			// The candidates are read anew each time: the first good
+			// answer releases Nix, which asks for the NAR at once, so
+			// peers whose narinfo came later join as fallbacks here.
+			c, ok := l.candidate(next, narHash, size)
+			if !ok {
+				break
+			}
 			next++
 			body, err := s.openNAR(ctx, c, off, size)
 			if err == nil {
@@ -307,6 +306,9 @@ func (s *Store) NAR(ctx context.Context, u string, offset int64) (*store.NAR, er
 			s.log.Debug("LAN peer's NAR failed", "peer", c.base, "hash", hash, "err", err)
 			errs = append(errs, err)
 		}
+		if len(errs) == 0 {
+			return nil, fmt.Errorf("no further LAN peer holds %s: %w", hash, store.ErrNotFound)
+		}
 		return nil, fmt.Errorf("no LAN peer could send %s: %w (%w)", hash, store.ErrNotFound, errors.Join(errs...))
 	}
 	body, err := store.Resuming(ctx, size, offset, open)
@@ -314,6 +316,24 @@ func (s *Store) NAR(ctx context.Context, u string, offset int64) (*store.NAR, er
 		return nil, err
 	}
 	return &store.NAR{Size: size, ReadCloser: body}, nil
+}
+
+// candidate returns the i-th peer that answered with NarHash narHash (and,
+// unless size is negative, that NarSize). Candidates are only ever
+// appended, so an index stays valid while more answers arrive.
+func (l *lookup) candidate(i int, narHash string, size int64) (candidate, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, c := range l.candidates {
+		if c.ni.NarHash.Format(nixhash.NixBase32, false) != narHash || (size >= 0 && int64(c.ni.NarSize) != size) {
+			continue
+		}
+		if i == 0 {
+			return c, true
+		}
+		i--
+	}
+	return candidate{}, false
 }
 
 // openNAR requests the NAR from one peer, resolving the narinfo's URL

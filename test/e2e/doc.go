@@ -5,6 +5,13 @@
 // Nix tools are required. Without nix-build on PATH the tests skip, unless
 // CI=true, where they fail: CI must really run them.
 //
+// The LAN tests (TestLAN*) also need root and iproute2: each builds its own
+// simulated LAN from network namespaces named pxe2e-* (hosts with private
+// addresses joined by a bridge, no route anywhere else), runs a peerix per
+// host with `ip netns exec`, and removes them at the end; namespaces left by
+// an aborted run are removed by the next one. Without root or ip they skip,
+// again unless CI=true.
+//
 //	go test ./test/e2e/ -count=1 -v
 //
 // PEERIX_E2E_BINARY=/path/to/peerix tests a prebuilt binary instead of
