@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"sync"
 
 	"github.com/nix-community/go-nix/pkg/narinfo"
 )
@@ -52,8 +53,80 @@ func (n *NAR) WriteTo(w io.Writer) (int64, error) {
 	if wt, ok := n.ReadCloser.(io.WriterTo); ok {
 		return wt.WriteTo(w)
 	}
-	return io.Copy(w, n.ReadCloser)
+	return pipeline(w, n.ReadCloser)
 }
+
+// pipeline copies src to w with reading (and whatever the reader does on
+// the way: hashing, for verified peer streams) in one goroutine and writing
+// in another, so the two overlap; buffers are large, so syscalls are few.
+func pipeline(w io.Writer, src io.Reader) (int64, error) {
+	const depth = 4
+	type chunk struct {
+		buf *[]byte
+		n   int
+	}
+	full := make(chan chunk, depth)
+	free := make(chan *[]byte, depth)
+	for range depth {
+		free <- copyBuffers.Get().(*[]byte)
+	}
+	stop := make(chan struct{})
+	var readErr error
+	go func() {
+		defer close(full)
+		for {
+			var buf *[]byte
+			select {
+			case buf = <-free:
+			case <-stop:
+				return
+			}
+			n, err := io.ReadFull(src, *buf)
+			if n > 0 {
+				full <- chunk{buf, n}
+			} else {
+				free <- buf
+			}
+			if err != nil {
+				if err != io.EOF && err != io.ErrUnexpectedEOF {
+					readErr = err
+				}
+				return
+			}
+		}
+	}()
+	var written int64
+	var writeErr error
+	for c := range full {
+		if writeErr == nil {
+			n, err := w.Write((*c.buf)[:c.n])
+			written += int64(n)
+			if err == nil && n < c.n {
+				err = io.ErrShortWrite
+			}
+			if err != nil {
+				writeErr = err
+				close(stop)
+			}
+		}
+		free <- c.buf
+	}
+	// The reader has returned (full is closed); every buffer is back.
+	for range depth {
+		copyBuffers.Put(<-free)
+	}
+	if writeErr != nil {
+		return written, writeErr
+	}
+	return written, readErr
+}
+
+type writerOnly struct{ io.Writer }
+
+var copyBuffers = sync.Pool{New: func() any {
+	b := make([]byte, 256<<10)
+	return &b
+}}
 
 // HashLen is the length of a store path's hash part.
 const HashLen = 32
