@@ -62,6 +62,12 @@ const (
 	shareWorkers = 8
 	// addrPoll: how often our addresses are compared with the announced.
 	addrPoll = 5 * time.Second
+	// Right after start the relay reservation (and with it our circuit
+	// address) arrives milliseconds after the first announce; until it is
+	// announced, peers behind NAT cannot reach us and answer Nix 404s that
+	// it remembers for an hour. So poll fast for the first seconds.
+	addrPollFast   = 200 * time.Millisecond
+	addrFastWindow = 15 * time.Second
 	// requestTimeout of one tracker request.
 	trackerRequestTimeout = 30 * time.Second
 	// deregisterTimeout bounds the goodbye at shutdown.
@@ -285,7 +291,8 @@ func (a *Announcer) Run(ctx context.Context) error {
 	defer heartbeat.Stop()
 	rescan := time.NewTicker(a.cfg.Interval)
 	defer rescan.Stop()
-	poll := time.NewTicker(addrPoll)
+	started := time.Now()
+	poll := time.NewTicker(addrPollFast)
 	defer poll.Stop()
 
 	for {
@@ -317,6 +324,9 @@ func (a *Announcer) Run(ctx context.Context) error {
 			}
 			heartbeat.Reset(next)
 		case <-poll.C:
+			if time.Since(started) > addrFastWindow {
+				poll.Reset(addrPoll)
+			}
 			if !lastOK.IsZero() && !sameAddrs(a.cfg.Addrs(), lastAddrs) {
 				if announce() {
 					syncPackages()
