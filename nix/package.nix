@@ -39,7 +39,7 @@ build {
     ];
   };
 
-  vendorHash = "sha256-SYizeKVr5172AKtGjM0GNQvJ00zrran+XPfUmdq2yUs=";
+  vendorHash = "sha256-pS/kx2zTlUswfx6b23bN/soAvYFrgQxcwCYv6x1Q5KA=";
 
   subPackages = [ "cmd/peerix" ];
 

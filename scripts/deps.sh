@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what peerix and its tests need on a Debian machine, skipping what
 # is already there: Nix (Debian's nix-bin), nginx and wrk (benchmarks),
-# iproute2 and iptables (network-namespace tests), chromium (dashboard test).
+# iproute2 and iptables (network-namespace tests), chromium (dashboard test),
+# postgresql (tracker tests and scripts/bench-tracker.sh), jq (benchmarks).
 # Usage: scripts/deps.sh [run|test|bench]
 set -euo pipefail
 want=${1:-test}
@@ -16,9 +17,12 @@ if [ "$want" != run ]; then
   command -v nginx >/dev/null || pkgs+=(nginx-light)
   command -v curl >/dev/null || pkgs+=(curl)
   command -v chromium >/dev/null || pkgs+=(chromium)
+  # The tracker's tests start a private PostgreSQL server from these binaries.
+  compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || pkgs+=(postgresql)
 fi
 if [ "$want" = bench ]; then
   command -v wrk >/dev/null || pkgs+=(wrk)
+  command -v jq >/dev/null || pkgs+=(jq)
 fi
 if [ ${#pkgs[@]} -gt 0 ]; then
   echo "installing: ${pkgs[*]}" >&2

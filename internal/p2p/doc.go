@@ -18,6 +18,7 @@
 //	remote := node.Store          // store.Store; NAR URLs nar/p2p/<hash>-<narhash>.nar
 //	node.Rescan()                 // on SIGHUP
 //	node.Peers()                  // for /api/peers
+//	node.Index.Stats()            // the local index (nil without a tracker)
 //	node.Close()                  // on shutdown: deregisters from the tracker
 //
 // The parts can also be used one by one: LoadOrCreateIdentity, NewHost
@@ -33,4 +34,10 @@
 // limited relayed connections; a NAR transfer on a relayed connection moves
 // to a direct one as soon as hole punching makes one (streams do not
 // migrate, so the transfer resumes at the byte reached on a new stream).
+//
+// Misses: with a tracker, the Node runs an Index (index.go), the tracker's
+// Bloom filter of every hash any peer holds, kept current by a long poll of
+// GET /v1/index. The Store answers a hash the filter does not hold as not
+// found from memory (about a microsecond) while the index is known to be
+// current, and asks the tracker otherwise.
 package p2p

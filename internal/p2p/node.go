@@ -37,6 +37,7 @@ type Node struct {
 	Store     *Store
 	Announcer *Announcer // nil without a tracker
 	Tracker   *tracker.Client
+	Index     *Index // nil without a tracker
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -78,6 +79,12 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 			defer n.wg.Done()
 			h.FollowTracker(runCtx, n.Tracker)
 		}()
+		n.Index = NewIndex(TrackerClient{n.Tracker}, log)
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			n.Index.Run(runCtx)
+		}()
 		if cfg.Paths != nil {
 			shareable := cfg.Shareable
 			if shareable == nil {
@@ -106,6 +113,9 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		log.Warn("p2p mode without --tracker: no peers will be found or told about this one")
 	}
 	n.Store = NewStore(h, finder, nil, log)
+	if n.Index != nil {
+		n.Store.UseIndex(n.Index)
+	}
 	log.Info("p2p host started", "peer_id", h.ID(), "addrs", h.Addrs())
 	return n, nil
 }

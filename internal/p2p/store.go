@@ -82,6 +82,7 @@ type Store struct {
 	transfers atomic.Int64 // for connection-protection tags
 	lastWarn  atomic.Int64 // unix nanoseconds of the last tracker warning
 	noHash    atomic.Bool  // SetHashNARs(false)
+	index     atomic.Pointer[Index]
 
 	mu      sync.Mutex
 	lookups map[string]*lookup   // by hash: in flight or recently finished
@@ -125,6 +126,13 @@ func NewStore(h host.Host, finder Finder, rep *Reputation, log *slog.Logger) *St
 	}
 }
 
+// UseIndex makes NarInfo answer misses from ix (index.go) while it is
+// current, instead of asking the tracker.
+func (s *Store) UseIndex(ix *Index) { s.index.Store(ix) }
+
+// errAbsent: a miss the index answered.
+var errAbsent = fmt.Errorf("no peer holds it (local index): %w", store.ErrNotFound)
+
 // Reputation is the table the store ranks peers with.
 func (s *Store) Reputation() *Reputation { return s.rep }
 
@@ -133,6 +141,9 @@ func (s *Store) Reputation() *Reputation { return s.rep }
 func (s *Store) NarInfo(ctx context.Context, hash string) (*narinfo.NarInfo, error) {
 	if !store.ValidHash(hash) {
 		return nil, fmt.Errorf("hash %q: %w", hash, store.ErrBadRequest)
+	}
+	if ix := s.index.Load(); ix != nil && ix.Absent(hash) {
+		return nil, errAbsent
 	}
 	l := s.find(hash)
 	select {

@@ -212,6 +212,15 @@ func TestNode(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	// b's index hears of it through its long poll, a moment after the
+	// tracker took it; until then it answers "nobody" (index.go).
+	waitUntil(t, "b's index knows the hash", func() bool { return b.Index.Current() && !b.Index.Absent(hash) })
+	if _, err := b.Store.NarInfo(ctx, randomHash(t)); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("miss: %v", err)
+	}
+	if st := b.Index.Stats(); st.LocalMisses != 1 {
+		t.Errorf("b's index answered %d misses, want 1: %+v", st.LocalMisses, st)
+	}
 	ni, err := b.Store.NarInfo(ctx, hash)
 	if err != nil {
 		t.Fatal(err)

@@ -16,10 +16,11 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 )
 
-// newTestTracker serves a real-clock Server over HTTP.
-func newTestTracker(t testing.TB, ttl time.Duration, wrap func(http.Handler) http.Handler) (*httptest.Server, *SQLite) {
+// newTestTracker serves a real-clock Server over HTTP, over a fresh
+// database of backend b.
+func newTestTracker(t testing.TB, b backend, ttl time.Duration, wrap func(http.Handler) http.Handler) (*httptest.Server, Registry) {
 	t.Helper()
-	db := openTestDB(t)
+	db := b.open(t)
 	var h http.Handler = NewServer(db, ServerOptions{TTL: ttl, Log: quietLog()})
 	if wrap != nil {
 		h = wrap(h)
@@ -29,8 +30,10 @@ func newTestTracker(t testing.TB, ttl time.Duration, wrap func(http.Handler) htt
 	return ts, db
 }
 
-func TestClientRoundTrip(t *testing.T) {
-	srv, _ := newTestTracker(t, time.Minute, nil)
+func TestClientRoundTrip(t *testing.T) { eachBackend(t, testClientRoundTrip) }
+
+func testClientRoundTrip(t *testing.T, be backend) {
+	srv, _ := newTestTracker(t, be, time.Minute, nil)
 	ctx := context.Background()
 	me := newSigner(t)
 	c := NewClient(srv.URL+"/", me.key)
@@ -113,8 +116,10 @@ func TestClientRoundTrip(t *testing.T) {
 }
 
 // TestManyClientsShareHash: a dozen signed clients all found as holders.
-func TestManyClientsShareHash(t *testing.T) {
-	srv, _ := newTestTracker(t, time.Minute, nil)
+func TestManyClientsShareHash(t *testing.T) { eachBackend(t, testManyClientsShareHash) }
+
+func testManyClientsShareHash(t *testing.T, be backend) {
+	srv, _ := newTestTracker(t, be, time.Minute, nil)
 	ctx := context.Background()
 	shared := hashN(42)
 	want := []string{}
@@ -277,13 +282,15 @@ func TestClientSplitsFullSet(t *testing.T) {
 	}
 }
 
-// TestLargeSetSQLite: 120k hashes through the client into SQLite, then a
+// TestLargeSet: 120k hashes through the client into the registry, then a
 // large delta, a resent full set and find.
-func TestLargeSetSQLite(t *testing.T) {
-	if raceEnabled {
+func TestLargeSet(t *testing.T) { eachBackend(t, testLargeSet) }
+
+func testLargeSet(t *testing.T, be backend) {
+	if raceEnabled && be.name == "sqlite" {
 		t.Skip("SQLite inserts are too slow under -race")
 	}
-	srv, db := newTestTracker(t, time.Minute, nil)
+	srv, db := newTestTracker(t, be, time.Minute, nil)
 	ctx := context.Background()
 	c := NewClient(srv.URL, newSigner(t).key)
 	if _, err := c.Announce(ctx, nil); err != nil {
@@ -325,8 +332,10 @@ func TestLargeSetSQLite(t *testing.T) {
 }
 
 // TestClientConcurrentWrites: writes from many goroutines never collide.
-func TestClientConcurrentWrites(t *testing.T) {
-	srv, _ := newTestTracker(t, time.Minute, nil)
+func TestClientConcurrentWrites(t *testing.T) { eachBackend(t, testClientConcurrentWrites) }
+
+func testClientConcurrentWrites(t *testing.T, be backend) {
+	srv, _ := newTestTracker(t, be, time.Minute, nil)
 	ctx := context.Background()
 	c := NewClient(srv.URL, newSigner(t).key)
 	if _, err := c.Announce(ctx, nil); err != nil {
@@ -355,8 +364,10 @@ func TestClientConcurrentWrites(t *testing.T) {
 
 // TestClientRecovers: a second process with the same key (whose ts
 // collide) and a client whose clock is far off both get through.
-func TestClientRecovers(t *testing.T) {
-	srv, _ := newTestTracker(t, time.Minute, nil)
+func TestClientRecovers(t *testing.T) { eachBackend(t, testClientRecovers) }
+
+func testClientRecovers(t *testing.T, be backend) {
+	srv, _ := newTestTracker(t, be, time.Minute, nil)
 	ctx := context.Background()
 	me := newSigner(t)
 	a, b := NewClient(srv.URL, me.key), NewClient(srv.URL, me.key)

@@ -31,7 +31,7 @@ func fuzzWrite(f *testing.F, path string, seeds []string) {
 	for _, s := range []string{``, `{}`, `null`, `[]`, `"x"`, `{"peer_id":null}`, `{"ts":1e400}`, `{"peer_id":"` + me.id.String() + `","ts":-1}`, "\x00\xff"} {
 		f.Add([]byte(s))
 	}
-	s, _, clock := newTestServer(f, time.Minute)
+	s, _, clock := newTestServer(f, sqliteBackend, time.Minute)
 	me.announce(f, s, now-10000)
 	f.Fuzz(func(t *testing.T, body []byte) {
 		clock.Advance(time.Millisecond)

@@ -54,10 +54,11 @@ func openTestDB(t testing.TB) *SQLite {
 	return db
 }
 
-// newTestServer is a Server over a fresh database with a fake clock at t0.
-func newTestServer(t testing.TB, ttl time.Duration) (*Server, *SQLite, *fakeClock) {
+// newTestServer is a Server over a fresh database of backend b with a
+// fake clock at t0.
+func newTestServer(t testing.TB, b backend, ttl time.Duration) (*Server, Registry, *fakeClock) {
 	t.Helper()
-	db := openTestDB(t)
+	db := b.open(t)
 	clock := &fakeClock{t: t0}
 	s := NewServer(db, ServerOptions{
 		TTL: ttl,

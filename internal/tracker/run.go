@@ -21,6 +21,10 @@ import (
 // ShutdownGrace bounds a graceful shutdown after the context ends.
 const ShutdownGrace = 5 * time.Second
 
+// openTimeout bounds connecting to (and migrating) a PostgreSQL database at
+// start.
+const openTimeout = 30 * time.Second
+
 // Tracker is a running `peerix tracker`: registry, relay and HTTP API.
 type Tracker struct {
 	cfg    *config.Tracker
@@ -100,6 +104,7 @@ func New(cfg *config.Tracker, log *slog.Logger) (*Tracker, error) {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
+	t.server.RegisterOnShutdown(t.api.EndPolls) // long polls of /v1/index
 	return t, nil
 }
 
@@ -107,7 +112,13 @@ func New(cfg *config.Tracker, log *slog.Logger) (*Tracker, error) {
 // lives: next to a SQLite file, nowhere ("") for PostgreSQL.
 func openRegistry(db string) (Registry, string, error) {
 	if IsPostgres(db) {
-		return nil, "", errors.New("PostgreSQL is not supported yet; give a SQLite file path")
+		ctx, cancel := context.WithTimeout(context.Background(), openTimeout)
+		defer cancel()
+		reg, err := OpenPostgres(ctx, db)
+		if err != nil {
+			return nil, "", fmt.Errorf("PostgreSQL: %w", err)
+		}
+		return reg, "", nil
 	}
 	dir := filepath.Dir(db)
 	if err := os.MkdirAll(dir, 0o750); err != nil {

@@ -100,7 +100,7 @@ func TestNewErrors(t *testing.T) {
 	}
 	defer busy.Close()
 	for _, cfg := range []*config.Tracker{
-		{Listen: "127.0.0.1:0", DB: "postgres://x/y", PeerTTL: time.Minute},
+		{Listen: "127.0.0.1:0", DB: "postgres://peerix@127.0.0.1:1/tracker?connect_timeout=5", PeerTTL: time.Minute},
 		{Listen: "127.0.0.1:0", DB: filepath.Join(dir, "a.db"), PeerTTL: 0},
 		{Listen: "256.0.0.1:0", DB: filepath.Join(dir, "b.db"), PeerTTL: time.Minute},
 		{Listen: "127.0.0.1:0", DB: filepath.Join(dir, "c.db"), PeerTTL: time.Minute, RelayPort: busy.Addr().(*net.TCPAddr).Port},

@@ -40,6 +40,7 @@ type Server struct {
 	now   func() time.Time
 	log   *slog.Logger
 	mux   *http.ServeMux
+	idx   *serverIndex // GET /v1/index (index.go)
 }
 
 // NewServer returns the /v1 API over reg.
@@ -51,10 +52,12 @@ func NewServer(reg Registry, o ServerOptions) *Server {
 	if s.log == nil {
 		s.log = slog.Default()
 	}
+	s.idx = newServerIndex(reg, s.now, s.log)
 	s.mux = http.NewServeMux()
 	s.mux.HandleFunc("GET /v1/info", s.info)
 	s.mux.HandleFunc("GET /v1/peers", s.peers)
 	s.mux.HandleFunc("GET /v1/find/{hash}", s.find)
+	s.mux.HandleFunc("GET /v1/index", s.serveIndex)
 	s.mux.HandleFunc("POST /v1/announce", s.announce)
 	s.mux.HandleFunc("POST /v1/packages", s.packages)
 	s.mux.HandleFunc("DELETE /v1/peers/{id}", s.deletePeer)
@@ -190,6 +193,7 @@ func (s *Server) packages(w http.ResponseWriter, r *http.Request) {
 		s.writeRegistryError(w, r, err)
 		return
 	}
+	s.idx.added(req.Add)
 	s.log.Debug("packages", "peer", id, "full", req.Full, "add", len(req.Add), "remove", len(req.Remove), "count", count)
 	writeJSON(w, http.StatusOK, packagesJSON{OK: true, Count: count})
 }

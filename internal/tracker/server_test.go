@@ -12,7 +12,9 @@ import (
 )
 
 // TestWriteRoutes runs every write route through good and bad requests.
-func TestWriteRoutes(t *testing.T) {
+func TestWriteRoutes(t *testing.T) { eachBackend(t, testWriteRoutes) }
+
+func testWriteRoutes(t *testing.T, be backend) {
 	type env struct {
 		t     *testing.T
 		s     *Server
@@ -174,7 +176,7 @@ func TestWriteRoutes(t *testing.T) {
 				continue
 			}
 			t.Run(rt.name+"/"+c.name, func(t *testing.T) {
-				s, _, clock := newTestServer(t, time.Minute)
+				s, _, clock := newTestServer(t, be, time.Minute)
 				e := &env{t: t, s: s, clock: clock, me: newSigner(t), other: newSigner(t), now: ms(t0)}
 				if rt.setup != nil {
 					rt.setup(e)
@@ -216,8 +218,10 @@ func TestWriteRoutes(t *testing.T) {
 	}
 }
 
-func TestAnnounceAnswer(t *testing.T) {
-	s, _, _ := newTestServer(t, 2*time.Minute)
+func TestAnnounceAnswer(t *testing.T) { eachBackend(t, testAnnounceAnswer) }
+
+func testAnnounceAnswer(t *testing.T, be backend) {
+	s, _, _ := newTestServer(t, be, 2*time.Minute)
 	me := newSigner(t)
 	ans := me.announce(t, s, ms(t0), "/ip4/198.51.100.7/tcp/12306/p2p/"+me.id.String())
 	if !ans.OK || ans.ObservedAddr != "198.51.100.7:40000" || ans.TTLSeconds != 120 || !ans.Registered {
@@ -236,8 +240,10 @@ func TestAnnounceAnswer(t *testing.T) {
 
 // TestReadShapes checks /v1/find, /v1/peers and /v1/info exactly as the
 // spec shows them.
-func TestReadShapes(t *testing.T) {
-	s, _, clock := newTestServer(t, time.Minute)
+func TestReadShapes(t *testing.T) { eachBackend(t, testReadShapes) }
+
+func testReadShapes(t *testing.T, be backend) {
+	s, _, clock := newTestServer(t, be, time.Minute)
 	empty := serve(s, request("GET", "/v1/find/"+hashN(1), nil, ""))
 	if empty.Code != 200 || strings.TrimSpace(empty.Body.String()) != `{"peers":[]}` {
 		t.Fatalf("empty find: %d %s", empty.Code, empty.Body)
@@ -310,8 +316,10 @@ func TestReadShapes(t *testing.T) {
 	}
 }
 
-func TestFindLimit(t *testing.T) {
-	s, _, clock := newTestServer(t, time.Minute)
+func TestFindLimit(t *testing.T) { eachBackend(t, testFindLimit) }
+
+func testFindLimit(t *testing.T, be backend) {
+	s, _, clock := newTestServer(t, be, time.Minute)
 	var ids []string
 	for i := range 5 {
 		p := newSigner(t)
@@ -328,8 +336,10 @@ func TestFindLimit(t *testing.T) {
 }
 
 // TestFullDeltaFind: a full set, then deltas, then find.
-func TestFullDeltaFind(t *testing.T) {
-	s, _, _ := newTestServer(t, time.Minute)
+func TestFullDeltaFind(t *testing.T) { eachBackend(t, testFullDeltaFind) }
+
+func testFullDeltaFind(t *testing.T, be backend) {
+	s, _, _ := newTestServer(t, be, time.Minute)
 	me := newSigner(t)
 	ts := ms(t0)
 	next := func() int64 { ts++; return ts }
@@ -373,9 +383,11 @@ func TestFullDeltaFind(t *testing.T) {
 
 // TestTTLExpiry: a silent peer vanishes at once from reads when its TTL
 // passes, the sweep deletes its hashes, and its replay guard outlives it.
-func TestTTLExpiry(t *testing.T) {
+func TestTTLExpiry(t *testing.T) { eachBackend(t, testTTLExpiry) }
+
+func testTTLExpiry(t *testing.T, be backend) {
 	const ttl = 200 * time.Millisecond
-	s, db, clock := newTestServer(t, ttl)
+	s, db, clock := newTestServer(t, be, ttl)
 	a, b := newSigner(t), newSigner(t)
 	a.announce(t, s, ms(clock.Now()))
 	a.packages(t, s, ms(clock.Now())+1, true, []string{hashN(1)}, nil)
@@ -429,8 +441,10 @@ func TestTTLExpiry(t *testing.T) {
 
 // TestExpiredHashesNotResurrected: a peer that expired and comes back
 // before the sweep ran starts with an empty set.
-func TestExpiredHashesNotResurrected(t *testing.T) {
-	s, _, clock := newTestServer(t, time.Second)
+func TestExpiredHashesNotResurrected(t *testing.T) { eachBackend(t, testExpiredHashesNotResurrected) }
+
+func testExpiredHashesNotResurrected(t *testing.T, be backend) {
+	s, _, clock := newTestServer(t, be, time.Second)
 	a := newSigner(t)
 	a.announce(t, s, ms(clock.Now()))
 	a.packages(t, s, ms(clock.Now())+1, true, hashes(0, 100), nil)
@@ -443,8 +457,10 @@ func TestExpiredHashesNotResurrected(t *testing.T) {
 	}
 }
 
-func TestDeregister(t *testing.T) {
-	s, db, clock := newTestServer(t, time.Minute)
+func TestDeregister(t *testing.T) { eachBackend(t, testDeregister) }
+
+func testDeregister(t *testing.T, be backend) {
+	s, db, clock := newTestServer(t, be, time.Minute)
 	a, b := newSigner(t), newSigner(t)
 	for _, p := range []signer{a, b} {
 		p.announce(t, s, ms(clock.Now()))

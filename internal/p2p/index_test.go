@@ -1,0 +1,342 @@
+package p2p
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+
+	"github.com/peerix/peerix/internal/store"
+	"github.com/peerix/peerix/internal/tracker"
+)
+
+// --- a tracker's index, played by the test ---
+
+type indexReq struct {
+	epoch, gen uint64
+	have       bool
+	reply      chan indexReply
+}
+
+type indexReply struct {
+	u   *tracker.IndexUpdate
+	err error
+}
+
+// scriptedIndex hands each request of the Index to the test.
+type scriptedIndex struct{ reqs chan indexReq }
+
+func (s *scriptedIndex) Index(ctx context.Context, epoch, gen uint64, have bool, wait time.Duration) (*tracker.IndexUpdate, error) {
+	r := indexReq{epoch, gen, have, make(chan indexReply, 1)}
+	select {
+	case s.reqs <- r:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	select {
+	case a := <-r.reply:
+		return a.u, a.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+type testClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *testClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *testClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+func parseHash(t testing.TB, s string) [tracker.HashBytes]byte {
+	t.Helper()
+	h, ok := tracker.ParseHash(s)
+	if !ok {
+		t.Fatalf("hash %q", s)
+	}
+	return h
+}
+
+func filterOf(t testing.TB, hashes ...string) *tracker.Filter {
+	f := tracker.NewFilter(tracker.MinIndexBits, tracker.IndexProbes)
+	for _, h := range hashes {
+		f.Add(parseHash(t, h))
+	}
+	return f
+}
+
+// The index answers misses only while a poll vouches for it: a poll
+// pending for less than its wait plus the grace, on a tracker that does
+// not lag too far behind its database.
+func TestIndexStaleness(t *testing.T) {
+	src := &scriptedIndex{reqs: make(chan indexReq)}
+	ix := NewIndex(src, testLog(t))
+	clock := &testClock{t: time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)}
+	ix.now = clock.Now
+	ix.retryMin = time.Hour // a failed poll stops it (see below)
+	run := func() (stop func()) {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); ix.Run(ctx) }()
+		return func() { cancel(); <-done }
+	}
+	stop := run()
+	defer func() { stop() }()
+
+	held, added, nobody := randomHash(t), randomHash(t), randomHash(t)
+	next := func(wantHave bool) indexReq {
+		t.Helper()
+		select {
+		case r := <-src.reqs:
+			if r.have != wantHave {
+				t.Fatalf("request with have=%v, want %v", r.have, wantHave)
+			}
+			return r
+		case <-time.After(5 * time.Second):
+			t.Fatal("the index sent no request")
+		}
+		panic("unreachable")
+	}
+	check := func(step string, want map[string]bool) {
+		t.Helper()
+		for h, absent := range want {
+			if got := ix.Absent(h); got != absent {
+				t.Errorf("%s: Absent(%s) = %v, want %v", step, h[:6], got, absent)
+			}
+		}
+	}
+
+	r := next(false)
+	check("before the first filter", map[string]bool{nobody: false, held: false})
+	r.reply <- indexReply{u: &tracker.IndexUpdate{Epoch: 7, Gen: 3, Filter: filterOf(t, held)}}
+	r = next(true)
+	if r.epoch != 7 || r.gen != 3 {
+		t.Fatalf("poll for epoch %d gen %d, want 7 and 3", r.epoch, r.gen)
+	}
+	check("fresh", map[string]bool{nobody: true, held: false, added: true})
+
+	clock.Advance(indexWait + indexGrace - time.Millisecond)
+	check("poll pending just under wait+grace", map[string]bool{nobody: true})
+	clock.Advance(time.Millisecond)
+	check("poll pending for wait+grace", map[string]bool{nobody: false})
+	if s := ix.Stats(); s.Current || s.Stale != 1 || s.LocalMisses != 3 {
+		t.Errorf("stats %+v", s)
+	}
+
+	// The poll answers at last, with a hash announced meanwhile: the
+	// next poll vouches for the index again.
+	r.reply <- indexReply{u: &tracker.IndexUpdate{Epoch: 7, Gen: 4, Bits: tracker.MinIndexBits,
+		Probes: tracker.IndexProbes, Add: [][tracker.HashBytes]byte{parseHash(t, added)}}}
+	r = next(true)
+	if r.gen != 4 {
+		t.Fatalf("poll for gen %d, want 4", r.gen)
+	}
+	check("after the delta", map[string]bool{nobody: true, added: false, held: false})
+
+	// A tracker lagging its database by more than indexMaxLag.
+	r.reply <- indexReply{u: &tracker.IndexUpdate{Epoch: 7, Gen: 4, Lag: indexMaxLag + time.Second,
+		Bits: tracker.MinIndexBits, Probes: tracker.IndexProbes}}
+	r = next(true)
+	check("lagging tracker", map[string]bool{nobody: false})
+	r.reply <- indexReply{u: &tracker.IndexUpdate{Epoch: 7, Gen: 4, Lag: time.Second,
+		Bits: tracker.MinIndexBits, Probes: tracker.IndexProbes}}
+	r = next(true)
+	check("tracker caught up", map[string]bool{nobody: true})
+
+	// A failed poll: not current until a poll is pending again.
+	r.reply <- indexReply{err: errors.New("connection reset")}
+	waitUntil(t, "the failed poll is taken", func() bool { return !ix.Current() })
+	check("after a failed poll", map[string]bool{nobody: false})
+	stop()
+	ix.retryMin = time.Millisecond
+	stop = run()
+	r = next(true)
+	check("polling again", map[string]bool{nobody: true})
+
+	// A delta for another epoch: the filter is dropped and fetched whole.
+	r.reply <- indexReply{u: &tracker.IndexUpdate{Epoch: 8, Gen: 1, Bits: tracker.MinIndexBits,
+		Probes: tracker.IndexProbes}}
+	r = next(false)
+	check("after a delta that does not fit", map[string]bool{nobody: false})
+	r.reply <- indexReply{u: &tracker.IndexUpdate{Epoch: 8, Gen: 1, Filter: filterOf(t)}}
+	next(true)
+	check("new epoch", map[string]bool{nobody: true, held: true})
+}
+
+// countingTracker runs a real tracker (SQLite) and counts the requests
+// per route.
+type countingTracker struct {
+	*httptest.Server
+	finds, indexes atomic.Int64
+}
+
+func startCountingTracker(t *testing.T) *countingTracker {
+	t.Helper()
+	reg, err := tracker.OpenSQLite(filepath.Join(t.TempDir(), "tracker.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { reg.Close() })
+	api := tracker.NewServer(reg, tracker.ServerOptions{TTL: time.Minute, Log: testLog(t)})
+	ct := &countingTracker{}
+	ct.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case strings.HasPrefix(r.URL.Path, "/v1/find/"):
+			ct.finds.Add(1)
+		case r.URL.Path == "/v1/index":
+			ct.indexes.Add(1)
+		}
+		api.ServeHTTP(w, r)
+	}))
+	t.Cleanup(ct.Close)
+	return ct
+}
+
+// indexedStore is a Store whose index follows the tracker at url; the
+// index stops with the returned function (and with the test).
+func indexedStore(t *testing.T, url string) (*Store, *Index, func()) {
+	t.Helper()
+	h := newTestHost(t)
+	key, _, _ := crypto.GenerateEd25519Key(rand.Reader)
+	c := TrackerClient{tracker.NewClient(url, key)}
+	s := NewStore(h, c, nil, testLog(t))
+	ix := NewIndex(c, testLog(t))
+	s.UseIndex(ix)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); ix.Run(ctx) }()
+	var once sync.Once
+	stop := func() { once.Do(func() { cancel(); <-done }) }
+	t.Cleanup(stop) // before the tracker closes: it waits for pending polls
+	waitUntil(t, "the index is current", ix.Current)
+	return s, ix, stop
+}
+
+func waitUntil(t testing.TB, what string, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for !cond() {
+		if time.Since(start) > 10*time.Second {
+			t.Fatalf("%s: not after 10 s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+// A miss is answered from memory: the tracker hears of it not at all.
+func TestIndexMissWithoutTracker(t *testing.T) {
+	tr := startCountingTracker(t)
+	s, ix, stop := indexedStore(t, tr.URL)
+	ctx := context.Background()
+	for range 100 {
+		start := time.Now()
+		if _, err := s.NarInfo(ctx, randomHash(t)); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("miss: %v", err)
+		}
+		if d := time.Since(start); d > 50*time.Millisecond {
+			t.Errorf("a miss from the index took %v", d)
+		}
+	}
+	if n := tr.finds.Load(); n != 0 {
+		t.Errorf("%d requests to /v1/find for misses the index answers", n)
+	}
+	if st := ix.Stats(); st.LocalMisses != 100 || !st.Current || st.Loads != 1 {
+		t.Errorf("index stats %+v", st)
+	}
+	// Without a current index, the tracker is asked as before.
+	stop()
+	if _, err := s.NarInfo(ctx, randomHash(t)); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("miss: %v", err)
+	}
+	if n := tr.finds.Load(); n != 1 {
+		t.Errorf("%d requests to /v1/find after the index stopped, want 1", n)
+	}
+}
+
+// announce registers h at the tracker with its loopback addresses and the
+// given hashes, signed with h's own key.
+func announceAt(t *testing.T, url string, h *Host, hashes ...string) *tracker.Client {
+	t.Helper()
+	c := tracker.NewClient(url, h.Peerstore().PrivKey(h.ID()))
+	ctx := context.Background()
+	if _, err := c.Announce(ctx, loopbackInfo(h).Addrs); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Packages(ctx, true, hashes, nil); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// A path announced after the index was loaded reaches it through the long
+// poll, within milliseconds, and is found; with the index stale, lookups
+// ask the tracker and find what was announced meanwhile.
+func TestIndexFindsNewlyAnnounced(t *testing.T) {
+	tr := startCountingTracker(t)
+	hs, sts := holders(t, 1)
+	holder := hs[0]
+	s, ix, stop := indexedStore(t, tr.URL)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+
+	hash := randomHash(t)
+	data := testData(5000, 3)
+	sts[0].add(hash, data)
+	if _, err := s.NarInfo(ctx, hash); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("before the announcement: %v", err)
+	}
+	if tr.finds.Load() != 0 {
+		t.Fatal("the miss before the announcement asked the tracker")
+	}
+	c := announceAt(t, tr.URL, holder, hash)
+	took := waitUntil(t, "the index learns of the announced hash", func() bool { return !ix.Absent(hash) })
+	t.Logf("announced hash reached the index %v after the tracker took it", took)
+	if took > 2*time.Second {
+		t.Errorf("the announcement took %v to reach the index", took)
+	}
+	ni, err := s.NarInfo(ctx, hash)
+	if err != nil {
+		t.Fatalf("after the announcement: %v", err)
+	}
+	if ni.NarSize != uint64(len(data)) || tr.finds.Load() != 1 {
+		t.Errorf("narinfo %+v after %d finds", ni, tr.finds.Load())
+	}
+
+	// The index goes stale (here: stopped); meanwhile another path is
+	// announced. The lookup asks the tracker and finds it.
+	stop()
+	later := randomHash(t)
+	sts[0].add(later, testData(300, 4))
+	if err := c.Packages(ctx, false, []string{later}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if ix.Current() {
+		t.Fatal("a stopped index is current")
+	}
+	if _, err := s.NarInfo(ctx, later); err != nil {
+		t.Fatalf("with the index stale: %v", err)
+	}
+	if n := tr.finds.Load(); n != 2 {
+		t.Errorf("%d finds, want 2", n)
+	}
+}
