@@ -86,6 +86,7 @@ type Store struct {
 
 	mu      sync.Mutex
 	lookups map[string]*lookup   // by hash: in flight or recently finished
+	sweepAt int                  // table size that triggers the next sweep of stale lookups
 	seen    map[peer.ID]seenPeer // holders the tracker named lately, for Peers
 	recent  map[string]recentTransfer
 }
@@ -205,12 +206,15 @@ func (s *Store) find(hash string) *lookup {
 	if l := s.lookups[hash]; l != nil && l.fresh() {
 		return l
 	}
-	if len(s.lookups) >= maxLookups {
+	if len(s.lookups) >= max(s.sweepAt, maxLookups) {
 		for h, l := range s.lookups {
 			if !l.fresh() {
 				delete(s.lookups, h)
 			}
 		}
+		// Sweep again only after the table doubled: a burst of fresh
+		// lookups must not make every new one walk the whole table.
+		s.sweepAt = 2 * len(s.lookups)
 	}
 	l := &lookup{done: make(chan struct{}), bad: make(map[peer.ID]bool)}
 	s.lookups[hash] = l
