@@ -52,6 +52,9 @@ type lanDaemonOptions struct {
 	// trustedKeys are the keys whose signatures on peers' narinfos the
 	// verifier accepts (the hosts have no internet, so no upstream either).
 	trustedKeys []string
+	// args replace the default "--filter none" (the upstream filter needs
+	// the internet, which these hosts lack unless a test provides one).
+	args []string
 }
 
 // startLANDaemon runs peerix in LAN mode on h, serving opts.storeRoot, and
@@ -69,13 +72,15 @@ func startLANDaemon(t *testing.T, h *nsHost, opts lanDaemonOptions) *lanDaemon {
 		exited:    make(chan struct{}),
 	}
 	args := []string{"serve", "--mode", "lan",
-		// The upstream filter needs the internet, which these hosts lack.
-		"--filter", "none",
 		"--listen", fmt.Sprintf("0.0.0.0:%d", lanPort),
 		"--store-root", opts.storeRoot,
 		"--state-dir", filepath.Join(t.TempDir(), "state"),
 		"--verbose",
 	}
+	if opts.args == nil {
+		args = append(args, "--filter", "none")
+	}
+	args = append(args, opts.args...)
 	if opts.signingKeyFile != "" {
 		args = append(args, "--signing-key-file", opts.signingKeyFile)
 	}

@@ -169,75 +169,11 @@ http {
 	}
 }
 
-// startTrustDaemon runs `peerix serve --mode lan` on h like startLANDaemon,
-// but with the trust flags given in extra instead of --filter none.
-func startTrustDaemon(t *testing.T, h *nsHost, storeRoot string, extra ...string) *lanDaemon {
+// startTrustDaemon runs peerix in LAN mode on h with the given filter and
+// trust flags instead of the LAN tests' "--filter none".
+func startTrustDaemon(t *testing.T, h *nsHost, storeRoot string, args ...string) *lanDaemon {
 	t.Helper()
-	d := &lanDaemon{
-		host:      h,
-		storeRoot: storeRoot,
-		local:     fmt.Sprintf("http://127.0.0.1:%d", lanPort),
-		remote:    fmt.Sprintf("http://%s:%d", h.addr, lanPort),
-		client:    h.httpClient(),
-		stderr:    &lockedBuffer{},
-		exited:    make(chan struct{}),
-	}
-	args := append([]string{"serve", "--mode", "lan",
-		"--listen", fmt.Sprintf("0.0.0.0:%d", lanPort),
-		"--store-root", storeRoot,
-		"--state-dir", filepath.Join(t.TempDir(), "state"),
-		"--verbose",
-	}, extra...)
-	d.cmd = h.command(context.Background(), peerixBin, args...)
-	d.cmd.Stdout, d.cmd.Stderr = d.stderr, d.stderr
-	d.cmd.Env = append(os.Environ(), "NIX_SECRET_KEY_FILE=")
-	if err := d.cmd.Start(); err != nil {
-		t.Fatalf("starting peerix on host %s: %v", h.label, err)
-	}
-	go func() {
-		d.err = d.cmd.Wait()
-		close(d.exited)
-	}()
-	stopping := false
-	t.Cleanup(func() {
-		select {
-		case <-d.exited:
-			if !stopping {
-				t.Errorf("peerix on host %s exited during the test: %v\nstderr:\n%s", h.label, d.err, d.stderr)
-			}
-			return
-		default:
-		}
-		stopping = true
-		_ = d.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-d.exited:
-		case <-time.After(stopTimeout):
-			t.Errorf("peerix on host %s did not stop within %v of SIGTERM; killing it", h.label, stopTimeout)
-			_ = d.cmd.Process.Kill()
-			<-d.exited
-		}
-		if t.Failed() {
-			t.Logf("peerix on host %s (%s) stderr:\n%s", h.label, strings.Join(args, " "), d.stderr)
-		}
-	})
-	deadline := time.Now().Add(startTimeout)
-	for {
-		resp, _, err := clientDo(d.client, http.MethodGet, d.local+"/health")
-		if err == nil && resp.StatusCode == http.StatusOK {
-			return d
-		}
-		select {
-		case <-d.exited:
-			stopping = true
-			t.Fatalf("peerix on host %s exited before serving: %v\nstderr:\n%s", h.label, d.err, d.stderr)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("peerix on host %s not ready within %v (last: %s %v)\nstderr:\n%s", h.label, startTimeout, statusOf(resp), err, d.stderr)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	return startLANDaemon(t, h, lanDaemonOptions{storeRoot: storeRoot, args: args})
 }
 
 // narRequests returns the NAR requests (URL path containing /nar/) in an
