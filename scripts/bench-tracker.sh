@@ -17,6 +17,9 @@
 #   BENCH_ANNOUNCERS   peers sending their full set at once (default 4)
 #   BENCH_CONCURRENCY  requests in flight in the delta/find phase (default 16)
 #   BENCH_RATE         requests/s in the delta/find phase (default 500; 0 = flat out)
+#   BENCH_LIGHT_RATE   then, on the same registry, 50 more peers, their
+#                      deltas and finds at this rate for about 60 s (default
+#                      0: skip)
 #   BENCH_SETTLE       pause between the full announcements and the
 #                      delta/find phase (default 30s; heartbeats go on)
 #   BENCH_DURATION     cap per backend (default 30m)
@@ -24,8 +27,10 @@
 #   BENCH_PG_OPTS      extra postgres -c settings, e.g. "-c shared_buffers=4GB"
 #   PEERIX, PEERIX_LOADGEN  binaries (default: go build into a temp dir)
 #
-# At full scale (20 M hash rows per backend) a run takes about 10 minutes on
-# a 2-vCPU VM; see docs/benchmarks.md. Needs: go (unless both binaries are
+# At full scale (20 M hash rows per backend) a run takes about 15 minutes on
+# a 2-vCPU VM, 11 of them SQLite taking the full sets, and SQLite writes
+# about 150 GiB to the disk (see docs/benchmarks.md); BENCH_BACKENDS=postgres
+# takes about 4 minutes. Needs: go (unless both binaries are
 # given), curl, jq, and for PostgreSQL Debian's postgresql package
 # (scripts/deps.sh test). As root, PostgreSQL runs as the postgres user.
 # Everything listens on 127.0.0.1 and lives in one temporary directory,
@@ -33,7 +38,7 @@
 set -euo pipefail
 
 cmdline="$(printf '%q ' "$0" "$@")"
-for v in BENCH_PEERS BENCH_HASHES BENCH_DELTAS BENCH_FINDS BENCH_ANNOUNCERS BENCH_CONCURRENCY BENCH_RATE BENCH_SETTLE BENCH_DURATION BENCH_BACKENDS BENCH_PG_OPTS; do
+for v in BENCH_PEERS BENCH_HASHES BENCH_DELTAS BENCH_FINDS BENCH_ANNOUNCERS BENCH_CONCURRENCY BENCH_RATE BENCH_LIGHT_RATE BENCH_SETTLE BENCH_DURATION BENCH_BACKENDS BENCH_PG_OPTS; do
 	if [[ -n "${!v:-}" ]]; then cmdline="$v=$(printf '%q' "${!v}") $cmdline"; fi
 done
 
@@ -45,6 +50,7 @@ ANNOUNCERS="${BENCH_ANNOUNCERS:-4}"
 CONCURRENCY="${BENCH_CONCURRENCY:-16}"
 RATE="${BENCH_RATE:-500}"
 SETTLE="${BENCH_SETTLE:-30s}"
+LIGHT_RATE="${BENCH_LIGHT_RATE:-0}"
 DURATION="${BENCH_DURATION:-30m}"
 BACKENDS="${BENCH_BACKENDS:-sqlite postgres}"
 PG_OPTS="${BENCH_PG_OPTS:-}"
@@ -89,11 +95,12 @@ free_port() {
 	done
 }
 
-# run_tracker NAME DB: starts a tracker on DB, loads it, records results in
-# $TMP/NAME.json (loadgen), $TMP/NAME.hwm (tracker VmHWM, kB),
-# $TMP/NAME.io (bytes the tracker wrote to storage).
+# run_tracker NAME DB MEASURE: starts a tracker on DB, loads it, records
+# results in $TMP/NAME.json (loadgen), $TMP/NAME.hwm (tracker VmHWM, kB),
+# $TMP/NAME.io (bytes the tracker wrote to storage), runs MEASURE (database
+# size and such), then the light-load run ($TMP/NAME-light.json).
 run_tracker() {
-	local name="$1" db="$2" port pid
+	local name="$1" db="$2" measure="$3" port pid
 	port="$(free_port)"
 	"$PEERIX" tracker --listen "127.0.0.1:$port" --db "$db" --relay-port 0 --peer-ttl 30m \
 		>"$TMP/$name-tracker.log" 2>&1 &
@@ -113,6 +120,17 @@ run_tracker() {
 	[[ -s "$TMP/$name.json" ]] || die "$name: the load generator wrote no results (exit $rc)"
 	awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" >"$TMP/$name.hwm"
 	io_bytes "$pid" >"$TMP/$name.io"
+	"$measure"
+	if [[ "$LIGHT_RATE" != 0 ]]; then
+		# Light load on the same registry: 50 more peers (their own
+		# hashes, the same pool) with deltas, and finds at LIGHT_RATE.
+		log "$name: light load, $LIGHT_RATE requests/s"
+		"$PEERIX_LOADGEN" -tracker "http://127.0.0.1:$port" -peers 50 -hashes "$HASHES" -first-peer "$PEERS" \
+			-deltas 20 -finds "$((LIGHT_RATE * 50))" -announce-concurrency "$ANNOUNCERS" \
+			-concurrency "$CONCURRENCY" -rate "$LIGHT_RATE" -settle 10s \
+			-duration "$DURATION" -json "$TMP/$name-light.json" >&2 || true
+		[[ -s "$TMP/$name-light.json" ]] || die "$name: the light-load run wrote no results"
+	fi
 	kill "$pid"
 	wait "$pid" 2>/dev/null || true
 }
@@ -123,13 +141,33 @@ io_bytes() {
 	awk '/^write_bytes:/ {w = $2} /^cancelled_write_bytes:/ {c = $2} END {print w - c}' "/proc/$1/io"
 }
 
-bench_sqlite() {
-	mkdir -p "$TMP/sqlite"
-	run_tracker sqlite "$TMP/sqlite/tracker.db"
-	# The tracker has stopped: its WAL is checkpointed into the file.
+measure_sqlite() {
 	local size=0 f
 	for f in "$TMP"/sqlite/tracker.db*; do size=$((size + $(stat -c %s "$f"))); done
 	echo "$size" >"$TMP/sqlite.size"
+}
+
+bench_sqlite() {
+	mkdir -p "$TMP/sqlite"
+	run_tracker sqlite "$TMP/sqlite/tracker.db" measure_sqlite
+}
+
+PGPORT=""
+measure_postgres() {
+	local port="$PGPORT"
+	"${AS_PG[@]}" "$PGBIN/psql" -h 127.0.0.1 -p "$port" -U postgres -qAtc "SELECT pg_database_size('peerix')" postgres >"$TMP/postgres.size"
+	# What the server wrote: its WAL, and the data pages written out so far
+	# (pages still dirty in shared buffers are not counted).
+	"${AS_PG[@]}" "$PGBIN/psql" -h 127.0.0.1 -p "$port" -U postgres -qAtc \
+		"SELECT (SELECT wal_bytes FROM pg_stat_wal) + (SELECT (buffers_checkpoint + buffers_clean + buffers_backend) * 8192 FROM pg_stat_bgwriter)" postgres >"$TMP/postgres.pgio"
+	# The server's own memory: proportional set size of all its processes
+	# (shared buffers counted once).
+	local pss=0 pid pm
+	pm="$(head -1 "$PGDATA/postmaster.pid")"
+	for pid in "$pm" $(pgrep -P "$pm" || true); do
+		pss=$((pss + $(awk '/^Pss:/ {print $2}' "/proc/$pid/smaps_rollup" 2>/dev/null || echo 0)))
+	done
+	echo "$pss" >"$TMP/postgres.pss"
 }
 
 bench_postgres() {
@@ -153,20 +191,8 @@ bench_postgres() {
 	"${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$PGDATA" -l "$TMP/pg/server.log" -w -t 60 start -o \
 		"-k $TMP/pg -p $port -c listen_addresses=127.0.0.1 -c shared_buffers=2GB -c max_wal_size=8GB -c checkpoint_timeout=15min -c max_connections=200 $PG_OPTS" >/dev/null
 	"${AS_PG[@]}" "$PGBIN/psql" -h 127.0.0.1 -p "$port" -U postgres -qAtc "CREATE DATABASE peerix" postgres
-	run_tracker postgres "postgres://postgres@127.0.0.1:$port/peerix?sslmode=disable"
-	"${AS_PG[@]}" "$PGBIN/psql" -h 127.0.0.1 -p "$port" -U postgres -qAtc "SELECT pg_database_size('peerix')" postgres >"$TMP/postgres.size"
-	# What the server wrote: its WAL, and the data pages written out so far
-	# (pages still dirty in shared buffers are not counted).
-	"${AS_PG[@]}" "$PGBIN/psql" -h 127.0.0.1 -p "$port" -U postgres -qAtc \
-		"SELECT (SELECT wal_bytes FROM pg_stat_wal) + (SELECT (buffers_checkpoint + buffers_clean + buffers_backend) * 8192 FROM pg_stat_bgwriter)" postgres >"$TMP/postgres.pgio"
-	# The server's own memory: proportional set size of all its processes
-	# (shared buffers counted once).
-	local pss=0 pid pm
-	pm="$(head -1 "$PGDATA/postmaster.pid")"
-	for pid in "$pm" $(pgrep -P "$pm" || true); do
-		pss=$((pss + $(awk '/^Pss:/ {print $2}' "/proc/$pid/smaps_rollup" 2>/dev/null || echo 0)))
-	done
-	echo "$pss" >"$TMP/postgres.pss"
+	PGPORT="$port"
+	run_tracker postgres "postgres://postgres@127.0.0.1:$port/peerix?sslmode=disable" measure_postgres
 	"${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$PGDATA" -m fast -w stop >/dev/null
 }
 
@@ -181,9 +207,11 @@ done
 # The table.
 q() { jq -r "$2" "$TMP/$1.json"; }
 mib() { awk -v b="$1" 'BEGIN { printf "%.0f MiB", b / 1048576 }'; }
-row() { # row LABEL JQ-EXPRESSION
-	local line="| $1 |" b
-	for b in $BACKENDS; do line+=" $(q "$b" "$2") |"; done
+row() { # row [-light] LABEL JQ-EXPRESSION: a cell per backend from its (light-load) results
+	local suffix="" line b
+	if [[ "$1" == -light ]]; then suffix=-light; shift; fi
+	line="| $1 |"
+	for b in $BACKENDS; do line+=" $(q "$b$suffix" "$2") |"; done
 	echo "$line"
 }
 echo "command: \`${cmdline% }\`"
@@ -198,25 +226,39 @@ done
 echo "$header"
 echo "$sep"
 row "full announcements, $PEERS peers x $HASHES hashes ($ANNOUNCERS at once)" '"\(.full_announce_s | floor) s (\(.full_hashes_per_s / 1000 | floor) k hashes/s)"'
-row "full set of $HASHES (one request), p50 / p99" '"\(.full_set.p50_ms | round) / \(.full_set.p99_ms | round) ms"'
-row "delta (10 hashes removed, 10 added), p50 / p99" '"\(.delta.p50_ms) / \(.delta.p99_ms) ms"'
-row "find, p50 / p99" '"\(.find.p50_ms) / \(.find.p99_ms) ms"'
-row "find of a popular hash (up to 100 holders), p99" '"\(.find_popular.p99_ms) ms"'
-row "find of a hash one peer holds, p99" '"\(.find_single.p99_ms) ms"'
-row "find of a hash no one holds, p99" '"\(.find_miss.p99_ms) ms"'
-row "heartbeat, p50 / p99" '"\(.heartbeat.p50_ms) / \(.heartbeat.p99_ms) ms"'
-row "delta/find phase: requests, achieved rate" '"\(.delta.n + .find.n + .heartbeat.n) at \(.query_phase_req_per_s)/s"'
-row "hashes held at the end" '"\(.held_hashes)"'
-row "errors, count mismatches" '"\(.errors), \(.count_mismatches)"'
-line="| database size |"
+row "full set of $HASHES hashes (one request), p50 / p99" '"\(.full_set.p50_ms | round) / \(.full_set.p99_ms | round) ms"'
+row "busy: $RATE req/s for $(((PEERS * (DELTAS + 1) + FINDS) / RATE)) s, $CONCURRENCY in flight" '"\(.delta.n + .find.n + .heartbeat.n) requests"'
+row "busy: delta (10 removed, 10 added), p50 / p99" '"\(.delta.p50_ms) / \(.delta.p99_ms) ms"'
+row "busy: find, p50 / p99" '"\(.find.p50_ms) / \(.find.p99_ms) ms"'
+row "busy: find of a popular hash (100 of up to 1,000 holders), p50 / p99" '"\(.find_popular.p50_ms) / \(.find_popular.p99_ms) ms"'
+row "busy: find of a hash one peer holds, p50 / p99" '"\(.find_single.p50_ms) / \(.find_single.p99_ms) ms"'
+row "busy: find of a hash no one holds, p50 / p99" '"\(.find_miss.p50_ms) / \(.find_miss.p99_ms) ms"'
+row "busy: heartbeat, p50 / p99" '"\(.heartbeat.p50_ms) / \(.heartbeat.p99_ms) ms"'
+if [[ "$LIGHT_RATE" != 0 ]]; then
+	row -light "light: $LIGHT_RATE req/s for 60 s" '"\(.delta.n + .find.n + .heartbeat.n) requests"'
+	row -light "light: delta, p50 / p99" '"\(.delta.p50_ms) / \(.delta.p99_ms) ms"'
+	row -light "light: find, p50 / p99" '"\(.find.p50_ms) / \(.find.p99_ms) ms"'
+	row -light "light: find of a popular hash, p50 / p99" '"\(.find_popular.p50_ms) / \(.find_popular.p99_ms) ms"'
+fi
+row "hashes held after the busy phase" '"\(.held_hashes)"'
+line="| errors, count mismatches |"
+for b in $BACKENDS; do
+	if [[ "$LIGHT_RATE" != 0 ]]; then
+		line+=" $(jq -rs '"\(.[0].errors + .[1].errors), \(.[0].count_mismatches + .[1].count_mismatches)"' "$TMP/$b.json" "$TMP/$b-light.json") |"
+	else
+		line+=" $(q "$b" '"\(.errors), \(.count_mismatches)"') |"
+	fi
+done
+echo "$line"
+line="| database size after the busy phase |"
 for b in $BACKENDS; do
 	case "$b" in
-	sqlite) line+=" $(mib "$(cat "$TMP/sqlite.size")") (file + WAL) |" ;;
+	sqlite) line+=" $(mib "$(cat "$TMP/sqlite.size")") (file + WAL + shm) |" ;;
 	postgres) line+=" $(mib "$(cat "$TMP/postgres.size")") (pg_database_size) |" ;;
 	esac
 done
 echo "$line"
-line="| written to storage during the run |"
+line="| written to storage up to the end of the busy phase |"
 for b in $BACKENDS; do
 	case "$b" in
 	sqlite) line+=" $(awk -v b="$(cat "$TMP/sqlite.io")" 'BEGIN { printf "%.1f GiB", b / 1073741824 }') (tracker's write_bytes) |" ;;
@@ -224,11 +266,11 @@ for b in $BACKENDS; do
 	esac
 done
 echo "$line"
-line="| tracker memory (VmHWM) |"
+line="| tracker memory (VmHWM) after the busy phase |"
 for b in $BACKENDS; do line+=" $(mib $(($(cat "$TMP/$b.hwm") * 1024))) |"; done
 echo "$line"
 if [[ " $BACKENDS " == *" postgres "* ]]; then
-	line="| PostgreSQL server memory (PSS, all processes, at the end) |"
+	line="| PostgreSQL server memory (PSS of all its processes) after the busy phase |"
 	for b in $BACKENDS; do
 		case "$b" in sqlite) line+=" — |" ;; postgres) line+=" $(mib $(($(cat "$TMP/postgres.pss") * 1024))) |" ;; esac
 	done

@@ -66,6 +66,7 @@ type options struct {
 	duration    time.Duration
 	settle      time.Duration
 	seed        uint64
+	firstPeer   int
 	jsonOut     string
 	deregister  bool
 }
@@ -97,6 +98,7 @@ func run(args []string, stdout io.Writer) error {
 	fs.DurationVar(&o.duration, "duration", 10*time.Minute, "cap on the whole run")
 	fs.DurationVar(&o.settle, "settle", 0, "pause between the phases (heartbeats go on), to measure queries apart from the database's work after the bulk load")
 	fs.Uint64Var(&o.seed, "seed", 1, "seed of the hash sets")
+	fs.IntVar(&o.firstPeer, "first-peer", 0, "number of the first peer: a second run against the same tracker with other peers (own hashes) and the same pool")
 	fs.StringVar(&o.jsonOut, "json", "", "also write the results as JSON to this file")
 	fs.BoolVar(&o.deregister, "deregister", false, "deregister every peer at the end")
 	if err := fs.Parse(args); err != nil {
@@ -106,8 +108,8 @@ func run(args []string, stdout io.Writer) error {
 		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
 	switch {
-	case o.peers < 1 || o.hashes < 0 || o.finds < 0 || o.deltas < 0 || o.deltaSize < 0:
-		return errors.New("-peers must be positive; -hashes, -finds, -deltas, -delta-size not negative")
+	case o.peers < 1 || o.hashes < 0 || o.finds < 0 || o.deltas < 0 || o.deltaSize < 0 || o.firstPeer < 0:
+		return errors.New("-peers must be positive; -hashes, -finds, -deltas, -delta-size, -first-peer not negative")
 	case o.concurrency < 1 || o.announcers < 1 || o.duration <= 0 || o.rate < 0:
 		return errors.New("-concurrency, -announce-concurrency and -duration must be positive, -rate not negative")
 	case o.shared < 0 || o.shared > 1 || o.pool < 1 || o.zipf <= 1:
@@ -326,7 +328,7 @@ func (l *load) run(ctx context.Context, out io.Writer) (*Results, error) {
 		if err != nil {
 			return nil, err
 		}
-		l.peers[i] = &peerState{client: tracker.NewClient(o.tracker, key), rng: mrand.New(mrand.NewPCG(o.seed, uint64(i)+1))}
+		l.peers[i] = &peerState{client: tracker.NewClient(o.tracker, key), rng: mrand.New(mrand.NewPCG(o.seed, uint64(o.firstPeer+i)+1))}
 	}
 	addr := ma.StringCast("/ip4/127.0.0.1/udp/12306/quic-v1")
 
