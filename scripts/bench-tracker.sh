@@ -27,10 +27,10 @@
 #   BENCH_PG_OPTS      extra postgres -c settings, e.g. "-c shared_buffers=4GB"
 #   PEERIX, PEERIX_LOADGEN  binaries (default: go build into a temp dir)
 #
-# At full scale (20 M hash rows per backend) a run takes about 15 minutes on
-# a 2-vCPU VM, 11 of them SQLite taking the full sets, and SQLite writes
+# At full scale (20 M hash rows per backend) a run takes about 14 minutes on
+# a 2-vCPU VM, 10 of them SQLite taking the full sets, and SQLite writes
 # about 150 GiB to the disk (see docs/benchmarks.md); BENCH_BACKENDS=postgres
-# takes about 4 minutes. Needs: go (unless both binaries are
+# takes about 3 minutes. Needs: go (unless both binaries are
 # given), curl, jq, and for PostgreSQL Debian's postgresql package
 # (scripts/deps.sh test). As root, PostgreSQL runs as the postgres user.
 # Everything listens on 127.0.0.1 and lives in one temporary directory,
