@@ -1,0 +1,537 @@
+package swarm
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nix-community/go-nix/pkg/nixhash"
+
+	"github.com/peerix/peerix/internal/store"
+)
+
+// ErrBadNAR: no holder could send a NAR that matches its NarHash.
+var ErrBadNAR = errors.New("NAR does not match its NarHash")
+
+// errSlow: a holder stalled or sent slower than MinRate.
+var errSlow = errors.New("holder stalled or sent too slowly")
+
+// errSpool: the spool could not be written.
+var errSpool = errors.New("NAR spool")
+
+// OpenNAR opens the NAR with NarHash narHash (Nix base-32) of the path x
+// found, positioned at offset. The NAR is fetched whole into a spool and
+// hashed as it arrives; OpenNAR returns once bytes from offset on may reach
+// Nix (the whole NAR verified, or a proven holder's first bytes of a large
+// one), so that "no holder could send a good NAR" is an error before any
+// response is started. Reading blocks until more bytes may be handed out.
+func (x *Found) OpenNAR(ctx context.Context, narHash string, offset int64) (*store.NAR, error) {
+	select {
+	case <-x.decided:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	size, ok := x.sizeOf(narHash)
+	if !ok {
+		return nil, fmt.Errorf("%s with NarHash %s on peers: %w", x.hash, narHash, store.ErrNotFound)
+	}
+	if offset < 0 || offset > size {
+		return nil, fmt.Errorf("offset %d of %d: %w", offset, size, store.ErrOffset)
+	}
+	want, err := nixhash.ParseNixBase32("sha256:" + narHash)
+	if err != nil {
+		return nil, fmt.Errorf("NarHash %s: %w", narHash, store.ErrBadRequest)
+	}
+	f := x.f
+	sp, err := f.newSpool(size)
+	if err != nil {
+		return nil, err
+	}
+	tctx, cancel := context.WithCancel(ctx)
+	t := &transfer{
+		f: f, x: x, cancel: cancel,
+		nar:     NAR{Hash: x.hash, NarHash: narHash, Size: size},
+		want:    want.Digest(),
+		spool:   sp,
+		spools:  []spool{sp},
+		h:       sha256.New(),
+		opens:   map[string]int{},
+		suspect: map[string]bool{},
+		through: true,
+		changed: make(chan struct{}),
+		runDone: make(chan struct{}),
+	}
+	go t.run(tctx)
+	if _, _, err := t.wait(ctx, offset); err != nil && !(offset == size && errors.Is(err, io.EOF)) {
+		t.Close()
+		return nil, err
+	}
+	return &store.NAR{Size: size, ReadCloser: &narReader{t: t, pos: offset}}, nil
+}
+
+// sizeOf returns the size of the NAR with narHash, if a holder's narinfo
+// named it.
+func (x *Found) sizeOf(narHash string) (int64, bool) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for _, c := range x.cands {
+		if c.ni.NarHash.Format(nixhash.NixBase32, false) == narHash {
+			return int64(c.ni.NarSize), true
+		}
+	}
+	return 0, false
+}
+
+// sources returns the holders that may send the NAR, candidates whose
+// narinfo named it first, then holders asked by content; liars left out.
+func (x *Found) sources(narHash string) (cands []candidate, others []Holder) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for _, c := range x.cands {
+		if !x.bad[c.h.ID()] && c.ni.NarHash.Format(nixhash.NixBase32, false) == narHash {
+			cands = append(cands, c)
+		}
+	}
+	for _, h := range x.others {
+		if !x.bad[h.ID()] && !slices.ContainsFunc(cands, func(c candidate) bool { return c.h.ID() == h.ID() }) {
+			others = append(others, h)
+		}
+	}
+	return cands, others
+}
+
+// transfer assembles one NAR from holders.
+type transfer struct {
+	f      *Finder
+	x      *Found
+	cancel context.CancelFunc
+	nar    NAR
+	want   []byte
+
+	// Owned by run.
+	spool   spool
+	h       hash.Hash
+	pos     int64          // bytes of the current attempt in the spool
+	spans   []span         // who sent which bytes of the current attempt
+	opens   map[string]int // sources opened, by holder
+	nOpens  int
+	suspect map[string]bool // holders that sent part of a NAR that failed its hash
+	old     spool           // the failed attempt, kept to find the liar
+	oldSpan []span
+
+	mu        sync.Mutex
+	spools    []spool // every spool of the transfer, closed by Close (a reader may still read an old one)
+	ready     int64 // bytes the reader may have
+	forwarded int64 // bytes the reader has had
+	through   bool  // every byte so far came from proven holders (cut-through allowed)
+	done      bool  // the whole NAR is verified
+	err       error // why the transfer failed
+	closed    bool
+	changed   chan struct{} // closed and replaced when ready, done or err change
+	runDone   chan struct{}
+}
+
+// span: bytes [start, end) of an attempt came from holder id.
+type span struct {
+	start, end int64
+	id         string
+}
+
+// run fetches the NAR until it is verified, or no holder is left.
+func (t *transfer) run(ctx context.Context) {
+	defer close(t.runDone)
+	for attempt := 1; ; attempt++ {
+		if err := t.fill(ctx); err != nil {
+			t.fail(err)
+			return
+		}
+		if bytes.Equal(t.h.Sum(nil), t.want) {
+			t.verified()
+			return
+		}
+		t.mismatch()
+		if attempt == maxAttempts {
+			t.fail(fmt.Errorf("%s: %w after %d attempts", t.nar.Hash, ErrBadNAR, attempt))
+			return
+		}
+		if err := t.restart(); err != nil {
+			t.fail(err)
+			return
+		}
+	}
+}
+
+// fill fetches [pos, size) from holders, moving on at each failure.
+func (t *transfer) fill(ctx context.Context) error {
+	var errs []error
+	for t.pos < t.nar.Size {
+		src, ok := t.next()
+		if !ok {
+			if len(errs) == 0 {
+				return fmt.Errorf("no holder left for %s: %w", t.nar.Hash, store.ErrNotFound)
+			}
+			return fmt.Errorf("no holder could send %s: %w (%w)", t.nar.Hash, store.ErrNotFound, errors.Join(errs...))
+		}
+		err := t.pull(ctx, src)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if errors.Is(err, errSpool) {
+			return err // our own disk, not the holder's fault
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", src.h.ID(), err))
+			t.f.failed(ctx, src.h.ID(), t.x, err, "NAR")
+		}
+	}
+	return nil
+}
+
+// next picks the next source: holders not under suspicion first, each
+// group in reputation order, none opened more than maxOpensPerHolder times.
+func (t *transfer) next() (candidate, bool) {
+	if t.nOpens >= maxOpens {
+		return candidate{}, false
+	}
+	cands, others := t.x.sources(t.nar.NarHash)
+	all := make([]candidate, 0, len(cands)+len(others))
+	all = append(all, cands...)
+	for _, h := range others {
+		all = append(all, candidate{h: h})
+	}
+	ids := make([]string, len(all))
+	for i, c := range all {
+		ids[i] = c.h.ID()
+	}
+	ranked := t.f.rep.Rank(ids)
+	for _, wantSuspect := range []bool{false, true} {
+		for round := 0; round < maxOpensPerHolder; round++ {
+			for _, id := range ranked {
+				if t.suspect[id] != wantSuspect || t.opens[id] != round {
+					continue
+				}
+				i := slices.IndexFunc(all, func(c candidate) bool { return c.h.ID() == id })
+				t.opens[id]++
+				t.nOpens++
+				return all[i], true
+			}
+		}
+	}
+	return candidate{}, false
+}
+
+// pull copies from one holder into the spool until the NAR is complete or
+// the holder fails, stalls or crawls.
+func (t *transfer) pull(ctx context.Context, c candidate) error {
+	spec := t.nar
+	if c.ni != nil {
+		spec.URL = c.ni.URL
+	}
+	id := c.h.ID()
+	start := time.Now()
+	body, err := c.h.OpenNAR(ctx, spec, t.pos)
+	if err != nil {
+		return err
+	}
+	t.f.rep.Success(id, time.Since(start))
+	var progress atomic.Int64
+	var why atomic.Pointer[error]
+	stop := context.AfterFunc(ctx, func() { body.Close() })
+	defer stop()
+	watchDone := make(chan struct{})
+	defer close(watchDone)
+	go t.f.watch(watchDone, &progress, func(err error) {
+		why.Store(&err)
+		body.Close()
+	})
+	defer body.Close()
+
+	proven := t.nar.Size >= CutThroughMin && t.f.rep.Proven(id)
+	var scratch []byte
+	for t.pos < t.nar.Size {
+		n := min(int64(256<<10), t.nar.Size-t.pos)
+		p := t.spool.direct(t.pos, n)
+		if p == nil {
+			if scratch == nil {
+				scratch = make([]byte, 256<<10)
+			}
+			p = scratch[:n]
+		}
+		got, err := body.Read(p)
+		if got > 0 {
+			if _, werr := t.spool.WriteAt(p[:got], t.pos); werr != nil {
+				return fmt.Errorf("%w: %w", errSpool, werr)
+			}
+			t.h.Write(p[:got])
+			t.record(id, int64(got))
+			progress.Add(int64(got))
+			t.publish(proven)
+		}
+		if err != nil {
+			if e := why.Load(); e != nil {
+				return *e
+			}
+			if errors.Is(err, io.EOF) && t.pos < t.nar.Size {
+				return fmt.Errorf("%w: NAR ended after %d of %d bytes", ErrProtocol, t.pos, t.nar.Size)
+			}
+			if t.pos == t.nar.Size && errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// record notes that id sent the next n bytes.
+func (t *transfer) record(id string, n int64) {
+	if k := len(t.spans) - 1; k >= 0 && t.spans[k].id == id && t.spans[k].end == t.pos {
+		t.spans[k].end += n
+	} else {
+		t.spans = append(t.spans, span{start: t.pos, end: t.pos + n, id: id})
+	}
+	t.pos += n
+}
+
+// publish lets the reader have the bytes so far if every one of them came
+// from a proven holder.
+func (t *transfer) publish(proven bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !proven {
+		t.through = false
+	}
+	if t.through && t.pos > t.ready {
+		t.ready = t.pos
+		t.wake()
+	}
+}
+
+// watch drops a source that sends nothing for StallTimeout, or less than
+// MinRate over RateWindow, by calling drop once.
+func (f *Finder) watch(done <-chan struct{}, progress *atomic.Int64, drop func(error)) {
+	tick := min(time.Second, f.opt.StallTimeout/4, f.opt.RateWindow/4)
+	ticker := time.NewTicker(tick)
+	defer ticker.Stop()
+	start := time.Now()
+	lastChange, last := start, int64(0)
+	// samples[i]: progress at the i-th tick, for the rate over RateWindow.
+	window := int(f.opt.RateWindow / tick)
+	samples := make([]int64, 0, window+1)
+	for {
+		select {
+		case <-done:
+			return
+		case now := <-ticker.C:
+			p := progress.Load()
+			if p != last {
+				last, lastChange = p, now
+			}
+			if now.Sub(lastChange) >= f.opt.StallTimeout {
+				drop(fmt.Errorf("%w: nothing for %v", errSlow, now.Sub(lastChange).Round(time.Millisecond)))
+				return
+			}
+			samples = append(samples, p)
+			if len(samples) > window {
+				got := p - samples[0]
+				samples = samples[1:]
+				if got < f.opt.MinRate*int64(f.opt.RateWindow/time.Second) {
+					drop(fmt.Errorf("%w: %d bytes in %v, less than %d B/s", errSlow, got, f.opt.RateWindow, f.opt.MinRate))
+					return
+				}
+			}
+		}
+	}
+}
+
+// mismatch handles a NAR that failed its hash: a holder that sent all of
+// it lied; when several sent parts, they become suspects and the next
+// attempt (from other holders first) tells which.
+func (t *transfer) mismatch() {
+	ids := spanIDs(t.spans)
+	if len(ids) == 1 {
+		t.blame(ids[0], "its NAR does not match the NarHash")
+	}
+	for _, id := range ids {
+		t.suspect[id] = true
+	}
+	t.mu.Lock()
+	t.through = false
+	t.mu.Unlock()
+}
+
+// restart keeps the failed attempt for comparison and starts over.
+func (t *transfer) restart() error {
+	sp, err := t.f.newSpool(t.nar.Size)
+	if err != nil {
+		return err
+	}
+	t.mu.Lock()
+	t.spools = append(t.spools, sp)
+	t.old, t.oldSpan = t.spool, t.spans
+	t.spool, t.spans, t.pos = sp, nil, 0
+	// What the reader has not had yet must come from the new attempt,
+	// once it is verified.
+	t.ready = t.forwarded
+	t.mu.Unlock()
+	t.h.Reset()
+	t.opens = map[string]int{}
+	return nil
+}
+
+// verified completes the transfer: the holders whose bytes in a failed
+// attempt differ from the verified NAR are blamed, those who sent the
+// verified one credited, and the reader may have it all, unless bytes it
+// already had differ from it.
+func (t *transfer) verified() {
+	if t.old != nil {
+		for _, s := range t.oldSpan {
+			if !t.x.isBad(s.id) && !sameBytes(t.old, t.spool, s.start, s.end) {
+				t.blame(s.id, "its part of a NAR differs from the verified NAR")
+			}
+		}
+	}
+	sent := map[string]int64{}
+	for _, s := range t.spans {
+		sent[s.id] += s.end - s.start
+	}
+	for id, n := range sent {
+		t.f.rep.Delivered(id, n)
+	}
+	t.mu.Lock()
+	fwd := t.forwarded
+	t.mu.Unlock()
+	if t.old != nil && fwd > 0 && !sameBytes(t.old, t.spool, 0, fwd) {
+		t.fail(fmt.Errorf("%s: bytes already sent came from a holder that lied: %w", t.nar.Hash, ErrBadNAR))
+		return
+	}
+	t.mu.Lock()
+	t.ready, t.done = t.nar.Size, true
+	t.wake()
+	t.mu.Unlock()
+}
+
+func (t *transfer) blame(id, why string) {
+	t.f.rep.Fail(id, FailLie)
+	t.x.markBad(id)
+	t.f.log.Warn("peer sent a bad NAR; it is shunned", "peer", id, "hash", t.nar.Hash, "why", why)
+}
+
+// sameBytes compares [start, end) of two spools.
+func sameBytes(a, b spool, start, end int64) bool {
+	const chunk = 64 << 10
+	ba, bb := make([]byte, chunk), make([]byte, chunk)
+	for off := start; off < end; off += chunk {
+		n := min(chunk, end-off)
+		na, _ := a.ReadAt(ba[:n], off)
+		nb, _ := b.ReadAt(bb[:n], off)
+		if int64(na) != n || int64(nb) != n || !bytes.Equal(ba[:n], bb[:n]) {
+			return false
+		}
+	}
+	return true
+}
+
+func spanIDs(spans []span) []string {
+	var ids []string
+	for _, s := range spans {
+		if !slices.Contains(ids, s.id) {
+			ids = append(ids, s.id)
+		}
+	}
+	return ids
+}
+
+func (t *transfer) fail(err error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.err == nil && !t.done {
+		t.err = err
+		t.wake()
+	}
+}
+
+// wake tells waiting readers that something changed. t.mu is held.
+func (t *transfer) wake() {
+	close(t.changed)
+	t.changed = make(chan struct{})
+}
+
+// wait blocks until bytes beyond pos may be read, and returns how far and
+// the spool that holds them.
+func (t *transfer) wait(ctx context.Context, pos int64) (int64, spool, error) {
+	for {
+		t.mu.Lock()
+		ready, sp, done, err, ch := t.ready, t.spool, t.done, t.err, t.changed
+		t.mu.Unlock()
+		switch {
+		case ready > pos:
+			return ready, sp, nil
+		case done:
+			return ready, sp, io.EOF
+		case err != nil:
+			return 0, nil, err
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return 0, nil, ctx.Err()
+		}
+	}
+}
+
+// Close stops the transfer and frees its spool.
+func (t *transfer) Close() error {
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return nil
+	}
+	t.closed = true
+	t.mu.Unlock()
+	t.cancel()
+	<-t.runDone
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, sp := range t.spools {
+		sp.Close()
+	}
+	return nil
+}
+
+// narReader hands the transfer's bytes out as they may be.
+type narReader struct {
+	t   *transfer
+	pos int64
+}
+
+func (r *narReader) Read(p []byte) (int, error) {
+	t := r.t
+	if r.pos >= t.nar.Size {
+		return 0, io.EOF
+	}
+	ready, sp, err := t.wait(context.Background(), r.pos)
+	if err != nil {
+		return 0, err
+	}
+	n := min(int64(len(p)), ready-r.pos)
+	got, err := sp.ReadAt(p[:n], r.pos)
+	r.pos += int64(got)
+	t.mu.Lock()
+	t.forwarded = max(t.forwarded, r.pos)
+	t.mu.Unlock()
+	if err != nil && !errors.Is(err, io.EOF) {
+		return got, err
+	}
+	return got, nil
+}
+
+func (r *narReader) Close() error { return r.t.Close() }

@@ -1,0 +1,343 @@
+package swarm_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/nix-community/go-nix/pkg/narinfo"
+	"github.com/nix-community/go-nix/pkg/nixhash"
+
+	"github.com/peerix/peerix/internal/store"
+	"github.com/peerix/peerix/internal/swarm"
+)
+
+const testHash = "0123456789abcdfghijklmnpqrsvwxyz"
+
+// content is a NAR and its narinfo.
+type content struct {
+	nar []byte
+	ni  *narinfo.NarInfo
+}
+
+func newContent(size int, seed uint64) content {
+	b := make([]byte, size)
+	r := rand.New(rand.NewPCG(seed, seed))
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	sum := sha256.Sum256(b)
+	return content{nar: b, ni: &narinfo.NarInfo{
+		StorePath:   "/nix/store/" + testHash + "-fixture",
+		URL:         "nar/" + testHash + ".nar",
+		Compression: "none",
+		NarHash:     nixhash.MustNewHashWithEncoding(nixhash.SHA256, sum[:], nixhash.NixBase32, true),
+		NarSize:     uint64(size),
+	}}
+}
+
+func (c content) narHash() string { return c.ni.NarHash.Format(nixhash.NixBase32, false) }
+
+// holder is a fake peer with scripted behaviour.
+type holder struct {
+	id      string
+	c       content
+	absent  bool
+	delay   time.Duration // before the narinfo answer
+	corrupt int64         // -1: none; else the offset of a flipped byte in its NAR
+	stallAt int64         // -1: none; else it stops sending at this offset, forever
+	drip    time.Duration // if set, one byte per drip
+	opens   atomic.Int32
+}
+
+func honest(id string, c content) *holder {
+	return &holder{id: id, c: c, corrupt: -1, stallAt: -1}
+}
+
+func (h *holder) ID() string { return h.id }
+
+func (h *holder) NarInfo(ctx context.Context, hash string) (*narinfo.NarInfo, error) {
+	if h.delay > 0 {
+		select {
+		case <-time.After(h.delay):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	if h.absent {
+		return nil, fmt.Errorf("%s: %w", h.id, store.ErrNotFound)
+	}
+	ni := *h.c.ni
+	return &ni, nil
+}
+
+func (h *holder) OpenNAR(ctx context.Context, nar swarm.NAR, offset int64) (io.ReadCloser, error) {
+	h.opens.Add(1)
+	if h.absent || nar.NarHash != h.c.narHash() {
+		return nil, store.ErrNotFound
+	}
+	b := bytes.Clone(h.c.nar)
+	if h.corrupt >= 0 {
+		b[h.corrupt] ^= 0xff
+	}
+	return &stream{ctx: ctx, h: h, b: b, pos: offset, done: make(chan struct{})}, nil
+}
+
+type stream struct {
+	ctx    context.Context
+	h      *holder
+	b      []byte
+	pos    int64
+	done   chan struct{}
+	closed atomic.Bool
+}
+
+func (s *stream) Read(p []byte) (int, error) {
+	if s.closed.Load() {
+		return 0, errors.New("closed")
+	}
+	if s.pos >= int64(len(s.b)) {
+		return 0, io.EOF
+	}
+	if s.h.stallAt >= 0 && s.pos >= s.h.stallAt {
+		select {
+		case <-s.done:
+			return 0, errors.New("closed")
+		case <-s.ctx.Done():
+			return 0, s.ctx.Err()
+		}
+	}
+	if s.h.drip > 0 {
+		select {
+		case <-time.After(s.h.drip):
+		case <-s.done:
+			return 0, errors.New("closed")
+		}
+		p = p[:1]
+	}
+	end := int64(len(s.b))
+	if s.h.stallAt >= 0 {
+		end = min(end, s.h.stallAt)
+	}
+	n := copy(p, s.b[s.pos:end])
+	s.pos += int64(n)
+	return n, nil
+}
+
+func (s *stream) Close() error {
+	if s.closed.CompareAndSwap(false, true) {
+		close(s.done)
+	}
+	return nil
+}
+
+func holders(hs ...*holder) <-chan swarm.Holder {
+	ch := make(chan swarm.Holder, len(hs))
+	for _, h := range hs {
+		ch <- h
+	}
+	close(ch)
+	return ch
+}
+
+// acceptNarHash accepts narinfos with the trusted NarHash and calls others lies.
+func acceptNarHash(want string) swarm.Accept {
+	return func(_ context.Context, _ string, ni *narinfo.NarInfo) (*narinfo.NarInfo, error) {
+		if ni.NarHash.Format(nixhash.NixBase32, false) != want {
+			return nil, fmt.Errorf("%w: NarHash differs from the upstream's", swarm.ErrLie)
+		}
+		return ni, nil
+	}
+}
+
+func find(t *testing.T, f *swarm.Finder, hs ...*holder) *swarm.Found {
+	t.Helper()
+	x := f.NewFound(testHash)
+	f.Run(t.Context(), x, holders(hs...))
+	return x
+}
+
+func readAll(t *testing.T, x *swarm.Found, narHash string, offset int64) ([]byte, error) {
+	t.Helper()
+	n, err := x.OpenNAR(t.Context(), narHash, offset)
+	if err != nil {
+		return nil, err
+	}
+	defer n.Close()
+	return io.ReadAll(n)
+}
+
+func TestLyingNarInfoDoesNotWin(t *testing.T) {
+	good := newContent(1000, 1)
+	bad := newContent(1000, 2)
+	liar := honest("liar", bad) // answers at once with a well-formed narinfo of other content
+	slow := honest("honest", good)
+	slow.delay = 20 * time.Millisecond
+	rep := swarm.NewReputation()
+	f := swarm.NewFinder(swarm.Options{Accept: acceptNarHash(good.narHash()), Rep: rep})
+	x := find(t, f, liar, slow)
+	ni, err := x.NarInfo(t.Context())
+	if err != nil {
+		t.Fatalf("NarInfo: %v (the honest holder's answer must be taken)", err)
+	}
+	if got := ni.NarHash.Format(nixhash.NixBase32, false); got != good.narHash() {
+		t.Fatalf("accepted NarHash %s, want the honest %s", got, good.narHash())
+	}
+	if r, _ := rep.Get("liar"); r.Lies != 1 || rep.Available("liar") {
+		t.Errorf("liar's record: %+v, available %v; want one lie and a backoff", r, rep.Available("liar"))
+	}
+	got, err := readAll(t, x, good.narHash(), 0)
+	if err != nil || !bytes.Equal(got, good.nar) {
+		t.Fatalf("NAR: %d bytes, err %v", len(got), err)
+	}
+}
+
+func TestMissWhenNobodyHasIt(t *testing.T) {
+	f := swarm.NewFinder(swarm.Options{})
+	x := find(t, f, &holder{id: "a", absent: true}, &holder{id: "b", absent: true})
+	if _, err := x.NarInfo(t.Context()); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("err %v, want ErrNotFound", err)
+	}
+	if !x.Fresh(time.Now()) || x.Fresh(time.Now().Add(swarm.DefaultMissTTL)) {
+		t.Error("a miss must stay fresh for MissTTL and no longer")
+	}
+}
+
+func TestNARFromSeveralHolders(t *testing.T) {
+	c := newContent(3*swarm.MemorySpoolMax/2, 3) // file spool
+	tests := []struct {
+		name    string
+		first   func(*holder)
+		offset  int64
+		blamed  bool
+		maxOpen int32
+	}{
+		{name: "honest", first: func(*holder) {}},
+		{name: "resume at offset", first: func(*holder) {}, offset: 12345},
+		{name: "wrong byte then clean end", first: func(h *holder) { h.corrupt = 7 }, blamed: true},
+		{name: "wrong byte late", first: func(h *holder) { h.corrupt = int64(len(c.nar)) - 1 }, blamed: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a, b := honest("a", c), honest("b", c)
+			tt.first(a)
+			b.delay = 5 * time.Millisecond // a is first
+			rep := swarm.NewReputation()
+			f := swarm.NewFinder(swarm.Options{Rep: rep, SpoolDir: t.TempDir()})
+			x := find(t, f, a, b)
+			got, err := readAll(t, x, c.narHash(), tt.offset)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, c.nar[tt.offset:]) {
+				t.Fatalf("got %d bytes, not the NAR from %d", len(got), tt.offset)
+			}
+			if r, _ := rep.Get("a"); (r.Lies > 0) != tt.blamed {
+				t.Errorf("a's lies: %d, want blamed %v", r.Lies, tt.blamed)
+			}
+			if r, _ := rep.Get("b"); r.Lies > 0 {
+				t.Errorf("honest b blamed: %+v", r)
+			}
+		})
+	}
+}
+
+// A holder that sends one wrong byte and then stalls: the transfer resumes
+// from the honest holder at the byte reached, fails the hash, fetches the
+// NAR again from the honest holder, and Nix gets the right NAR; the liar
+// is found by comparing its part with the verified NAR.
+func TestWrongByteThenStall(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := newContent(200_000, 4)
+		liar, good := honest("liar", c), honest("good", c)
+		liar.corrupt, liar.stallAt = 0, 1000
+		good.delay = 400 * time.Millisecond // ranks the other holder first
+		rep := swarm.NewReputation()
+		f := swarm.NewFinder(swarm.Options{Rep: rep, StallTimeout: 2 * time.Second})
+		x := find(t, f, liar, good)
+		start := time.Now()
+		got, err := readAll(t, x, c.narHash(), 0)
+		if err != nil || !bytes.Equal(got, c.nar) {
+			t.Fatalf("got %d bytes (equal %v), err %v", len(got), bytes.Equal(got, c.nar), err)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Errorf("took %v, want about one StallTimeout", d)
+		}
+		if r, _ := rep.Get("liar"); r.Lies != 1 {
+			t.Errorf("liar's record %+v, want a lie", r)
+		}
+		if r, _ := rep.Get("good"); r.Lies != 0 || r.NARs != 1 {
+			t.Errorf("good's record %+v, want one verified NAR and no lie", r)
+		}
+	})
+}
+
+// A holder that drips a byte now and then is dropped for its rate.
+func TestDripIsDropped(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := newContent(100_000, 5)
+		drip, good := honest("drip", c), honest("good", c)
+		drip.drip = 500 * time.Millisecond
+		good.delay = 400 * time.Millisecond // ranks the other holder first
+		f := swarm.NewFinder(swarm.Options{StallTimeout: 5 * time.Second, RateWindow: 4 * time.Second})
+		x := find(t, f, drip, good)
+		start := time.Now()
+		got, err := readAll(t, x, c.narHash(), 0)
+		if err != nil || !bytes.Equal(got, c.nar) {
+			t.Fatalf("got %d bytes, err %v", len(got), err)
+		}
+		if d := time.Since(start); d > 6*time.Second {
+			t.Errorf("took %v: the dripping holder was not dropped at its rate", d)
+		}
+		if r, _ := f.Reputation().Get("drip"); r.LastFailure != swarm.FailSlow.String() {
+			t.Errorf("drip's record %+v, want a slow failure", r)
+		}
+	})
+}
+
+func TestAllHoldersBadIsAnErrorBeforeAnyByte(t *testing.T) {
+	c := newContent(5000, 6)
+	a, b := honest("a", c), honest("b", c)
+	a.corrupt, b.corrupt = 10, 20
+	f := swarm.NewFinder(swarm.Options{})
+	x := find(t, f, a, b)
+	n, err := x.OpenNAR(t.Context(), c.narHash(), 0)
+	if err == nil {
+		n.Close()
+		t.Fatal("OpenNAR succeeded with only lying holders")
+	}
+	if !strings.Contains(err.Error(), "NarHash") && !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("err %v", err)
+	}
+}
+
+// A proven holder's large NAR streams before it is complete.
+func TestProvenHolderStreams(t *testing.T) {
+	c := newContent(swarm.CutThroughMin+1, 7)
+	rep := swarm.NewReputation()
+	for range 4 {
+		rep.Delivered("a", 8<<20)
+	}
+	a := honest("a", c)
+	a.stallAt = 1 << 20 // stalls after 1 MiB: the first MiB must reach the reader anyway
+	f := swarm.NewFinder(swarm.Options{Rep: rep, SpoolDir: t.TempDir(), StallTimeout: time.Hour})
+	x := find(t, f, a)
+	n, err := x.OpenNAR(t.Context(), c.narHash(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	buf := make([]byte, 1<<20)
+	if _, err := io.ReadFull(n, buf); err != nil || !bytes.Equal(buf, c.nar[:1<<20]) {
+		t.Fatalf("first MiB of a proven holder's NAR: %v", err)
+	}
+}
