@@ -129,11 +129,11 @@ type transfer struct {
 
 	mu        sync.Mutex
 	spools    []spool // every spool of the transfer, closed by Close (a reader may still read an old one)
-	ready     int64 // bytes the reader may have
-	forwarded int64 // bytes the reader has had
-	through   bool  // every byte so far came from proven holders (cut-through allowed)
-	done      bool  // the whole NAR is verified
-	err       error // why the transfer failed
+	ready     int64   // bytes the reader may have
+	forwarded int64   // bytes the reader has had
+	through   bool    // every byte so far came from proven holders (cut-through allowed)
+	done      bool    // the whole NAR is verified
+	err       error   // why the transfer failed
 	closed    bool
 	changed   chan struct{} // closed and replaced when ready, done or err change
 	runDone   chan struct{}
