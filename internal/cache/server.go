@@ -33,6 +33,9 @@ type Server struct {
 	// StoreDir and Priority go into nix-cache-info.
 	StoreDir string
 	Priority int
+	// Summary, if set, serves /local/summary: the summary of what this
+	// machine shares, for its LAN neighbours (internal/share).
+	Summary http.Handler
 	// Next serves every path that is not part of the cache protocol
 	// (health, metrics, dashboard, API); nil answers 404.
 	Next http.Handler
@@ -52,6 +55,7 @@ const (
 	RouteRemoteNarInfo Route = "remote-narinfo"
 	RouteLocalNAR      Route = "local-nar"
 	RouteRemoteNAR     Route = "remote-nar"
+	RouteSummary       Route = "summary"
 )
 
 // Event describes one served cache request.
@@ -105,6 +109,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.serveNAR(w, r, route, s.Local, arg)
 	case RouteRemoteNAR:
 		s.serveNAR(w, r, route, s.Remote, arg)
+	case RouteSummary:
+		if s.Summary == nil {
+			http.NotFound(w, r)
+			return
+		}
+		s.Summary.ServeHTTP(w, r)
 	}
 }
 
@@ -118,6 +128,8 @@ func (s *Server) route(p string) (route Route, arg string, ok bool) {
 	switch {
 	case p == "/nix-cache-info":
 		return RouteCacheInfo, "", true
+	case local && p == "/summary":
+		return RouteSummary, "", true
 	case strings.HasPrefix(p, "/nar/"):
 		url := p[1:]
 		// A local NAR URL is one path segment under nar/; peers' NAR URLs

@@ -58,7 +58,7 @@ type Serve struct {
 	StateDir   string        // --state-dir; default /var/lib/peerix
 	Tracker    string        // --tracker URL (http or https, no trailing slash); "" = none
 	P2PPort    int           // --p2p-port for libp2p TCP and QUIC; default 12306, 0 = any free port
-	LAN        bool          // --lan: add LAN discovery to p2p mode
+	LAN        bool          // --lan: LAN discovery (default on in p2p and lan mode, off in local mode)
 	LANPort    int           // --lan-port: UDP port of LAN discovery; default 12304
 	LANTimeout time.Duration // --lan-timeout: how long to wait for LAN answers; default 500ms
 
@@ -124,7 +124,7 @@ func serveFlags(s *Serve) *flag.FlagSet {
 	flags.StringVar(&s.StateDir, "state-dir", DefaultStateDir, "keep peer identity, stats and caches in `DIR`")
 	flags.StringVar(&s.Tracker, "tracker", "", "tracker base `URL` (http or https) for p2p mode")
 	flags.IntVar(&s.P2PPort, "p2p-port", DefaultP2PPort, "libp2p TCP and QUIC `PORT` (0: any free port)")
-	flags.BoolVar(&s.LAN, "lan", false, "in p2p mode, also discover peers on the LAN by UDP broadcast")
+	flags.BoolVar(&s.LAN, "lan", true, "in p2p mode, also find peers on the LAN (summaries and UDP broadcast); --lan=false turns it off")
 	flags.IntVar(&s.LANPort, "lan-port", DefaultLANPort, "UDP `PORT` of LAN discovery (the original peerix uses 12304)")
 	flags.DurationVar(&s.LANTimeout, "lan-timeout", DefaultLANTimeout, "how long to wait for answers from LAN peers (a `DURATION`)")
 	flags.StringVar(&s.Upstream, "upstream", DefaultUpstream, "upstream binary cache `URL` for the filter and verifier")
@@ -185,8 +185,13 @@ func ParseServe(args []string, getenv func(string) string) (*Serve, error) {
 	if !slices.Contains(Filters, s.Filter) {
 		return nil, p.errorf("filter", "must be one of %s, got %q", strings.Join(Filters, ", "), s.Filter)
 	}
-	if s.LAN && s.Mode == "local" {
-		return nil, p.errorf("lan", "cannot be used with mode local, which looks for no peers (use --mode lan, or --mode p2p --lan)")
+	switch {
+	case s.Mode == "local" && s.LAN && p.isSet("lan"):
+		return nil, p.errorf("lan", "cannot be used with mode local, which looks for no peers (use --mode lan, or --mode p2p)")
+	case s.Mode == "local":
+		s.LAN = false
+	case s.Mode == "lan" && !s.LAN:
+		return nil, p.errorf("lan", "cannot be false in mode lan, which finds peers only on the LAN (use --mode local for none)")
 	}
 	if err := checkListen(s.Listen); err != nil {
 		return nil, p.errorf("listen", "%v", err)

@@ -50,6 +50,7 @@ func defaultServe() config.Serve {
 		StoreRoot:  "/",
 		StateDir:   "/var/lib/peerix",
 		P2PPort:    12306,
+		LAN:        true,
 		LANPort:    12304,
 		LANTimeout: 500 * time.Millisecond,
 		Upstream:   "https://cache.nixos.org",
@@ -144,7 +145,7 @@ verbose = true
 			},
 		},
 		{"single dash and = forms", []string{"-mode=local", "--lan-port=5", "--verbose=true", "--no-verify=false"}, nil,
-			func(s *config.Serve) { s.Mode, s.Filter, s.LANPort, s.Verbose = "local", "none", 5, true }},
+			func(s *config.Serve) { s.Mode, s.LAN, s.Filter, s.LANPort, s.Verbose = "local", false, "none", 5, true }},
 		{"every key in the file", []string{"--config", allKeys}, nil, func(s *config.Serve) { *s = fromAllKeys }},
 		{
 			"flags beat the file",
@@ -160,14 +161,15 @@ verbose = true
 				s.FilterPatterns = []string{"a*", "b*"}
 				s.TrustedPublicKeys = []string{pubKey1, pubKey2}
 			}},
-		{"filter default local", []string{"--mode", "local"}, nil, func(s *config.Serve) { s.Mode, s.Filter = "local", "none" }},
+		{"filter default local", []string{"--mode", "local"}, nil, func(s *config.Serve) { s.Mode, s.LAN, s.Filter = "local", false, "none" }},
+		{"LAN off in p2p mode", []string{"--lan=false"}, nil, func(s *config.Serve) { s.LAN = false }},
 		{"filter default lan", []string{"--mode", "lan"}, nil, func(s *config.Serve) { s.Mode, s.Filter = "lan", "upstream" }},
 		{"filter default p2p with lan", []string{"--lan"}, nil, func(s *config.Serve) { s.LAN = true }},
-		{"filter explicit wins in local", []string{"--mode", "local", "--filter", "upstream"}, nil, func(s *config.Serve) { s.Mode, s.Filter = "local", "upstream" }},
+		{"filter explicit wins in local", []string{"--mode", "local", "--filter", "upstream"}, nil, func(s *config.Serve) { s.Mode, s.LAN, s.Filter = "local", false, "upstream" }},
 		{"filter explicit wins in p2p", []string{"--filter", "none"}, nil, func(s *config.Serve) { s.Filter = "none" }},
 		{"filter default follows mode from file", []string{"--config", modeLocal}, nil,
 			func(s *config.Serve) {
-				s.Mode, s.Filter, s.FilterPatterns, s.SigningKeyFile, s.ConfigFile = "local", "none", []string{"*-a"}, "/from/file", modeLocal
+				s.Mode, s.LAN, s.Filter, s.FilterPatterns, s.SigningKeyFile, s.ConfigFile = "local", false, "none", []string{"*-a"}, "/from/file", modeLocal
 			}},
 		{"filter default follows flag over file", []string{"--config", modeLocal, "--mode", "lan"}, nil,
 			func(s *config.Serve) {
@@ -177,14 +179,14 @@ verbose = true
 		{"signing key flag beats env", []string{"--signing-key-file", "/flag/key"}, env{"NIX_SECRET_KEY_FILE": "/env/key"}, func(s *config.Serve) { s.SigningKeyFile = "/flag/key" }},
 		{"signing key file key beats env", []string{"--config", modeLocal}, env{"NIX_SECRET_KEY_FILE": "/env/key"},
 			func(s *config.Serve) {
-				s.Mode, s.Filter, s.FilterPatterns, s.SigningKeyFile, s.ConfigFile = "local", "none", []string{"*-a"}, "/from/file", modeLocal
+				s.Mode, s.LAN, s.Filter, s.FilterPatterns, s.SigningKeyFile, s.ConfigFile = "local", false, "none", []string{"*-a"}, "/from/file", modeLocal
 			}},
 		{"HOME config picked up", nil, env{"HOME": home}, func(s *config.Serve) { s.Priority, s.ConfigFile = 7, homeFile }},
 		{"XDG_CONFIG_HOME preferred over HOME", nil, env{"HOME": home, "XDG_CONFIG_HOME": xdg}, func(s *config.Serve) { s.Priority, s.ConfigFile = 8, xdgFile }},
 		{"relative XDG_CONFIG_HOME ignored", nil, env{"HOME": home, "XDG_CONFIG_HOME": "rel"}, func(s *config.Serve) { s.Priority, s.ConfigFile = 7, homeFile }},
 		{"--config overrides HOME", []string{"--config", modeLocal}, env{"HOME": home},
 			func(s *config.Serve) {
-				s.Mode, s.Filter, s.FilterPatterns, s.SigningKeyFile, s.ConfigFile = "local", "none", []string{"*-a"}, "/from/file", modeLocal
+				s.Mode, s.LAN, s.Filter, s.FilterPatterns, s.SigningKeyFile, s.ConfigFile = "local", false, "none", []string{"*-a"}, "/from/file", modeLocal
 			}},
 		{"HOME without config file", nil, env{"HOME": emptyHome}, func(*config.Serve) {}},
 		{"flag beats HOME file", []string{"--priority", "1"}, env{"HOME": home}, func(s *config.Serve) { s.Priority, s.ConfigFile = 1, homeFile }},

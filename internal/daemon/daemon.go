@@ -11,7 +11,8 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strings"
+	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/peerix/peerix/internal/cache"
@@ -20,8 +21,10 @@ import (
 	"github.com/peerix/peerix/internal/nixstore"
 	"github.com/peerix/peerix/internal/ops"
 	"github.com/peerix/peerix/internal/p2p"
+	"github.com/peerix/peerix/internal/share"
 	"github.com/peerix/peerix/internal/signing"
 	"github.com/peerix/peerix/internal/store"
+	"github.com/peerix/peerix/internal/swarm"
 	"github.com/peerix/peerix/internal/trust"
 )
 
@@ -44,6 +47,9 @@ type Daemon struct {
 	lan    *lan.Discovery // nil unless LAN discovery runs
 	p2p    *p2p.Node      // nil unless in p2p mode
 	start  time.Time
+
+	lanStore  *lan.Store       // nil without LAN discovery
+	inventory *share.Inventory // what this machine shares; nil without LAN discovery
 
 	filter   *trust.Filter
 	verifier *trust.Verifier // nil without peer sources
@@ -101,47 +107,77 @@ func New(cfg *config.Serve, log *slog.Logger) (_ *Daemon, err error) {
 		return nil, fmt.Errorf("--listen %s: %w", cfg.Listen, err)
 	}
 	d.closers = append(d.closers, d.ln.Close)
+	if cfg.Mode == "local" {
+		return d.finish(), nil
+	}
 
-	// Where paths come from: the peer sources of the mode, behind the
-	// verifier.
+	// Where paths come from: the peer sources of the mode, through the
+	// lookup kit, which takes a peer's narinfo only once the verifier
+	// vouched for it and hands Nix only verified NARs.
+	d.verifier, err = trust.NewVerifier(trust.VerifierOptions{
+		NoVerify: cfg.NoVerify, TrustedPublicKeys: trusted, Upstream: cfg.Upstream,
+		Log: log.With("part", "verifier"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	d.closers = append(d.closers, d.verifier.Close)
+	spool := filepath.Join(cfg.StateDir, "spool")
+	if err := os.RemoveAll(spool); err != nil {
+		return nil, fmt.Errorf("state dir: %w", err)
+	}
+	if err := os.MkdirAll(spool, 0o700); err != nil {
+		return nil, fmt.Errorf("state dir: %w", err)
+	}
+	lookup := swarm.Options{
+		Accept:   d.verifier.Accept,
+		SpoolDir: spool,
+		OnLie:    func(peer, hash, what string) { d.ops.VerificationFailure(peer, what+" of "+hash) },
+	}
 	var sources []store.Store
-	if cfg.Mode == "lan" || cfg.LAN {
+	if cfg.LAN {
+		// What this machine shares, as a summary its LAN neighbours follow.
+		d.inventory = share.New(share.Options{
+			Paths: d.local, Shareable: d.filter.Shareable, Log: log.With("part", "share"),
+		})
 		httpPort := uint16(d.ln.Addr().(*net.TCPAddr).Port)
-		d.lan, err = lan.Listen(cfg.LANPort, httpPort, d.filter.Shareable, log.With("part", "lan"))
+		d.lan, err = lan.Listen(lan.Options{
+			Port: cfg.LANPort, HTTPPort: httpPort, Holds: d.filter.Shareable,
+			Summary: func() (uint64, uint64) {
+				epoch, gen, _ := d.inventory.Summary().Version()
+				return epoch, gen
+			},
+			Log: log.With("part", "lan"),
+		})
 		if err != nil {
 			return nil, fmt.Errorf("--lan-port %d: %w", cfg.LANPort, err)
 		}
-		sources = append(sources, lan.NewStore(d.lan, cfg.LANTimeout, log.With("part", "lan")))
+		d.lanStore = lan.NewStore(d.lan, cfg.LANTimeout, lookup, log.With("part", "lan"))
+		sources = append(sources, d.lanStore)
 	}
 	if cfg.Mode == "p2p" {
 		d.p2p, err = p2p.Start(context.Background(), p2p.Config{
 			StateDir: cfg.StateDir, Port: cfg.P2PPort, TrackerURL: cfg.Tracker,
 			Shared: d.shared, Paths: d.local, Shareable: d.filter.Shareable,
-			Log: log.With("part", "p2p"),
+			Lookup: lookup, Log: log.With("part", "p2p"),
 		})
 		if err != nil {
 			return nil, fmt.Errorf("p2p: %w", err)
 		}
 		d.closers = append(d.closers, d.p2p.Close)
-		// The verifier hashes every NAR; the P2P store need not do it again.
-		d.p2p.Store.SetHashNARs(cfg.NoVerify)
 		sources = append(sources, d.p2p.Store)
 		log.Info("p2p node up", "peer_id", d.p2p.ID().String(), "tracker", cfg.Tracker)
 	}
-	if len(sources) > 0 {
-		d.verifier, err = trust.NewVerifier(trust.VerifierOptions{
-			NoVerify: cfg.NoVerify, TrustedPublicKeys: trusted, Upstream: cfg.Upstream,
-			OnBadNAR: d.reportBadNAR, Log: log.With("part", "verifier"),
-		})
-		if err != nil {
-			return nil, err
-		}
-		d.closers = append(d.closers, d.verifier.Close)
-		d.remote = d.verifier.Wrap(store.FirstOf(sources...))
-	}
+	d.remote = store.FirstOf(sources...)
+	return d.finish(), nil
+}
 
+// finish makes the HTTP side once the sources are known.
+func (d *Daemon) finish() *Daemon {
+	cfg, log := d.cfg, d.log
 	d.ops = d.newOps()
 	cacheServer := &cache.Server{
+		Summary:  d.summaryHandler(),
 		Local:    d.shared,
 		Remote:   d.remote,
 		StoreDir: nixstore.StoreDir,
@@ -157,7 +193,18 @@ func New(cfg *config.Serve, log *slog.Logger) (_ *Daemon, err error) {
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
-	return d, nil
+	if d.inventory != nil {
+		d.server.RegisterOnShutdown(d.inventory.Summary().EndPolls)
+	}
+	return d
+}
+
+// summaryHandler serves /local/summary, or nil without LAN discovery.
+func (d *Daemon) summaryHandler() http.Handler {
+	if d.inventory == nil {
+		return nil
+	}
+	return d.inventory.Summary()
 }
 
 // close releases what New opened, last first.
@@ -179,15 +226,6 @@ func (d *Daemon) Rescan() {
 	}
 }
 
-// reportBadNAR costs the peers that sent a NAR failing verification their
-// reputation (LAN peers have none; the LAN store retries others anyway).
-func (d *Daemon) reportBadNAR(url string) {
-	d.ops.VerificationFailure("", url)
-	if d.p2p != nil && strings.HasPrefix(url, p2p.URLPrefix) {
-		d.p2p.Store.ReportBadNAR(url)
-	}
-}
-
 // Addr is the address the HTTP server listens on.
 func (d *Daemon) Addr() net.Addr { return d.ln.Addr() }
 
@@ -206,13 +244,19 @@ func (d *Daemon) Run(ctx context.Context) error {
 	defer func() { stopOps(); <-opsDone }()
 	errc := make(chan error, 2)
 	go func() { errc <- fmt.Errorf("http server: %w", d.server.Serve(d.ln)) }()
+	var parts sync.WaitGroup
+	partsCtx, stopParts := context.WithCancel(context.Background())
+	defer func() { stopParts(); parts.Wait() }()
+	if d.inventory != nil {
+		parts.Go(func() { d.inventory.Run(partsCtx) })
+	}
 	if d.lan != nil {
-		go func() {
-			if err := d.lan.Serve(ctx); err != nil {
+		parts.Go(func() {
+			if err := d.lan.Run(partsCtx); err != nil {
 				errc <- fmt.Errorf("LAN discovery: %w", err)
 			}
-		}()
-		d.log.Info("LAN discovery on", "udp-port", d.lan.Port(), "wait", d.cfg.LANTimeout)
+		})
+		d.log.Info("LAN discovery on", "udp-port", d.lan.Port(), "original-format-wait", d.cfg.LANTimeout)
 	}
 	select {
 	case err := <-errc:

@@ -2,355 +2,219 @@ package lan
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/netip"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/nix-community/go-nix/pkg/narinfo"
-	"github.com/nix-community/go-nix/pkg/nixhash"
 
 	"github.com/peerix/peerix/internal/store"
+	"github.com/peerix/peerix/internal/swarm"
 )
 
-// URLPrefix starts the NAR URLs this store hands to Nix:
-// nar/lan/<hash part>-<NarHash base-32>.nar. They name content, not a
-// location: any LAN peer holding the path with that NarHash can serve it, so
-// a URL stays good when a peer changes address, and a broken transfer can
-// resume from another peer.
-const URLPrefix = "nar/lan/"
+// Source is the name of this store's NAR URLs:
+// nar/lan/<hash part>-<NarHash base-32>.nar (store.NarRef). They name
+// content, not a location: any LAN peer holding the path with that NarHash
+// can serve it, so a URL stays good when a peer changes address, and a
+// broken transfer resumes from another peer.
+const Source = "lan"
 
-// Timing of lookups. Nix remembers a 404 for an hour, so a miss is declared
-// only after peers had a fair chance to answer.
+// Lookup tuning for a LAN, where a peer answers in milliseconds or is
+// broken.
 const (
-	hitTTL         = time.Minute
-	missTTL        = 2 * time.Second
+	queryTimeout   = time.Second
+	hedge          = 100 * time.Millisecond
 	maxNarInfoSize = 64 << 10
-	peerTimeout    = 5 * time.Second
-	maxCandidates  = 8
-	// maxLookups: past this many remembered lookups, stale ones are swept.
-	maxLookups = 4096
+	hitTTL         = time.Minute
+	// missTTL is short: a miss answered from summaries costs nothing to
+	// repeat, and a path a neighbour just registered must be found.
+	missTTL = time.Second
 )
 
 // Store finds paths on LAN peers. It implements store.Store.
 type Store struct {
-	disc   *Discovery
-	wait   time.Duration
-	client *http.Client
-	log    *slog.Logger
-
-	mu      sync.Mutex
-	lookups map[string]*lookup // by hash: in flight or recently finished
-	sweepAt int                // table size that triggers the next sweep of stale lookups
+	disc    *Discovery
+	wait    time.Duration
+	client  *http.Client
+	swarm   *swarm.Finder
+	log     *slog.Logger
+	lookups store.Lookups[*swarm.Found]
 }
 
-// candidate is one peer that answered for a path, with its narinfo.
-type candidate struct {
-	base string // http://ip:port/
-	ni   *narinfo.NarInfo
-}
-
-// lookup is one broadcast and what it found. Concurrent NarInfo calls for
-// the same hash share it, so Nix's parallel queries never multiply
-// broadcasts; finished lookups are kept for hitTTL/missTTL.
-type lookup struct {
-	done     chan struct{} // closed when the first good answer or the deadline arrives
-	finished time.Time     // when done was closed
-
-	mu         sync.Mutex
-	candidates []candidate // first is the one whose narinfo was returned
-}
-
-// NewStore returns a store that asks the LAN through disc and waits up to
-// wait for answers.
-func NewStore(disc *Discovery, wait time.Duration, log *slog.Logger) *Store {
-	transport := &http.Transport{
-		DialContext:           (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
-		ResponseHeaderTimeout: peerTimeout,
-		MaxIdleConnsPerHost:   4,
-		IdleConnTimeout:       30 * time.Second,
-		DisableCompression:    true,
+// NewStore returns a store that finds paths through disc: summary peers
+// whose summary may hold a path are asked by unicast at once; peers that
+// speak only the original format, while one is around, by broadcast, with
+// wait for their answers. opt tunes the lookup kit (its Accept is the
+// verifier).
+func NewStore(disc *Discovery, wait time.Duration, opt swarm.Options, log *slog.Logger) *Store {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	opt.Log = log
+	if opt.QueryTimeout == 0 {
+		opt.QueryTimeout = queryTimeout
+	}
+	if opt.Hedge == 0 {
+		opt.Hedge = hedge
+	}
+	if opt.HitTTL == 0 {
+		opt.HitTTL = hitTTL
+	}
+	if opt.MissTTL == 0 {
+		opt.MissTTL = missTTL
 	}
 	return &Store{
-		disc:    disc,
-		wait:    wait,
-		client:  &http.Client{Transport: transport},
-		log:     log,
-		lookups: make(map[string]*lookup),
+		disc:   disc,
+		wait:   wait,
+		client: disc.peers.client,
+		swarm:  swarm.NewFinder(opt),
+		log:    log,
 	}
 }
 
-// NarInfo asks the LAN for hash and returns the first peer's narinfo that
-// checks out, with its URL rewritten to a nar/lan/ URL of this daemon.
+// Reputation is the table LAN peers are ranked with.
+func (s *Store) Reputation() *swarm.Reputation { return s.swarm.Reputation() }
+
+// NarInfo finds hash on the LAN and returns the first peer's narinfo the
+// verifier accepted, with its URL rewritten to a nar/lan/ URL of this
+// daemon.
 func (s *Store) NarInfo(ctx context.Context, hash string) (*narinfo.NarInfo, error) {
-	l := s.find(hash)
-	select {
-	case <-l.done:
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	if !store.ValidHash(hash) {
+		return nil, fmt.Errorf("hash %q: %w", hash, store.ErrBadRequest)
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if len(l.candidates) == 0 {
-		return nil, fmt.Errorf("%s on the LAN: %w", hash, store.ErrNotFound)
+	ni, err := s.lookup(hash).NarInfo(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("on the LAN: %w", err)
 	}
-	ni := *l.candidates[0].ni
-	ni.URL = URLPrefix + hash + "-" + ni.NarHash.Format(nixhash.NixBase32, false) + ".nar"
-	ni.Compression = "none"
-	ni.FileHash, ni.FileSize = ni.NarHash, ni.NarSize
-	return &ni, nil
+	return store.PeerNarInfo(ni, Source), nil
 }
 
-// find returns the lookup for hash, starting one if none is fresh.
-func (s *Store) find(hash string) *lookup {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if l := s.lookups[hash]; l != nil && l.fresh() {
-		return l
+func (s *Store) lookup(hash string) *swarm.Found {
+	return s.lookups.Get(hash, func() *swarm.Found {
+		x := s.swarm.NewFound(hash)
+		go s.run(hash, x)
+		return x
+	})
+}
+
+// run offers the lookup kit the summary peers that may hold hash and,
+// while an original peer is around, whoever answers a broadcast within
+// the wait. With none of either, the miss is immediate.
+func (s *Store) run(hash string, x *swarm.Found) {
+	waitOriginal := s.disc.peers.originalAround()
+	budget := queryTimeout
+	if waitOriginal {
+		budget += s.wait
 	}
-	if len(s.lookups) >= max(s.sweepAt, maxLookups) {
-		for h, l := range s.lookups {
-			if !l.fresh() {
-				delete(s.lookups, h)
-			}
+	ctx, cancel := context.WithTimeout(context.Background(), budget)
+	defer cancel()
+	cands := s.disc.peers.candidates(hash)
+	holders := make(chan swarm.Holder, len(cands)+16)
+	for _, addr := range cands {
+		holders <- &peer{s: s, addr: addr, narInfoPath: "local/" + hash + ".narinfo"}
+	}
+	if !waitOriginal {
+		s.disc.Probe(hash)
+		close(holders)
+		s.swarm.Run(ctx, x, holders)
+		return
+	}
+	go func() {
+		defer close(holders)
+		wctx, cancel := context.WithTimeout(ctx, s.wait)
+		defer cancel()
+		for a := range s.disc.Ask(wctx, hash) {
+			holders <- &peer{s: s, addr: netip.AddrPortFrom(a.From, a.HTTPPort), narInfoPath: a.Path}
 		}
-		// Sweep again only after the table doubled: a burst of fresh
-		// lookups must not make every new one walk the whole table.
-		s.sweepAt = 2 * len(s.lookups)
-	}
-	l := &lookup{done: make(chan struct{})}
-	s.lookups[hash] = l
-	go s.run(hash, l)
-	return l
+	}()
+	s.swarm.Run(ctx, x, holders)
 }
 
-func (l *lookup) fresh() bool {
-	select {
-	case <-l.done:
-	default:
-		return true // in flight
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	ttl := missTTL
-	if len(l.candidates) > 0 {
-		ttl = hitTTL
-	}
-	return time.Since(l.finished) < ttl
-}
-
-// run broadcasts the request and collects answers until the wait is over;
-// the first good narinfo releases the waiting callers at once, later ones
-// become fallbacks for the NAR transfer.
-func (s *Store) run(hash string, l *lookup) {
-	ctx, cancel := context.WithTimeout(context.Background(), s.wait)
-	defer cancel()
-	var once sync.Once
-	finish := func() {
-		once.Do(func() {
-			l.mu.Lock()
-			l.finished = time.Now()
-			l.mu.Unlock()
-			close(l.done)
-		})
-	}
-	defer finish()
-	var wg sync.WaitGroup
-	for a := range s.disc.Ask(ctx, hash) {
-		wg.Add(1)
-		go func(a Answer) {
-			defer wg.Done()
-			c, err := s.fetchNarInfo(ctx, hash, a)
-			if err != nil {
-				s.log.Debug("LAN peer's narinfo refused", "peer", a.From, "hash", hash, "err", err)
-				return
-			}
-			l.mu.Lock()
-			if len(l.candidates) < maxCandidates && (len(l.candidates) == 0 ||
-				l.candidates[0].ni.NarHash.Format(nixhash.NixBase32, false) == c.ni.NarHash.Format(nixhash.NixBase32, false)) {
-				l.candidates = append(l.candidates, c)
-			}
-			l.mu.Unlock()
-			finish()
-		}(a)
-	}
-	wg.Wait()
-}
-
-// fetchNarInfo gets and checks a responder's narinfo.
-func (s *Store) fetchNarInfo(ctx context.Context, hash string, a Answer) (candidate, error) {
-	base := "http://" + netip.AddrPortFrom(a.From, a.HTTPPort).String() + "/"
-	// The narinfo fetch may outlive the broadcast wait a little: an answer
-	// that arrived in time deserves its round trip.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), peerTimeout)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+a.Path, nil)
+// NAR streams the NAR of a nar/lan/ URL from the peers holding its
+// NarHash (the lookup kit spools and verifies it before Nix gets a byte).
+func (s *Store) NAR(ctx context.Context, u string, offset int64) (*store.NAR, error) {
+	ref, err := store.ParseNarURL(u)
 	if err != nil {
-		return candidate{}, err
+		return nil, err
 	}
-	resp, err := s.client.Do(req)
+	if ref.Source != Source {
+		return nil, fmt.Errorf("NAR URL %q is not a LAN one: %w", u, store.ErrBadRequest)
+	}
+	return s.lookup(ref.Hash).OpenNAR(ctx, ref.NarHash, offset)
+}
+
+// peer is a LAN peer as the lookup kit asks it: over HTTP, the narinfo at
+// the path it named (or the summary route's), the NAR at the URL in its
+// narinfo, resolved against its root as the original peerix does.
+type peer struct {
+	s           *Store
+	addr        netip.AddrPort
+	narInfoPath string
+}
+
+func (p *peer) ID() string { return holderID(p.addr) }
+
+func (p *peer) base() string { return "http://" + p.addr.String() + "/" }
+
+func (p *peer) NarInfo(ctx context.Context, hash string) (*narinfo.NarInfo, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.base()+p.narInfoPath, nil)
 	if err != nil {
-		return candidate{}, err
+		return nil, err
+	}
+	resp, err := p.s.client.Do(req)
+	if err != nil {
+		return nil, err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return candidate{}, fmt.Errorf("narinfo: HTTP %d", resp.StatusCode)
+	switch {
+	case resp.StatusCode == http.StatusNotFound:
+		return nil, fmt.Errorf("narinfo: %w", store.ErrNotFound)
+	case resp.StatusCode != http.StatusOK:
+		return nil, fmt.Errorf("%w: narinfo: HTTP %d", swarm.ErrRemote, resp.StatusCode)
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxNarInfoSize+1))
 	if err != nil {
-		return candidate{}, err
+		return nil, err
 	}
 	if len(body) > maxNarInfoSize {
-		return candidate{}, errors.New("narinfo too large")
+		return nil, fmt.Errorf("%w: narinfo over %d bytes", swarm.ErrProtocol, maxNarInfoSize)
 	}
-	ni, err := narinfo.Parse(strings.NewReader(string(body)))
+	ni, err := parseNarInfo(body)
 	if err != nil {
-		return candidate{}, fmt.Errorf("narinfo: %w", err)
+		return nil, fmt.Errorf("%w: narinfo: %v", swarm.ErrProtocol, err)
 	}
-	if err := checkPeerNarInfo(ni, hash); err != nil {
-		return candidate{}, err
-	}
-	return candidate{base: base, ni: ni}, nil
+	return ni, nil
 }
 
-// checkPeerNarInfo accepts a narinfo only for the asked path, uncompressed,
-// with a sha256 NarHash, a size, and a relative NAR URL of plain segments.
-func checkPeerNarInfo(ni *narinfo.NarInfo, hash string) error {
-	name, ok := strings.CutPrefix(ni.StorePath, "/nix/store/")
-	if !ok || len(name) <= store.HashLen+1 || name[:store.HashLen] != hash || name[store.HashLen] != '-' {
-		return fmt.Errorf("narinfo is for %q, not %s", ni.StorePath, hash)
-	}
-	if ni.Compression != "" && ni.Compression != "none" {
-		return fmt.Errorf("narinfo compression %q: only none is taken", ni.Compression)
-	}
-	if ni.NarHash == nil || ni.NarHash.Algo() != nixhash.SHA256 || ni.NarSize == 0 {
-		return errors.New("narinfo lacks a sha256 NarHash or NarSize")
-	}
-	if !validRelativeURL(ni.URL) {
-		return fmt.Errorf("narinfo URL %q", ni.URL)
-	}
-	return nil
+// parseNarInfo parses a peer's narinfo; text that panics the parser is an
+// error like any other.
+func parseNarInfo(b []byte) (ni *narinfo.NarInfo, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			ni, err = nil, fmt.Errorf("unparsable (%v)", r)
+		}
+	}()
+	return narinfo.Parse(strings.NewReader(string(b)))
 }
 
-func validRelativeURL(u string) bool {
-	if u == "" || strings.HasPrefix(u, "/") || len(u) > 512 {
-		return false
+func (p *peer) OpenNAR(ctx context.Context, nar swarm.NAR, offset int64) (io.ReadCloser, error) {
+	u := nar.URL
+	if u == "" {
+		u = store.NarRef{Hash: nar.Hash, NarHash: nar.NarHash}.URL()
 	}
-	for _, seg := range strings.Split(u, "/") {
-		if seg == "" || seg == "." || seg == ".." {
-			return false
-		}
-	}
-	for i := 0; i < len(u); i++ {
-		c := u[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("/-_.+=", c) >= 0) {
-			return false
-		}
-	}
-	return true
-}
-
-// ParseURL splits a nar/lan/ URL into hash part and NarHash.
-func ParseURL(u string) (hash, narHash string, err error) {
-	rest, ok := strings.CutPrefix(u, URLPrefix)
-	if ok {
-		rest, ok = strings.CutSuffix(rest, ".nar")
-	}
-	if !ok || len(rest) != store.HashLen+1+52 || rest[store.HashLen] != '-' ||
-		!store.ValidHash(rest[:store.HashLen]) || !store.ValidBase32(rest[store.HashLen+1:]) {
-		return "", "", fmt.Errorf("LAN NAR URL %q: %w", u, store.ErrBadRequest)
-	}
-	return rest[:store.HashLen], rest[store.HashLen+1:], nil
-}
-
-// NAR streams the NAR from the peers that answered for the path with the
-// same NarHash, resuming from the next one if a transfer breaks.
-func (s *Store) NAR(ctx context.Context, u string, offset int64) (*store.NAR, error) {
-	hash, narHash, err := ParseURL(u)
-	if err != nil {
-		return nil, err
-	}
-	l := s.find(hash)
-	select {
-	case <-l.done:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	first, ok := l.candidate(0, narHash, -1)
-	if !ok {
-		return nil, fmt.Errorf("%s with NarHash %s on the LAN: %w", hash, narHash, store.ErrNotFound)
-	}
-	size := int64(first.ni.NarSize)
-	if offset > size {
-		return nil, fmt.Errorf("offset %d of %d: %w", offset, size, store.ErrOffset)
-	}
-	next := 0
-	open := func(ctx context.Context, off int64) (io.ReadCloser, error) {
-		var errs []error
-		for {
-			// The candidates are read anew each time: the first good
-			// answer releases Nix, which asks for the NAR at once, so
-			// peers whose narinfo came later join as fallbacks here.
-			c, ok := l.candidate(next, narHash, size)
-			if !ok {
-				break
-			}
-			next++
-			body, err := s.openNAR(ctx, c, off, size)
-			if err == nil {
-				return body, nil
-			}
-			s.log.Debug("LAN peer's NAR failed", "peer", c.base, "hash", hash, "err", err)
-			errs = append(errs, err)
-		}
-		if len(errs) == 0 {
-			return nil, fmt.Errorf("no further LAN peer holds %s: %w", hash, store.ErrNotFound)
-		}
-		return nil, fmt.Errorf("no LAN peer could send %s: %w (%w)", hash, store.ErrNotFound, errors.Join(errs...))
-	}
-	body, err := store.Resuming(ctx, size, offset, open)
-	if err != nil {
-		return nil, err
-	}
-	return &store.NAR{Size: size, ReadCloser: body}, nil
-}
-
-// candidate returns the i-th peer that answered with NarHash narHash (and,
-// unless size is negative, that NarSize). Candidates are only ever
-// appended, so an index stays valid while more answers arrive.
-func (l *lookup) candidate(i int, narHash string, size int64) (candidate, bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for _, c := range l.candidates {
-		if c.ni.NarHash.Format(nixhash.NixBase32, false) != narHash || (size >= 0 && int64(c.ni.NarSize) != size) {
-			continue
-		}
-		if i == 0 {
-			return c, true
-		}
-		i--
-	}
-	return candidate{}, false
-}
-
-// openNAR requests the NAR from one peer, resolving the narinfo's URL
-// against the peer's root as the original peerix does.
-func (s *Store) openNAR(ctx context.Context, c candidate, offset, size int64) (io.ReadCloser, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+c.ni.URL, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.base()+u, nil)
 	if err != nil {
 		return nil, err
 	}
 	if offset > 0 {
 		req.Header.Set("Range", "bytes="+strconv.FormatInt(offset, 10)+"-")
 	}
-	resp, err := s.client.Do(req)
+	resp, err := p.s.client.Do(req)
 	if err != nil {
 		return nil, err
 	}
@@ -358,13 +222,21 @@ func (s *Store) openNAR(ctx context.Context, c candidate, offset, size int64) (i
 	if offset > 0 {
 		want = http.StatusPartialContent
 	}
-	if resp.StatusCode != want {
+	switch {
+	case resp.StatusCode == http.StatusNotFound:
 		resp.Body.Close()
-		return nil, fmt.Errorf("NAR: HTTP %d", resp.StatusCode)
-	}
-	if resp.ContentLength >= 0 && resp.ContentLength != size-offset {
+		return nil, fmt.Errorf("NAR: %w", store.ErrNotFound)
+	case resp.StatusCode != want:
 		resp.Body.Close()
-		return nil, fmt.Errorf("NAR: %d bytes offered, %d expected", resp.ContentLength, size-offset)
+		return nil, fmt.Errorf("%w: NAR: HTTP %d", swarm.ErrRemote, resp.StatusCode)
+	case resp.ContentLength >= 0 && resp.ContentLength != nar.Size-offset:
+		resp.Body.Close()
+		return nil, fmt.Errorf("%w: NAR: %d bytes offered, %d expected", swarm.ErrLie, resp.ContentLength, nar.Size-offset)
 	}
 	return resp.Body, nil
 }
+
+var (
+	_ store.Store  = (*Store)(nil)
+	_ swarm.Holder = (*peer)(nil)
+)

@@ -7,6 +7,14 @@
 //	request:  0x00, u32 request_id, 32 ASCII bytes of the store path hash
 //	response: 0x01, u32 request_id, u32 http_port, UTF-8 path of the narinfo
 //	          relative to http://<responder>:<http_port>/ ("local/<hash>.narinfo")
+//	beacon:   0x02, version 0x01, u16 http_port, u64 summary epoch,
+//	          u64 summary generation, u8 flags (0x01 hello, 0x02 bye)
+//
+// The first two are the original peerix's; the beacon is peerix's own
+// extension (docs/protocol.md), which the original ignores: a peer that
+// sends beacons publishes a summary of what it shares at
+// http://<sender>:<http_port>/local/summary, so that its neighbours ask it
+// only for hashes it may hold, by unicast, and answer the rest from memory.
 package lan
 
 import (
@@ -21,6 +29,10 @@ import (
 const (
 	kindRequest  = 0x00
 	kindResponse = 0x01
+	kindBeacon   = 0x02
+
+	beaconVersion = 0x01
+	beaconLen     = 1 + 1 + 2 + 8 + 8 + 1
 
 	requestLen = 1 + 4 + store.HashLen
 	// maxResponsePath bounds the narinfo path of a response; ours is
@@ -43,7 +55,46 @@ type Response struct {
 	Path     string // relative to the responder's HTTP root
 }
 
+// Beacon says the sender speaks summaries: where its summary is and which
+// version of it is current.
+type Beacon struct {
+	HTTPPort uint16
+	// Epoch and Gen name the summary version the sender publishes now;
+	// zero before its first summary is built.
+	Epoch, Gen uint64
+	// Hello asks every receiver for a beacon back, unicast (a peer that
+	// just started learns its neighbours at once); Bye says the sender is
+	// leaving.
+	Hello, Bye bool
+}
+
+// Beacon flags.
+const (
+	flagHello = 0x01
+	flagBye   = 0x02
+)
+
 var errMalformed = errors.New("malformed LAN datagram")
+
+// AppendBeacon encodes b.
+func AppendBeacon(out []byte, b Beacon) []byte {
+	out = append(out, kindBeacon, beaconVersion)
+	out = binary.BigEndian.AppendUint16(out, b.HTTPPort)
+	out = binary.BigEndian.AppendUint64(out, b.Epoch)
+	out = binary.BigEndian.AppendUint64(out, b.Gen)
+	var flags byte
+	if b.Hello {
+		flags |= flagHello
+	}
+	if b.Bye {
+		flags |= flagBye
+	}
+	return append(out, flags)
+}
+
+// errUnknownVersion: a beacon of a version this peer does not know (a
+// newer peer's); it is ignored, not an error of the sender.
+var errUnknownVersion = errors.New("LAN beacon of an unknown version")
 
 // AppendRequest encodes r.
 func AppendRequest(b []byte, r Request) []byte {
@@ -60,9 +111,10 @@ func AppendResponse(b []byte, r Response) []byte {
 	return append(b, r.Path...)
 }
 
-// Decode parses one datagram into a *Request or a *Response. Anything else
-// (unknown kind, wrong length, a hash outside Nix base-32, a port outside
-// 1..65535, a path that is not a plain relative narinfo path) is an error.
+// Decode parses one datagram into a *Request, a *Response or a *Beacon.
+// Anything else (unknown kind, wrong length, a hash outside Nix base-32, a
+// port outside 1..65535, a path that is not a plain relative narinfo path,
+// unknown beacon flags) is an error.
 func Decode(b []byte) (any, error) {
 	if len(b) == 0 {
 		return nil, errMalformed
@@ -90,6 +142,25 @@ func Decode(b []byte) (any, error) {
 			return nil, fmt.Errorf("%w: narinfo path %q", errMalformed, path)
 		}
 		return &Response{ID: binary.BigEndian.Uint32(b[1:5]), HTTPPort: uint16(port), Path: path}, nil
+	case kindBeacon:
+		if len(b) >= 2 && b[1] != beaconVersion {
+			return nil, fmt.Errorf("%w %d", errUnknownVersion, b[1])
+		}
+		if len(b) != beaconLen {
+			return nil, fmt.Errorf("%w: beacon of %d bytes", errMalformed, len(b))
+		}
+		port := binary.BigEndian.Uint16(b[2:4])
+		flags := b[20]
+		if port == 0 || flags&^(flagHello|flagBye) != 0 {
+			return nil, fmt.Errorf("%w: beacon port %d, flags %#x", errMalformed, port, flags)
+		}
+		return &Beacon{
+			HTTPPort: port,
+			Epoch:    binary.BigEndian.Uint64(b[4:12]),
+			Gen:      binary.BigEndian.Uint64(b[12:20]),
+			Hello:    flags&flagHello != 0,
+			Bye:      flags&flagBye != 0,
+		}, nil
 	}
 	return nil, fmt.Errorf("%w: kind %#x", errMalformed, b[0])
 }

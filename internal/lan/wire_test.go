@@ -13,6 +13,7 @@ func TestDecode(t *testing.T) {
 	t.Parallel()
 	req := AppendRequest(nil, Request{ID: 0x01020304, Hash: testHash})
 	resp := AppendResponse(nil, Response{ID: 7, HTTPPort: 12304, Path: "local/" + testHash + ".narinfo"})
+	beacon := AppendBeacon(nil, Beacon{HTTPPort: 12304, Epoch: 0x0102030405060708, Gen: 9, Hello: true})
 	tests := []struct {
 		name string
 		in   []byte
@@ -22,7 +23,14 @@ func TestDecode(t *testing.T) {
 		{"response", resp, &Response{ID: 7, HTTPPort: 12304, Path: "local/" + testHash + ".narinfo"}},
 		{"original peer's bytes", append([]byte{0, 0, 0, 0, 42}, testHash...), &Request{ID: 42, Hash: testHash}},
 		{"empty", nil, nil},
-		{"unknown kind", append([]byte{2}, req[1:]...), nil},
+		{"beacon", beacon, &Beacon{HTTPPort: 12304, Epoch: 0x0102030405060708, Gen: 9, Hello: true}},
+		{"bye", AppendBeacon(nil, Beacon{HTTPPort: 1, Bye: true}), &Beacon{HTTPPort: 1, Bye: true}},
+		{"beacon of a newer version", append([]byte{2, 2}, beacon[2:]...), nil},
+		{"beacon short", beacon[:len(beacon)-1], nil},
+		{"beacon long", append(bytes.Clone(beacon), 0), nil},
+		{"beacon port 0", AppendBeacon(nil, Beacon{}), nil},
+		{"beacon unknown flag", append(bytes.Clone(beacon[:20]), 0x80), nil},
+		{"unknown kind", append([]byte{3}, req[1:]...), nil},
 		{"short request", req[:len(req)-1], nil},
 		{"long request", append(bytes.Clone(req), 'a'), nil},
 		{"hash with e", append([]byte{0, 0, 0, 0, 1}, strings.Repeat("e", 32)...), nil},
@@ -66,6 +74,7 @@ func FuzzDecode(f *testing.F) {
 	f.Add(AppendRequest(nil, Request{ID: 1, Hash: testHash}))
 	f.Add(AppendResponse(nil, Response{ID: 1, HTTPPort: 80, Path: "local/" + testHash + ".narinfo"}))
 	f.Add([]byte{1, 0, 0, 0, 0, 0, 0, 0, 80})
+	f.Add(AppendBeacon(nil, Beacon{HTTPPort: 12304, Epoch: 1, Gen: 2, Bye: true}))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, err := Decode(b)
 		if err != nil {
@@ -78,6 +87,8 @@ func FuzzDecode(f *testing.F) {
 			again = AppendRequest(nil, *m)
 		case *Response:
 			again = AppendResponse(nil, *m)
+		case *Beacon:
+			again = AppendBeacon(nil, *m)
 		}
 		if !bytes.Equal(again, b) {
 			t.Fatalf("round trip %x -> %#v -> %x", b, m, again)

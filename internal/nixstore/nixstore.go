@@ -53,6 +53,7 @@ type Local struct {
 	db       *sql.DB
 	byHash   *sql.Stmt
 	allPaths *sql.Stmt
+	since    *sql.Stmt
 	cache    *pathCache
 }
 
@@ -95,6 +96,12 @@ func Open(root string) (*Local, error) {
 				path, err, filepath.Dir(path))
 		}
 		return nil, fmt.Errorf("nix database %s: %w", path, err)
+	}
+	// ValidPaths.id grows with every registration, so "what is new" is
+	// one range scan of the primary key.
+	if l.since, err = db.Prepare(`SELECT id, path FROM ValidPaths WHERE id > ? ORDER BY id`); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("nix database %s: %w", DBPath(root), err)
 	}
 	if l.allPaths, err = db.Prepare(`SELECT path FROM ValidPaths`); err != nil {
 		db.Close()
@@ -285,6 +292,27 @@ func (l *Local) StorePaths(ctx context.Context, fn func(storePath string) error)
 			return fmt.Errorf("nix database %s: %w", DBPath(l.root), err)
 		}
 		if err := fn(p); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
+}
+
+// PathsSince calls fn with every valid path registered after the one with
+// database id after (0: all of them), in registration order, with its id.
+func (l *Local) PathsSince(ctx context.Context, after int64, fn func(id int64, storePath string) error) error {
+	rows, err := l.since.QueryContext(ctx, after)
+	if err != nil {
+		return fmt.Errorf("nix database %s: %w", DBPath(l.root), err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id int64
+		var p string
+		if err := rows.Scan(&id, &p); err != nil {
+			return fmt.Errorf("nix database %s: %w", DBPath(l.root), err)
+		}
+		if err := fn(id, p); err != nil {
 			return err
 		}
 	}

@@ -10,6 +10,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/peerix/peerix/internal/store"
+	"github.com/peerix/peerix/internal/summary"
+	"github.com/peerix/peerix/internal/swarm"
 	"github.com/peerix/peerix/internal/tracker"
 )
 
@@ -26,7 +28,10 @@ type Config struct {
 	// Shareable says whether Shared would give a hash to peers; nil asks
 	// Shared.NarInfo.
 	Shareable func(ctx context.Context, hash string) bool
-	Log       *slog.Logger
+	// Lookup tunes how paths are found and fetched (internal/swarm); its
+	// Accept is the verifier.
+	Lookup swarm.Options
+	Log    *slog.Logger
 }
 
 // Node is the whole P2P layer of a daemon: host, protocol server, the
@@ -37,7 +42,7 @@ type Node struct {
 	Store     *Store
 	Announcer *Announcer // nil without a tracker
 	Tracker   *tracker.Client
-	Index     *Index // nil without a tracker
+	Index     *summary.Follower // the tracker's hash index; nil without a tracker
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -79,7 +84,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 			defer n.wg.Done()
 			h.FollowTracker(runCtx, n.Tracker)
 		}()
-		n.Index = NewIndex(TrackerClient{n.Tracker}, log)
+		n.Index = summary.NewFollower(TrackerClient{n.Tracker}, summary.FollowerOptions{Log: log.With("index", "tracker")})
 		n.wg.Add(1)
 		go func() {
 			defer n.wg.Done()
@@ -112,7 +117,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	} else {
 		log.Warn("p2p mode without --tracker: no peers will be found or told about this one")
 	}
-	n.Store = NewStore(h, finder, nil, log)
+	n.Store = NewStore(h, finder, cfg.Lookup, log)
 	if n.Index != nil {
 		n.Store.UseIndex(n.Index)
 	}

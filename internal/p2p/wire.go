@@ -8,6 +8,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/peerix/peerix/internal/store"
+	"github.com/peerix/peerix/internal/swarm"
 )
 
 // Wire format of the peer protocols (docs/protocol.md, section 2). All
@@ -36,7 +37,7 @@ const (
 
 // ErrProtocol marks an answer or request that breaks the wire format: the
 // sender is broken or hostile, and a peer that sends one loses reputation.
-var ErrProtocol = errors.New("peer protocol violation")
+var ErrProtocol = fmt.Errorf("peer protocol violation: %w", swarm.ErrProtocol)
 
 func protocolErrorf(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrProtocol, fmt.Sprintf(format, args...))
@@ -184,6 +185,9 @@ func (a Answer) Err(what string) error {
 type RemoteError struct{ Msg string }
 
 func (e *RemoteError) Error() string { return "peer answered error: " + e.Msg }
+
+// Unwrap makes an error answer a swarm.ErrRemote.
+func (e *RemoteError) Unwrap() error { return swarm.ErrRemote }
 
 // encodeAnswer builds an answer payload.
 func encodeAnswer(status byte, payload []byte) []byte {

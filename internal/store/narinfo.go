@@ -99,3 +99,16 @@ func ValidRelativeURL(u string) bool {
 	}
 	return true
 }
+
+// PeerNarInfo is the narinfo a daemon hands its own Nix for a path found
+// on peers of source ("lan", "p2p"): ni with an uncompressed NAR at the
+// content-addressed URL nar/<source>/<hash>-<NarHash>.nar. ni has passed
+// CheckNarInfo.
+func PeerNarInfo(ni *narinfo.NarInfo, source string) *narinfo.NarInfo {
+	out := *ni
+	base := strings.TrimPrefix(ni.StorePath, StoreDir+"/")
+	out.URL = NarRef{Source: source, Hash: base[:HashLen], NarHash: ni.NarHash.Format(nixhash.NixBase32, false)}.URL()
+	out.Compression = "none"
+	out.FileHash, out.FileSize = ni.NarHash, ni.NarSize
+	return &out
+}

@@ -419,11 +419,7 @@ func (t *transfer) verified() {
 	t.mu.Unlock()
 }
 
-func (t *transfer) blame(id, why string) {
-	t.f.rep.Fail(id, FailLie)
-	t.x.markBad(id)
-	t.f.log.Warn("peer sent a bad NAR; it is shunned", "peer", id, "hash", t.nar.Hash, "why", why)
-}
+func (t *transfer) blame(id, why string) { t.f.caught(t.x, id, "NAR", why) }
 
 // sameBytes compares [start, end) of two spools.
 func sameBytes(a, b spool, start, end int64) bool {

@@ -65,7 +65,10 @@ type Options struct {
 	Accept Accept
 	// Rep ranks holders; nil makes a new table.
 	Rep *Reputation
-	Log *slog.Logger
+	// OnLie, if set, is told about every lie caught: the holder, the
+	// path's hash and what it lied about ("narinfo", "NAR").
+	OnLie func(peer, hash, what string)
+	Log   *slog.Logger
 
 	// Parallel: holders asked for a narinfo at once (3).
 	Parallel int
@@ -422,10 +425,11 @@ func (f *Finder) failed(ctx context.Context, id string, x *Found, err error, wha
 		blame = false
 	}
 	if blame {
-		f.rep.Fail(id, kind)
+		if kind != FailLie {
+			f.rep.Fail(id, kind)
+		}
 		if kind == FailLie {
-			x.markBad(id)
-			f.log.Warn("peer lied; it is shunned", "peer", id, "hash", x.hash, "what", what, "err", err)
+			f.caught(x, id, what, err.Error())
 			return
 		}
 	}
@@ -456,4 +460,14 @@ var errUnverifiable = errors.New("narinfo cannot be verified")
 
 func sameNarHash(a, b *narinfo.NarInfo) bool {
 	return a.NarHash.Format(nixhash.NixBase32, false) == b.NarHash.Format(nixhash.NixBase32, false) && a.NarSize == b.NarSize
+}
+
+// caught shuns a holder caught lying about x's path.
+func (f *Finder) caught(x *Found, id, what, why string) {
+	f.rep.Fail(id, FailLie)
+	x.markBad(id)
+	f.log.Warn("peer lied; it is shunned", "peer", id, "hash", x.hash, "what", what, "why", why)
+	if f.opt.OnLie != nil {
+		f.opt.OnLie(id, x.hash, what)
+	}
 }

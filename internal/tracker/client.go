@@ -80,6 +80,9 @@ func (e *Error) Error() string {
 	return fmt.Sprintf("tracker: HTTP %d: %s", e.Status, e.Message)
 }
 
+// HTTPStatus is the refusal's status (summary.HTTPStatus reads it).
+func (e *Error) HTTPStatus() int { return e.Status }
+
 // Is matches ErrUnknownPeer and ErrReplay by code.
 func (e *Error) Is(target error) bool {
 	return (target == ErrUnknownPeer && e.Code == CodeUnknownPeer) ||

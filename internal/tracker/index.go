@@ -32,19 +32,19 @@ package tracker
 import (
 	"context"
 	"database/sql"
-	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"math"
-	"math/rand/v2"
 	"net/http"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/peerix/peerix/internal/summary"
 )
 
 // HashSource is implemented by registries that can serve /v1/index.
@@ -67,7 +67,7 @@ type soleWriter interface {
 const CodeUnavailable = "unavailable"
 
 // MaxIndexWait bounds a long poll.
-const MaxIndexWait = 30 * time.Second
+const MaxIndexWait = summary.MaxWait
 
 // Index tuning; variables for tests.
 var (
@@ -81,7 +81,7 @@ var (
 	indexRebuildFP = 0.01
 	// indexHistory: how many added hashes are kept for deltas; a peer
 	// further behind gets the whole filter.
-	indexHistory = 1 << 18
+	indexHistory = summary.DefaultHistory
 	// indexBuildTimeout bounds one read of the database.
 	indexBuildTimeout = 10 * time.Minute
 	// indexRetry: after a failed build or refresh, the next waits this long.
@@ -91,51 +91,37 @@ var (
 	indexMinEpoch = time.Minute
 )
 
-// serverIndex is the tracker's side of /v1/index.
+// serverIndex is the tracker's side of /v1/index: a summary.Publisher fed
+// by builds from the database and by every packages request.
 type serverIndex struct {
 	src       HashSource // nil: no index
 	reg       Registry
 	exclusive bool
 	now       func() time.Time
 	log       *slog.Logger
+	pub       *summary.Publisher
+	// scannedAt: start of the last completed read of the database (Unix
+	// ns; read by the publisher's lag, which must not take mu).
+	scannedAt atomic.Int64
 
 	mu      sync.Mutex
-	f       *Filter
-	epoch   uint64
-	gen     uint64
-	entries uint64 // hashes that set a bit since the epoch began
-	ones    uint64 // bits set
-	hist    []histEntry
-	histN   int    // hashes in hist
-	since   uint64 // deltas can be made from any generation >= since
-	changed chan struct{}
-	ready   chan struct{} // closed once f is set
-	busy    bool          // a build or refresh is running
-	ended   bool          // EndPolls: answer at once from now on
-	pending [][HashBytes]byte
+	busy    bool // a build or refresh is running
+	pending []summary.Hash
 	// building: adds go to pending too, for the filter being built.
 	building  bool
-	scannedAt time.Time     // start of the last completed read of the database
-	scanTook  time.Duration // how long it took
+	scanTook  time.Duration // how long the last read of the database took
 	retryAt   time.Time
 	builtAt   time.Time     // when the epoch's filter was read
 	buildTook time.Duration // and how long that took
-	full      []byte        // encoded full answer of (fullEpoch, fullGen)
-	fullEpoch uint64
-	fullGen   uint64
-}
-
-type histEntry struct {
-	gen    uint64
-	hashes [][HashBytes]byte
 }
 
 func newServerIndex(reg Registry, now func() time.Time, log *slog.Logger) *serverIndex {
-	x := &serverIndex{reg: reg, now: now, log: log, changed: make(chan struct{}), ready: make(chan struct{})}
+	x := &serverIndex{reg: reg, now: now, log: log}
 	x.src, _ = reg.(HashSource)
 	if sw, ok := reg.(soleWriter); ok {
 		x.exclusive = sw.soleWriter()
 	}
+	x.pub = summary.NewPublisher(summary.PublisherOptions{History: indexHistory, Lag: x.lag})
 	return x
 }
 
@@ -146,58 +132,34 @@ func (x *serverIndex) added(hashes []string) {
 	}
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	if x.f == nil && !x.building {
+	if _, _, ok := x.pub.Version(); !ok && !x.building {
 		return // no index yet: the first build reads the database
 	}
-	var fresh [][HashBytes]byte
+	hs := make([]summary.Hash, 0, len(hashes))
 	for _, s := range hashes {
-		h, ok := ParseHash(s)
-		if !ok {
-			continue
-		}
-		if x.building {
-			x.pending = append(x.pending, h)
-		}
-		if x.f != nil {
-			if n := x.f.Add(h); n > 0 {
-				x.ones += uint64(n)
-				x.entries++
-				fresh = append(fresh, h)
-			}
+		if h, ok := summary.ParseHash(s); ok {
+			hs = append(hs, h)
 		}
 	}
-	x.publish(fresh)
+	if x.building {
+		x.pending = append(x.pending, hs...)
+	}
+	if x.pub.Add(hs...) > 0 {
+		x.maybeRebuild()
+	}
 }
 
-// publish makes the hashes just set in x.f a new generation and wakes the
-// long polls. x.mu is held.
-func (x *serverIndex) publish(fresh [][HashBytes]byte) {
-	if len(fresh) == 0 {
-		return
-	}
-	x.gen++
-	x.hist = append(x.hist, histEntry{gen: x.gen, hashes: fresh})
-	x.histN += len(fresh)
-	for x.histN > indexHistory && len(x.hist) > 0 {
-		x.histN -= len(x.hist[0].hashes)
-		x.since = x.hist[0].gen
-		x.hist[0] = histEntry{}
-		x.hist = x.hist[1:]
-	}
-	x.wake()
-	// Rebuilt at most every minute, or ten times the last build's time,
-	// so that a filter that cannot grow (MaxIndexBits) or a fleet filling
-	// a new tracker does not keep the database busy.
-	if !x.busy && fpRate(x.ones, x.f.m, x.f.k) > indexRebuildFP && !x.now().Before(x.retryAt) &&
+// maybeRebuild starts a new epoch once the filter passed its
+// false-positive limit: at most every minute, or ten times the last
+// build's time, so that a filter that cannot grow (MaxBits) or a fleet
+// filling a new tracker does not keep the database busy. x.mu is held.
+func (x *serverIndex) maybeRebuild() {
+	fp, bits, entries := x.pub.Fill()
+	if !x.busy && fp > indexRebuildFP && !x.now().Before(x.retryAt) &&
 		x.now().Sub(x.builtAt) >= max(indexMinEpoch, 10*x.buildTook) {
-		x.log.Info("hash index full; rebuilding it", "bytes", x.f.m/8, "entries", x.entries)
+		x.log.Info("hash index full; rebuilding it", "bytes", bits/8, "entries", entries)
 		x.startBuild()
 	}
-}
-
-func (x *serverIndex) wake() {
-	close(x.changed)
-	x.changed = make(chan struct{})
 }
 
 // maybeStart starts the first build, or in shared mode a refresh when one
@@ -206,10 +168,11 @@ func (x *serverIndex) maybeStart() {
 	if x.busy || x.now().Before(x.retryAt) {
 		return
 	}
+	_, _, ready := x.pub.Version()
 	switch {
-	case x.f == nil:
+	case !ready:
 		x.startBuild()
-	case !x.exclusive && x.now().Sub(x.scannedAt) >= max(sharedIndexRefresh, 3*x.scanTook):
+	case !x.exclusive && x.now().Sub(time.Unix(0, x.scannedAt.Load())) >= max(sharedIndexRefresh, 3*x.scanTook):
 		// A slow read (a large database) is repeated less often, so that
 		// the database spends at most a quarter of its time on it.
 		x.busy = true
@@ -240,30 +203,22 @@ func (x *serverIndex) build() {
 		return
 	}
 	for i := range pending {
-		if g.addOwned(&pending[i]) > 0 {
+		if g.AddOwned(&pending[i]) > 0 {
 			entries++
 		}
 	}
-	g.fold(entries * IndexBitsPerEntry)
-	x.f, x.entries, x.ones = g, entries, g.Ones()
-	x.epoch = rand.Uint64()
-	x.gen, x.hist, x.histN, x.since = 0, nil, 0, 0
-	x.scannedAt, x.scanTook = start, x.now().Sub(start)
+	g.Fold(entries * summary.BitsPerEntry)
+	x.scannedAt.Store(start.UnixNano())
+	x.scanTook = x.now().Sub(start)
 	x.builtAt, x.buildTook = start, x.scanTook
-	x.full = nil
-	select {
-	case <-x.ready:
-	default:
-		close(x.ready)
-	}
-	x.wake()
-	x.log.Info("hash index built", "entries", entries, "bytes", g.m/8,
-		"fp_rate", fpRate(x.ones, g.m, g.k), "took", x.now().Sub(start).Round(time.Millisecond))
+	x.pub.Reset(g, entries)
+	x.log.Info("hash index built", "entries", entries, "bytes", g.Bits()/8,
+		"fp_rate", g.FalsePositiveRate(), "took", x.now().Sub(start).Round(time.Millisecond))
 }
 
 // read builds a filter from the database, sized for the number of rows
 // (an upper bound of the distinct hashes) and folded to what they need.
-func (x *serverIndex) read(ctx context.Context) (*Filter, uint64, error) {
+func (x *serverIndex) read(ctx context.Context) (*summary.Filter, uint64, error) {
 	peers, err := x.reg.Peers(ctx, time.Time{})
 	if err != nil {
 		return nil, 0, err
@@ -272,10 +227,10 @@ func (x *serverIndex) read(ctx context.Context) (*Filter, uint64, error) {
 	for _, p := range peers {
 		rows += uint64(max(p.Packages, 0))
 	}
-	g := NewFilter(IndexSize(rows+1024), IndexProbes)
+	g := summary.NewFilter(summary.Size(rows+1024), summary.DefaultProbes)
 	var entries uint64
 	err = x.src.EachHash(ctx, func(b []byte) error {
-		if len(b) == HashBytes && g.addOwned((*[HashBytes]byte)(b)) > 0 {
+		if len(b) == summary.HashBytes && g.AddOwned((*summary.Hash)(b)) > 0 {
 			entries++
 		}
 		return nil
@@ -287,140 +242,56 @@ func (x *serverIndex) read(ctx context.Context) (*Filter, uint64, error) {
 }
 
 // refresh rereads the database into the current filter (shared mode):
-// what other trackers added becomes a new generation.
+// what other trackers added becomes new generations.
 func (x *serverIndex) refresh() {
 	start := x.now()
 	ctx, cancel := context.WithTimeout(context.Background(), indexBuildTimeout)
 	defer cancel()
-	var fresh [][HashBytes]byte
-	batch := make([][HashBytes]byte, 0, 4096)
-	flush := func() {
-		x.mu.Lock()
-		for _, h := range batch {
-			if n := x.f.Add(h); n > 0 {
-				x.ones += uint64(n)
-				x.entries++
-				fresh = append(fresh, h)
-			}
-		}
-		x.mu.Unlock()
-		batch = batch[:0]
-	}
+	var fresh int
+	batch := make([]summary.Hash, 0, 4096)
 	err := x.src.EachHash(ctx, func(b []byte) error {
-		if len(b) == HashBytes {
-			batch = append(batch, [HashBytes]byte(b))
+		if len(b) == summary.HashBytes {
+			batch = append(batch, summary.Hash(b))
 			if len(batch) == cap(batch) {
-				flush()
+				fresh += x.pub.Add(batch...)
+				batch = batch[:0]
 			}
 		}
 		return nil
 	})
-	flush()
+	fresh += x.pub.Add(batch...)
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	x.busy = false
 	if err != nil {
 		x.retryAt = x.now().Add(indexRetry)
 		x.log.Warn("rereading the hash index failed", "err", err)
-		// The bits are set; publishing them is harmless and keeps deltas
-		// in step with full answers.
+		// The bits are set and published; that is harmless.
 	} else {
-		x.scannedAt, x.scanTook = start, x.now().Sub(start)
+		x.scannedAt.Store(start.UnixNano())
+		x.scanTook = x.now().Sub(start)
 	}
-	x.publish(fresh)
-	x.log.Debug("hash index reread", "new", len(fresh), "took", x.now().Sub(start).Round(time.Millisecond))
+	if fresh > 0 {
+		x.maybeRebuild()
+	}
+	x.log.Debug("hash index reread", "new", fresh, "took", x.now().Sub(start).Round(time.Millisecond))
 }
 
-// lag is how far behind the database this tracker's filter may be. x.mu
-// is held.
+// lag is how far behind the database this tracker's filter may be.
 func (x *serverIndex) lag() time.Duration {
 	if x.exclusive {
 		return 0
 	}
-	return max(x.now().Sub(x.scannedAt), 0)
-}
-
-// answer is the update for a peer holding (epoch, gen), in two parts to
-// write one after the other (the second, a whole filter, is shared by
-// every such answer and must not be modified), or nil if the peer is
-// current. x.mu is held.
-func (x *serverIndex) answer(epoch, gen uint64, have bool) (head, body []byte, err error) {
-	if have && epoch == x.epoch && gen == x.gen {
-		return nil, nil, nil
-	}
-	if have && epoch == x.epoch && gen < x.gen && gen >= x.since {
-		i, _ := slices.BinarySearchFunc(x.hist, gen+1, func(e histEntry, g uint64) int {
-			return cmpUint(e.gen, g)
-		})
-		var n int
-		for _, e := range x.hist[i:] {
-			n += len(e.hashes)
-		}
-		if n <= MaxIndexDelta && uint64(n)*HashBytes < x.f.m/8 {
-			u := &IndexUpdate{Epoch: x.epoch, Gen: x.gen, Lag: x.lag(), Bits: x.f.m, Probes: x.f.k,
-				Add: make([][HashBytes]byte, 0, n)}
-			for _, e := range x.hist[i:] {
-				u.Add = append(u.Add, e.hashes...)
-			}
-			head, err = u.MarshalBinary()
-			return head, nil, err
-		}
-	}
-	if x.full == nil || x.fullEpoch != x.epoch || x.fullGen != x.gen {
-		u := &IndexUpdate{Epoch: x.epoch, Gen: x.gen, Entries: x.entries, Filter: x.f}
-		b, err := u.MarshalBinary()
-		if err != nil {
-			return nil, nil, err
-		}
-		x.full, x.fullEpoch, x.fullGen = b, x.epoch, x.gen
-	}
-	// The lag is the only part that changes without a new generation.
-	head = slices.Clone(x.full[:indexHeaderSize])
-	binary.BigEndian.PutUint32(head[32:], uint32(min(x.lag().Milliseconds(), math.MaxUint32)))
-	return head, x.full[indexHeaderSize:], nil
-}
-
-func cmpUint(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
+	return max(x.now().Sub(time.Unix(0, x.scannedAt.Load())), 0)
 }
 
 // serveIndex is GET /v1/index[?epoch=<16 hex>&gen=<n>][&wait=<ms>].
 func (s *Server) serveIndex(w http.ResponseWriter, r *http.Request) {
 	x := s.idx
-	q := r.URL.Query()
-	var (
-		epoch, gen uint64
-		have       bool
-		wait       time.Duration
-		err        error
-	)
-	if v := q.Get("epoch"); v != "" {
-		if epoch, err = strconv.ParseUint(v, 16, 64); err != nil || len(v) != 16 {
-			writeError(w, http.StatusBadRequest, CodeBadRequest, "epoch must be 16 hex digits", nil)
-			return
-		}
-		if gen, err = strconv.ParseUint(q.Get("gen"), 10, 64); err != nil {
-			writeError(w, http.StatusBadRequest, CodeBadRequest, "gen must be a non-negative integer (with epoch)", nil)
-			return
-		}
-		have = true
-	} else if q.Has("gen") {
-		writeError(w, http.StatusBadRequest, CodeBadRequest, "gen without epoch", nil)
+	epoch, gen, have, wait, err := summary.ParseQuery(r.URL.Query())
+	if err != nil {
+		writeError(w, http.StatusBadRequest, CodeBadRequest, err.Error(), nil)
 		return
-	}
-	if v := q.Get("wait"); v != "" {
-		ms, err := strconv.ParseUint(v, 10, 32)
-		if err != nil {
-			writeError(w, http.StatusBadRequest, CodeBadRequest, "wait must be a number of milliseconds", nil)
-			return
-		}
-		wait = min(time.Duration(ms)*time.Millisecond, MaxIndexWait)
 	}
 	if x.src == nil {
 		writeError(w, http.StatusServiceUnavailable, CodeUnavailable, "this tracker's storage offers no hash index: use /v1/find", nil)
@@ -429,81 +300,34 @@ func (s *Server) serveIndex(w http.ResponseWriter, r *http.Request) {
 	if !x.exclusive {
 		wait = min(wait, sharedIndexRefresh)
 	}
-	var timeout <-chan time.Time
-	if wait > 0 {
-		t := time.NewTimer(wait)
-		defer t.Stop()
-		timeout = t.C
-	}
 	x.mu.Lock()
 	x.maybeStart()
-	if x.f == nil {
-		ready := x.ready
-		x.mu.Unlock()
-		first := time.NewTimer(indexFirstWait)
-		defer first.Stop()
-		select {
-		case <-ready:
-		case <-first.C:
-		case <-r.Context().Done():
-			return
-		}
-		x.mu.Lock()
-		if x.f == nil {
-			x.mu.Unlock()
-			w.Header().Set("Retry-After", "5")
-			writeError(w, http.StatusServiceUnavailable, CodeUnavailable, "the hash index is being built", nil)
-			return
-		}
-	}
-	for {
-		head, body, err := x.answer(epoch, gen, have)
-		if err != nil {
-			x.mu.Unlock()
-			s.internal(w, r, err)
-			return
-		}
-		if head == nil && timeout != nil && !x.ended {
-			changed := x.changed
-			x.mu.Unlock()
-			select {
-			case <-changed:
-			case <-timeout:
-				timeout = nil
-			case <-r.Context().Done():
-				return
-			}
-			x.mu.Lock()
-			continue
-		}
-		if head == nil {
-			u := &IndexUpdate{Epoch: x.epoch, Gen: x.gen, Lag: x.lag(), Bits: x.f.m, Probes: x.f.k}
-			head, err = u.MarshalBinary()
-		}
-		x.mu.Unlock()
-		if err != nil {
-			s.internal(w, r, err)
-			return
-		}
-		w.Header().Set("Content-Type", IndexContentType)
-		w.Header().Set("Content-Length", strconv.Itoa(len(head)+len(body)))
-		w.WriteHeader(http.StatusOK)
-		w.Write(head)
-		w.Write(body)
+	x.mu.Unlock()
+	// The first build may take a moment: wait for it a little.
+	first := time.NewTimer(indexFirstWait)
+	defer first.Stop()
+	select {
+	case <-x.pub.Ready():
+	case <-first.C:
+	case <-r.Context().Done():
 		return
 	}
+	head, body, err := x.pub.Poll(r.Context(), epoch, gen, have, wait)
+	switch {
+	case errors.Is(err, summary.ErrNotReady):
+		w.Header().Set("Retry-After", "5")
+		writeError(w, http.StatusServiceUnavailable, CodeUnavailable, "the hash index is being built", nil)
+		return
+	case err != nil:
+		return // the caller went away
+	}
+	summary.WriteAnswer(w, head, body)
 }
 
 // EndPolls answers every pending long poll of GET /v1/index at once, and
 // later ones without waiting: call it when the HTTP server shuts down
 // (http.Server.RegisterOnShutdown), which otherwise waits for them.
-func (s *Server) EndPolls() {
-	x := s.idx
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	x.ended = true
-	x.wake()
-}
+func (s *Server) EndPolls() { s.idx.pub.EndPolls() }
 
 // EachHash implements HashSource: one scan of the packages table's primary
 // key.
@@ -538,7 +362,7 @@ var (
 // to wait for something to be added. An answer of another epoch is a whole
 // filter. A tracker that offers no index answers an *Error with Status 503
 // (CodeUnavailable) or 404 (an older tracker).
-func (c *Client) Index(ctx context.Context, epoch, gen uint64, have bool, wait time.Duration) (*IndexUpdate, error) {
+func (c *Client) Index(ctx context.Context, epoch, gen uint64, have bool, wait time.Duration) (*summary.Update, error) {
 	u := c.base + "/v1/index"
 	sep := "?"
 	if have {
@@ -562,7 +386,7 @@ func (c *Client) Index(ctx context.Context, epoch, gen uint64, have bool, wait t
 	if resp.StatusCode != http.StatusOK {
 		return nil, readError(resp)
 	}
-	up, err := ReadIndexUpdate(resp.Body)
+	up, err := summary.ReadUpdate(resp.Body)
 	if err != nil {
 		return nil, fmt.Errorf("tracker: GET /v1/index: %w", err)
 	}

@@ -2,8 +2,10 @@ package tracker
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -16,6 +18,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 
 	"github.com/peerix/peerix/internal/config"
+	"github.com/peerix/peerix/internal/summary"
 )
 
 // newIndexServer is a Server over a fresh SQLite database with a fake
@@ -35,23 +38,23 @@ func newIndexTracker(t testing.TB) *httptest.Server {
 }
 
 // getIndex asks the server for its index and decodes the answer.
-func getIndex(t testing.TB, h http.Handler, query string) *IndexUpdate {
+func getIndex(t testing.TB, h http.Handler, query string) *summary.Update {
 	t.Helper()
 	w := serve(h, request("GET", "/v1/index"+query, nil, ""))
 	if w.Code != 200 {
 		t.Fatalf("GET /v1/index%s: %d %s", query, w.Code, w.Body)
 	}
-	if ct := w.Header().Get("Content-Type"); ct != IndexContentType {
+	if ct := w.Header().Get("Content-Type"); ct != summary.ContentType {
 		t.Errorf("Content-Type %q", ct)
 	}
-	u, err := ReadIndexUpdate(w.Body)
+	u, err := summary.ReadUpdate(w.Body)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return u
 }
 
-func since(u *IndexUpdate, wait string) string {
+func since(u *summary.Update, wait string) string {
 	q := fmt.Sprintf("?epoch=%016x&gen=%d", u.Epoch, u.Gen)
 	if wait != "" {
 		q += "&wait=" + wait
@@ -59,9 +62,9 @@ func since(u *IndexUpdate, wait string) string {
 	return q
 }
 
-func hasAll(f *Filter, hs []string) error {
+func hasAll(f *summary.Filter, hs []string) error {
 	for _, s := range hs {
-		h, _ := ParseHash(s)
+		h, _ := summary.ParseHash(s)
 		if !f.Has(h) {
 			return fmt.Errorf("filter lacks %s", s)
 		}
@@ -70,7 +73,7 @@ func hasAll(f *Filter, hs []string) error {
 }
 
 // apply adds a delta to f, as a peer does.
-func apply(t testing.TB, f *Filter, u *IndexUpdate) {
+func apply(t testing.TB, f *summary.Filter, u *summary.Update) {
 	t.Helper()
 	if u.Full() || u.Bits != f.Bits() || u.Probes != f.Probes() {
 		t.Fatalf("want a delta for the filter held, got %+v", u)
@@ -81,6 +84,10 @@ func apply(t testing.TB, f *Filter, u *IndexUpdate) {
 }
 
 func TestIndexFullAndDeltas(t *testing.T) {
+	// A short history, so that one large delta below drops the older ones.
+	old := indexHistory
+	indexHistory = 60
+	t.Cleanup(func() { indexHistory = old })
 	s, clock := newIndexServer(t)
 	a, b := newSigner(t), newSigner(t)
 	now := ms(clock.Now())
@@ -88,7 +95,7 @@ func TestIndexFullAndDeltas(t *testing.T) {
 	a.packages(t, s, now+1, true, hashes(0, 300), nil)
 
 	full := getIndex(t, s, "")
-	if !full.Full() || full.Lag != 0 || full.Entries != 300 || full.Bits != MinIndexBits {
+	if !full.Full() || full.Lag != 0 || full.Entries != 300 || full.Bits != summary.MinBits {
 		t.Fatalf("first answer %+v: want the whole filter of 300 entries, no lag", full)
 	}
 	f := full.Filter
@@ -97,7 +104,7 @@ func TestIndexFullAndDeltas(t *testing.T) {
 	}
 	absent := 0
 	for _, h := range hashes(1000, 1000) {
-		if hh, _ := ParseHash(h); !f.Has(hh) {
+		if hh, _ := summary.ParseHash(h); !f.Has(hh) {
 			absent++
 		}
 	}
@@ -142,9 +149,6 @@ func TestIndexFullAndDeltas(t *testing.T) {
 
 	// Another epoch, a generation never made, or one whose hashes were
 	// dropped from the history: the whole filter.
-	old := indexHistory
-	indexHistory = 60
-	t.Cleanup(func() { indexHistory = old })
 	a.packages(t, s, now+6, false, hashes(500, 70), nil)
 	for name, q := range map[string]string{
 		"other epoch":   fmt.Sprintf("?epoch=%016x&gen=%d", full.Epoch+1, u2.Gen),
@@ -215,10 +219,10 @@ func TestIndexLongPoll(t *testing.T) {
 		t.Errorf("a poll waiting 50 ms took %v", d)
 	}
 
-	got := make(chan *IndexUpdate, 1)
+	got := make(chan *summary.Update, 1)
 	go func() {
 		w := serve(s, request("GET", "/v1/index"+since(full, "10000"), nil, ""))
-		u, err := ReadIndexUpdate(w.Body)
+		u, err := summary.ReadUpdate(w.Body)
 		if err != nil {
 			t.Error(err)
 		}
@@ -276,7 +280,7 @@ func TestIndexRebuild(t *testing.T) {
 	indexRebuildFP = old
 	// Written while the rebuild may run.
 	me.packages(t, s, now+5, false, hashes(102, 1), nil)
-	var u *IndexUpdate
+	var u *summary.Update
 	for range 500 {
 		if u = getIndex(t, s, since(full, "")); u.Full() {
 			break
@@ -291,7 +295,7 @@ func TestIndexRebuild(t *testing.T) {
 	}
 	gone := 0
 	for _, h := range hashes(0, 50) {
-		if hh, _ := ParseHash(h); !u.Filter.Has(hh) {
+		if hh, _ := summary.ParseHash(h); !u.Filter.Has(hh) {
 			gone++
 		}
 	}
@@ -368,7 +372,7 @@ func TestClientIndex(t *testing.T) {
 	if err != nil || !full.Full() || hasAll(full.Filter, hashes(0, 5)) != nil {
 		t.Fatalf("%+v %v", full, err)
 	}
-	done := make(chan *IndexUpdate, 1)
+	done := make(chan *summary.Update, 1)
 	go func() {
 		u, err := c.Index(ctx, full.Epoch, full.Gen, true, 10*time.Second)
 		if err != nil {
@@ -481,7 +485,7 @@ func BenchmarkIndexBuild(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		f.fold(entries * IndexBitsPerEntry)
+		f.Fold(entries * summary.BitsPerEntry)
 		b.ReportMetric(float64(scan.Milliseconds()), "scan-ms")
 		b.ReportMetric(float64(time.Since(start).Milliseconds()), "build-ms")
 		b.ReportMetric(float64(f.Bits()/8), "filter-bytes")
@@ -494,4 +498,16 @@ func envInt(name string, def int) int {
 		return v
 	}
 	return def
+}
+
+// randHashes returns n pseudo-random decoded hashes.
+func randHashes(seed uint64, n int) []summary.Hash {
+	r := rand.New(rand.NewPCG(seed, 1))
+	out := make([]summary.Hash, n)
+	for i := range out {
+		for j := 0; j < summary.HashBytes; j += 4 {
+			binary.LittleEndian.PutUint32(out[i][j:], r.Uint32())
+		}
+	}
+	return out
 }

@@ -36,36 +36,31 @@
 // # Verifier
 //
 //	v, err := trust.NewVerifier(trust.VerifierOptions{NoVerify: cfg.NoVerify, TrustedPublicKeys: keys,
-//		Upstream: cfg.Upstream, OnBadNAR: func(url string) { /* cost the peers reputation */ }, Log: log})
-//	remote = v.Wrap(remote) // LAN ∪ P2P
+//		Upstream: cfg.Upstream, Log: log})
+//	finder := swarm.NewFinder(swarm.Options{Accept: v.Accept, ...}) // LAN, P2P
 //	defer v.Close()
 //
-// A peer's narinfo reaches Nix only if it carries a valid signature by a
-// trusted key (--trusted-public-key, else NixTrustedPublicKeys), or if its
-// StorePath, NarHash, NarSize and references equal those of the upstream's
-// narinfo for the path (fetched with GET, at most 1 MiB, parsed with go-nix,
-// its own signature checked against the upstream key when one is known,
-// remembered for 1 h, a miss for 10 min, a failure for 5 s). In the second
-// case the upstream's signatures are added to the narinfo: they cover the
-// same fingerprint, so Nix, which trusts the upstream, accepts the path even
-// when the peer's record lacks them. Anything else is store.ErrNotFound — a
-// miss, never a 5xx that would switch the substituter off. An unreachable
-// upstream makes unsigned narinfos misses (fail closed) and shows in Health.
+// Accept is asked about every candidate narinfo a peer offers, before the
+// lookup chooses one (internal/swarm). A peer's narinfo reaches Nix only if
+// it carries a valid signature by a trusted key (--trusted-public-key, else
+// NixTrustedPublicKeys), or if its StorePath, NarHash, NarSize and
+// references equal those of the upstream's narinfo for the path (fetched
+// with GET, at most 1 MiB, parsed with go-nix, its own signature checked
+// against the upstream key when one is known, remembered for 1 h, a miss
+// for 10 min, a failure for 5 s). Nix gets only what was verified: the
+// fingerprint's fields and the signatures, plus, in the second case, the
+// upstream's signatures (they cover the same fingerprint, so Nix, which
+// trusts the upstream, accepts the path even when the peer's record lacks
+// them) and the upstream's Deriver and CA; never a peer's own. A narinfo
+// that contradicts the upstream's wraps swarm.ErrLie: the lookup counts it
+// against the peer and asks the next. One that cannot be verified is
+// store.ErrNotFound — a miss, never a 5xx that would switch the substituter
+// off. An unreachable upstream makes unsigned narinfos misses (fail closed)
+// and shows in Health.
 //
-// NARs are checked as they stream: the Verifier looks up the verified
-// narinfo for the path the URL names, requires the URL to name that
-// narinfo's NAR (its URL, or "<hash>-<NarHash>.nar" under any prefix, so
-// nar/lan/ and nar/p2p/ are interchangeable), and hashes exactly NarSize bytes with SHA-256. The read that would complete
-// the NAR returns its bytes only after the hash matched and the source ended
-// right there; otherwise it returns ErrBadNAR with those bytes held back, so
-// Nix never holds a complete wrong NAR (the HTTP server aborts the
-// connection on the read error), calls OnBadNAR(url) and counts it. A NAR
-// asked for at an offset (Nix resuming an uncompressed download) is opened
-// at 0 and its prefix hashed and dropped before the first byte is handed
-// out, so resumption keeps the guarantee at the price of sending the prefix
-// again. A Range that ends before the NAR does (Nix never asks one) is not
-// verified: it is not a complete NAR.
+// NARs are verified by the lookup kit (internal/swarm) against the
+// accepted narinfo's NarHash before Nix sees a byte.
 //
-// --no-verify: Wrap returns the remote store unchanged, and NewVerifier logs
-// a loud warning.
+// --no-verify: Accept takes every well-formed narinfo as it is, and
+// NewVerifier logs a loud warning.
 package trust

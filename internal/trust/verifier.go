@@ -3,25 +3,21 @@ package trust
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"log/slog"
 	"net/http"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/nix-community/go-nix/pkg/narinfo"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
-	"github.com/nix-community/go-nix/pkg/nixhash"
 
 	"github.com/peerix/peerix/internal/signing"
 	"github.com/peerix/peerix/internal/store"
+	"github.com/peerix/peerix/internal/swarm"
 )
 
 // Verifier defaults.
@@ -70,14 +66,6 @@ type VerifierOptions struct {
 	// MaxCacheEntries bounds the upstream narinfos kept; 0 means 16 Ki.
 	MaxCacheEntries int
 
-	// OnBadNAR is called (from the reading goroutine) with the NAR URL when
-	// a peer's NAR does not match its verified narinfo: wrong hash, too long
-	// or too short. The daemon costs the peers that sent it reputation.
-	OnBadNAR func(url string)
-	// HashOfURL tells which path a NAR URL of the remote store names; nil
-	// means HashFromURL (nar/lan/<hash>-…, nar/p2p/<hash>-…).
-	HashOfURL func(url string) (string, error)
-
 	Log *slog.Logger
 	// Now is the clock; nil means time.Now. For tests.
 	Now func() time.Time
@@ -93,9 +81,6 @@ type VerifierStats struct {
 	// UpstreamErrors counts narinfos refused because the upstream could
 	// not be asked (also in Rejected).
 	UpstreamErrors uint64 `json:"upstream_errors"`
-	// NARs that streamed to their end and matched, and those that did not.
-	NARsVerified uint64 `json:"nars_verified"`
-	BadNARs      uint64 `json:"bad_nars"`
 }
 
 // upstreamInfo is what the upstream said about a path: its narinfo, nil if
@@ -108,47 +93,40 @@ type upstreamInfo struct {
 // Verifier decides whether what peers offer may be handed to Nix. Its
 // methods are safe for concurrent use.
 type Verifier struct {
-	noVerify  bool
-	trusted   []signature.PublicKey
-	upstream  string
-	key       *signature.PublicKey
-	client    *http.Client
-	timeout   time.Duration
-	hitTTL    time.Duration
-	missTTL   time.Duration
-	errTTL    time.Duration
-	onBad     func(string)
-	hashOfURL func(string) (string, error)
-	log       *slog.Logger
-	now       func() time.Time
+	noVerify bool
+	trusted  []signature.PublicKey
+	upstream string
+	key      *signature.PublicKey
+	client   *http.Client
+	timeout  time.Duration
+	hitTTL   time.Duration
+	missTTL  time.Duration
+	errTTL   time.Duration
+	log      *slog.Logger
+	now      func() time.Time
 
 	cancel context.CancelFunc
 	infos  *memo[upstreamInfo]
 	health *healthTracker
 
-	bySig, byUpstream, rejected, upErrors, narsOK, badNARs atomic.Uint64
+	bySig, byUpstream, rejected, upErrors atomic.Uint64
 }
 
 // NewVerifier makes a verifier. A malformed key is an error.
 func NewVerifier(opts VerifierOptions) (*Verifier, error) {
 	v := &Verifier{
-		noVerify:  opts.NoVerify,
-		upstream:  strings.TrimRight(opts.Upstream, "/"),
-		client:    opts.HTTPClient,
-		timeout:   orDuration(opts.FetchTimeout, DefaultFetchTimeout),
-		hitTTL:    orDuration(opts.HitTTL, DefaultUpstreamHitTTL),
-		missTTL:   orDuration(opts.MissTTL, DefaultUpstreamMissTTL),
-		errTTL:    orDuration(opts.ErrorTTL, DefaultUpstreamErrorTTL),
-		onBad:     opts.OnBadNAR,
-		hashOfURL: opts.HashOfURL,
-		log:       opts.Log,
-		now:       opts.Now,
+		noVerify: opts.NoVerify,
+		upstream: strings.TrimRight(opts.Upstream, "/"),
+		client:   opts.HTTPClient,
+		timeout:  orDuration(opts.FetchTimeout, DefaultFetchTimeout),
+		hitTTL:   orDuration(opts.HitTTL, DefaultUpstreamHitTTL),
+		missTTL:  orDuration(opts.MissTTL, DefaultUpstreamMissTTL),
+		errTTL:   orDuration(opts.ErrorTTL, DefaultUpstreamErrorTTL),
+		log:      opts.Log,
+		now:      opts.Now,
 	}
 	if v.upstream == "" {
 		v.upstream = DefaultUpstream
-	}
-	if v.hashOfURL == nil {
-		v.hashOfURL = HashFromURL
 	}
 	if v.log == nil {
 		v.log = slog.New(slog.DiscardHandler)
@@ -187,16 +165,6 @@ func (v *Verifier) Close() error {
 	return nil
 }
 
-// Wrap returns remote as Nix may see it: a narinfo only if it verifies
-// (else store.ErrNotFound, a miss, never an error that becomes 5xx), and
-// NARs hashed as they stream. With NoVerify it returns remote unchanged.
-func (v *Verifier) Wrap(remote store.Store) store.Store {
-	if v.noVerify {
-		return remote
-	}
-	return &verifiedStore{v: v, next: remote}
-}
-
 // Health reports whether the upstream answers the verifier's requests.
 func (v *Verifier) Health() Health { return v.health.health() }
 
@@ -207,70 +175,75 @@ func (v *Verifier) Stats() VerifierStats {
 		VerifiedByUpstream:  v.byUpstream.Load(),
 		Rejected:            v.rejected.Load(),
 		UpstreamErrors:      v.upErrors.Load(),
-		NARsVerified:        v.narsOK.Load(),
-		BadNARs:             v.badNARs.Load(),
 	}
 }
 
-type verifiedStore struct {
-	v    *Verifier
-	next store.Store
-}
-
-func (s *verifiedStore) NarInfo(ctx context.Context, hash string) (*narinfo.NarInfo, error) {
-	return s.verify(ctx, hash, true)
-}
-
-// verify returns the remote's narinfo for hash if it verifies; count says
-// whether to count the decision (NAR requests re-verify without counting).
-func (s *verifiedStore) verify(ctx context.Context, hash string, count bool) (*narinfo.NarInfo, error) {
-	v := s.v
-	ni, err := s.next.NarInfo(ctx, hash)
-	if err != nil {
-		return nil, err
+// Accept decides whether a peer's narinfo for hash may reach Nix: it must
+// carry a valid signature by a trusted key, or match the upstream's
+// narinfo in everything Nix's fingerprint covers. It returns the narinfo to
+// hand Nix: the fingerprint's fields, the signatures, and the fields the
+// fingerprint does not cover (Deriver, CA) only from the upstream, never
+// from the peer. A narinfo that contradicts the upstream's is an error
+// wrapping swarm.ErrLie (the peer lied); one that merely cannot be
+// verified (no trusted signature, the upstream lacks the path or could not
+// be asked) is an error wrapping store.ErrNotFound: Nix must see a miss,
+// never an error that switches the substituter off. With NoVerify every
+// well-formed narinfo is accepted as it is.
+func (v *Verifier) Accept(ctx context.Context, hash string, ni *narinfo.NarInfo) (*narinfo.NarInfo, error) {
+	if err := store.CheckNarInfo(ni, hash); err != nil {
+		v.rejected.Add(1)
+		return nil, fmt.Errorf("%s: %w: %v", hash, swarm.ErrLie, err)
 	}
-	reject := func(why string, args ...any) (*narinfo.NarInfo, error) {
-		if count {
-			v.rejected.Add(1)
-		}
-		msg := fmt.Sprintf(why, args...)
-		v.log.Debug("peer's narinfo refused", "hash", hash, "why", msg)
-		return nil, fmt.Errorf("%s: peer's narinfo refused: %s: %w", hash, msg, store.ErrNotFound)
-	}
-	if err := checkNarInfoFor(ni, hash); err != nil {
-		return reject("%v", err)
+	if v.noVerify {
+		return ni, nil
 	}
 	if signing.Verify(ni, v.trusted) {
-		if count {
-			v.bySig.Add(1)
-		}
-		return ni, nil
+		v.bySig.Add(1)
+		return verifiedFields(ni, nil), nil
 	}
 	up, err := v.upstreamNarInfo(ctx, hash)
 	if err != nil {
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			return nil, ctxErr
 		}
-		if count {
-			v.upErrors.Add(1)
-		}
-		return reject("no trusted signature, and the upstream could not be asked: %v", err)
+		v.upErrors.Add(1)
+		v.rejected.Add(1)
+		return nil, fmt.Errorf("%s: no trusted signature, and the upstream could not be asked: %v: %w", hash, err, store.ErrNotFound)
 	}
 	if up == nil {
-		return reject("no trusted signature, and the upstream has no valid narinfo for it")
+		v.rejected.Add(1)
+		return nil, fmt.Errorf("%s: no trusted signature, and the upstream has no valid narinfo for it: %w", hash, store.ErrNotFound)
 	}
 	if why := differs(ni, up); why != "" {
-		v.log.Warn("peer's narinfo differs from the upstream's", "hash", hash, "differs", why)
-		return reject("differs from the upstream's narinfo: %s", why)
+		v.rejected.Add(1)
+		return nil, fmt.Errorf("%s: %w: %s differs from the upstream's narinfo", hash, swarm.ErrLie, why)
 	}
-	if count {
-		v.byUpstream.Add(1)
+	v.byUpstream.Add(1)
+	return verifiedFields(ni, up), nil
+}
+
+// verifiedFields is the narinfo Nix gets for a verified peer narinfo ni:
+// path, NarHash, NarSize and references (what the fingerprint covers), the
+// signatures (ni's and, if up is given, the upstream's, which cover the same
+// fingerprint, so that Nix, trusting the upstream's key, accepts the path
+// even if the peer's record lacks them), and Deriver, CA and System only
+// from up: the peer's were never verified.
+func verifiedFields(ni, up *narinfo.NarInfo) *narinfo.NarInfo {
+	out := &narinfo.NarInfo{
+		StorePath:   ni.StorePath,
+		URL:         ni.URL,
+		Compression: "none",
+		FileHash:    ni.NarHash,
+		FileSize:    ni.NarSize,
+		NarHash:     ni.NarHash,
+		NarSize:     ni.NarSize,
+		References:  slices.Clone(ni.References),
+		Signatures:  slices.Clone(ni.Signatures),
 	}
-	// The upstream's signatures cover the same fingerprint (path, NarHash,
-	// NarSize, references): pass them on, so that Nix, which trusts the
-	// upstream's key, accepts the path even if the peer's record lacks them.
-	out := *ni
-	out.Signatures = slices.Clone(ni.Signatures)
+	if up == nil {
+		return out
+	}
+	out.Deriver, out.System, out.CA = up.Deriver, up.System, up.CA
 	for _, sig := range up.Signatures {
 		if !slices.ContainsFunc(out.Signatures, func(s signature.Signature) bool {
 			return s.Name == sig.Name && bytes.Equal(s.Data, sig.Data)
@@ -278,7 +251,7 @@ func (s *verifiedStore) verify(ctx context.Context, hash string, count bool) (*n
 			out.Signatures = append(out.Signatures, sig)
 		}
 	}
-	return &out, nil
+	return out
 }
 
 // differs tells how a peer's narinfo differs from the upstream's in what
@@ -363,199 +336,4 @@ func (v *Verifier) doFetch(ctx context.Context, hash string) (*narinfo.NarInfo, 
 		return nil, fmt.Errorf("GET %s: %w", req.URL, err)
 	}
 	return ni, nil
-}
-
-// NAR streams a peer's NAR, hashed as it goes, against the narinfo the
-// verifier accepted for the path its URL names. The bytes that complete the
-// NAR are handed out only after the hash and length checked out: on a
-// mismatch the reader fails with them still held back (so Nix never has a
-// complete wrong NAR; the HTTP layer aborts the connection on a read error),
-// OnBadNAR is called and the NAR counted as bad.
-//
-// A stream asked for at offset > 0 (a resumed download) is opened at 0 and
-// its first offset bytes are hashed and dropped before anything is handed
-// out: the prefix travels twice, the guarantee holds. Nix resumes only
-// uncompressed NARs, rarely, so the cost is rare too.
-func (s *verifiedStore) NAR(ctx context.Context, url string, offset int64) (*store.NAR, error) {
-	v := s.v
-	hash, err := v.hashOfURL(url)
-	if err != nil {
-		return nil, err
-	}
-	ni, err := s.verify(ctx, hash, false)
-	if err != nil {
-		return nil, err
-	}
-	if !urlNames(url, hash, ni) {
-		return nil, fmt.Errorf("NAR %s is not the one the peers' narinfo names now (%s): %w", url, ni.URL, store.ErrNotFound)
-	}
-	size := int64(ni.NarSize)
-	if offset < 0 || offset > size {
-		return nil, fmt.Errorf("offset %d outside NAR of %d bytes: %w", offset, size, store.ErrOffset)
-	}
-	n, err := s.next.NAR(ctx, url, 0)
-	if err != nil {
-		return nil, err
-	}
-	r := &verifyingReader{
-		src:  n.ReadCloser,
-		h:    sha256.New(),
-		want: ni.NarHash.Digest(),
-		size: size,
-		skip: offset,
-		bad:  func(why string) { v.badNAR(url, why) },
-		good: func() { v.narsOK.Add(1) },
-	}
-	if n.Size != size {
-		r.Close()
-		v.badNAR(url, fmt.Sprintf("peer offers %d bytes, the narinfo says %d", n.Size, size))
-		return nil, fmt.Errorf("NAR %s: size %d, narinfo says %d: %w", url, n.Size, size, store.ErrNotFound)
-	}
-	return &store.NAR{Size: size, ReadCloser: r}, nil
-}
-
-// urlNames tells whether a NAR URL names the NAR of the verified narinfo
-// ni: it is ni's URL, or its last segment is "<hash>-<NarHash>.nar" with
-// ni's NarHash (a union of LAN and P2P may name the same NAR nar/lan/... in
-// one answer and nar/p2p/... in the next).
-func urlNames(url, hash string, ni *narinfo.NarInfo) bool {
-	if url == ni.URL {
-		return true
-	}
-	_, last, _ := cutLast("/"+url, "/")
-	return last == hash+"-"+ni.NarHash.Format(nixhash.NixBase32, false)+".nar"
-}
-
-func (v *Verifier) badNAR(url, why string) {
-	v.badNARs.Add(1)
-	v.log.Warn("peer's NAR does not match its verified narinfo; transfer aborted", "url", url, "why", why)
-	if v.onBad != nil {
-		v.onBad(url)
-	}
-}
-
-// ErrBadNAR is what a NAR stream fails with when the NAR does not match its
-// narinfo.
-var ErrBadNAR = errors.New("NAR does not match its narinfo")
-
-// verifyingReader hashes the NAR [0, size) from src and hands out
-// [skip, size), holding back the read that completes the NAR until the
-// SHA-256 and the length have been checked.
-type verifyingReader struct {
-	src             io.ReadCloser
-	h               hash.Hash
-	want            []byte
-	size, pos, skip int64
-	bad             func(why string)
-	good            func()
-
-	err  error // sticky
-	done bool  // all of it read and verified
-	once sync.Once
-}
-
-func (r *verifyingReader) Read(p []byte) (int, error) {
-	if r.err != nil {
-		return 0, r.err
-	}
-	if r.pos < r.skip {
-		if err := r.skipPrefix(); err != nil {
-			r.err = err
-			return 0, err
-		}
-	}
-	if r.done {
-		return 0, io.EOF
-	}
-	if len(p) == 0 {
-		return 0, nil
-	}
-	if rest := r.size - r.pos; int64(len(p)) > rest {
-		p = p[:rest]
-	}
-	n, err := r.src.Read(p)
-	r.h.Write(p[:n])
-	r.pos += int64(n)
-	if r.pos == r.size {
-		// p[:n] completes the NAR: hand it out only if all of it checks out.
-		if err := r.finish(); err != nil {
-			r.err = err
-			return 0, err
-		}
-		return n, nil
-	}
-	if err != nil {
-		r.err = r.short(err)
-		return n, r.err
-	}
-	return n, nil
-}
-
-// skipPrefix reads, hashes and drops [pos, skip).
-func (r *verifyingReader) skipPrefix() error {
-	buf := make([]byte, 32<<10)
-	for r.pos < r.skip {
-		p := buf
-		if rest := r.skip - r.pos; int64(len(p)) > rest {
-			p = p[:rest]
-		}
-		n, err := r.src.Read(p)
-		r.h.Write(p[:n])
-		r.pos += int64(n)
-		if r.pos == r.size {
-			return r.finish()
-		}
-		if err != nil && r.pos < r.skip {
-			return r.short(err)
-		}
-	}
-	return nil
-}
-
-// short handles a source that stopped before the NAR's end: a clean EOF
-// means the peer sent a NAR shorter than its narinfo says (bad); any other
-// error is a broken transfer, passed on.
-func (r *verifyingReader) short(err error) error {
-	if errors.Is(err, io.EOF) {
-		r.reportBad(fmt.Sprintf("NAR ended after %d of %d bytes", r.pos, r.size))
-		return fmt.Errorf("%w: ended after %d of %d bytes", ErrBadNAR, r.pos, r.size)
-	}
-	return err
-}
-
-// finish checks, with all size bytes read, that the source has no more and
-// that the hash is the narinfo's.
-func (r *verifyingReader) finish() error {
-	var one [1]byte
-	for tries := 0; ; tries++ {
-		n, err := r.src.Read(one[:])
-		if n > 0 {
-			r.reportBad(fmt.Sprintf("NAR longer than its %d bytes", r.size))
-			return fmt.Errorf("%w: longer than %d bytes", ErrBadNAR, r.size)
-		}
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return fmt.Errorf("NAR source failed after the last byte: %w", err)
-		}
-		if tries == 100 {
-			return errors.New("NAR source does not end after the last byte")
-		}
-	}
-	if sum := r.h.Sum(nil); !bytes.Equal(sum, r.want) {
-		r.reportBad("NarHash mismatch")
-		return fmt.Errorf("%w: NarHash mismatch", ErrBadNAR)
-	}
-	r.done = true
-	r.good()
-	return nil
-}
-
-func (r *verifyingReader) reportBad(why string) {
-	r.once.Do(func() { r.bad(why) })
-}
-
-func (r *verifyingReader) Close() error {
-	return r.src.Close()
 }

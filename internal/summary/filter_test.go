@@ -1,4 +1,4 @@
-package tracker
+package summary
 
 import (
 	"bytes"
@@ -26,7 +26,7 @@ func TestFilterHasAndFalsePositives(t *testing.T) {
 	t.Parallel()
 	const n = 20000
 	in := randHashes(1, n)
-	f := NewFilter(IndexSize(n), IndexProbes)
+	f := NewFilter(Size(n), DefaultProbes)
 	for _, h := range in {
 		f.Add(h)
 	}
@@ -56,28 +56,28 @@ func TestFilterHasAndFalsePositives(t *testing.T) {
 	t.Logf("%d hashes in %d bytes: false-positive rate %.4f, estimated %.4f", n+1000, f.Bits()/8, rate, est)
 }
 
-func TestIndexSize(t *testing.T) {
+func TestSize(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		n          uint64
 		atLeast    uint64
 		atMostOver float64
 	}{
-		{0, MinIndexBits, 1},
-		{1, MinIndexBits, 1},
-		{5000, 5000 * IndexBitsPerEntry, 1.6},
-		{20000, 20000 * IndexBitsPerEntry, 1.13},
-		{1_000_000, 1_000_000 * IndexBitsPerEntry, 1.13},
-		{20_000_000, 20_000_000 * IndexBitsPerEntry, 1.13},
-		{1 << 40, MaxIndexBits, 1},
+		{0, MinBits, 1},
+		{1, MinBits, 1},
+		{5000, 5000 * BitsPerEntry, 1.6},
+		{20000, 20000 * BitsPerEntry, 1.13},
+		{1_000_000, 1_000_000 * BitsPerEntry, 1.13},
+		{20_000_000, 20_000_000 * BitsPerEntry, 1.13},
+		{1 << 40, MaxBits, 1},
 	}
 	for _, tt := range tests {
-		m := IndexSize(tt.n)
-		if m%64 != 0 || m < min(tt.atLeast, MaxIndexBits) || float64(m) > float64(tt.atLeast)*tt.atMostOver || m > MaxIndexBits {
-			t.Errorf("IndexSize(%d) = %d bits; want a multiple of 64 in [%d, %.0f]", tt.n, m, tt.atLeast, float64(tt.atLeast)*tt.atMostOver)
+		m := Size(tt.n)
+		if m%64 != 0 || m < min(tt.atLeast, MaxBits) || float64(m) > float64(tt.atLeast)*tt.atMostOver || m > MaxBits {
+			t.Errorf("Size(%d) = %d bits; want a multiple of 64 in [%d, %.0f]", tt.n, m, tt.atLeast, float64(tt.atLeast)*tt.atMostOver)
 		}
 	}
-	if m := IndexSize(20_000_000); m/8 != 30<<20 {
+	if m := Size(20_000_000); m/8 != 30<<20 {
 		t.Errorf("20 M hashes: %d bytes, want 30 MiB", m/8)
 	}
 }
@@ -86,15 +86,15 @@ func TestIndexSize(t *testing.T) {
 func TestFilterFold(t *testing.T) {
 	t.Parallel()
 	in := randHashes(3, 3000)
-	big := NewFilter(IndexSize(1_000_000), IndexProbes)
+	big := NewFilter(Size(1_000_000), DefaultProbes)
 	for i := range in {
-		big.addOwned(&in[i])
+		big.AddOwned(&in[i])
 	}
-	big.fold(3000 * IndexBitsPerEntry)
-	if big.Bits() < 3000*IndexBitsPerEntry || big.Bits() >= 2*max(3000*IndexBitsPerEntry, MinIndexBits) {
-		t.Fatalf("folded to %d bits, want [%d, %d)", big.Bits(), 3000*IndexBitsPerEntry, 2*3000*IndexBitsPerEntry)
+	big.Fold(3000 * BitsPerEntry)
+	if big.Bits() < 3000*BitsPerEntry || big.Bits() >= 2*max(3000*BitsPerEntry, MinBits) {
+		t.Fatalf("folded to %d bits, want [%d, %d)", big.Bits(), 3000*BitsPerEntry, 2*3000*BitsPerEntry)
 	}
-	small := NewFilter(big.Bits(), IndexProbes)
+	small := NewFilter(big.Bits(), DefaultProbes)
 	for _, h := range in {
 		small.Add(h)
 	}
@@ -103,7 +103,7 @@ func TestFilterFold(t *testing.T) {
 	}
 }
 
-func encode(t testing.TB, u *IndexUpdate) []byte {
+func encode(t testing.TB, u *Update) []byte {
 	t.Helper()
 	b, err := u.MarshalBinary()
 	if err != nil {
@@ -112,19 +112,19 @@ func encode(t testing.TB, u *IndexUpdate) []byte {
 	return b
 }
 
-func TestIndexUpdateCodec(t *testing.T) {
+func TestUpdateCodec(t *testing.T) {
 	t.Parallel()
-	f := NewFilter(MinIndexBits, IndexProbes)
+	f := NewFilter(MinBits, DefaultProbes)
 	for _, h := range randHashes(4, 500) {
 		f.Add(h)
 	}
-	full := &IndexUpdate{Epoch: 0xfeedface01020304, Gen: 7, Lag: 1500 * time.Millisecond, Entries: 500, Filter: f}
-	delta := &IndexUpdate{Epoch: 0xfeedface01020304, Gen: 9, Bits: f.Bits(), Probes: f.Probes(), Add: randHashes(5, 3)}
-	empty := &IndexUpdate{Epoch: 1, Gen: 9, Bits: 64, Probes: 1, Add: [][HashBytes]byte{}}
-	good := map[string]*IndexUpdate{"full": full, "delta": delta, "empty delta": empty}
+	full := &Update{Epoch: 0xfeedface01020304, Gen: 7, Lag: 1500 * time.Millisecond, Entries: 500, Filter: f}
+	delta := &Update{Epoch: 0xfeedface01020304, Gen: 9, Bits: f.Bits(), Probes: f.Probes(), Add: randHashes(5, 3)}
+	empty := &Update{Epoch: 1, Gen: 9, Bits: 64, Probes: 1, Add: [][HashBytes]byte{}}
+	good := map[string]*Update{"full": full, "delta": delta, "empty delta": empty}
 	for name, u := range good {
 		b := encode(t, u)
-		got, err := ReadIndexUpdate(bytes.NewReader(b))
+		got, err := ReadUpdate(bytes.NewReader(b))
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
@@ -165,29 +165,29 @@ func TestIndexUpdateCodec(t *testing.T) {
 		{"17 probes", with(d, 6, 17)},
 		{"bits not a multiple of 64", with(d, 24, u64(65)...)},
 		{"no bits", with(d, 24, u64(0)...)},
-		{"too many bits", with(d, 24, u64(MaxIndexBits+64)...)},
+		{"too many bits", with(d, 24, u64(MaxBits+64)...)},
 		{"delta truncated", d[:len(d)-1]},
 		{"delta count larger than body", with(d, 36, u32(4)...)},
-		{"delta count over the limit", with(d, 36, u32(MaxIndexDelta+1)...)},
+		{"delta count over the limit", with(d, 36, u32(MaxDelta+1)...)},
 		{"delta trailing byte", append(slices.Clone(d), 0)},
 		{"full truncated", fb[:len(fb)-8]},
 		{"full trailing bytes", append(slices.Clone(fb), 1, 2, 3)},
-		{"full claims 128 MiB", with(fb, 24, u64(MaxIndexBits)...)},
+		{"full claims 128 MiB", with(fb, 24, u64(MaxBits)...)},
 	}
 	for _, tt := range bad {
-		if u, err := ReadIndexUpdate(bytes.NewReader(tt.b)); !errors.Is(err, ErrIndexFormat) {
-			t.Errorf("%s: %+v, %v; want ErrIndexFormat", tt.name, u, err)
+		if u, err := ReadUpdate(bytes.NewReader(tt.b)); !errors.Is(err, ErrFormat) {
+			t.Errorf("%s: %+v, %v; want ErrFormat", tt.name, u, err)
 		}
 	}
 }
 
-// FuzzReadIndexUpdate: index answers are network input. The decoder must
+// FuzzReadUpdate: index answers are network input. The decoder must
 // never panic, never allocate for bytes that did not arrive, and what it
 // accepts must encode back to the same bytes.
-func FuzzReadIndexUpdate(f *testing.F) {
+func FuzzReadUpdate(f *testing.F) {
 	flt := NewFilter(64*3, 3)
 	flt.Add([HashBytes]byte{1, 2, 3})
-	for _, u := range []*IndexUpdate{
+	for _, u := range []*Update{
 		{Epoch: 1, Gen: 2, Lag: time.Second, Entries: 1, Filter: flt},
 		{Epoch: 1, Gen: 3, Bits: 192, Probes: 3, Add: randHashes(6, 2)},
 		{Epoch: 1, Gen: 3, Bits: 192, Probes: 3},
@@ -197,7 +197,7 @@ func FuzzReadIndexUpdate(f *testing.F) {
 	}
 	f.Add([]byte("PXIX\x01\x00\x08\x00\x00\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x40\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		u, err := ReadIndexUpdate(bytes.NewReader(b))
+		u, err := ReadUpdate(bytes.NewReader(b))
 		if err != nil {
 			if u != nil {
 				t.Fatal("an error with an update")
