@@ -25,15 +25,15 @@ type Filter struct {
 // false-positive rate of about 0.3% at build time (at most 1% before the
 // publisher rebuilds it): the share of misses that still ask a holder.
 const (
-	BitsPerEntry = 12
+	BitsPerEntry  = 12
 	DefaultProbes = 8
 	// MinBits is the smallest filter built (8 KiB).
 	MinBits = 1 << 16
 	// MaxBits bounds a filter (128 MiB, about 89 M hashes).
 	MaxBits = 1 << 30
 	// MaxDelta bounds the hashes of one delta answer.
-	MaxDelta = 1 << 20
-	maxProbes     = 16
+	MaxDelta  = 1 << 20
+	maxProbes = 16
 )
 
 // HashBytes is the length of a decoded store hash part.
@@ -187,4 +187,3 @@ func Size(n uint64) uint64 {
 		}
 	}
 }
-

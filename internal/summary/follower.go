@@ -197,7 +197,6 @@ func (f *Follower) apply(u *Update) error {
 	return nil
 }
 
-
 // FollowerStats describes a follower for status pages.
 type FollowerStats struct {
 	Current bool   `json:"current"`

@@ -41,11 +41,11 @@ func (u *Update) Full() bool { return u.Filter != nil }
 // The binary form of an Update (docs/protocol.md): a 40-byte header,
 // big-endian, then the filter's bytes or the delta's hashes.
 const (
-	indexMagic      = "PXIX"
-	indexVersion    = 1
-	indexKindFull   = 0
-	indexKindDelta  = 1
-	HeaderSize = 40
+	indexMagic     = "PXIX"
+	indexVersion   = 1
+	indexKindFull  = 0
+	indexKindDelta = 1
+	HeaderSize     = 40
 	// ContentType is the media type of an answer.
 	ContentType = "application/vnd.peerix.index"
 )
