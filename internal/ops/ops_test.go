@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/peerix/peerix/internal/cache"
@@ -28,35 +29,17 @@ const (
 	hashC = "2f3l6s9p5y7xk3d4m8q0ccvzna1b6r9w"
 )
 
-// fakeClock is a settable clock.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
-func newTestOps(t *testing.T, opts Options) (*Ops, *fakeClock) {
+// newTestOps makes an Ops. Tests that move time make it inside a
+// synctest bubble and sleep: time.Now is then the bubble's fake clock.
+func newTestOps(t *testing.T, opts Options) *Ops {
 	t.Helper()
-	clk := &fakeClock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
-	opts.now = clk.now
 	if opts.Mode == "" {
 		opts.Mode = "local"
 	}
 	if opts.Version == "" {
 		opts.Version = "1.2.3-test"
 	}
-	return New(opts), clk
+	return New(opts)
 }
 
 // get serves one request through h from addr (RemoteAddr).
@@ -96,7 +79,7 @@ func TestClassify(t *testing.T) {
 }
 
 func TestInstrumentCountsAndKeepsInterfaces(t *testing.T) {
-	o, _ := newTestOps(t, Options{})
+	o := newTestOps(t, Options{})
 	var sawReaderFrom, sawFlusher bool
 	h := o.Instrument(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, sawReaderFrom = w.(io.ReaderFrom)
@@ -137,7 +120,7 @@ func TestInstrumentCountsAndKeepsInterfaces(t *testing.T) {
 }
 
 func TestInstrumentAbortedTransfer(t *testing.T) {
-	o, _ := newTestOps(t, Options{})
+	o := newTestOps(t, Options{})
 	h := o.Instrument(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Length", fmt.Sprint(2<<20))
 		w.WriteHeader(200)
@@ -166,7 +149,7 @@ func TestInstrumentAbortedTransfer(t *testing.T) {
 }
 
 func TestInstrumentAllocations(t *testing.T) {
-	o, _ := newTestOps(t, Options{})
+	o := newTestOps(t, Options{})
 	h := o.Instrument(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(200)
 	}))
@@ -186,7 +169,7 @@ func (w *nopWriter) Write(p []byte) (int, error) { return len(p), nil }
 func (w *nopWriter) WriteHeader(int)             {}
 
 func TestObserveCache(t *testing.T) {
-	o, _ := newTestOps(t, Options{})
+	o := newTestOps(t, Options{})
 	lanURL := "nar/lan/192.168.1.20/12304/" + hashB + "-1b4sb93wp679q4zx9k1ignby1yna3z7c4c2ri3wphylbc2dwsys0.nar"
 	evs := []cache.Event{
 		{Route: cache.RouteLocalNarInfo, Hash: hashA, Status: 200},
@@ -270,75 +253,77 @@ func TestTopKFindsHeavyHitters(t *testing.T) {
 }
 
 func TestHealth(t *testing.T) {
-	old := checkTimeout
-	checkTimeout = 100 * time.Millisecond
-	defer func() { checkTimeout = old }()
-	stateDir := t.TempDir()
-	o, clk := newTestOps(t, Options{
-		StateDir: stateDir,
-		Checks: map[string]func(context.Context) error{
-			"store":   func(context.Context) error { return nil },
-			"tracker": nil,
-		},
-	})
-	w := get(o.Handler(), "/health", "10.0.0.9:1") // anyone may ask
-	var h Health
-	if err := json.Unmarshal(w.Body.Bytes(), &h); err != nil {
-		t.Fatal(err)
-	}
-	if w.Code != 200 || h.Status != Healthy || !h.Checks["store"].OK || h.Checks["tracker"].Detail != NotApplicable || !h.Checks["state_dir"].OK {
-		t.Errorf("healthy daemon: %d %s", w.Code, w.Body)
-	}
-
-	o, clk = newTestOps(t, Options{
-		StateDir: filepath.Join(stateDir, "missing"),
-		Checks: map[string]func(context.Context) error{
-			"store":    func(context.Context) error { return errors.New("database locked") },
-			"upstream": func(context.Context) error { select {} }, // ignores its context
-			"peers":    func(context.Context) error { panic("boom") },
-			"tracker":  func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() },
-		},
-	})
-	start := time.Now()
-	w = get(o.Handler(), "/health", "127.0.0.1:1")
-	if took := time.Since(start); took > time.Second {
-		t.Errorf("checks ran %v; they must run concurrently, each bounded by the timeout", took)
-	}
-	h = Health{}
-	json.Unmarshal(w.Body.Bytes(), &h)
-	if w.Code != 503 || h.Status != Degraded {
-		t.Errorf("degraded daemon answered %d %s", w.Code, w.Body)
-	}
-	for name, want := range map[string]string{
-		"store": "database locked", "upstream": "no answer within", "peers": "panicked: boom",
-		"tracker": "", "state_dir": "not writable",
-	} {
-		if c := h.Checks[name]; c.OK || !strings.Contains(c.Detail, want) {
-			t.Errorf("check %s = %+v, want failed with %q", name, c, want)
+	synctest.Test(t, func(t *testing.T) {
+		stateDir := t.TempDir()
+		o := newTestOps(t, Options{
+			StateDir: stateDir,
+			Checks: map[string]func(context.Context) error{
+				"store":   func(context.Context) error { return nil },
+				"tracker": nil,
+			},
+		})
+		w := get(o.Handler(), "/health", "10.0.0.9:1") // anyone may ask
+		var h Health
+		if err := json.Unmarshal(w.Body.Bytes(), &h); err != nil {
+			t.Fatal(err)
 		}
-	}
-	_ = clk
+		if w.Code != 200 || h.Status != Healthy || !h.Checks["store"].OK || h.Checks["tracker"].Detail != NotApplicable || !h.Checks["state_dir"].OK {
+			t.Errorf("healthy daemon: %d %s", w.Code, w.Body)
+		}
+
+		hung := make(chan struct{}) // closed at the end, so the bubble can exit
+		defer close(hung)
+		o = newTestOps(t, Options{
+			StateDir: filepath.Join(stateDir, "missing"),
+			Checks: map[string]func(context.Context) error{
+				"store":    func(context.Context) error { return errors.New("database locked") },
+				"upstream": func(context.Context) error { <-hung; return nil }, // ignores its context
+				"peers":    func(context.Context) error { panic("boom") },
+				"tracker":  func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() },
+			},
+		})
+		start := time.Now()
+		w = get(o.Handler(), "/health", "127.0.0.1:1")
+		if took := time.Since(start); took > CheckTimeout {
+			t.Errorf("checks ran %v; they must run concurrently, each bounded by the timeout %v", took, CheckTimeout)
+		}
+		h = Health{}
+		json.Unmarshal(w.Body.Bytes(), &h)
+		if w.Code != 503 || h.Status != Degraded {
+			t.Errorf("degraded daemon answered %d %s", w.Code, w.Body)
+		}
+		for name, want := range map[string]string{
+			"store": "database locked", "upstream": "no answer within", "peers": "panicked: boom",
+			"tracker": "", "state_dir": "not writable",
+		} {
+			if c := h.Checks[name]; c.OK || !strings.Contains(c.Detail, want) {
+				t.Errorf("check %s = %+v, want failed with %q", name, c, want)
+			}
+		}
+	})
 }
 
 func TestHealthIsCachedBriefly(t *testing.T) {
-	calls := 0
-	o, clk := newTestOps(t, Options{Checks: map[string]func(context.Context) error{
-		"store": func(context.Context) error { calls++; return nil },
-	}})
-	o.Health(context.Background())
-	o.Health(context.Background())
-	if calls != 1 {
-		t.Errorf("check ran %d times within the TTL, want 1", calls)
-	}
-	clk.advance(2 * healthTTL)
-	o.Health(context.Background())
-	if calls != 2 {
-		t.Errorf("check ran %d times after the TTL, want 2", calls)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		calls := 0
+		o := newTestOps(t, Options{Checks: map[string]func(context.Context) error{
+			"store": func(context.Context) error { calls++; return nil },
+		}})
+		o.Health(context.Background())
+		o.Health(context.Background())
+		if calls != 1 {
+			t.Errorf("check ran %d times within the TTL, want 1", calls)
+		}
+		time.Sleep(2 * healthTTL)
+		o.Health(context.Background())
+		if calls != 2 {
+			t.Errorf("check ran %d times after the TTL, want 2", calls)
+		}
+	})
 }
 
 func TestLocalOnly(t *testing.T) {
-	o, _ := newTestOps(t, Options{})
+	o := newTestOps(t, Options{})
 	h := o.Handler()
 	for _, c := range []struct {
 		target, remote, host string
@@ -367,87 +352,89 @@ func TestLocalOnly(t *testing.T) {
 }
 
 func TestStatusAndPeers(t *testing.T) {
-	backoff := time.Date(2026, 3, 1, 12, 5, 0, 0, time.UTC)
-	o, clk := newTestOps(t, Options{
-		Mode:      "p2p",
-		PeerID:    func() string { return "12D3KooWtest" },
-		Listen:    "127.0.0.1:12304",
-		StoreRoot: "/",
-		Tracker:   "https://tracker.example",
-		Peers: func() []PeerInfo {
-			return []PeerInfo{
-				{ID: "12D3KooWzzz", Source: "p2p", Reputation: &Reputation{SuccessRate: 0.25, BackoffUntil: backoff}},
-				{ID: "192.168.1.20:12304", Source: "lan", Connected: true, Addrs: []string{"192.168.1.20:12304"}},
-				{ID: "12D3KooWaaa", Source: "p2p", Connected: true, Relayed: true},
-			}
-		},
-		Store: func(context.Context) StoreInfo {
-			return StoreInfo{Paths: 100, Shared: 40, Filter: "upstream", FilterChecked: 50, FilterTotal: 100}
-		},
-		PathName: func(_ context.Context, h string) string { return "/nix/store/" + h + "-hello-2.12" },
-	})
-	clk.advance(90 * time.Second)
-	o.ObserveCache(cache.Event{Route: cache.RouteLocalNarInfo, Hash: hashA, Status: 200})
-	tr := o.StartTransfer("", hashB, "p2p", 1000)
-	tr.SetPeer("12D3KooWaaa")
-	tr.Add(400)
-	o.Activity("peer 12D3KooWaaa connected")
+	synctest.Test(t, func(t *testing.T) {
+		backoff := time.Date(2026, 3, 1, 12, 5, 0, 0, time.UTC)
+		o := newTestOps(t, Options{
+			Mode:      "p2p",
+			PeerID:    func() string { return "12D3KooWtest" },
+			Listen:    "127.0.0.1:12304",
+			StoreRoot: "/",
+			Tracker:   "https://tracker.example",
+			Peers: func() []PeerInfo {
+				return []PeerInfo{
+					{ID: "12D3KooWzzz", Source: "p2p", Reputation: &Reputation{SuccessRate: 0.25, BackoffUntil: backoff}},
+					{ID: "192.168.1.20:12304", Source: "lan", Connected: true, Addrs: []string{"192.168.1.20:12304"}},
+					{ID: "12D3KooWaaa", Source: "p2p", Connected: true, Relayed: true},
+				}
+			},
+			Store: func(context.Context) StoreInfo {
+				return StoreInfo{Paths: 100, Shared: 40, Filter: "upstream", FilterChecked: 50, FilterTotal: 100}
+			},
+			PathName: func(_ context.Context, h string) string { return "/nix/store/" + h + "-hello-2.12" },
+		})
+		time.Sleep(90 * time.Second)
+		o.ObserveCache(cache.Event{Route: cache.RouteLocalNarInfo, Hash: hashA, Status: 200})
+		tr := o.StartTransfer("", hashB, "p2p", 1000)
+		tr.SetPeer("12D3KooWaaa")
+		tr.Add(400)
+		o.Activity("peer 12D3KooWaaa connected")
 
-	w := get(o.Handler(), "/api/status", "127.0.0.1:1")
-	if w.Code != 200 || w.Header().Get("Content-Type") != "application/json" {
-		t.Fatalf("/api/status: %d %s", w.Code, w.Header())
-	}
-	var st Status
-	if err := json.Unmarshal(w.Body.Bytes(), &st); err != nil {
-		t.Fatal(err)
-	}
-	if st.PeerID != "12D3KooWtest" || st.Mode != "p2p" || st.Version != "1.2.3-test" || st.UptimeS != 90 ||
-		st.Listen != "127.0.0.1:12304" || st.Tracker != "https://tracker.example" {
-		t.Errorf("status head: %+v", st)
-	}
-	if st.Peers != (PeerCounts{Known: 3, Connected: 2, LAN: 1, P2P: 2}) {
-		t.Errorf("peer counts %+v", st.Peers)
-	}
-	if st.Store == nil || st.Store.Paths != 100 || st.Store.FilterChecked != 50 {
-		t.Errorf("store %+v", st.Store)
-	}
-	if len(st.Transfers) != 1 || st.Transfers[0].Done != 400 || st.Transfers[0].StorePath != "/nix/store/"+hashB+"-hello-2.12" ||
-		st.Transfers[0].Peer != "12D3KooWaaa" || st.Transfers[0].Direction != "down" {
-		t.Errorf("transfers %+v", st.Transfers)
-	}
-	if len(st.TopRequested) != 1 || st.TopRequested[0].Name != "/nix/store/"+hashA+"-hello-2.12" || st.Counters.Requests != 0 || st.Counters.Hits["local"] != 1 {
-		t.Errorf("top requested %+v, counters %+v", st.TopRequested, st.Counters)
-	}
-	if len(st.Activity) != 1 || st.Activity[0].Msg != "peer 12D3KooWaaa connected" {
-		t.Errorf("activity %+v", st.Activity)
-	}
-
-	w = get(o.Handler(), "/api/peers", "127.0.0.1:1")
-	var peers []PeerInfo
-	if err := json.Unmarshal(w.Body.Bytes(), &peers); err != nil {
-		t.Fatalf("/api/peers is not a JSON list: %v\n%s", err, w.Body)
-	}
-	var order []string
-	for _, p := range peers {
-		order = append(order, p.ID)
-	}
-	if fmt.Sprint(order) != "[192.168.1.20:12304 12D3KooWaaa 12D3KooWzzz]" {
-		t.Errorf("peers in order %v; want connected first, then by source and ID", order)
-	}
-	if !strings.Contains(w.Body.String(), `"backoff_until": "2026-03-01T12:05:00Z"`) || !strings.Contains(w.Body.String(), `"addrs": []`) {
-		t.Errorf("/api/peers JSON:\n%s", w.Body)
-	}
-	text := scrape(t, o)
-	for _, want := range []string{"peerix_peers_known 3", "peerix_peers_connected 2", "peerix_transfers_in_flight 1",
-		`peerix_build_info{goversion=`, `mode="p2p",version="1.2.3-test"} 1`} {
-		if !strings.Contains(text, want) {
-			t.Errorf("metrics lack %s", want)
+		w := get(o.Handler(), "/api/status", "127.0.0.1:1")
+		if w.Code != 200 || w.Header().Get("Content-Type") != "application/json" {
+			t.Fatalf("/api/status: %d %s", w.Code, w.Header())
 		}
-	}
+		var st Status
+		if err := json.Unmarshal(w.Body.Bytes(), &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.PeerID != "12D3KooWtest" || st.Mode != "p2p" || st.Version != "1.2.3-test" || st.UptimeS != 90 ||
+			st.Listen != "127.0.0.1:12304" || st.Tracker != "https://tracker.example" {
+			t.Errorf("status head: %+v", st)
+		}
+		if st.Peers != (PeerCounts{Known: 3, Connected: 2, LAN: 1, P2P: 2}) {
+			t.Errorf("peer counts %+v", st.Peers)
+		}
+		if st.Store == nil || st.Store.Paths != 100 || st.Store.FilterChecked != 50 {
+			t.Errorf("store %+v", st.Store)
+		}
+		if len(st.Transfers) != 1 || st.Transfers[0].Done != 400 || st.Transfers[0].StorePath != "/nix/store/"+hashB+"-hello-2.12" ||
+			st.Transfers[0].Peer != "12D3KooWaaa" || st.Transfers[0].Direction != "down" {
+			t.Errorf("transfers %+v", st.Transfers)
+		}
+		if len(st.TopRequested) != 1 || st.TopRequested[0].Name != "/nix/store/"+hashA+"-hello-2.12" || st.Counters.Requests != 0 || st.Counters.Hits["local"] != 1 {
+			t.Errorf("top requested %+v, counters %+v", st.TopRequested, st.Counters)
+		}
+		if len(st.Activity) != 1 || st.Activity[0].Msg != "peer 12D3KooWaaa connected" {
+			t.Errorf("activity %+v", st.Activity)
+		}
+
+		w = get(o.Handler(), "/api/peers", "127.0.0.1:1")
+		var peers []PeerInfo
+		if err := json.Unmarshal(w.Body.Bytes(), &peers); err != nil {
+			t.Fatalf("/api/peers is not a JSON list: %v\n%s", err, w.Body)
+		}
+		var order []string
+		for _, p := range peers {
+			order = append(order, p.ID)
+		}
+		if fmt.Sprint(order) != "[192.168.1.20:12304 12D3KooWaaa 12D3KooWzzz]" {
+			t.Errorf("peers in order %v; want connected first, then by source and ID", order)
+		}
+		if !strings.Contains(w.Body.String(), `"backoff_until": "2026-03-01T12:05:00Z"`) || !strings.Contains(w.Body.String(), `"addrs": []`) {
+			t.Errorf("/api/peers JSON:\n%s", w.Body)
+		}
+		text := scrape(t, o)
+		for _, want := range []string{"peerix_peers_known 3", "peerix_peers_connected 2", "peerix_transfers_in_flight 1",
+			`peerix_build_info{goversion=`, `mode="p2p",version="1.2.3-test"} 1`} {
+			if !strings.Contains(text, want) {
+				t.Errorf("metrics lack %s", want)
+			}
+		}
+	})
 }
 
 func TestEmptyStatusHasListsNotNulls(t *testing.T) {
-	o, _ := newTestOps(t, Options{})
+	o := newTestOps(t, Options{})
 	body := get(o.Handler(), "/api/status", "127.0.0.1:1").Body.String()
 	for _, key := range []string{"transfers", "recent_transfers", "top_requested", "top_served", "activity"} {
 		if !strings.Contains(body, `"`+key+`": []`) {
@@ -460,56 +447,58 @@ func TestEmptyStatusHasListsNotNulls(t *testing.T) {
 }
 
 func TestTransfers(t *testing.T) {
-	var nilOps *Ops
-	tr := nilOps.StartTransfer("x", "/nix/store/x", "lan", 10)
-	tr.Add(5)
-	tr.SetPeer("p")
-	tr.SetSize(3)
-	tr.Done(nil) // all no-ops on nil
-	nilOps.ObserveCache(cache.Event{})
-	nilOps.Activity("x")
-	nilOps.VerificationFailure("p", "x")
-	nilOps.FilterDecision("shared")
-	if nilOps.Instrument(http.NotFoundHandler()) == nil {
-		t.Error("nil Ops: Instrument returned nil")
-	}
+	synctest.Test(t, func(t *testing.T) {
+		var nilOps *Ops
+		tr := nilOps.StartTransfer("x", "/nix/store/x", "lan", 10)
+		tr.Add(5)
+		tr.SetPeer("p")
+		tr.SetSize(3)
+		tr.Done(nil) // all no-ops on nil
+		nilOps.ObserveCache(cache.Event{})
+		nilOps.Activity("x")
+		nilOps.VerificationFailure("p", "x")
+		nilOps.FilterDecision("shared")
+		if nilOps.Instrument(http.NotFoundHandler()) == nil {
+			t.Error("nil Ops: Instrument returned nil")
+		}
 
-	o, clk := newTestOps(t, Options{})
-	ok := o.StartTransfer("t1", "/nix/store/"+hashA+"-big", "lan", 250<<20)
-	bad := o.StartTransfer("t2", "/nix/store/"+hashB+"-small", "p2p", -1)
-	ok.Add(100 << 20)
-	clk.advance(2 * time.Second)
-	inFlight, _ := o.transferInfos()
-	if len(inFlight) != 2 || inFlight[0].ID != "t1" || inFlight[0].RateBps != 50<<20 {
-		t.Fatalf("in flight: %+v", inFlight)
-	}
-	ok.Add(150 << 20)
-	ok.Done(nil)
-	ok.Done(errors.New("late")) // ignored
-	bad.Done(errors.New("hash mismatch"))
-	inFlight, recent := o.transferInfos()
-	if len(inFlight) != 0 || len(recent) != 2 || recent[0].ID != "t2" || recent[0].Error != "hash mismatch" || recent[1].Error != "" {
-		t.Errorf("after Done: in flight %+v, recent %+v", inFlight, recent)
-	}
-	c := o.stats.counters()
-	if c.Transfers != 2 || c.TransfersFailed != 1 {
-		t.Errorf("transfer counters %+v", c)
-	}
-	acts := o.recentActivity(10)
-	if len(acts) != 2 || !strings.Contains(acts[0].Msg, "failed") || !strings.Contains(acts[1].Msg, "fetched /nix/store/"+hashA+"-big (250.0 MiB) from lan in 2s") {
-		t.Errorf("activity %+v", acts)
-	}
+		o := newTestOps(t, Options{})
+		ok := o.StartTransfer("t1", "/nix/store/"+hashA+"-big", "lan", 250<<20)
+		bad := o.StartTransfer("t2", "/nix/store/"+hashB+"-small", "p2p", -1)
+		ok.Add(100 << 20)
+		time.Sleep(2 * time.Second)
+		inFlight, _ := o.transferInfos()
+		if len(inFlight) != 2 || inFlight[0].ID != "t1" || inFlight[0].RateBps != 50<<20 {
+			t.Fatalf("in flight: %+v", inFlight)
+		}
+		ok.Add(150 << 20)
+		ok.Done(nil)
+		ok.Done(errors.New("late")) // ignored
+		bad.Done(errors.New("hash mismatch"))
+		inFlight, recent := o.transferInfos()
+		if len(inFlight) != 0 || len(recent) != 2 || recent[0].ID != "t2" || recent[0].Error != "hash mismatch" || recent[1].Error != "" {
+			t.Errorf("after Done: in flight %+v, recent %+v", inFlight, recent)
+		}
+		c := o.stats.counters()
+		if c.Transfers != 2 || c.TransfersFailed != 1 {
+			t.Errorf("transfer counters %+v", c)
+		}
+		acts := o.recentActivity(10)
+		if len(acts) != 2 || !strings.Contains(acts[0].Msg, "failed") || !strings.Contains(acts[1].Msg, "fetched /nix/store/"+hashA+"-big (250.0 MiB) from lan in 2s") {
+			t.Errorf("activity %+v", acts)
+		}
 
-	for i := range 2 * recentTransfers {
-		o.StartTransfer(fmt.Sprint(i), "", "lan", 1).Done(nil)
-	}
-	if _, recent = o.transferInfos(); len(recent) != recentTransfers {
-		t.Errorf("%d recent transfers kept, want %d", len(recent), recentTransfers)
-	}
+		for i := range 2 * recentTransfers {
+			o.StartTransfer(fmt.Sprint(i), "", "lan", 1).Done(nil)
+		}
+		if _, recent = o.transferInfos(); len(recent) != recentTransfers {
+			t.Errorf("%d recent transfers kept, want %d", len(recent), recentTransfers)
+		}
+	})
 }
 
 func TestActivityRing(t *testing.T) {
-	o, _ := newTestOps(t, Options{})
+	o := newTestOps(t, Options{})
 	for i := range activitySize + 5 {
 		o.Activity(fmt.Sprint(i))
 	}
@@ -520,7 +509,7 @@ func TestActivityRing(t *testing.T) {
 }
 
 func TestFilterAndVerification(t *testing.T) {
-	o, _ := newTestOps(t, Options{})
+	o := newTestOps(t, Options{})
 	o.FilterDecision("shared")
 	o.FilterDecision("shared")
 	o.FilterDecision("denied-pattern")
@@ -545,7 +534,7 @@ func TestFilterAndVerification(t *testing.T) {
 
 func TestSaveLoad(t *testing.T) {
 	dir := t.TempDir()
-	o, _ := newTestOps(t, Options{StateDir: dir})
+	o := newTestOps(t, Options{StateDir: dir})
 	o.ObserveCache(cache.Event{Route: cache.RouteLocalNarInfo, Hash: hashA, Status: 200})
 	o.ObserveCache(cache.Event{Route: cache.RouteLocalNAR, URL: "nar/" + hashA + "-x.nar", Status: 200, Bytes: 77})
 	o.FilterDecision("shared")
@@ -557,7 +546,7 @@ func TestSaveLoad(t *testing.T) {
 		t.Errorf("state dir holds %v, want just %s", entries, StatsFile)
 	}
 
-	o2, _ := newTestOps(t, Options{StateDir: dir})
+	o2 := newTestOps(t, Options{StateDir: dir})
 	if err := o2.Load(); err != nil {
 		t.Fatal(err)
 	}
@@ -572,7 +561,7 @@ func TestSaveLoad(t *testing.T) {
 
 	// A corrupt file is moved aside, not overwritten by the next Save.
 	os.WriteFile(filepath.Join(dir, StatsFile), []byte("{garbage"), 0o600)
-	o3, _ := newTestOps(t, Options{StateDir: dir})
+	o3 := newTestOps(t, Options{StateDir: dir})
 	if err := o3.Load(); err == nil || !strings.Contains(err.Error(), ".bad") {
 		t.Errorf("corrupt stats: err = %v", err)
 	}
@@ -591,7 +580,7 @@ func TestSaveLoad(t *testing.T) {
 
 func TestRunSavesOnStop(t *testing.T) {
 	dir := t.TempDir()
-	o, _ := newTestOps(t, Options{StateDir: dir})
+	o := newTestOps(t, Options{StateDir: dir})
 	o.ObserveCache(cache.Event{Route: cache.RouteRemoteNarInfo, Hash: hashA, Status: 404})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -613,7 +602,7 @@ func TestRunSavesOnStop(t *testing.T) {
 }
 
 func TestDashboard(t *testing.T) {
-	o, _ := newTestOps(t, Options{})
+	o := newTestOps(t, Options{})
 	w := get(o.Handler(), "/dashboard", "127.0.0.1:1")
 	if w.Code != 200 || !strings.HasPrefix(w.Header().Get("Content-Type"), "text/html") {
 		t.Fatalf("/dashboard: %d %v", w.Code, w.Header())
@@ -650,7 +639,7 @@ func TestDashboard(t *testing.T) {
 }
 
 func TestConcurrentUse(t *testing.T) {
-	o, _ := newTestOps(t, Options{StateDir: t.TempDir(), Peers: func() []PeerInfo { return nil }})
+	o := newTestOps(t, Options{StateDir: t.TempDir(), Peers: func() []PeerInfo { return nil }})
 	h := o.Instrument(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasPrefix(r.URL.Path, "/nar/") {
 			w.Header().Set("Content-Length", fmt.Sprint(2<<20))
