@@ -74,8 +74,7 @@ var (
 type Index struct {
 	src      IndexSource
 	log      *slog.Logger
-	now      func() time.Time // a variable for tests
-	retryMin time.Duration    // the first wait after a failed poll
+	retryMin time.Duration // the first wait after a failed poll
 
 	filter atomic.Pointer[tracker.Filter]
 	// until: when (ns since base, a monotonic clock: the wall clock may
@@ -102,7 +101,7 @@ func NewIndex(src IndexSource, log *slog.Logger) *Index {
 	if log == nil {
 		log = slog.Default()
 	}
-	ix := &Index{src: src, log: log, now: time.Now, retryMin: time.Second, base: time.Now()}
+	ix := &Index{src: src, log: log, retryMin: time.Second, base: time.Now()}
 	ix.until.Store(noPoll)
 	return ix
 }
@@ -115,7 +114,7 @@ func (ix *Index) Absent(hash string) bool {
 	if f == nil {
 		return false
 	}
-	if !ix.current(ix.now()) {
+	if !ix.current(time.Now()) {
 		ix.stale.Add(1)
 		return false
 	}
@@ -134,7 +133,7 @@ func (ix *Index) current(now time.Time) bool {
 
 // Current reports whether the index may answer misses now.
 func (ix *Index) Current() bool {
-	return ix.filter.Load() != nil && ix.current(ix.now())
+	return ix.filter.Load() != nil && ix.current(time.Now())
 }
 
 // Run keeps the index current until ctx ends: a whole filter first, then
@@ -144,7 +143,7 @@ func (ix *Index) Run(ctx context.Context) {
 	retry := ix.retryMin
 	defer ix.until.Store(noPoll)
 	for ctx.Err() == nil {
-		sent := ix.now()
+		sent := time.Now()
 		ix.until.Store(int64(sent.Add(indexWait + indexGrace).Sub(ix.base)))
 		u, err := ix.src.Index(ctx, ix.epoch, ix.gen, ix.filter.Load() != nil, indexWait)
 		if err == nil {

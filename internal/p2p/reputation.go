@@ -70,8 +70,6 @@ const (
 // the first answer byte, and an exponential backoff after failures. It is
 // safe for concurrent use.
 type Reputation struct {
-	now func() time.Time
-
 	mu    sync.Mutex
 	peers map[peer.ID]*peerRep
 }
@@ -87,7 +85,7 @@ type peerRep struct {
 
 // NewReputation returns an empty table.
 func NewReputation() *Reputation {
-	return &Reputation{now: time.Now, peers: make(map[peer.ID]*peerRep)}
+	return &Reputation{peers: make(map[peer.ID]*peerRep)}
 }
 
 func (r *Reputation) get(p peer.ID) *peerRep {
@@ -99,7 +97,7 @@ func (r *Reputation) get(p peer.ID) *peerRep {
 		pr = &peerRep{}
 		r.peers[p] = pr
 	}
-	pr.lastUsed = r.now()
+	pr.lastUsed = time.Now()
 	return pr
 }
 
@@ -147,7 +145,7 @@ func (r *Reputation) Fail(p peer.ID, kind Failure) {
 	pr.failures += w
 	pr.consecutive += w
 	pr.lastFailure = kind
-	pr.backoffUntil = r.now().Add(backoff(pr.consecutive))
+	pr.backoffUntil = time.Now().Add(backoff(pr.consecutive))
 }
 
 // backoff after n consecutive (weighted) failures.
@@ -170,7 +168,7 @@ func (r *Reputation) Available(p peer.ID) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	pr := r.peers[p]
-	return pr == nil || !r.now().Before(pr.backoffUntil)
+	return pr == nil || !time.Now().Before(pr.backoffUntil)
 }
 
 // score: the success rate (with one success and one failure assumed, so a
@@ -191,7 +189,7 @@ func (pr *peerRep) score() float64 {
 func (r *Reputation) Rank(ids []peer.ID) []peer.ID {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	now := r.now()
+	now := time.Now()
 	type ranked struct {
 		id    peer.ID
 		off   bool
@@ -253,7 +251,7 @@ func (r *Reputation) Get(p peer.ID) (PeerReputation, bool) {
 		SuccessRate: float64(pr.successes+1) / float64(pr.successes+pr.failures+2),
 		LatencyMs:   float64(pr.latency) / float64(time.Millisecond),
 	}
-	if r.now().Before(pr.backoffUntil) {
+	if time.Now().Before(pr.backoffUntil) {
 		out.BackoffEnds = pr.backoffUntil
 	}
 	if pr.failures > 0 {

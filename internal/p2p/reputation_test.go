@@ -3,6 +3,7 @@ package p2p
 import (
 	"slices"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -113,31 +114,32 @@ func TestReputation(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			now := time.Unix(1000, 0)
-			r := NewReputation()
-			r.now = func() time.Time { return now }
-			for _, s := range tc.steps {
-				switch {
-				case s.advance > 0:
-					now = now.Add(s.advance)
-				case s.fail:
-					r.Fail(s.p, s.kind)
-				default:
-					r.Success(s.p, s.latency)
+			// Time is the bubble's: it moves only by the steps' waits.
+			synctest.Test(t, func(t *testing.T) {
+				r := NewReputation()
+				for _, s := range tc.steps {
+					switch {
+					case s.advance > 0:
+						time.Sleep(s.advance)
+					case s.fail:
+						r.Fail(s.p, s.kind)
+					default:
+						r.Success(s.p, s.latency)
+					}
 				}
-			}
-			in := slices.Clone(tc.rank)
-			if got := r.Rank(tc.rank); !slices.Equal(got, tc.want) {
-				t.Errorf("Rank(%v) = %v, want %v", tc.rank, got, tc.want)
-			}
-			if !slices.Equal(in, tc.rank) {
-				t.Error("Rank modified its input")
-			}
-			for p, want := range tc.available {
-				if got := r.Available(p); got != want {
-					t.Errorf("Available(%s) = %v, want %v", p, got, want)
+				in := slices.Clone(tc.rank)
+				if got := r.Rank(tc.rank); !slices.Equal(got, tc.want) {
+					t.Errorf("Rank(%v) = %v, want %v", tc.rank, got, tc.want)
 				}
-			}
+				if !slices.Equal(in, tc.rank) {
+					t.Error("Rank modified its input")
+				}
+				for p, want := range tc.available {
+					if got := r.Available(p); got != want {
+						t.Errorf("Available(%s) = %v, want %v", p, got, want)
+					}
+				}
+			})
 		})
 	}
 }
