@@ -39,7 +39,7 @@ const NotApplicable = "not applicable"
 func (o *Ops) Health(ctx context.Context) Health {
 	o.health.Lock()
 	defer o.health.Unlock()
-	if o.lastHlth.Status != "" && time.Now().Sub(o.lastAt) < healthTTL {
+	if o.lastHlth.Status != "" && time.Since(o.lastAt) < healthTTL {
 		return o.lastHlth
 	}
 	checks := o.checks()

@@ -234,7 +234,7 @@ func (o *Ops) store(ctx context.Context) *StoreInfo {
 	}
 	o.smu.Lock()
 	defer o.smu.Unlock()
-	if o.storeInfo != nil && time.Now().Sub(o.storeAt) < StoreInfoTTL {
+	if o.storeInfo != nil && time.Since(o.storeAt) < StoreInfoTTL {
 		return o.storeInfo
 	}
 	info := o.opts.Store(ctx)
