@@ -252,74 +252,74 @@ func TestTopKFindsHeavyHitters(t *testing.T) {
 	}
 }
 
-func TestHealth(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		stateDir := t.TempDir()
-		o := newTestOps(t, Options{
-			StateDir: stateDir,
-			Checks: map[string]func(context.Context) error{
-				"store":   func(context.Context) error { return nil },
-				"tracker": nil,
-			},
-		})
-		w := get(o.Handler(), "/health", "10.0.0.9:1") // anyone may ask
-		var h Health
-		if err := json.Unmarshal(w.Body.Bytes(), &h); err != nil {
-			t.Fatal(err)
-		}
-		if w.Code != 200 || h.Status != Healthy || !h.Checks["store"].OK || h.Checks["tracker"].Detail != NotApplicable || !h.Checks["state_dir"].OK {
-			t.Errorf("healthy daemon: %d %s", w.Code, w.Body)
-		}
+func TestHealth(t *testing.T) { synctest.Test(t, testHealth) }
 
-		hung := make(chan struct{}) // closed at the end, so the bubble can exit
-		defer close(hung)
-		o = newTestOps(t, Options{
-			StateDir: filepath.Join(stateDir, "missing"),
-			Checks: map[string]func(context.Context) error{
-				"store":    func(context.Context) error { return errors.New("database locked") },
-				"upstream": func(context.Context) error { <-hung; return nil }, // ignores its context
-				"peers":    func(context.Context) error { panic("boom") },
-				"tracker":  func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() },
-			},
-		})
-		start := time.Now()
-		w = get(o.Handler(), "/health", "127.0.0.1:1")
-		if took := time.Since(start); took > CheckTimeout {
-			t.Errorf("checks ran %v; they must run concurrently, each bounded by the timeout %v", took, CheckTimeout)
-		}
-		h = Health{}
-		json.Unmarshal(w.Body.Bytes(), &h)
-		if w.Code != 503 || h.Status != Degraded {
-			t.Errorf("degraded daemon answered %d %s", w.Code, w.Body)
-		}
-		for name, want := range map[string]string{
-			"store": "database locked", "upstream": "no answer within", "peers": "panicked: boom",
-			"tracker": "", "state_dir": "not writable",
-		} {
-			if c := h.Checks[name]; c.OK || !strings.Contains(c.Detail, want) {
-				t.Errorf("check %s = %+v, want failed with %q", name, c, want)
-			}
-		}
+func testHealth(t *testing.T) {
+	stateDir := t.TempDir()
+	o := newTestOps(t, Options{
+		StateDir: stateDir,
+		Checks: map[string]func(context.Context) error{
+			"store":   func(context.Context) error { return nil },
+			"tracker": nil,
+		},
 	})
+	w := get(o.Handler(), "/health", "10.0.0.9:1") // anyone may ask
+	var h Health
+	if err := json.Unmarshal(w.Body.Bytes(), &h); err != nil {
+		t.Fatal(err)
+	}
+	if w.Code != 200 || h.Status != Healthy || !h.Checks["store"].OK || h.Checks["tracker"].Detail != NotApplicable || !h.Checks["state_dir"].OK {
+		t.Errorf("healthy daemon: %d %s", w.Code, w.Body)
+	}
+
+	hung := make(chan struct{}) // closed at the end, so the bubble can exit
+	defer close(hung)
+	o = newTestOps(t, Options{
+		StateDir: filepath.Join(stateDir, "missing"),
+		Checks: map[string]func(context.Context) error{
+			"store":    func(context.Context) error { return errors.New("database locked") },
+			"upstream": func(context.Context) error { <-hung; return nil }, // ignores its context
+			"peers":    func(context.Context) error { panic("boom") },
+			"tracker":  func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() },
+		},
+	})
+	start := time.Now()
+	w = get(o.Handler(), "/health", "127.0.0.1:1")
+	if took := time.Since(start); took > CheckTimeout {
+		t.Errorf("checks ran %v; they must run concurrently, each bounded by the timeout %v", took, CheckTimeout)
+	}
+	h = Health{}
+	json.Unmarshal(w.Body.Bytes(), &h)
+	if w.Code != 503 || h.Status != Degraded {
+		t.Errorf("degraded daemon answered %d %s", w.Code, w.Body)
+	}
+	for name, want := range map[string]string{
+		"store": "database locked", "upstream": "no answer within", "peers": "panicked: boom",
+		"tracker": "", "state_dir": "not writable",
+	} {
+		if c := h.Checks[name]; c.OK || !strings.Contains(c.Detail, want) {
+			t.Errorf("check %s = %+v, want failed with %q", name, c, want)
+		}
+	}
 }
 
-func TestHealthIsCachedBriefly(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		calls := 0
-		o := newTestOps(t, Options{Checks: map[string]func(context.Context) error{
-			"store": func(context.Context) error { calls++; return nil },
-		}})
-		o.Health(context.Background())
-		o.Health(context.Background())
-		if calls != 1 {
-			t.Errorf("check ran %d times within the TTL, want 1", calls)
-		}
-		time.Sleep(2 * healthTTL)
-		o.Health(context.Background())
-		if calls != 2 {
-			t.Errorf("check ran %d times after the TTL, want 2", calls)
-		}
-	})
+func TestHealthIsCachedBriefly(t *testing.T) { synctest.Test(t, testHealthIsCachedBriefly) }
+
+func testHealthIsCachedBriefly(t *testing.T) {
+	calls := 0
+	o := newTestOps(t, Options{Checks: map[string]func(context.Context) error{
+		"store": func(context.Context) error { calls++; return nil },
+	}})
+	o.Health(context.Background())
+	o.Health(context.Background())
+	if calls != 1 {
+		t.Errorf("check ran %d times within the TTL, want 1", calls)
+	}
+	time.Sleep(2 * healthTTL)
+	o.Health(context.Background())
+	if calls != 2 {
+		t.Errorf("check ran %d times after the TTL, want 2", calls)
+	}
 }
 
 func TestLocalOnly(t *testing.T) {
@@ -351,86 +351,86 @@ func TestLocalOnly(t *testing.T) {
 	}
 }
 
-func TestStatusAndPeers(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		backoff := time.Date(2026, 3, 1, 12, 5, 0, 0, time.UTC)
-		o := newTestOps(t, Options{
-			Mode:      "p2p",
-			PeerID:    func() string { return "12D3KooWtest" },
-			Listen:    "127.0.0.1:12304",
-			StoreRoot: "/",
-			Tracker:   "https://tracker.example",
-			Peers: func() []PeerInfo {
-				return []PeerInfo{
-					{ID: "12D3KooWzzz", Source: "p2p", Reputation: &Reputation{SuccessRate: 0.25, BackoffUntil: backoff}},
-					{ID: "192.168.1.20:12304", Source: "lan", Connected: true, Addrs: []string{"192.168.1.20:12304"}},
-					{ID: "12D3KooWaaa", Source: "p2p", Connected: true, Relayed: true},
-				}
-			},
-			Store: func(context.Context) StoreInfo {
-				return StoreInfo{Paths: 100, Shared: 40, Filter: "upstream", FilterChecked: 50, FilterTotal: 100}
-			},
-			PathName: func(_ context.Context, h string) string { return "/nix/store/" + h + "-hello-2.12" },
-		})
-		time.Sleep(90 * time.Second)
-		o.ObserveCache(cache.Event{Route: cache.RouteLocalNarInfo, Hash: hashA, Status: 200})
-		tr := o.StartTransfer("", hashB, "p2p", 1000)
-		tr.SetPeer("12D3KooWaaa")
-		tr.Add(400)
-		o.Activity("peer 12D3KooWaaa connected")
+func TestStatusAndPeers(t *testing.T) { synctest.Test(t, testStatusAndPeers) }
 
-		w := get(o.Handler(), "/api/status", "127.0.0.1:1")
-		if w.Code != 200 || w.Header().Get("Content-Type") != "application/json" {
-			t.Fatalf("/api/status: %d %s", w.Code, w.Header())
-		}
-		var st Status
-		if err := json.Unmarshal(w.Body.Bytes(), &st); err != nil {
-			t.Fatal(err)
-		}
-		if st.PeerID != "12D3KooWtest" || st.Mode != "p2p" || st.Version != "1.2.3-test" || st.UptimeS != 90 ||
-			st.Listen != "127.0.0.1:12304" || st.Tracker != "https://tracker.example" {
-			t.Errorf("status head: %+v", st)
-		}
-		if st.Peers != (PeerCounts{Known: 3, Connected: 2, LAN: 1, P2P: 2}) {
-			t.Errorf("peer counts %+v", st.Peers)
-		}
-		if st.Store == nil || st.Store.Paths != 100 || st.Store.FilterChecked != 50 {
-			t.Errorf("store %+v", st.Store)
-		}
-		if len(st.Transfers) != 1 || st.Transfers[0].Done != 400 || st.Transfers[0].StorePath != "/nix/store/"+hashB+"-hello-2.12" ||
-			st.Transfers[0].Peer != "12D3KooWaaa" || st.Transfers[0].Direction != "down" {
-			t.Errorf("transfers %+v", st.Transfers)
-		}
-		if len(st.TopRequested) != 1 || st.TopRequested[0].Name != "/nix/store/"+hashA+"-hello-2.12" || st.Counters.Requests != 0 || st.Counters.Hits["local"] != 1 {
-			t.Errorf("top requested %+v, counters %+v", st.TopRequested, st.Counters)
-		}
-		if len(st.Activity) != 1 || st.Activity[0].Msg != "peer 12D3KooWaaa connected" {
-			t.Errorf("activity %+v", st.Activity)
-		}
-
-		w = get(o.Handler(), "/api/peers", "127.0.0.1:1")
-		var peers []PeerInfo
-		if err := json.Unmarshal(w.Body.Bytes(), &peers); err != nil {
-			t.Fatalf("/api/peers is not a JSON list: %v\n%s", err, w.Body)
-		}
-		var order []string
-		for _, p := range peers {
-			order = append(order, p.ID)
-		}
-		if fmt.Sprint(order) != "[192.168.1.20:12304 12D3KooWaaa 12D3KooWzzz]" {
-			t.Errorf("peers in order %v; want connected first, then by source and ID", order)
-		}
-		if !strings.Contains(w.Body.String(), `"backoff_until": "2026-03-01T12:05:00Z"`) || !strings.Contains(w.Body.String(), `"addrs": []`) {
-			t.Errorf("/api/peers JSON:\n%s", w.Body)
-		}
-		text := scrape(t, o)
-		for _, want := range []string{"peerix_peers_known 3", "peerix_peers_connected 2", "peerix_transfers_in_flight 1",
-			`peerix_build_info{goversion=`, `mode="p2p",version="1.2.3-test"} 1`} {
-			if !strings.Contains(text, want) {
-				t.Errorf("metrics lack %s", want)
+func testStatusAndPeers(t *testing.T) {
+	backoff := time.Date(2026, 3, 1, 12, 5, 0, 0, time.UTC)
+	o := newTestOps(t, Options{
+		Mode:      "p2p",
+		PeerID:    func() string { return "12D3KooWtest" },
+		Listen:    "127.0.0.1:12304",
+		StoreRoot: "/",
+		Tracker:   "https://tracker.example",
+		Peers: func() []PeerInfo {
+			return []PeerInfo{
+				{ID: "12D3KooWzzz", Source: "p2p", Reputation: &Reputation{SuccessRate: 0.25, BackoffUntil: backoff}},
+				{ID: "192.168.1.20:12304", Source: "lan", Connected: true, Addrs: []string{"192.168.1.20:12304"}},
+				{ID: "12D3KooWaaa", Source: "p2p", Connected: true, Relayed: true},
 			}
-		}
+		},
+		Store: func(context.Context) StoreInfo {
+			return StoreInfo{Paths: 100, Shared: 40, Filter: "upstream", FilterChecked: 50, FilterTotal: 100}
+		},
+		PathName: func(_ context.Context, h string) string { return "/nix/store/" + h + "-hello-2.12" },
 	})
+	time.Sleep(90 * time.Second)
+	o.ObserveCache(cache.Event{Route: cache.RouteLocalNarInfo, Hash: hashA, Status: 200})
+	tr := o.StartTransfer("", hashB, "p2p", 1000)
+	tr.SetPeer("12D3KooWaaa")
+	tr.Add(400)
+	o.Activity("peer 12D3KooWaaa connected")
+
+	w := get(o.Handler(), "/api/status", "127.0.0.1:1")
+	if w.Code != 200 || w.Header().Get("Content-Type") != "application/json" {
+		t.Fatalf("/api/status: %d %s", w.Code, w.Header())
+	}
+	var st Status
+	if err := json.Unmarshal(w.Body.Bytes(), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.PeerID != "12D3KooWtest" || st.Mode != "p2p" || st.Version != "1.2.3-test" || st.UptimeS != 90 ||
+		st.Listen != "127.0.0.1:12304" || st.Tracker != "https://tracker.example" {
+		t.Errorf("status head: %+v", st)
+	}
+	if st.Peers != (PeerCounts{Known: 3, Connected: 2, LAN: 1, P2P: 2}) {
+		t.Errorf("peer counts %+v", st.Peers)
+	}
+	if st.Store == nil || st.Store.Paths != 100 || st.Store.FilterChecked != 50 {
+		t.Errorf("store %+v", st.Store)
+	}
+	if len(st.Transfers) != 1 || st.Transfers[0].Done != 400 || st.Transfers[0].StorePath != "/nix/store/"+hashB+"-hello-2.12" ||
+		st.Transfers[0].Peer != "12D3KooWaaa" || st.Transfers[0].Direction != "down" {
+		t.Errorf("transfers %+v", st.Transfers)
+	}
+	if len(st.TopRequested) != 1 || st.TopRequested[0].Name != "/nix/store/"+hashA+"-hello-2.12" || st.Counters.Requests != 0 || st.Counters.Hits["local"] != 1 {
+		t.Errorf("top requested %+v, counters %+v", st.TopRequested, st.Counters)
+	}
+	if len(st.Activity) != 1 || st.Activity[0].Msg != "peer 12D3KooWaaa connected" {
+		t.Errorf("activity %+v", st.Activity)
+	}
+
+	w = get(o.Handler(), "/api/peers", "127.0.0.1:1")
+	var peers []PeerInfo
+	if err := json.Unmarshal(w.Body.Bytes(), &peers); err != nil {
+		t.Fatalf("/api/peers is not a JSON list: %v\n%s", err, w.Body)
+	}
+	var order []string
+	for _, p := range peers {
+		order = append(order, p.ID)
+	}
+	if fmt.Sprint(order) != "[192.168.1.20:12304 12D3KooWaaa 12D3KooWzzz]" {
+		t.Errorf("peers in order %v; want connected first, then by source and ID", order)
+	}
+	if !strings.Contains(w.Body.String(), `"backoff_until": "2026-03-01T12:05:00Z"`) || !strings.Contains(w.Body.String(), `"addrs": []`) {
+		t.Errorf("/api/peers JSON:\n%s", w.Body)
+	}
+	text := scrape(t, o)
+	for _, want := range []string{"peerix_peers_known 3", "peerix_peers_connected 2", "peerix_transfers_in_flight 1",
+		`peerix_build_info{goversion=`, `mode="p2p",version="1.2.3-test"} 1`} {
+		if !strings.Contains(text, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
 }
 
 func TestEmptyStatusHasListsNotNulls(t *testing.T) {
@@ -446,55 +446,55 @@ func TestEmptyStatusHasListsNotNulls(t *testing.T) {
 	}
 }
 
-func TestTransfers(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		var nilOps *Ops
-		tr := nilOps.StartTransfer("x", "/nix/store/x", "lan", 10)
-		tr.Add(5)
-		tr.SetPeer("p")
-		tr.SetSize(3)
-		tr.Done(nil) // all no-ops on nil
-		nilOps.ObserveCache(cache.Event{})
-		nilOps.Activity("x")
-		nilOps.VerificationFailure("p", "x")
-		nilOps.FilterDecision("shared")
-		if nilOps.Instrument(http.NotFoundHandler()) == nil {
-			t.Error("nil Ops: Instrument returned nil")
-		}
+func TestTransfers(t *testing.T) { synctest.Test(t, testTransfers) }
 
-		o := newTestOps(t, Options{})
-		ok := o.StartTransfer("t1", "/nix/store/"+hashA+"-big", "lan", 250<<20)
-		bad := o.StartTransfer("t2", "/nix/store/"+hashB+"-small", "p2p", -1)
-		ok.Add(100 << 20)
-		time.Sleep(2 * time.Second)
-		inFlight, _ := o.transferInfos()
-		if len(inFlight) != 2 || inFlight[0].ID != "t1" || inFlight[0].RateBps != 50<<20 {
-			t.Fatalf("in flight: %+v", inFlight)
-		}
-		ok.Add(150 << 20)
-		ok.Done(nil)
-		ok.Done(errors.New("late")) // ignored
-		bad.Done(errors.New("hash mismatch"))
-		inFlight, recent := o.transferInfos()
-		if len(inFlight) != 0 || len(recent) != 2 || recent[0].ID != "t2" || recent[0].Error != "hash mismatch" || recent[1].Error != "" {
-			t.Errorf("after Done: in flight %+v, recent %+v", inFlight, recent)
-		}
-		c := o.stats.counters()
-		if c.Transfers != 2 || c.TransfersFailed != 1 {
-			t.Errorf("transfer counters %+v", c)
-		}
-		acts := o.recentActivity(10)
-		if len(acts) != 2 || !strings.Contains(acts[0].Msg, "failed") || !strings.Contains(acts[1].Msg, "fetched /nix/store/"+hashA+"-big (250.0 MiB) from lan in 2s") {
-			t.Errorf("activity %+v", acts)
-		}
+func testTransfers(t *testing.T) {
+	var nilOps *Ops
+	tr := nilOps.StartTransfer("x", "/nix/store/x", "lan", 10)
+	tr.Add(5)
+	tr.SetPeer("p")
+	tr.SetSize(3)
+	tr.Done(nil) // all no-ops on nil
+	nilOps.ObserveCache(cache.Event{})
+	nilOps.Activity("x")
+	nilOps.VerificationFailure("p", "x")
+	nilOps.FilterDecision("shared")
+	if nilOps.Instrument(http.NotFoundHandler()) == nil {
+		t.Error("nil Ops: Instrument returned nil")
+	}
 
-		for i := range 2 * recentTransfers {
-			o.StartTransfer(fmt.Sprint(i), "", "lan", 1).Done(nil)
-		}
-		if _, recent = o.transferInfos(); len(recent) != recentTransfers {
-			t.Errorf("%d recent transfers kept, want %d", len(recent), recentTransfers)
-		}
-	})
+	o := newTestOps(t, Options{})
+	ok := o.StartTransfer("t1", "/nix/store/"+hashA+"-big", "lan", 250<<20)
+	bad := o.StartTransfer("t2", "/nix/store/"+hashB+"-small", "p2p", -1)
+	ok.Add(100 << 20)
+	time.Sleep(2 * time.Second)
+	inFlight, _ := o.transferInfos()
+	if len(inFlight) != 2 || inFlight[0].ID != "t1" || inFlight[0].RateBps != 50<<20 {
+		t.Fatalf("in flight: %+v", inFlight)
+	}
+	ok.Add(150 << 20)
+	ok.Done(nil)
+	ok.Done(errors.New("late")) // ignored
+	bad.Done(errors.New("hash mismatch"))
+	inFlight, recent := o.transferInfos()
+	if len(inFlight) != 0 || len(recent) != 2 || recent[0].ID != "t2" || recent[0].Error != "hash mismatch" || recent[1].Error != "" {
+		t.Errorf("after Done: in flight %+v, recent %+v", inFlight, recent)
+	}
+	c := o.stats.counters()
+	if c.Transfers != 2 || c.TransfersFailed != 1 {
+		t.Errorf("transfer counters %+v", c)
+	}
+	acts := o.recentActivity(10)
+	if len(acts) != 2 || !strings.Contains(acts[0].Msg, "failed") || !strings.Contains(acts[1].Msg, "fetched /nix/store/"+hashA+"-big (250.0 MiB) from lan in 2s") {
+		t.Errorf("activity %+v", acts)
+	}
+
+	for i := range 2 * recentTransfers {
+		o.StartTransfer(fmt.Sprint(i), "", "lan", 1).Done(nil)
+	}
+	if _, recent = o.transferInfos(); len(recent) != recentTransfers {
+		t.Errorf("%d recent transfers kept, want %d", len(recent), recentTransfers)
+	}
 }
 
 func TestActivityRing(t *testing.T) {
