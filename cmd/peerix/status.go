@@ -22,7 +22,8 @@ import (
 // daemon.
 const defaultDaemonURL = "http://127.0.0.1:12304"
 
-// statusNow is the clock of `peerix status` (backoff times); tests set it.
+// statusNow is the clock of `peerix status` (backoff times); tests set it
+// (not synctest: they reach their fake daemon over a real loopback socket).
 var statusNow = time.Now
 
 // status implements `peerix status [--url URL]`: the running daemon's node,

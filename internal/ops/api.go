@@ -31,9 +31,6 @@ const (
 	Degraded = "degraded"
 )
 
-// checkTimeout is CheckTimeout; tests shorten it.
-var checkTimeout = CheckTimeout
-
 // NotApplicable is the detail of a check registered as nil.
 const NotApplicable = "not applicable"
 
@@ -42,7 +39,7 @@ const NotApplicable = "not applicable"
 func (o *Ops) Health(ctx context.Context) Health {
 	o.health.Lock()
 	defer o.health.Unlock()
-	if o.lastHlth.Status != "" && o.now().Sub(o.lastAt) < healthTTL {
+	if o.lastHlth.Status != "" && time.Since(o.lastAt) < healthTTL {
 		return o.lastHlth
 	}
 	checks := o.checks()
@@ -62,7 +59,7 @@ func (o *Ops) Health(ctx context.Context) Health {
 			h.Status = Degraded
 		}
 	}
-	o.lastHlth, o.lastAt = h, o.now()
+	o.lastHlth, o.lastAt = h, time.Now()
 	return h
 }
 
@@ -85,7 +82,7 @@ func runCheck(ctx context.Context, fn func(context.Context) error) Check {
 	if fn == nil {
 		return Check{OK: true, Detail: NotApplicable}
 	}
-	ctx, cancel := context.WithTimeout(ctx, checkTimeout)
+	ctx, cancel := context.WithTimeout(ctx, CheckTimeout)
 	defer cancel()
 	done := make(chan error, 1)
 	go func() {
@@ -103,7 +100,7 @@ func runCheck(ctx context.Context, fn func(context.Context) error) Check {
 		}
 		return Check{OK: true}
 	case <-ctx.Done():
-		return Check{Detail: fmt.Sprintf("no answer within %v", checkTimeout)}
+		return Check{Detail: fmt.Sprintf("no answer within %v", CheckTimeout)}
 	}
 }
 
@@ -168,7 +165,7 @@ const activityShown = 50
 
 // Status gathers /api/status.
 func (o *Ops) Status(ctx context.Context) Status {
-	now := o.now()
+	now := time.Now()
 	s := Status{
 		Mode:              o.opts.Mode,
 		Version:           o.opts.Version,

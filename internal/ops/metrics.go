@@ -218,7 +218,7 @@ func newMetrics(o *Ops, reg *prometheus.Registry) *metrics {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "peerix_uptime_seconds",
 			Help: "Seconds since the daemon started.",
-		}, func() float64 { return o.now().Sub(o.started).Seconds() }),
+		}, func() float64 { return time.Since(o.started).Seconds() }),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)

@@ -69,9 +69,6 @@ type Options struct {
 	// PathName turns a hash part into a store path ("/nix/store/<hash>-name")
 	// for the dashboard's lists, "" if unknown. Names are remembered.
 	PathName func(ctx context.Context, hash string) string
-
-	// now is the clock; tests set it.
-	now func() time.Time
 }
 
 // Tunables.
@@ -136,7 +133,6 @@ type StoreInfo struct {
 type Ops struct {
 	opts    Options
 	log     *slog.Logger
-	now     func() time.Time
 	started time.Time
 
 	stats   *stats
@@ -170,17 +166,13 @@ func New(opts Options) *Ops {
 	o := &Ops{
 		opts:      opts,
 		log:       opts.Log,
-		now:       opts.now,
+		started:   time.Now(),
 		transfers: make(map[*Transfer]struct{}),
 		names:     make(map[string]string),
 	}
 	if o.log == nil {
 		o.log = slog.New(slog.DiscardHandler)
 	}
-	if o.now == nil {
-		o.now = time.Now
-	}
-	o.started = o.now()
 	o.stats = newStats()
 	o.reg = prometheus.NewRegistry()
 	o.metrics = newMetrics(o, o.reg)
@@ -242,11 +234,11 @@ func (o *Ops) store(ctx context.Context) *StoreInfo {
 	}
 	o.smu.Lock()
 	defer o.smu.Unlock()
-	if o.storeInfo != nil && o.now().Sub(o.storeAt) < StoreInfoTTL {
+	if o.storeInfo != nil && time.Since(o.storeAt) < StoreInfoTTL {
 		return o.storeInfo
 	}
 	info := o.opts.Store(ctx)
-	o.storeInfo, o.storeAt = &info, o.now()
+	o.storeInfo, o.storeAt = &info, time.Now()
 	return o.storeInfo
 }
 

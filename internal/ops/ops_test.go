@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/peerix/peerix/internal/cache"
@@ -28,35 +29,17 @@ const (
 	hashC = "2f3l6s9p5y7xk3d4m8q0ccvzna1b6r9w"
 )
 
-// fakeClock is a settable clock.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
-func newTestOps(t *testing.T, opts Options) (*Ops, *fakeClock) {
+// newTestOps makes an Ops. Tests that move time make it inside a
+// synctest bubble and sleep: time.Now is then the bubble's fake clock.
+func newTestOps(t *testing.T, opts Options) *Ops {
 	t.Helper()
-	clk := &fakeClock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
-	opts.now = clk.now
 	if opts.Mode == "" {
 		opts.Mode = "local"
 	}
 	if opts.Version == "" {
 		opts.Version = "1.2.3-test"
 	}
-	return New(opts), clk
+	return New(opts)
 }
 
 // get serves one request through h from addr (RemoteAddr).
@@ -96,7 +79,7 @@ func TestClassify(t *testing.T) {
 }
 
 func TestInstrumentCountsAndKeepsInterfaces(t *testing.T) {
-	o, _ := newTestOps(t, Options{})
+	o := newTestOps(t, Options{})
 	var sawReaderFrom, sawFlusher bool
 	h := o.Instrument(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, sawReaderFrom = w.(io.ReaderFrom)
@@ -137,7 +120,7 @@ func TestInstrumentCountsAndKeepsInterfaces(t *testing.T) {
 }
 
 func TestInstrumentAbortedTransfer(t *testing.T) {
-	o, _ := newTestOps(t, Options{})
+	o := newTestOps(t, Options{})
 	h := o.Instrument(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Length", fmt.Sprint(2<<20))
 		w.WriteHeader(200)
@@ -166,7 +149,7 @@ func TestInstrumentAbortedTransfer(t *testing.T) {
 }
 
 func TestInstrumentAllocations(t *testing.T) {
-	o, _ := newTestOps(t, Options{})
+	o := newTestOps(t, Options{})
 	h := o.Instrument(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(200)
 	}))
@@ -186,7 +169,7 @@ func (w *nopWriter) Write(p []byte) (int, error) { return len(p), nil }
 func (w *nopWriter) WriteHeader(int)             {}
 
 func TestObserveCache(t *testing.T) {
-	o, _ := newTestOps(t, Options{})
+	o := newTestOps(t, Options{})
 	lanURL := "nar/lan/192.168.1.20/12304/" + hashB + "-1b4sb93wp679q4zx9k1ignby1yna3z7c4c2ri3wphylbc2dwsys0.nar"
 	evs := []cache.Event{
 		{Route: cache.RouteLocalNarInfo, Hash: hashA, Status: 200},
@@ -269,12 +252,11 @@ func TestTopKFindsHeavyHitters(t *testing.T) {
 	}
 }
 
-func TestHealth(t *testing.T) {
-	old := checkTimeout
-	checkTimeout = 100 * time.Millisecond
-	defer func() { checkTimeout = old }()
+func TestHealth(t *testing.T) { synctest.Test(t, testHealth) }
+
+func testHealth(t *testing.T) {
 	stateDir := t.TempDir()
-	o, clk := newTestOps(t, Options{
+	o := newTestOps(t, Options{
 		StateDir: stateDir,
 		Checks: map[string]func(context.Context) error{
 			"store":   func(context.Context) error { return nil },
@@ -290,19 +272,21 @@ func TestHealth(t *testing.T) {
 		t.Errorf("healthy daemon: %d %s", w.Code, w.Body)
 	}
 
-	o, clk = newTestOps(t, Options{
+	hung := make(chan struct{}) // closed at the end, so the bubble can exit
+	defer close(hung)
+	o = newTestOps(t, Options{
 		StateDir: filepath.Join(stateDir, "missing"),
 		Checks: map[string]func(context.Context) error{
 			"store":    func(context.Context) error { return errors.New("database locked") },
-			"upstream": func(context.Context) error { select {} }, // ignores its context
+			"upstream": func(context.Context) error { <-hung; return nil }, // ignores its context
 			"peers":    func(context.Context) error { panic("boom") },
 			"tracker":  func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() },
 		},
 	})
 	start := time.Now()
 	w = get(o.Handler(), "/health", "127.0.0.1:1")
-	if took := time.Since(start); took > time.Second {
-		t.Errorf("checks ran %v; they must run concurrently, each bounded by the timeout", took)
+	if took := time.Since(start); took > CheckTimeout {
+		t.Errorf("checks ran %v; they must run concurrently, each bounded by the timeout %v", took, CheckTimeout)
 	}
 	h = Health{}
 	json.Unmarshal(w.Body.Bytes(), &h)
@@ -317,12 +301,13 @@ func TestHealth(t *testing.T) {
 			t.Errorf("check %s = %+v, want failed with %q", name, c, want)
 		}
 	}
-	_ = clk
 }
 
-func TestHealthIsCachedBriefly(t *testing.T) {
+func TestHealthIsCachedBriefly(t *testing.T) { synctest.Test(t, testHealthIsCachedBriefly) }
+
+func testHealthIsCachedBriefly(t *testing.T) {
 	calls := 0
-	o, clk := newTestOps(t, Options{Checks: map[string]func(context.Context) error{
+	o := newTestOps(t, Options{Checks: map[string]func(context.Context) error{
 		"store": func(context.Context) error { calls++; return nil },
 	}})
 	o.Health(context.Background())
@@ -330,7 +315,7 @@ func TestHealthIsCachedBriefly(t *testing.T) {
 	if calls != 1 {
 		t.Errorf("check ran %d times within the TTL, want 1", calls)
 	}
-	clk.advance(2 * healthTTL)
+	time.Sleep(2 * healthTTL)
 	o.Health(context.Background())
 	if calls != 2 {
 		t.Errorf("check ran %d times after the TTL, want 2", calls)
@@ -338,7 +323,7 @@ func TestHealthIsCachedBriefly(t *testing.T) {
 }
 
 func TestLocalOnly(t *testing.T) {
-	o, _ := newTestOps(t, Options{})
+	o := newTestOps(t, Options{})
 	h := o.Handler()
 	for _, c := range []struct {
 		target, remote, host string
@@ -366,9 +351,11 @@ func TestLocalOnly(t *testing.T) {
 	}
 }
 
-func TestStatusAndPeers(t *testing.T) {
+func TestStatusAndPeers(t *testing.T) { synctest.Test(t, testStatusAndPeers) }
+
+func testStatusAndPeers(t *testing.T) {
 	backoff := time.Date(2026, 3, 1, 12, 5, 0, 0, time.UTC)
-	o, clk := newTestOps(t, Options{
+	o := newTestOps(t, Options{
 		Mode:      "p2p",
 		PeerID:    func() string { return "12D3KooWtest" },
 		Listen:    "127.0.0.1:12304",
@@ -386,7 +373,7 @@ func TestStatusAndPeers(t *testing.T) {
 		},
 		PathName: func(_ context.Context, h string) string { return "/nix/store/" + h + "-hello-2.12" },
 	})
-	clk.advance(90 * time.Second)
+	time.Sleep(90 * time.Second)
 	o.ObserveCache(cache.Event{Route: cache.RouteLocalNarInfo, Hash: hashA, Status: 200})
 	tr := o.StartTransfer("", hashB, "p2p", 1000)
 	tr.SetPeer("12D3KooWaaa")
@@ -447,7 +434,7 @@ func TestStatusAndPeers(t *testing.T) {
 }
 
 func TestEmptyStatusHasListsNotNulls(t *testing.T) {
-	o, _ := newTestOps(t, Options{})
+	o := newTestOps(t, Options{})
 	body := get(o.Handler(), "/api/status", "127.0.0.1:1").Body.String()
 	for _, key := range []string{"transfers", "recent_transfers", "top_requested", "top_served", "activity"} {
 		if !strings.Contains(body, `"`+key+`": []`) {
@@ -459,7 +446,9 @@ func TestEmptyStatusHasListsNotNulls(t *testing.T) {
 	}
 }
 
-func TestTransfers(t *testing.T) {
+func TestTransfers(t *testing.T) { synctest.Test(t, testTransfers) }
+
+func testTransfers(t *testing.T) {
 	var nilOps *Ops
 	tr := nilOps.StartTransfer("x", "/nix/store/x", "lan", 10)
 	tr.Add(5)
@@ -474,11 +463,11 @@ func TestTransfers(t *testing.T) {
 		t.Error("nil Ops: Instrument returned nil")
 	}
 
-	o, clk := newTestOps(t, Options{})
+	o := newTestOps(t, Options{})
 	ok := o.StartTransfer("t1", "/nix/store/"+hashA+"-big", "lan", 250<<20)
 	bad := o.StartTransfer("t2", "/nix/store/"+hashB+"-small", "p2p", -1)
 	ok.Add(100 << 20)
-	clk.advance(2 * time.Second)
+	time.Sleep(2 * time.Second)
 	inFlight, _ := o.transferInfos()
 	if len(inFlight) != 2 || inFlight[0].ID != "t1" || inFlight[0].RateBps != 50<<20 {
 		t.Fatalf("in flight: %+v", inFlight)
@@ -509,7 +498,7 @@ func TestTransfers(t *testing.T) {
 }
 
 func TestActivityRing(t *testing.T) {
-	o, _ := newTestOps(t, Options{})
+	o := newTestOps(t, Options{})
 	for i := range activitySize + 5 {
 		o.Activity(fmt.Sprint(i))
 	}
@@ -520,7 +509,7 @@ func TestActivityRing(t *testing.T) {
 }
 
 func TestFilterAndVerification(t *testing.T) {
-	o, _ := newTestOps(t, Options{})
+	o := newTestOps(t, Options{})
 	o.FilterDecision("shared")
 	o.FilterDecision("shared")
 	o.FilterDecision("denied-pattern")
@@ -545,7 +534,7 @@ func TestFilterAndVerification(t *testing.T) {
 
 func TestSaveLoad(t *testing.T) {
 	dir := t.TempDir()
-	o, _ := newTestOps(t, Options{StateDir: dir})
+	o := newTestOps(t, Options{StateDir: dir})
 	o.ObserveCache(cache.Event{Route: cache.RouteLocalNarInfo, Hash: hashA, Status: 200})
 	o.ObserveCache(cache.Event{Route: cache.RouteLocalNAR, URL: "nar/" + hashA + "-x.nar", Status: 200, Bytes: 77})
 	o.FilterDecision("shared")
@@ -557,7 +546,7 @@ func TestSaveLoad(t *testing.T) {
 		t.Errorf("state dir holds %v, want just %s", entries, StatsFile)
 	}
 
-	o2, _ := newTestOps(t, Options{StateDir: dir})
+	o2 := newTestOps(t, Options{StateDir: dir})
 	if err := o2.Load(); err != nil {
 		t.Fatal(err)
 	}
@@ -572,7 +561,7 @@ func TestSaveLoad(t *testing.T) {
 
 	// A corrupt file is moved aside, not overwritten by the next Save.
 	os.WriteFile(filepath.Join(dir, StatsFile), []byte("{garbage"), 0o600)
-	o3, _ := newTestOps(t, Options{StateDir: dir})
+	o3 := newTestOps(t, Options{StateDir: dir})
 	if err := o3.Load(); err == nil || !strings.Contains(err.Error(), ".bad") {
 		t.Errorf("corrupt stats: err = %v", err)
 	}
@@ -591,7 +580,7 @@ func TestSaveLoad(t *testing.T) {
 
 func TestRunSavesOnStop(t *testing.T) {
 	dir := t.TempDir()
-	o, _ := newTestOps(t, Options{StateDir: dir})
+	o := newTestOps(t, Options{StateDir: dir})
 	o.ObserveCache(cache.Event{Route: cache.RouteRemoteNarInfo, Hash: hashA, Status: 404})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -613,7 +602,7 @@ func TestRunSavesOnStop(t *testing.T) {
 }
 
 func TestDashboard(t *testing.T) {
-	o, _ := newTestOps(t, Options{})
+	o := newTestOps(t, Options{})
 	w := get(o.Handler(), "/dashboard", "127.0.0.1:1")
 	if w.Code != 200 || !strings.HasPrefix(w.Header().Get("Content-Type"), "text/html") {
 		t.Fatalf("/dashboard: %d %v", w.Code, w.Header())
@@ -650,7 +639,7 @@ func TestDashboard(t *testing.T) {
 }
 
 func TestConcurrentUse(t *testing.T) {
-	o, _ := newTestOps(t, Options{StateDir: t.TempDir(), Peers: func() []PeerInfo { return nil }})
+	o := newTestOps(t, Options{StateDir: t.TempDir(), Peers: func() []PeerInfo { return nil }})
 	h := o.Instrument(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasPrefix(r.URL.Path, "/nar/") {
 			w.Header().Set("Content-Length", fmt.Sprint(2<<20))

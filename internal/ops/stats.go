@@ -384,7 +384,7 @@ func (o *Ops) Save() error {
 	defer o.saveMu.Unlock()
 	saved := savedStats{
 		Version:      statsVersion,
-		Saved:        o.now().UTC(),
+		Saved:        time.Now().UTC(),
 		Counters:     o.stats.counters(),
 		TopRequested: o.stats.requested.top(topCapacity),
 		TopServed:    o.stats.served.top(topCapacity),

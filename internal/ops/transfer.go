@@ -65,7 +65,7 @@ func (o *Ops) startTransfer(direction, id, storePath, source, peer string, size 
 	if id == "" {
 		id = direction + "-" + strconv.FormatInt(n, 10)
 	}
-	t := &Transfer{o: o, id: id, direction: direction, source: source, size: size, started: o.now(), peer: peer}
+	t := &Transfer{o: o, id: id, direction: direction, source: source, size: size, started: time.Now(), peer: peer}
 	if len(storePath) == 32 {
 		t.hash = storePath
 	} else {
@@ -113,7 +113,7 @@ func (t *Transfer) Done(err error) {
 		return
 	}
 	o := t.o
-	info := t.info(o.now())
+	info := t.info(time.Now())
 	info.Finished = true
 	if err != nil {
 		info.Error = err.Error()
@@ -169,7 +169,7 @@ func (t *Transfer) info(now time.Time) TransferInfo {
 // transferInfos lists the transfers in flight, oldest first, and the
 // recently finished ones, newest first.
 func (o *Ops) transferInfos() (inFlight, recent []TransferInfo) {
-	now := o.now()
+	now := time.Now()
 	o.tmu.Lock()
 	ts := make([]*Transfer, 0, len(o.transfers))
 	for t := range o.transfers {
@@ -216,7 +216,7 @@ func (o *Ops) Activity(msg string) {
 	}
 	a := &o.activity
 	a.mu.Lock()
-	a.buf[a.next] = ActivityEntry{Time: o.now(), Msg: msg}
+	a.buf[a.next] = ActivityEntry{Time: time.Now(), Msg: msg}
 	a.next = (a.next + 1) % activitySize
 	a.n = min(a.n+1, activitySize)
 	a.mu.Unlock()

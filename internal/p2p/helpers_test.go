@@ -18,7 +18,6 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/libp2p/go-libp2p/core/protocol"
-	ma "github.com/multiformats/go-multiaddr"
 	manet "github.com/multiformats/go-multiaddr/net"
 	"github.com/nix-community/go-nix/pkg/narinfo"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
@@ -306,7 +305,5 @@ func (f *fakeFinder) Find(ctx context.Context, hash string) ([]peer.AddrInfo, er
 }
 
 func narHashOf(e *entry) string { return e.ni.NarHash.Format(nixhash.NixBase32, false) }
-
-func mustMultiaddr(s string) ma.Multiaddr { return ma.StringCast(s) }
 
 func protoID(s string) protocol.ID { return protocol.ID(s) }

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
@@ -50,23 +51,6 @@ func (s *scriptedIndex) Index(ctx context.Context, epoch, gen uint64, have bool,
 	}
 }
 
-type testClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *testClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *testClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
 func parseHash(t testing.TB, s string) [tracker.HashBytes]byte {
 	t.Helper()
 	h, ok := tracker.ParseHash(s)
@@ -86,12 +70,12 @@ func filterOf(t testing.TB, hashes ...string) *tracker.Filter {
 
 // The index answers misses only while a poll vouches for it: a poll
 // pending for less than its wait plus the grace, on a tracker that does
-// not lag too far behind its database.
-func TestIndexStaleness(t *testing.T) {
+// not lag too far behind its database. Time is the synctest bubble's.
+func TestIndexStaleness(t *testing.T) { synctest.Test(t, testIndexStaleness) }
+
+func testIndexStaleness(t *testing.T) {
 	src := &scriptedIndex{reqs: make(chan indexReq)}
 	ix := NewIndex(src, testLog(t))
-	clock := &testClock{t: time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)}
-	ix.now = clock.Now
 	ix.retryMin = time.Hour // a failed poll stops it (see below)
 	run := func() (stop func()) {
 		ctx, cancel := context.WithCancel(context.Background())
@@ -134,9 +118,9 @@ func TestIndexStaleness(t *testing.T) {
 	}
 	check("fresh", map[string]bool{nobody: true, held: false, added: true})
 
-	clock.Advance(indexWait + indexGrace - time.Millisecond)
+	time.Sleep(indexWait + indexGrace - time.Millisecond)
 	check("poll pending just under wait+grace", map[string]bool{nobody: true})
-	clock.Advance(time.Millisecond)
+	time.Sleep(time.Millisecond)
 	check("poll pending for wait+grace", map[string]bool{nobody: false})
 	if s := ix.Stats(); s.Current || s.Stale != 1 || s.LocalMisses != 3 {
 		t.Errorf("stats %+v", s)
@@ -164,7 +148,10 @@ func TestIndexStaleness(t *testing.T) {
 
 	// A failed poll: not current until a poll is pending again.
 	r.reply <- indexReply{err: errors.New("connection reset")}
-	waitUntil(t, "the failed poll is taken", func() bool { return !ix.Current() })
+	synctest.Wait() // Run has taken the failed poll and waits to retry
+	if ix.Current() {
+		t.Fatal("current after a failed poll")
+	}
 	check("after a failed poll", map[string]bool{nobody: false})
 	stop()
 	ix.retryMin = time.Millisecond

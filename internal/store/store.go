@@ -121,8 +121,6 @@ func pipeline(w io.Writer, src io.Reader) (int64, error) {
 	return written, readErr
 }
 
-type writerOnly struct{ io.Writer }
-
 var copyBuffers = sync.Pool{New: func() any {
 	b := make([]byte, 256<<10)
 	return &b

@@ -36,7 +36,7 @@ type Client struct {
 	id    peer.ID
 	idErr error
 	http  *http.Client
-	now   func() time.Time // a variable for tests
+	now   func() time.Time // tests skew it: a synctest bubble would give the tracker the same clock
 
 	mu     sync.Mutex // serialises signed writes; guards lastTS and offset
 	lastTS int64

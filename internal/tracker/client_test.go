@@ -402,7 +402,7 @@ func TestClientErrors(t *testing.T) {
 		t.Fatal("no error without a key")
 	}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		http.Error(w, "boom", 502)
+		http.Error(w, "boom", http.StatusBadGateway)
 	}))
 	defer srv.Close()
 	_, err := NewClient(srv.URL, nil).Peers(ctx)

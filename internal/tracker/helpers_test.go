@@ -20,7 +20,9 @@ import (
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 )
 
-// fakeClock is a settable clock.
+// fakeClock is a settable clock, for ServerOptions.Now. Not synctest: the
+// server tests also run on PostgreSQL over a real socket, which a bubble
+// cannot wait on, and a fuzz target's one server outlives every bubble.
 type fakeClock struct {
 	mu sync.Mutex
 	t  time.Time

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/nix-community/go-nix/pkg/nixbase32"
@@ -21,12 +22,11 @@ import (
 	"github.com/peerix/peerix/internal/summary"
 )
 
-// newIndexServer is a Server over a fresh SQLite database with a fake
-// clock at t0.
-func newIndexServer(t testing.TB) (*Server, *fakeClock) {
+// newIndexServer is a Server over a fresh SQLite database. Tests that move
+// time make it inside a synctest bubble and sleep.
+func newIndexServer(t testing.TB) *Server {
 	t.Helper()
-	clock := &fakeClock{t: t0}
-	return NewServer(openTestDB(t), ServerOptions{TTL: time.Minute, Now: clock.Now, Log: quietLog()}), clock
+	return NewServer(openTestDB(t), ServerOptions{TTL: time.Minute, Log: quietLog()})
 }
 
 // newIndexTracker serves a real-clock Server over a fresh SQLite database.
@@ -88,9 +88,13 @@ func TestIndexFullAndDeltas(t *testing.T) {
 	old := indexHistory
 	indexHistory = 60
 	t.Cleanup(func() { indexHistory = old })
-	s, clock := newIndexServer(t)
+	synctest.Test(t, testIndexFullAndDeltas)
+}
+
+func testIndexFullAndDeltas(t *testing.T) {
+	s := newIndexServer(t)
 	a, b := newSigner(t), newSigner(t)
-	now := ms(clock.Now())
+	now := ms(time.Now())
 	a.announce(t, s, now)
 	a.packages(t, s, now+1, true, hashes(0, 300), nil)
 
@@ -164,7 +168,7 @@ func TestIndexFullAndDeltas(t *testing.T) {
 
 func TestIndexBadRequests(t *testing.T) {
 	t.Parallel()
-	s, _ := newIndexServer(t)
+	s := newIndexServer(t)
 	for _, q := range []string{
 		"?epoch=12&gen=1",
 		"?epoch=zzzzzzzzzzzzzzzz&gen=1",
@@ -203,11 +207,13 @@ func TestIndexUnavailable(t *testing.T) {
 }
 
 // A long poll answers as soon as a peer adds a hash, and when its wait is
-// over otherwise.
-func TestIndexLongPoll(t *testing.T) {
-	s, clock := newIndexServer(t)
+// over otherwise. Time is a synctest bubble's.
+func TestIndexLongPoll(t *testing.T) { synctest.Test(t, testIndexLongPoll) }
+
+func testIndexLongPoll(t *testing.T) {
+	s := newIndexServer(t)
 	me := newSigner(t)
-	now := ms(clock.Now())
+	now := ms(time.Now())
 	me.announce(t, s, now)
 	full := getIndex(t, s, "")
 
@@ -228,7 +234,7 @@ func TestIndexLongPoll(t *testing.T) {
 		}
 		got <- u
 	}()
-	time.Sleep(20 * time.Millisecond) // let the poll wait
+	synctest.Wait() // the poll waits
 	start = time.Now()
 	me.packages(t, s, now+1, true, hashes(7, 1), nil)
 	select {
@@ -259,11 +265,14 @@ func TestIndexLongPoll(t *testing.T) {
 }
 
 // The filter is rebuilt under a new epoch once it fills up: removed hashes
-// leave it, writes made while it is rebuilt do not get lost.
-func TestIndexRebuild(t *testing.T) {
-	s, clock := newIndexServer(t)
+// leave it, writes made while it is rebuilt do not get lost. Time is a
+// synctest bubble's.
+func TestIndexRebuild(t *testing.T) { synctest.Test(t, testIndexRebuild) }
+
+func testIndexRebuild(t *testing.T) {
+	s := newIndexServer(t)
 	me := newSigner(t)
-	now := ms(clock.Now())
+	now := ms(time.Now())
 	me.announce(t, s, now)
 	me.packages(t, s, now+1, true, hashes(0, 100), nil)
 	full := getIndex(t, s, "")
@@ -275,7 +284,7 @@ func TestIndexRebuild(t *testing.T) {
 	if d := getIndex(t, s, since(full, "")); d.Full() {
 		t.Fatal("rebuilt less than indexMinEpoch after the build")
 	}
-	clock.Advance(indexMinEpoch)
+	time.Sleep(indexMinEpoch)
 	me.packages(t, s, now+4, false, hashes(101, 1), nil)
 	indexRebuildFP = old
 	// Written while the rebuild may run.
@@ -317,15 +326,17 @@ type sharedReg struct {
 
 // Two trackers on one database: what a peer announces through one reaches
 // the other's index when it rereads the database, with the lag reported.
-func TestIndexSharedRegistry(t *testing.T) {
+// Time is a synctest bubble's.
+func TestIndexSharedRegistry(t *testing.T) { synctest.Test(t, testIndexSharedRegistry) }
+
+func testIndexSharedRegistry(t *testing.T) {
 	db := openTestDB(t)
-	clock := &fakeClock{t: t0}
 	newServer := func() *Server {
-		return NewServer(sharedReg{db, db}, ServerOptions{TTL: time.Minute, Now: clock.Now, Log: quietLog()})
+		return NewServer(sharedReg{db, db}, ServerOptions{TTL: time.Minute, Log: quietLog()})
 	}
 	a, b := newServer(), newServer()
 	me := newSigner(t)
-	now := ms(clock.Now())
+	now := ms(time.Now())
 	me.announce(t, b, now)
 	me.packages(t, b, now+1, true, hashes(0, 10), nil)
 
@@ -334,12 +345,12 @@ func TestIndexSharedRegistry(t *testing.T) {
 		t.Fatal(err)
 	}
 	me.packages(t, b, now+2, false, hashes(10, 5), nil)
-	clock.Advance(3 * time.Second)
+	time.Sleep(3 * time.Second)
 	u := getIndex(t, a, since(full, ""))
 	if len(u.Add) != 0 || u.Lag != 3*time.Second {
 		t.Fatalf("before a reread: %+v; want nothing new, 3 s lag", u)
 	}
-	clock.Advance(sharedIndexRefresh)
+	time.Sleep(sharedIndexRefresh)
 	// This request starts the reread; a long poll gets its result.
 	getIndex(t, a, since(full, ""))
 	u = getIndex(t, a, since(full, "5000"))

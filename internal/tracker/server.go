@@ -26,7 +26,7 @@ type ServerOptions struct {
 	// Relay returns the relay to advertise in /v1/info for a request that
 	// came in with the given Host header; nil if the tracker runs none.
 	Relay func(reqHost string) *PeerAddrs
-	// Now is the clock; time.Now if nil.
+	// Now is the clock; time.Now if nil. Tests set it (see fakeClock).
 	Now func() time.Time
 	// Log; slog.Default() if nil.
 	Log *slog.Logger

@@ -18,7 +18,6 @@ func testWriteRoutes(t *testing.T, be backend) {
 	type env struct {
 		t     *testing.T
 		s     *Server
-		clock *fakeClock
 		me    signer
 		other signer
 		now   int64
@@ -162,9 +161,8 @@ func testWriteRoutes(t *testing.T, be backend) {
 			b := bytes.Replace(good, []byte(e.me.id.String()), []byte(e.other.id.String()), 1)
 			return e.other.request(e.t, m, p, b)
 		}, 404, CodeUnknownPeer},
-		{"another peer's id", "delete", func(e *env, m, p string, good []byte) *http.Request {
-			p = "/v1/peers/" + e.other.id.String()
-			return e.me.request(e.t, m, p, good)
+		{"another peer's id", "delete", func(e *env, m, _ string, good []byte) *http.Request {
+			return e.me.request(e.t, m, "/v1/peers/"+e.other.id.String(), good)
 		}, 403, CodeForbidden},
 		{"garbage id", "delete", func(e *env, m, p string, good []byte) *http.Request {
 			return e.me.request(e.t, m, "/v1/peers/xyz", good)
@@ -176,8 +174,8 @@ func testWriteRoutes(t *testing.T, be backend) {
 				continue
 			}
 			t.Run(rt.name+"/"+c.name, func(t *testing.T) {
-				s, _, clock := newTestServer(t, be, time.Minute)
-				e := &env{t: t, s: s, clock: clock, me: newSigner(t), other: newSigner(t), now: ms(t0)}
+				s, _, _ := newTestServer(t, be, time.Minute)
+				e := &env{t: t, s: s, me: newSigner(t), other: newSigner(t), now: ms(t0)}
 				if rt.setup != nil {
 					rt.setup(e)
 				}

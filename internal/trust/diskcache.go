@@ -41,7 +41,7 @@ func (f *Filter) loadCache() {
 		f.log.Warn("filter cache unreadable, starting empty", "file", f.cacheFile, "err", err)
 		return
 	}
-	entries, err := parseCache(data, f.now(), f.posTTL, f.negTTL)
+	entries, err := parseCache(data, time.Now(), f.posTTL, f.negTTL)
 	if err != nil {
 		f.log.Warn("filter cache corrupt, ignored (it will be rewritten)", "file", f.cacheFile, "err", err)
 		return

@@ -87,8 +87,6 @@ type FilterOptions struct {
 	HashOfURL func(url string) (string, error)
 
 	Log *slog.Logger
-	// Now is the clock; nil means time.Now. For tests.
-	Now func() time.Time
 }
 
 // Decision is the filter's verdict on one path.
@@ -163,7 +161,6 @@ type Filter struct {
 	unkTTL    time.Duration
 	hashOfURL func(string) (string, error)
 	log       *slog.Logger
-	now       func() time.Time
 	cacheFile string
 
 	answers *memo[answer]
@@ -195,7 +192,6 @@ func NewFilter(opts FilterOptions) (*Filter, error) {
 		unkTTL:    orDuration(opts.UnknownTTL, DefaultUnknownTTL),
 		hashOfURL: opts.HashOfURL,
 		log:       opts.Log,
-		now:       opts.Now,
 	}
 	if f.mode == "" {
 		f.mode = ModeUpstream
@@ -215,9 +211,6 @@ func NewFilter(opts FilterOptions) (*Filter, error) {
 		f.log = slog.New(slog.DiscardHandler)
 	}
 	f.log = f.log.With("part", "filter")
-	if f.now == nil {
-		f.now = time.Now
-	}
 	var err error
 	if f.patterns, err = newPatternSet(true, opts.Patterns); err != nil {
 		return nil, err
@@ -236,8 +229,8 @@ func NewFilter(opts FilterOptions) (*Filter, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	f.cancel = cancel
-	f.answers = newMemo[answer](ctx, f.now, conc, orInt(opts.MaxCacheEntries, DefaultMaxCacheEntries))
-	f.health = &healthTracker{upstream: f.upstream, what: "filter", threshold: orInt(opts.UnhealthyAfter, DefaultUnhealthyAfter), log: f.log, now: f.now}
+	f.answers = newMemo[answer](ctx, conc, orInt(opts.MaxCacheEntries, DefaultMaxCacheEntries))
+	f.health = &healthTracker{upstream: f.upstream, what: "filter", threshold: orInt(opts.UnhealthyAfter, DefaultUnhealthyAfter), log: f.log}
 
 	if f.mode == ModeUpstream && opts.StateDir != "" {
 		f.cacheFile = filepath.Join(opts.StateDir, FilterCacheFile)

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
@@ -274,10 +275,15 @@ func TestDefaultPatterns(t *testing.T) {
 	}
 }
 
+// The filter's answers expire. Time is a synctest bubble's; the upstream,
+// made outside the bubble, is reached in process.
 func TestFilterCacheExpiry(t *testing.T) {
 	up := newUpstream(t)
-	clk := newClock()
-	f, err := NewFilter(FilterOptions{Upstream: up.URL, Now: clk.Now})
+	synctest.Test(t, func(t *testing.T) { testFilterCacheExpiry(t, up) })
+}
+
+func testFilterCacheExpiry(t *testing.T, up *upstream) {
+	f, err := NewFilter(FilterOptions{Upstream: up.URL, HTTPClient: up.inProcess()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -302,19 +308,19 @@ func TestFilterCacheExpiry(t *testing.T) {
 	up.set(priv.hash, 200)
 	up.set(unk.hash, 200)
 
-	clk.Advance(DefaultUnknownTTL + time.Second) // unknown expires
+	time.Sleep(DefaultUnknownTTL + time.Second) // unknown expires
 	if decide(unk) != Shared || decide(pub) != Shared || decide(priv) != RefusedPrivate || heads() != 4 {
 		t.Fatalf("after %v: wrong, %d HEADs", DefaultUnknownTTL, heads())
 	}
-	clk.Advance(DefaultNegativeTTL) // negative expires
+	time.Sleep(DefaultNegativeTTL) // negative expires
 	if decide(priv) != Shared || decide(pub) != Shared || heads() != 5 {
 		t.Fatalf("after 1 h: wrong, %d HEADs", heads())
 	}
-	clk.Advance(DefaultPositiveTTL - DefaultNegativeTTL - DefaultUnknownTTL - 2*time.Second) // just before 24 h
+	time.Sleep(DefaultPositiveTTL - DefaultNegativeTTL - DefaultUnknownTTL - 2*time.Second) // just before 24 h
 	if decide(pub) != Shared || heads() != 5 {
 		t.Fatalf("before 24 h: wrong, %d HEADs", heads())
 	}
-	clk.Advance(2 * time.Second) // 24 h and a second
+	time.Sleep(2 * time.Second) // 24 h and a second
 	if decide(pub) != RefusedPrivate || heads() != 6 {
 		t.Fatalf("after 24 h: wrong, %d HEADs", heads())
 	}
@@ -324,11 +330,17 @@ func TestFilterCacheExpiry(t *testing.T) {
 	}
 }
 
+// The filter's answers outlive it on disk until they expire. Time is a
+// synctest bubble's; the upstream, made outside the bubble, is reached in
+// process.
 func TestFilterDiskCache(t *testing.T) {
-	dir := t.TempDir()
 	up := newUpstream(t)
-	clk := newClock()
-	opts := FilterOptions{Upstream: up.URL, StateDir: dir, Now: clk.Now}
+	synctest.Test(t, func(t *testing.T) { testFilterDiskCache(t, up) })
+}
+
+func testFilterDiskCache(t *testing.T, up *upstream) {
+	dir := t.TempDir()
+	opts := FilterOptions{Upstream: up.URL, StateDir: dir, HTTPClient: up.inProcess()}
 	pub, priv, unk := newPath("pub", []byte("a")), newPath("priv", []byte("b")), newPath("unk", []byte("c"))
 	up.set(pub.hash, 200)
 	up.set(priv.hash, 404)
@@ -381,7 +393,7 @@ func TestFilterDiskCache(t *testing.T) {
 	f2.Close()
 
 	// After more than an hour the negative answer has expired on disk too.
-	clk.Advance(DefaultNegativeTTL + time.Minute)
+	time.Sleep(DefaultNegativeTTL + time.Minute)
 	f3, err := NewFilter(opts)
 	if err != nil {
 		t.Fatal(err)

@@ -215,25 +215,22 @@ func (u *upstream) publish(ni *narinfo.NarInfo) {
 	u.mu.Unlock()
 }
 
-// clock is a settable clock.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
+// inProcess is a client that hands requests straight to u's handler,
+// without a socket: a synctest bubble cannot wait on network I/O, so tests
+// in a bubble make the upstream outside it and reach it through this.
+func (u *upstream) inProcess() *http.Client {
+	return &http.Client{Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		w := httptest.NewRecorder()
+		u.serve(w, r)
+		res := w.Result()
+		res.Request = r
+		return res, nil
+	})}
 }
 
-func newClock() *clock { return &clock{t: time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)} }
+type roundTripFunc func(*http.Request) (*http.Response, error)
 
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
 // logBuffer collects log output for assertions.
 type logBuffer struct {

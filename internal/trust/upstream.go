@@ -190,7 +190,6 @@ func HashFromURL(u string) (string, error) {
 // per key at a time (concurrent callers share it) and at most cap(sem)
 // fetches in all.
 type memo[V any] struct {
-	now        func() time.Time
 	sem        chan struct{}
 	base       context.Context // fetches run under it, not under a caller's context
 	maxEntries int
@@ -211,9 +210,8 @@ type flight[V any] struct {
 	v    V
 }
 
-func newMemo[V any](base context.Context, now func() time.Time, concurrency, maxEntries int) *memo[V] {
+func newMemo[V any](base context.Context, concurrency, maxEntries int) *memo[V] {
 	return &memo[V]{
-		now:        now,
 		sem:        make(chan struct{}, concurrency),
 		base:       base,
 		maxEntries: maxEntries,
@@ -230,7 +228,7 @@ func newMemo[V any](base context.Context, now func() time.Time, concurrency, max
 func (m *memo[V]) get(ctx context.Context, key string, fetch func(ctx context.Context) (V, time.Duration)) (v V, hit bool, err error) {
 	m.mu.Lock()
 	if e, ok := m.entries[key]; ok {
-		if m.now().Before(e.exp) {
+		if time.Now().Before(e.exp) {
 			m.mu.Unlock()
 			return e.v, true, nil
 		}
@@ -262,7 +260,7 @@ func (m *memo[V]) run(key string, f *flight[V], fetch func(ctx context.Context) 
 	}
 	m.mu.Lock()
 	if ttl > 0 {
-		m.putLocked(key, f.v, m.now().Add(ttl))
+		m.putLocked(key, f.v, time.Now().Add(ttl))
 	}
 	delete(m.flights, key)
 	m.mu.Unlock()
@@ -278,7 +276,7 @@ func (m *memo[V]) put(key string, v V, exp time.Time) {
 
 func (m *memo[V]) putLocked(key string, v V, exp time.Time) {
 	if _, ok := m.entries[key]; !ok && len(m.entries) >= m.maxEntries {
-		now := m.now()
+		now := time.Now()
 		for k, e := range m.entries {
 			if !now.Before(e.exp) {
 				delete(m.entries, k)
@@ -301,7 +299,7 @@ func (m *memo[V]) putLocked(key string, v V, exp time.Time) {
 func (m *memo[V]) snapshot(keep func(V) bool) (entries map[string]memoEntry[V], changed bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	now := m.now()
+	now := time.Now()
 	entries = make(map[string]memoEntry[V], len(m.entries))
 	for k, e := range m.entries {
 		if now.Before(e.exp) && keep(e.v) {
@@ -339,7 +337,6 @@ type healthTracker struct {
 	what      string // "filter" or "verifier", for the log
 	threshold int
 	log       *slog.Logger
-	now       func() time.Time
 
 	mu          sync.Mutex
 	consecutive int
@@ -355,7 +352,7 @@ func (h *healthTracker) ok() {
 		h.log.Info("upstream reachable again", "part", h.what, "upstream", h.upstream)
 	}
 	h.consecutive = 0
-	h.lastOK = h.now()
+	h.lastOK = time.Now()
 }
 
 func (h *healthTracker) fail(err error) {
@@ -363,7 +360,7 @@ func (h *healthTracker) fail(err error) {
 	defer h.mu.Unlock()
 	h.consecutive++
 	h.lastErr = err.Error()
-	h.lastFail = h.now()
+	h.lastFail = time.Now()
 	if h.consecutive == h.threshold {
 		msg := "upstream unreachable: sharing no path whose upstream status is not known"
 		if h.what == "verifier" {

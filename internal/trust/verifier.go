@@ -67,8 +67,6 @@ type VerifierOptions struct {
 	MaxCacheEntries int
 
 	Log *slog.Logger
-	// Now is the clock; nil means time.Now. For tests.
-	Now func() time.Time
 }
 
 // VerifierStats counts the verifier's decisions since start.
@@ -103,7 +101,6 @@ type Verifier struct {
 	missTTL  time.Duration
 	errTTL   time.Duration
 	log      *slog.Logger
-	now      func() time.Time
 
 	cancel context.CancelFunc
 	infos  *memo[upstreamInfo]
@@ -123,7 +120,6 @@ func NewVerifier(opts VerifierOptions) (*Verifier, error) {
 		missTTL:  orDuration(opts.MissTTL, DefaultUpstreamMissTTL),
 		errTTL:   orDuration(opts.ErrorTTL, DefaultUpstreamErrorTTL),
 		log:      opts.Log,
-		now:      opts.Now,
 	}
 	if v.upstream == "" {
 		v.upstream = DefaultUpstream
@@ -132,9 +128,6 @@ func NewVerifier(opts VerifierOptions) (*Verifier, error) {
 		v.log = slog.New(slog.DiscardHandler)
 	}
 	v.log = v.log.With("part", "verifier")
-	if v.now == nil {
-		v.now = time.Now
-	}
 	var err error
 	if v.trusted, err = signing.ParsePublicKeys(opts.TrustedPublicKeys); err != nil {
 		return nil, fmt.Errorf("trusted public keys: %w", err)
@@ -148,8 +141,8 @@ func NewVerifier(opts VerifierOptions) (*Verifier, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	v.cancel = cancel
-	v.infos = newMemo[upstreamInfo](ctx, v.now, conc, orInt(opts.MaxCacheEntries, defaultVerifierEntries))
-	v.health = &healthTracker{upstream: v.upstream, what: "verifier", threshold: orInt(opts.UnhealthyAfter, DefaultUnhealthyAfter), log: v.log, now: v.now}
+	v.infos = newMemo[upstreamInfo](ctx, conc, orInt(opts.MaxCacheEntries, defaultVerifierEntries))
+	v.health = &healthTracker{upstream: v.upstream, what: "verifier", threshold: orInt(opts.UnhealthyAfter, DefaultUnhealthyAfter), log: v.log}
 	if v.noVerify {
 		v.log.Warn("VERIFICATION OFF (--no-verify): narinfos and NARs from peers reach Nix unchecked; " +
 			"any peer can hand this machine's Nix whatever it likes, as far as Nix's own signature checks allow")

@@ -428,7 +428,6 @@ func verifyNAT(t *testing.T, n *natNet) {
 	// Nothing unsolicited gets in: each private host listens (TCP and UDP)
 	// and everybody else tries its private address and its router's WAN
 	// address. Negative checks run in parallel, each bounded.
-	type attempt struct{ from, to, addr string }
 	var (
 		mu       sync.Mutex
 		breaches []string

@@ -557,17 +557,6 @@ func (d *p2pDaemon) restart(t *testing.T) (*p2pDaemon, time.Duration) {
 	return startP2PDaemon(t, d.label, d.host, d.opts), took
 }
 
-// status reads /api/status.
-func (d *p2pDaemon) status(t *testing.T) apiStatus {
-	t.Helper()
-	var st apiStatus
-	code, body, err := getJSON(d.client, d.base+"/api/status", &st)
-	if err != nil || code != http.StatusOK {
-		t.Fatalf("GET /api/status of %s: HTTP %d, %v: %.300s", d.label, code, err, body)
-	}
-	return st
-}
-
 // apiPeers reads /api/peers.
 func (d *p2pDaemon) apiPeers(t *testing.T) []apiPeer {
 	t.Helper()
