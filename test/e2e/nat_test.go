@@ -68,7 +68,7 @@ type natRouter struct {
 
 // requireNAT skips the test unless network namespaces and iptables are
 // usable here; under CI=true it fails instead.
-func requireNAT(t *testing.T) {
+func requireNAT(t testing.TB) {
 	t.Helper()
 	requireNetns(t)
 	if _, err := exec.LookPath("iptables"); err != nil {
@@ -84,7 +84,7 @@ func requireNAT(t *testing.T) {
 // newNATNet builds the internet, the tracker host and, for every label, a
 // private host behind its own router; all are removed when the test ends,
 // whatever happened.
-func newNATNet(t *testing.T, labels ...string) *natNet {
+func newNATNet(t testing.TB, labels ...string) *natNet {
 	t.Helper()
 	requireNAT(t)
 	staleNetnsOnce.Do(func() { removeStaleNetns(t) })
@@ -214,7 +214,7 @@ func newNATNet(t *testing.T, labels ...string) *natNet {
 // answers early punch packets and every punch fails). Chain pxacct only
 // counts traffic between this router's LAN and the tracker or the other
 // routers' WAN addresses, so a test can tell direct from relayed bytes.
-func (n *natNet) natRules(t *testing.T, label string) {
+func (n *natNet) natRules(t testing.TB, label string) {
 	t.Helper()
 	r := n.routers[label]
 	ipt := func(args ...string) {
@@ -245,7 +245,7 @@ func (n *natNet) natRules(t *testing.T, label string) {
 
 // pickIPTables finds the iptables that works in a network namespace here
 // (iptables-nft and iptables-legacy both may, or only one).
-func pickIPTables(t *testing.T, ns string) string {
+func pickIPTables(t testing.TB, ns string) string {
 	t.Helper()
 	var errs []string
 	for _, c := range []string{"iptables", "iptables-nft", "iptables-legacy"} {
@@ -273,16 +273,16 @@ func pickIPTables(t *testing.T, ns string) string {
 func nsOutput(ns, name string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), ipTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns, name}, args...)...)
+	cmd := inNetns(exec.CommandContext(ctx, name, args...), ns)
 	cmd.WaitDelay = 2 * time.Second
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return string(out), fmt.Errorf("ip netns exec %s %s %s: %w: %s", ns, name, strings.Join(args, " "), err, bytes.TrimSpace(out))
+		return string(out), fmt.Errorf("in namespace %s: %s %s: %w: %s", ns, name, strings.Join(args, " "), err, bytes.TrimSpace(out))
 	}
 	return string(out), nil
 }
 
-func nsRun(t *testing.T, ns, name string, args ...string) string {
+func nsRun(t testing.TB, ns, name string, args ...string) string {
 	t.Helper()
 	out, err := nsOutput(ns, name, args...)
 	if err != nil {
@@ -301,7 +301,7 @@ type natCounters struct {
 	forwardDrop uint64                // unsolicited packets from the WAN to the LAN
 }
 
-func (n *natNet) counters(t *testing.T, label string) natCounters {
+func (n *natNet) counters(t testing.TB, label string) natCounters {
 	t.Helper()
 	r := n.routers[label]
 	c := natCounters{from: map[netip.Addr]uint64{}, to: map[netip.Addr]uint64{}, fromUDP: map[netip.Addr]uint64{}}
@@ -562,15 +562,8 @@ func TestP2PAcrossNAT(t *testing.T) {
 	A, B, T := n.hosts["A"], n.hosts["B"], n.tracker
 	t.Logf("A behind %s (%s), B behind %s (%s)", n.routers["A"].label, n.routers["A"].addr, n.routers["B"].label, n.routers["B"].addr)
 
-	trackerURL := fmt.Sprintf("http://%s:12305", T.addr)
-	tr := startTracker(t, trackerOptions{
-		host:      T,
-		listen:    "0.0.0.0:12305",
-		relayPort: 12306,
-		ttl:       30 * time.Second,
-		base:      trackerURL,
-		client:    T.httpClient(),
-	})
+	tr := startPeerix(t, trackerServer(t, T, 30*time.Second))
+	trackerURL := tr.hostURL
 	// The tracker, from both private hosts, sees them at their routers.
 	for _, h := range []*nsHost{A, B} {
 		var info trackerInfo
@@ -589,18 +582,9 @@ func TestP2PAcrossNAT(t *testing.T) {
 
 	key := keygen(t, "peerix-p2p-a")
 	bStore := initStore(t, "b-store")
-	aOpts := p2pOptions{
-		tracker: trackerURL, listen: "127.0.0.1:12304", p2pPort: 12306,
-		storeRoot: fx.src, stateDir: filepath.Join(t.TempDir(), "a-state"),
-		signingKeyFile: key.secretFile, verbose: true,
-	}
-	bOpts := p2pOptions{
-		tracker: trackerURL, listen: "127.0.0.1:12304", p2pPort: 12306,
-		storeRoot: bStore, stateDir: filepath.Join(t.TempDir(), "b-state"),
-		trustedKeys: []string{key.public}, verbose: true,
-	}
-	da := startP2PDaemon(t, "A", A, aOpts)
-	db := startP2PDaemon(t, "B", B, bOpts)
+	aState, bState := filepath.Join(t.TempDir(), "a-state"), filepath.Join(t.TempDir(), "b-state")
+	da := startPeerix(t, p2pDaemon(A, trackerURL, fx.src, aState, "--signing-key-file", key.secretFile, "--verbose"))
+	db := startPeerix(t, p2pDaemon(B, trackerURL, bStore, bState, "--trusted-public-key", key.public, "--verbose"))
 	idA := da.peerID
 	t.Logf("peer A %s, peer B %s (up %v into the test)", idA, db.peerID, time.Since(start).Round(time.Millisecond))
 
@@ -639,8 +623,8 @@ func TestP2PAcrossNAT(t *testing.T) {
 	before := n.counters(t, "B")
 	watch := watchConn(db, idA)
 	t0 := time.Now()
-	r := nixOnHost(t, B, natNixTimeout, "nix-store", "--store", bStore, "-r", fx.root,
-		"--option", "substituters", db.base,
+	r := B.nixWithin(t, natNixTimeout, "nix-store", "--store", bStore, "-r", fx.root,
+		"--option", "substituters", db.url,
 		"--option", "trusted-public-keys", key.public,
 		"--option", "require-sigs", "true",
 		"--option", "connect-timeout", "10")
@@ -680,7 +664,7 @@ func TestP2PAcrossNAT(t *testing.T) {
 	big := fx.byName["big"]
 	before = n.counters(t, "B")
 	_, ni := fetchFromPeers(t, db, big)
-	status, digest, size, err := clientDigest(db.client, db.base+"/"+ni["URL"])
+	status, digest, size, err := clientDigest(db.client, db.url+"/"+ni["URL"])
 	if err != nil || status != http.StatusOK || hex.EncodeToString(digest) != fx.facts[big].narDigest {
 		t.Fatalf("NAR of %s from A through B: HTTP %d, %d bytes sha256 %x, %v; want %d bytes sha256 %s",
 			big, status, size, digest, err, fx.facts[big].narSize, fx.facts[big].narDigest)
@@ -697,7 +681,7 @@ func TestP2PAcrossNAT(t *testing.T) {
 	}
 	t.Logf("A restarted (stopped in %v, up again %v after SIGTERM) with peer ID %s", stopTook.Round(time.Millisecond),
 		time.Since(sent).Round(time.Millisecond), da2.peerID)
-	checkIdentityFile(t, aOpts.stateDir)
+	checkIdentityFile(t, aState)
 	took = waitFor(t, "the tracker finds the restarted A as holder again", natAnnounceWait, func() (bool, string) {
 		ps, err := tr.find(rootHash)
 		if err != nil {
@@ -714,7 +698,7 @@ func TestP2PAcrossNAT(t *testing.T) {
 	// And B fetches from the restarted A: a narinfo (peers' view) and the
 	// NAR of the biggest fixture, byte-exact.
 	took, ni = fetchFromPeers(t, db, big)
-	status, digest, size, err = clientDigest(db.client, db.base+"/"+ni["URL"])
+	status, digest, size, err = clientDigest(db.client, db.url+"/"+ni["URL"])
 	if err != nil || status != http.StatusOK || hex.EncodeToString(digest) != fx.facts[big].narDigest {
 		t.Errorf("NAR of %s from the restarted A through B: HTTP %d, %d bytes sha256 %x, %v; want %d bytes sha256 %s",
 			big, status, size, digest, err, fx.facts[big].narSize, fx.facts[big].narDigest)
@@ -733,16 +717,17 @@ func TestP2PAcrossNAT(t *testing.T) {
 	if _, err := db.stop(syscall.SIGTERM, stopTimeout); err != nil {
 		t.Fatalf("stopping B: %v", err)
 	}
-	b2Opts := bOpts
-	b2Opts.storeRoot = initStore(t, "b2-store")
-	db2 := startP2PDaemon(t, "B (relay only)", B, b2Opts)
+	b2Store := initStore(t, "b2-store")
+	b2Opts := p2pDaemon(B, trackerURL, b2Store, bState, "--trusted-public-key", key.public, "--verbose")
+	b2Opts.label = "B (relay only)"
+	db2 := startPeerix(t, b2Opts)
 	if db2.peerID != db.peerID {
 		t.Errorf("B's peer ID changed across a restart: %s, was %s", db2.peerID, db.peerID)
 	}
 	before = n.counters(t, "B")
 	t0 = time.Now()
-	r = nixOnHost(t, B, natNixTimeout, "nix-store", "--store", b2Opts.storeRoot, "-r", fx.root,
-		"--option", "substituters", db2.base,
+	r = B.nixWithin(t, natNixTimeout, "nix-store", "--store", b2Store, "-r", fx.root,
+		"--option", "substituters", db2.url,
 		"--option", "trusted-public-keys", key.public,
 		"--option", "require-sigs", "true",
 		"--option", "connect-timeout", "10")
@@ -750,7 +735,7 @@ func TestP2PAcrossNAT(t *testing.T) {
 		t.Fatalf("with the direct path blocked, Nix on B could not substitute A's closure through the relay:\n%v\nB's /api/peers: %+v", r, db2.apiPeers(t))
 	}
 	t.Logf("nix-store -r of the closure on B with the direct path blocked: %v", time.Since(t0).Round(time.Millisecond))
-	assertSameClosure(t, fx, b2Opts.storeRoot)
+	assertSameClosure(t, fx, b2Store)
 	if v := reportPath(t, n, db2, idA, before, narBytes); v != "relayed" {
 		t.Errorf("with all traffic between the routers dropped the bytes went %s; want relayed", v)
 	}
@@ -764,7 +749,7 @@ func TestP2PAcrossNAT(t *testing.T) {
 // reportPath says (t.Log) how B's bytes from A travelled, and returns
 // "direct", "relayed" or "mixed": from B's /api/peers and from B's
 // router's counters since before.
-func reportPath(t *testing.T, n *natNet, db *p2pDaemon, idA string, before natCounters, narBytes int64) string {
+func reportPath(t testing.TB, n *natNet, db *peerixProc, idA string, before natCounters, narBytes int64) string {
 	t.Helper()
 	after := n.counters(t, "B")
 	ra, tAddr := n.routers["A"].addr, n.tracker.addr
@@ -817,39 +802,14 @@ func checkIdentityFile(t *testing.T, stateDir string) {
 	}
 }
 
-// nixOnHost is nsHost.nix with its own bound.
-func nixOnHost(t *testing.T, h *nsHost, timeout time.Duration, tool string, args ...string) nixResult {
-	t.Helper()
-	cache, err := os.MkdirTemp(t.TempDir(), "xdg-cache-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	cmd := nixCmd(ctx, cache, tool, args...)
-	ip, err := exec.LookPath("ip")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Args = append([]string{"ip", "netns", "exec", h.ns, cmd.Path}, cmd.Args[1:]...)
-	cmd.Path = ip
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err = cmd.Run()
-	if err != nil {
-		err = fmt.Errorf("on host %s: %s %s: %w", h.label, tool, strings.Join(args, " "), err)
-	}
-	return nixResult{stdout.Bytes(), stderr.Bytes(), err}
-}
-
 // fetchFromPeers asks the daemon (from its own machine) for path's narinfo,
 // which it finds on peers, retrying for a bounded while; it wants a
 // nar/p2p/ URL and the path's NarHash.
-func fetchFromPeers(t *testing.T, d *p2pDaemon, path string) (time.Duration, narInfo) {
+func fetchFromPeers(t *testing.T, d *peerixProc, path string) (time.Duration, narInfo) {
 	t.Helper()
 	var ni narInfo
 	took := waitFor(t, "peerix "+d.label+" finds "+path+" on a peer", 30*time.Second, func() (bool, string) {
-		resp, body, err := clientDo(d.client, http.MethodGet, d.base+"/"+hashPart(path)+".narinfo")
+		resp, body, err := clientDo(d.client, http.MethodGet, d.url+"/"+hashPart(path)+".narinfo")
 		if err != nil {
 			return false, err.Error()
 		}
@@ -865,9 +825,9 @@ func fetchFromPeers(t *testing.T, d *p2pDaemon, path string) (time.Duration, nar
 	return took, ni
 }
 
-func getAPIPeers(d *p2pDaemon) ([]apiPeer, error) {
+func getAPIPeers(d *peerixProc) ([]apiPeer, error) {
 	var ps []apiPeer
-	code, body, err := getJSON(d.client, d.base+"/api/peers", &ps)
+	code, body, err := getJSON(d.client, d.url+"/api/peers", &ps)
 	if err == nil && code != http.StatusOK {
 		err = fmt.Errorf("GET /api/peers: HTTP %d %.200s", code, body)
 	}
@@ -881,7 +841,7 @@ type connWatch struct {
 	firstConn, firstRelayed, firstDirect time.Duration // -1: never
 }
 
-func watchConn(d *p2pDaemon, id string) *connWatch {
+func watchConn(d *peerixProc, id string) *connWatch {
 	w := &connWatch{stop: make(chan struct{}), done: make(chan struct{}), firstConn: -1, firstRelayed: -1, firstDirect: -1}
 	start := time.Now()
 	go func() {

@@ -61,13 +61,15 @@ type nsHost struct {
 
 // requireNetns skips the test unless network namespaces can be made here
 // (root and iproute2); under CI=true it fails instead.
-func requireNetns(t *testing.T) {
+func requireNetns(t testing.TB) {
 	t.Helper()
 	reason := ""
 	if os.Geteuid() != 0 {
 		reason = "network namespaces need root"
 	} else if _, err := exec.LookPath("ip"); err != nil {
 		reason = "ip (iproute2) not found on PATH: the LAN tests need network namespaces"
+	} else if _, err := exec.LookPath("nsenter"); err != nil {
+		reason = "nsenter (util-linux) not found on PATH: the LAN tests run programs in network namespaces with it"
 	}
 	if reason == "" {
 		return
@@ -83,7 +85,7 @@ var staleNetnsOnce sync.Once
 // newLAN creates a bridge namespace and one host namespace per label, all on
 // one fresh /24, and removes them all (killing every process left in them)
 // when the test ends, whether it passed or not.
-func newLAN(t *testing.T, labels ...string) *lanNet {
+func newLAN(t testing.TB, labels ...string) *lanNet {
 	t.Helper()
 	requireNetns(t)
 	staleNetnsOnce.Do(func() { removeStaleNetns(t) })
@@ -167,10 +169,18 @@ func (l *lanNet) describe(labels []string) string {
 // host returns the host of that label.
 func (l *lanNet) host(label string) *nsHost { return l.hosts[label] }
 
+// runIP runs one `ip` command (bounded). `ip -n NS ...` runs ip inside
+// namespace NS through inNetns: ip's own -n remounts /sys the way
+// `ip netns exec` does, which needs / to be a mount point.
 func runIP(args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), ipTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "ip", args...)
+	var cmd *exec.Cmd
+	if len(args) > 2 && args[0] == "-n" {
+		cmd = inNetns(exec.CommandContext(ctx, "ip", args[2:]...), args[1])
+	} else {
+		cmd = exec.CommandContext(ctx, "ip", args...)
+	}
 	cmd.WaitDelay = 2 * time.Second
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -179,7 +189,7 @@ func runIP(args ...string) (string, error) {
 	return string(out), nil
 }
 
-func mustIP(t *testing.T, args ...string) {
+func mustIP(t testing.TB, args ...string) {
 	t.Helper()
 	if _, err := runIP(args...); err != nil {
 		t.Fatal(err)
@@ -225,7 +235,7 @@ func deleteNetns(ns string) error {
 
 // removeStaleNetns deletes namespaces of ours left behind by runs that were
 // killed before their cleanup ran.
-func removeStaleNetns(t *testing.T) {
+func removeStaleNetns(t testing.TB) {
 	entries, err := os.ReadDir(netnsDir)
 	if err != nil {
 		return // no namespaces at all
@@ -294,7 +304,7 @@ func (h *nsHost) do(fn func() error) error {
 }
 
 // listenUDP opens a UDP socket on the host (port 0: any free port).
-func (h *nsHost) listenUDP(t *testing.T, port int) *net.UDPConn {
+func (h *nsHost) listenUDP(t testing.TB, port int) *net.UDPConn {
 	t.Helper()
 	var conn *net.UDPConn
 	err := h.do(func() (err error) {
@@ -309,7 +319,7 @@ func (h *nsHost) listenUDP(t *testing.T, port int) *net.UDPConn {
 }
 
 // listenTCP opens a TCP listener on the host.
-func (h *nsHost) listenTCP(t *testing.T, addr string) net.Listener {
+func (h *nsHost) listenTCP(t testing.TB, addr string) net.Listener {
 	t.Helper()
 	var ln net.Listener
 	err := h.do(func() (err error) {
@@ -346,32 +356,47 @@ func (h *nsHost) httpClient() *http.Client {
 	}
 }
 
+// inNetns makes cmd run in network namespace ns, its environment and
+// everything else kept: `nsenter --net=<ns> -- <program> <args>`. nsenter
+// joins the namespace and execs the program, so cmd's process is the
+// program itself and signals sent to it reach it directly. Not
+// `ip netns exec`: that also remounts /sys in a mount namespace of its own,
+// which needs / to be a mount point, and on a fresh userland (a chroot, some
+// containers) it is not.
+func inNetns(cmd *exec.Cmd, ns string) *exec.Cmd {
+	cmd.Args = append([]string{"nsenter", "--net=" + filepath.Join(netnsDir, ns), "--", cmd.Path}, cmd.Args[1:]...)
+	nsenter, err := exec.LookPath("nsenter")
+	if err != nil && cmd.Err == nil {
+		cmd.Err = err
+	}
+	cmd.Path = nsenter
+	return cmd
+}
+
 // command runs a program on the host.
 func (h *nsHost) command(ctx context.Context, name string, args ...string) *exec.Cmd {
-	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", h.ns, name}, args...)...)
+	cmd := inNetns(exec.CommandContext(ctx, name, args...), h.ns)
 	cmd.WaitDelay = 5 * time.Second
 	return cmd
 }
 
-// nix runs a Nix tool on the host, like runNix: NIX_REMOTE=local and a
-// fresh XDG_CACHE_HOME.
-func (h *nsHost) nix(t *testing.T, tool string, args ...string) nixResult {
+// nix runs a Nix tool on the host within nixTimeout, like runNix:
+// NIX_REMOTE=local and a fresh XDG_CACHE_HOME.
+func (h *nsHost) nix(t testing.TB, tool string, args ...string) nixResult {
+	t.Helper()
+	return h.nixWithin(t, nixTimeout, tool, args...)
+}
+
+// nixWithin is nix with its own bound.
+func (h *nsHost) nixWithin(t testing.TB, timeout time.Duration, tool string, args ...string) nixResult {
 	t.Helper()
 	cache, err := os.MkdirTemp(t.TempDir(), "xdg-cache-")
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), nixTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	cmd := nixCmd(ctx, cache, tool, args...)
-	// The same command, its environment kept, started through
-	// `ip netns exec`, which execs it in the namespace.
-	ip, err := exec.LookPath("ip")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Args = append([]string{"ip", "netns", "exec", h.ns, cmd.Path}, cmd.Args[1:]...)
-	cmd.Path = ip
+	cmd := inNetns(nixCmd(ctx, cache, tool, args...), h.ns)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err = cmd.Run()
