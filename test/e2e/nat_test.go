@@ -3,7 +3,6 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -87,82 +86,46 @@ func requireNAT(t testing.TB) {
 func newNATNet(t testing.TB, labels ...string) *natNet {
 	t.Helper()
 	requireNAT(t)
-	staleNetnsOnce.Do(func() { removeStaleNetns(t) })
-
-	rnd := make([]byte, 8)
-	if _, err := rand.Read(rnd); err != nil {
-		t.Fatal(err)
-	}
-	id := fmt.Sprintf("%s%s-%d-%s", netnsPrefix, strconv.FormatInt(time.Now().Unix(), 36), os.Getpid(), hex.EncodeToString(rnd[:2]))
+	set := newNetnsSet(t)
+	rnd := randomBytes(t, 6)
 	n := &natNet{
-		id:      id,
-		wan:     netip.PrefixFrom(netip.AddrFrom4([4]byte{11, rnd[2], rnd[3], 0}), 24),
-		inet:    id + "-inet",
+		id:      set.id,
+		wan:     netip.PrefixFrom(netip.AddrFrom4([4]byte{11, rnd[0], rnd[1], 0}), 24),
 		hosts:   map[string]*nsHost{},
 		routers: map[string]*natRouter{},
 	}
-	at := func(p netip.Prefix, last byte) netip.Addr {
-		b := p.Addr().As4()
-		b[3] = last
-		return netip.AddrFrom4(b)
-	}
 	// The range must be public to libp2p, or no hole punching is even tried.
-	if a := at(n.wan, 2); !manet.IsPublicAddr(ma.StringCast("/ip4/" + a.String() + "/udp/1/quic-v1")) {
+	if a := withLast(n.wan, 2); !manet.IsPublicAddr(ma.StringCast("/ip4/" + a.String() + "/udp/1/quic-v1")) {
 		t.Fatalf("%s is not a public address to libp2p; the simulated internet needs one", a)
 	}
 
-	var created []string
-	t.Cleanup(func() {
-		for i := len(created) - 1; i >= 0; i-- {
-			if err := deleteNetns(created[i]); err != nil {
-				t.Errorf("removing network namespace: %v", err)
-			}
-		}
-	})
-	add := func(ns string) {
-		t.Helper()
-		mustIP(t, "netns", "add", ns)
-		created = append(created, ns)
-		mustIP(t, "-n", ns, "link", "set", "lo", "up")
-	}
-
-	add(n.inet)
-	mustIP(t, "-n", n.inet, "link", "add", "br0", "type", "bridge")
-	mustIP(t, "-n", n.inet, "link", "set", "br0", "up")
-	// wanLeg plugs namespace ns into the internet as interface ifname.
-	wanLeg := func(ns, port, ifname string, addr netip.Addr) {
-		t.Helper()
-		mustIP(t, "-n", n.inet, "link", "add", port, "type", "veth", "peer", "name", ifname, "netns", ns)
-		mustIP(t, "-n", n.inet, "link", "set", port, "master", "br0", "up")
-		mustIP(t, "-n", ns, "addr", "add", netip.PrefixFrom(addr, 24).String(), "dev", ifname)
-		mustIP(t, "-n", ns, "link", "set", ifname, "up")
-	}
-
-	n.tracker = &nsHost{label: natTracker, ns: id + "-t", addr: at(n.wan, 2)}
-	add(n.tracker.ns)
-	wanLeg(n.tracker.ns, "vt", "eth0", n.tracker.addr)
+	n.inet = set.addBridge("inet")
+	n.tracker = &nsHost{label: natTracker, addr: withLast(n.wan, 2)}
+	n.tracker.ns = set.add("t")
+	set.plug(n.inet, "vt", n.tracker.ns, "eth0", n.tracker.addr)
+	links := [][2]string{{n.tracker.ns, "eth0"}}
 
 	for i, label := range labels {
 		// Distinct private ranges, as two homes would have.
 		var lan netip.Prefix
 		switch i {
 		case 0:
-			lan = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 1 + rnd[4]%254, rnd[5], 0}), 24)
+			lan = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 1 + rnd[2]%254, rnd[3], 0}), 24)
 		case 1:
-			lan = netip.PrefixFrom(netip.AddrFrom4([4]byte{192, 168, rnd[6], 0}), 24)
+			lan = netip.PrefixFrom(netip.AddrFrom4([4]byte{192, 168, rnd[4], 0}), 24)
 		default:
-			lan = netip.PrefixFrom(netip.AddrFrom4([4]byte{172, byte(16 + i), rnd[7], 0}), 24)
+			lan = netip.PrefixFrom(netip.AddrFrom4([4]byte{172, byte(16 + i), rnd[5], 0}), 24)
 		}
 		r := &natRouter{
-			nsHost:  &nsHost{label: "R" + label, ns: id + "-r" + strings.ToLower(label), addr: at(n.wan, byte(10+i))},
+			nsHost:  &nsHost{label: "R" + label, addr: withLast(n.wan, byte(10+i))},
 			lan:     lan,
-			lanAddr: at(lan, 1),
+			lanAddr: withLast(lan, 1),
 		}
-		h := &nsHost{label: label, ns: id + "-" + strings.ToLower(label), addr: at(lan, 2)}
+		h := &nsHost{label: label, addr: withLast(lan, 2)}
 		r.inner = h
-		add(r.ns)
-		add(h.ns)
-		wanLeg(r.ns, "vr"+strconv.Itoa(i), "wan", r.addr)
+		r.ns = set.add("r" + strings.ToLower(label))
+		h.ns = set.add(strings.ToLower(label))
+		set.plug(n.inet, "vr"+strconv.Itoa(i), r.ns, "wan", r.addr)
 		mustIP(t, "-n", r.ns, "link", "add", "lan", "type", "veth", "peer", "name", "eth0", "netns", h.ns)
 		mustIP(t, "-n", r.ns, "addr", "add", netip.PrefixFrom(r.lanAddr, 24).String(), "dev", "lan")
 		mustIP(t, "-n", r.ns, "link", "set", "lan", "up")
@@ -172,39 +135,20 @@ func newNATNet(t testing.TB, labels ...string) *natNet {
 		nsRun(t, r.ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
 		n.routers[label] = r
 		n.hosts[label] = h
+		links = append(links, [2]string{r.ns, "wan"}, [2]string{r.ns, "lan"}, [2]string{h.ns, "eth0"})
 	}
 	n.ipt = pickIPTables(t, n.tracker.ns)
 	for _, label := range labels {
 		n.natRules(t, label)
 	}
 
-	// Every link up (bounded).
-	deadline := time.Now().Add(5 * time.Second)
-	check := func(ns, ifname string) {
-		t.Helper()
-		for {
-			out, err := runIP("-n", ns, "-o", "link", "show", ifname)
-			if err == nil && strings.Contains(out, "LOWER_UP") && strings.Contains(out, "state UP") {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s of %s not up within 5s: %s %v", ifname, ns, out, err)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-	check(n.tracker.ns, "eth0")
-	for _, label := range labels {
-		check(n.routers[label].ns, "wan")
-		check(n.routers[label].ns, "lan")
-		check(n.hosts[label].ns, "eth0")
-	}
+	set.waitLinksUp(links...)
 	var desc []string
 	for _, label := range labels {
 		r := n.routers[label]
 		desc = append(desc, fmt.Sprintf("%s=%s behind %s (WAN %s)", label, r.inner.addr, r.label, r.addr))
 	}
-	t.Logf("internet %s (namespaces %s-*): tracker T=%s; %s; iptables: %s", n.wan, id, n.tracker.addr, strings.Join(desc, "; "), n.ipt)
+	t.Logf("internet %s (namespaces %s-*): tracker T=%s; %s; iptables: %s", n.wan, n.id, n.tracker.addr, strings.Join(desc, "; "), n.ipt)
 	return n
 }
 

@@ -82,79 +82,127 @@ func requireNetns(t testing.TB) {
 
 var staleNetnsOnce sync.Once
 
+// netnsSet is the network namespaces of one simulated network, all named
+// <id>-<suffix>. They are removed when the test ends, whether it passed or
+// not, every process left in them killed first.
+type netnsSet struct {
+	t       testing.TB
+	id      string
+	created []string
+}
+
+// newNetnsSet starts a set with a fresh id (and, once per run, removes the
+// namespaces aborted runs left behind).
+func newNetnsSet(t testing.TB) *netnsSet {
+	t.Helper()
+	requireNetns(t)
+	staleNetnsOnce.Do(func() { removeStaleNetns(t) })
+	s := &netnsSet{t: t, id: fmt.Sprintf("%s%s-%d-%s", netnsPrefix,
+		strconv.FormatInt(time.Now().Unix(), 36), os.Getpid(), hex.EncodeToString(randomBytes(t, 2)))}
+	t.Cleanup(func() {
+		// In reverse: hosts before the bridge that joins them.
+		for i := len(s.created) - 1; i >= 0; i-- {
+			if err := deleteNetns(s.created[i]); err != nil {
+				t.Errorf("removing network namespace: %v", err)
+			}
+		}
+	})
+	return s
+}
+
+// add creates namespace <id>-<suffix> with lo up and returns its name.
+func (s *netnsSet) add(suffix string) string {
+	s.t.Helper()
+	ns := s.id + "-" + suffix
+	mustIP(s.t, "netns", "add", ns)
+	s.created = append(s.created, ns)
+	mustIP(s.t, "-n", ns, "link", "set", "lo", "up")
+	return ns
+}
+
+// addBridge creates namespace <id>-<suffix> holding bridge br0, up.
+func (s *netnsSet) addBridge(suffix string) string {
+	s.t.Helper()
+	ns := s.add(suffix)
+	mustIP(s.t, "-n", ns, "link", "add", "br0", "type", "bridge")
+	mustIP(s.t, "-n", ns, "link", "set", "br0", "up")
+	return ns
+}
+
+// plug connects namespace ns to the bridge in namespace bridge with a veth
+// pair, port on the bridge's side, ifname on ns's side carrying addr/24,
+// both ends up.
+func (s *netnsSet) plug(bridge, port, ns, ifname string, addr netip.Addr, extra ...string) {
+	s.t.Helper()
+	mustIP(s.t, "-n", bridge, "link", "add", port, "type", "veth", "peer", "name", ifname, "netns", ns)
+	mustIP(s.t, "-n", bridge, "link", "set", port, "master", "br0", "up")
+	mustIP(s.t, append([]string{"-n", ns, "addr", "add", netip.PrefixFrom(addr, 24).String()}, append(extra, "dev", ifname)...)...)
+	mustIP(s.t, "-n", ns, "link", "set", ifname, "up")
+}
+
+// waitLinksUp waits (bounded: 5 s for all) until the kernel says every
+// link, given as namespace and interface pairs, carries traffic: both ends
+// of a veth are up by then, but it may take a moment.
+func (s *netnsSet) waitLinksUp(links ...[2]string) {
+	s.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for _, l := range links {
+		for {
+			out, err := runIP("-n", l[0], "-o", "link", "show", l[1])
+			if err == nil && strings.Contains(out, "LOWER_UP") && strings.Contains(out, "state UP") {
+				break
+			}
+			if time.Now().After(deadline) {
+				s.t.Fatalf("%s of %s not up within 5s: %s %v", l[1], l[0], out, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
+
+// randomBytes returns n random bytes.
+func randomBytes(t testing.TB, n int) []byte {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// withLast returns the address of p whose last byte is last.
+func withLast(p netip.Prefix, last byte) netip.Addr {
+	b := p.Addr().As4()
+	b[3] = last
+	return netip.AddrFrom4(b)
+}
+
 // newLAN creates a bridge namespace and one host namespace per label, all on
 // one fresh /24, and removes them all (killing every process left in them)
 // when the test ends, whether it passed or not.
 func newLAN(t testing.TB, labels ...string) *lanNet {
 	t.Helper()
-	requireNetns(t)
-	staleNetnsOnce.Do(func() { removeStaleNetns(t) })
-
-	rnd := make([]byte, 4)
-	if _, err := rand.Read(rnd); err != nil {
-		t.Fatal(err)
-	}
-	id := fmt.Sprintf("%s%s-%d-%s", netnsPrefix, strconv.FormatInt(time.Now().Unix(), 36), os.Getpid(), hex.EncodeToString(rnd[:2]))
+	set := newNetnsSet(t)
+	rnd := randomBytes(t, 2)
 	// 10.<1..254>.<0..255>.0/24: which private /24 does not matter (each LAN
 	// is its own set of namespaces); a random one keeps any mix-up visible.
-	subnet := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 1 + rnd[2]%254, rnd[3], 0}), 24)
-	b := subnet.Addr().As4()
-	b[3] = 255
+	subnet := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 1 + rnd[0]%254, rnd[1], 0}), 24)
 	l := &lanNet{
-		id:        id,
+		id:        set.id,
 		subnet:    subnet,
-		broadcast: netip.AddrFrom4(b),
-		bridge:    id + "-br",
+		broadcast: withLast(subnet, 255),
+		bridge:    set.addBridge("br"),
 		hosts:     map[string]*nsHost{},
 	}
-	var created []string
-	t.Cleanup(func() {
-		// Hosts first, the bridge last.
-		for i := len(created) - 1; i >= 0; i-- {
-			if err := deleteNetns(created[i]); err != nil {
-				t.Errorf("removing network namespace: %v", err)
-			}
-		}
-	})
-	add := func(ns string) {
-		t.Helper()
-		mustIP(t, "netns", "add", ns)
-		created = append(created, ns)
-		mustIP(t, "-n", ns, "link", "set", "lo", "up")
-	}
-
-	add(l.bridge)
-	mustIP(t, "-n", l.bridge, "link", "add", "br0", "type", "bridge")
-	mustIP(t, "-n", l.bridge, "link", "set", "br0", "up")
+	var links [][2]string
 	for i, label := range labels {
-		h := &nsHost{label: label, ns: id + "-" + strings.ToLower(label)}
-		hb := subnet.Addr().As4()
-		hb[3] = byte(10 + i)
-		h.addr = netip.AddrFrom4(hb)
-		add(h.ns)
-		port := "v" + strconv.Itoa(i)
-		mustIP(t, "-n", l.bridge, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", h.ns)
-		mustIP(t, "-n", l.bridge, "link", "set", port, "master", "br0", "up")
-		mustIP(t, "-n", h.ns, "addr", "add", netip.PrefixFrom(h.addr, 24).String(), "brd", "+", "dev", "eth0")
-		mustIP(t, "-n", h.ns, "link", "set", "eth0", "up")
+		h := &nsHost{label: label, addr: withLast(subnet, byte(10+i))}
+		h.ns = set.add(strings.ToLower(label))
+		set.plug(l.bridge, "v"+strconv.Itoa(i), h.ns, "eth0", h.addr, "brd", "+")
 		l.hosts[label] = h
+		links = append(links, [2]string{h.ns, "eth0"})
 	}
-	// Both ends of every veth are up now; wait (bounded) until the kernel
-	// says the links carry traffic.
-	deadline := time.Now().Add(5 * time.Second)
-	for _, h := range l.hosts {
-		for {
-			out, err := runIP("-n", h.ns, "-o", "link", "show", "eth0")
-			if err == nil && strings.Contains(out, "LOWER_UP") && strings.Contains(out, "state UP") {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("eth0 of %s not up within 5s: %s %v", h.ns, out, err)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-	t.Logf("LAN %s: %s, hosts %s", id, subnet, l.describe(labels))
+	set.waitLinksUp(links...)
+	t.Logf("LAN %s: %s, hosts %s", l.id, subnet, l.describe(labels))
 	return l
 }
 
