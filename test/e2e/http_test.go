@@ -108,7 +108,7 @@ func httpGet(t *testing.T, url string, headers ...string) (*http.Response, []byt
 // narInfo is a parsed narinfo.
 type narInfo map[string]string
 
-func parseNarInfo(t *testing.T, b []byte) narInfo {
+func parseNarInfo(t testing.TB, b []byte) narInfo {
 	t.Helper()
 	ni := narInfo{}
 	for _, line := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {

@@ -34,7 +34,7 @@ const lanPort = 12304
 
 // clientGet makes one request with c and returns the response with its body
 // read.
-func clientGet(t *testing.T, c *http.Client, method, url string) (*http.Response, []byte) {
+func clientGet(t testing.TB, c *http.Client, method, url string) (*http.Response, []byte) {
 	t.Helper()
 	resp, body, err := clientDo(c, method, url)
 	if err != nil {

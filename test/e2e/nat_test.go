@@ -533,33 +533,15 @@ func TestP2PAcrossNAT(t *testing.T) {
 	t.Logf("peer A %s, peer B %s (up %v into the test)", idA, db.peerID, time.Since(start).Round(time.Millisecond))
 
 	rootHash := hashPart(fx.root)
-	took := waitFor(t, "the tracker finds A as a holder of the fixture root", natAnnounceWait, func() (bool, string) {
-		ps, err := tr.find(rootHash)
-		if err != nil {
-			return false, err.Error()
-		}
-		return slices.Contains(ids(ps), idA), fmt.Sprintf("holders %v", ids(ps))
-	})
+	took := waitHolder(t, tr, "A", idA, rootHash)
 	t.Logf("A found as holder of %s after %v", rootHash, took.Round(time.Millisecond))
 	// A is behind NAT: the tracker's record is useful to others only with
 	// A's relay (circuit) address. Peers asking before it is there cannot
 	// reach A and answer Nix 404, which Nix remembers for an hour.
-	waitCircuit := func(who, id string) time.Duration {
-		t.Helper()
-		return waitFor(t, "the tracker's record of "+who+" carries a /p2p-circuit address", natAnnounceWait, func() (bool, string) {
-			ps, err := tr.peers()
-			if err != nil {
-				return false, err.Error()
-			}
-			p, _ := peerByID(ps, id)
-			return slices.ContainsFunc(p.Addrs, func(a string) bool { return strings.Contains(a, "/p2p-circuit") }),
-				fmt.Sprintf("%s's addrs %v", who, p.Addrs)
-		})
-	}
-	if w := waitCircuit("A", idA); w > time.Second {
+	if w := waitCircuit(t, tr, "A", idA); w > time.Second {
 		t.Errorf("BUG: A was listed as a holder %v before its record carried a /p2p-circuit address: in that window peers behind NAT cannot reach it and answer 404, which Nix caches for an hour (first announce sent before the relay reservation, next one only at the 5 s address poll?)", w.Round(time.Millisecond))
 	}
-	waitCircuit("B", db.peerID)
+	waitCircuit(t, tr, "B", db.peerID)
 	for _, p := range tr.mustPeers(t) {
 		t.Logf("tracker lists %s with addrs %v", p.PeerID, p.Addrs)
 	}
@@ -626,15 +608,9 @@ func TestP2PAcrossNAT(t *testing.T) {
 	t.Logf("A restarted (stopped in %v, up again %v after SIGTERM) with peer ID %s", stopTook.Round(time.Millisecond),
 		time.Since(sent).Round(time.Millisecond), da2.peerID)
 	checkIdentityFile(t, aState)
-	took = waitFor(t, "the tracker finds the restarted A as holder again", natAnnounceWait, func() (bool, string) {
-		ps, err := tr.find(rootHash)
-		if err != nil {
-			return false, err.Error()
-		}
-		return slices.Contains(ids(ps), idA), fmt.Sprintf("holders %v", ids(ps))
-	})
+	took = waitHolder(t, tr, "the restarted A", idA, rootHash)
 	t.Logf("the tracker lists the restarted A as holder %v after it came up", took.Round(time.Millisecond))
-	t.Logf("the restarted A's record carries a /p2p-circuit address %v later", waitCircuit("A", idA).Round(time.Millisecond))
+	t.Logf("the restarted A's record carries a /p2p-circuit address %v later", waitCircuit(t, tr, "A", idA).Round(time.Millisecond))
 	if ps := tr.mustPeers(t); len(ids(ps)) != 2 || !slices.Contains(ids(ps), idA) {
 		t.Errorf("after A's restart /v1/peers lists %v; want A (same ID %s) and B, nothing else", ids(ps), idA)
 	}
@@ -653,11 +629,7 @@ func TestP2PAcrossNAT(t *testing.T) {
 	// other, so no direct path (and no hole punch) is possible; B restarts
 	// with a fresh empty store (same identity), and the real Nix on B
 	// substitutes the whole closure again, through the tracker's relay.
-	for _, pair := range [][2]*natRouter{{n.routers["A"], n.routers["B"]}, {n.routers["B"], n.routers["A"]}} {
-		for _, dir := range []string{"-s", "-d"} {
-			nsRun(t, pair[0].ns, n.ipt, "-I", "FORWARD", "1", dir, pair[1].addr.String(), "-j", "DROP")
-		}
-	}
+	n.cutDirect(t, "A", "B")
 	if _, err := db.stop(syscall.SIGTERM, stopTimeout); err != nil {
 		t.Fatalf("stopping B: %v", err)
 	}
@@ -688,6 +660,46 @@ func TestP2PAcrossNAT(t *testing.T) {
 	db2.alive(t)
 	tr.alive(t)
 	t.Logf("TestP2PAcrossNAT took %v", time.Since(start).Round(time.Millisecond))
+}
+
+// waitHolder waits (bounded) until the tracker finds the peer id as a
+// holder of hash, and returns how long that took.
+func waitHolder(t testing.TB, tr *peerixProc, who, id, hash string) time.Duration {
+	t.Helper()
+	return waitFor(t, "the tracker finds "+who+" as a holder of "+hash, natAnnounceWait, func() (bool, string) {
+		ps, err := tr.find(hash)
+		if err != nil {
+			return false, err.Error()
+		}
+		return slices.Contains(ids(ps), id), fmt.Sprintf("holders %v", ids(ps))
+	})
+}
+
+// waitCircuit waits (bounded) until the tracker's record of the peer id
+// carries a relay (/p2p-circuit) address, and returns how long that took.
+func waitCircuit(t testing.TB, tr *peerixProc, who, id string) time.Duration {
+	t.Helper()
+	return waitFor(t, "the tracker's record of "+who+" carries a /p2p-circuit address", natAnnounceWait, func() (bool, string) {
+		ps, err := tr.peers()
+		if err != nil {
+			return false, err.Error()
+		}
+		p, _ := peerByID(ps, id)
+		return slices.ContainsFunc(p.Addrs, func(a string) bool { return strings.Contains(a, "/p2p-circuit") }),
+			fmt.Sprintf("%s's addrs %v", who, p.Addrs)
+	})
+}
+
+// cutDirect makes the routers of hosts a and b drop all traffic between
+// each other: no direct path (and no hole punch) is possible any more, only
+// the tracker's relay joins them.
+func (n *natNet) cutDirect(t testing.TB, a, b string) {
+	t.Helper()
+	for _, pair := range [][2]*natRouter{{n.routers[a], n.routers[b]}, {n.routers[b], n.routers[a]}} {
+		for _, dir := range []string{"-s", "-d"} {
+			nsRun(t, pair[0].ns, n.ipt, "-I", "FORWARD", "1", dir, pair[1].addr.String(), "-j", "DROP")
+		}
+	}
 }
 
 // reportPath says (t.Log) how B's bytes from A travelled, and returns
@@ -749,7 +761,7 @@ func checkIdentityFile(t *testing.T, stateDir string) {
 // fetchFromPeers asks the daemon (from its own machine) for path's narinfo,
 // which it finds on peers, retrying for a bounded while; it wants a
 // nar/p2p/ URL and the path's NarHash.
-func fetchFromPeers(t *testing.T, d *peerixProc, path string) (time.Duration, narInfo) {
+func fetchFromPeers(t testing.TB, d *peerixProc, path string) (time.Duration, narInfo) {
 	t.Helper()
 	var ni narInfo
 	took := waitFor(t, "peerix "+d.label+" finds "+path+" on a peer", 30*time.Second, func() (bool, string) {
