@@ -266,7 +266,7 @@ func (p *peerixProc) alive(t testing.TB) {
 
 // healthy checks that the process runs and says so on /health, asked from
 // the host from.
-func (p *peerixProc) healthy(t *testing.T, from *nsHost) {
+func (p *peerixProc) healthy(t testing.TB, from *nsHost) {
 	t.Helper()
 	p.alive(t)
 	resp, body := clientGet(t, from.httpClient(), http.MethodGet, p.hostURL+"/health")
