@@ -100,6 +100,9 @@ type peerixProc struct {
 
 	mu       sync.Mutex
 	stopping bool // an exit from now on is expected
+	// startFailed: it never became ready, which tryStartPeerix reported
+	// with its log.
+	startFailed bool
 }
 
 // startPeerix starts a peerix process and waits (bounded) until it is
@@ -179,6 +182,7 @@ func startOnce(t testing.TB, opts peerixOptions) (*peerixProc, error) {
 
 	if err := p.waitReady(); err != nil {
 		// Reported here, not again when the test ends.
+		p.startFailed = true
 		_, _ = p.stop(syscall.SIGKILL, stopTimeout)
 		return nil, fmt.Errorf("%s: %w\nlog:\n%s", p, err, tail(p.log.String(), logTail))
 	}
@@ -224,16 +228,19 @@ func (p *peerixProc) waitReady() error {
 	return err
 }
 
-// stopAtEnd is the process's part of the test's cleanup.
+// stopAtEnd is the process's part of the test's cleanup: it stops the
+// process, and shows its log if the test failed.
 func (p *peerixProc) stopAtEnd(t testing.TB) {
-	if !p.running() {
-		if !p.expected() {
-			t.Errorf("%s exited during the test: %v\nlog:\n%s", p, p.err, tail(p.log.String(), logTail))
-		}
+	switch {
+	case p.startFailed:
 		return
-	}
-	if _, err := p.stop(syscall.SIGTERM, stopTimeout); err != nil {
-		t.Errorf("%s: %v", p, err)
+	case !p.running() && !p.expected():
+		t.Errorf("%s exited during the test: %v\nlog:\n%s", p, p.err, tail(p.log.String(), logTail))
+		return
+	case p.running():
+		if _, err := p.stop(syscall.SIGTERM, stopTimeout); err != nil {
+			t.Errorf("%s: %v", p, err)
+		}
 	}
 	if t.Failed() {
 		t.Logf("%s log:\n%s", p, tail(p.log.String(), logTail))
