@@ -1,4 +1,4 @@
-.PHONY: run test bench lint build
+.PHONY: run test bench bench-net lint build
 
 build:
 	go build -o bin/peerix ./cmd/peerix
@@ -13,6 +13,10 @@ bench:
 	scripts/deps.sh bench
 	go test -run '^$$' -bench . -benchmem ./internal/...
 	scripts/bench-local.sh
+
+# Between simulated hosts (network namespaces; root): LAN, and P2P across NAT.
+bench-net:
+	go test ./test/e2e -run '^$$' -bench 'BenchmarkLAN|BenchmarkP2P' -benchtime 3x -timeout 30m
 
 # staticcheck pinned by module version: the module proxy refuses release
 # names such as @2025.1.1. v0.8.2 is release 2026.2.2, made for Go 1.26.

@@ -10,119 +10,42 @@
 # Environment:
 #   PEERIX        peerix binary (default: go build ./cmd/peerix into a temp dir)
 #   BENCH_BIG     1: also build and stream a 1 GiB path
-#   BENCH_SALT    salt for the fixture paths (default fixed, so reruns reuse them)
+#   BENCH_SALT    salt for the paths of test/e2e/testdata/bench.nix (default
+#                 peerix-bench-1, fixed, so reruns and the Go benchmarks reuse them)
 #   BENCH_DURATION  wrk duration (default 10s)
 #
 # Needs: nix-build, nix, nix-store (NIX_REMOTE=local is used), nginx, wrk, curl.
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib/bench.sh"
 
-# The exact command line, with the environment that changes what it does.
-cmdline="$(printf '%q ' "$0" "$@")"
-for v in BENCH_DURATION BENCH_SALT BENCH_BIG PEERIX; do
-	if [[ -n "${!v:-}" ]]; then cmdline="$v=$(printf '%q' "${!v}") $cmdline"; fi
-done
 echo "# peerix local benchmark"
 echo
-echo "command: \`${cmdline% }\`"
+echo "command: \`$(command_line BENCH_DURATION BENCH_SALT BENCH_BIG PEERIX)\`"
 echo
 
 BENCH_BIG="${BENCH_BIG:-0}"
-BENCH_SALT="${BENCH_SALT:-peerix-bench-1}"
 DURATION="${BENCH_DURATION:-10s}"
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-
-for tool in nix-build nix nix-store nginx wrk curl awk; do
-	command -v "$tool" >/dev/null || { echo "bench-local.sh: $tool not found on PATH" >&2; exit 1; }
-done
-
-TMP="$(mktemp -d /tmp/peerix-bench.XXXXXX)"
-chmod 755 "$TMP" # nginx workers may run as another user
-PIDS=()
-cleanup() {
-	local pid
-	for pid in "${PIDS[@]}"; do
-		kill "$pid" 2>/dev/null || true
-	done
-	for pid in "${PIDS[@]}"; do
-		wait "$pid" 2>/dev/null || true
-	done
-	chmod -R u+w "$TMP" 2>/dev/null || true
-	rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+need nix-build nix nix-store nginx wrk curl awk
+bench_tmp
 
 export NIX_REMOTE=local
 export XDG_CACHE_HOME="$TMP/xdg-cache"
 NIX=(nix --extra-experimental-features nix-command)
 
-log() { echo "bench: $*" >&2; }
-die() { echo "bench-local.sh: $*" >&2; exit 1; }
-
-# A free loopback port: nothing answers a connect to it.
-free_port() {
-	local port
-	for _ in $(seq 1 100); do
-		port=$((20000 + RANDOM % 40000))
-		if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-			echo "$port"
-			return
-		fi
-	done
-	die "no free port found"
-}
-
-# wait_http URL PID NAME LOG: until URL answers 200, at most 30 s.
-wait_http() {
-	local url=$1 pid=$2 name=$3 logfile=$4
-	for _ in $(seq 1 300); do
-		if curl -sf -o /dev/null --max-time 2 "$url"; then return; fi
-		kill -0 "$pid" 2>/dev/null || { cat "$logfile" >&2; die "$name exited before serving $url"; }
-		sleep 0.1
-	done
-	cat "$logfile" >&2
-	die "$name did not serve $url within 30s"
-}
-
 # --- peerix binary -----------------------------------------------------------
-if [[ -n "${PEERIX:-}" ]]; then
-	PEERIX_BIN="$PEERIX"
-else
-	log "building ./cmd/peerix"
-	(cd "$REPO" && go build -o "$TMP/peerix" ./cmd/peerix)
-	PEERIX_BIN="$TMP/peerix"
+if [[ -z "${PEERIX:-}" ]]; then
+	go_build ./cmd/peerix
 fi
+PEERIX_BIN="${PEERIX:-$TMP/bin/peerix}"
 PEERIX_VERSION="$("$PEERIX_BIN" version 2>&1 | head -n1)"
 
-# --- (a) fixtures ------------------------------------------------------------
-cat >"$TMP/bench.nix" <<'EOF'
-{ salt }:
-let
-  mk = name: script: derivation {
-    name = "peerix-bench-${name}";
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    args = [ "-c" script ];
-    inherit salt;
-  };
-in {
-  small = mk "small" ''
-    /bin/mkdir -p $out/bin $out/share
-    echo hello > $out/share/hello
-    printf '#!/bin/sh\necho hello\n' > $out/bin/hello
-    /bin/chmod +x $out/bin/hello
-  '';
-  big = mk "256m" "/bin/dd if=/dev/urandom of=$out bs=1048576 count=256 status=none";
-  huge = mk "1g" "/bin/dd if=/dev/urandom of=$out bs=1048576 count=1024 status=none";
-}
-EOF
-build() { nix-build "$TMP/bench.nix" -A "$1" --argstr salt "$BENCH_SALT" -o "$TMP/result-$1" 2>"$TMP/build-$1.log" || { cat "$TMP/build-$1.log" >&2; die "nix-build -A $1 failed"; }; }
-log "building fixtures (salt $BENCH_SALT)"
-SMALL="$(build small)"
-BIG="$(build big)"
+# --- (a) fixtures: test/e2e/testdata/bench.nix -------------------------------
+log "building fixtures (salt ${BENCH_SALT:-peerix-bench-1})"
+SMALL="$(bench_paths small)"
+BIG="$(bench_paths big)"
 PATHS=("$SMALL" "$BIG")
 if [[ "$BENCH_BIG" == 1 ]]; then
-	HUGE="$(build huge)"
+	HUGE="$(bench_paths huge)"
 	PATHS+=("$HUGE")
 fi
 
@@ -169,9 +92,8 @@ http {
 }
 EOF
 log "starting nginx on 127.0.0.1:$NGINX_PORT"
-nginx -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -g 'daemon off;' 2>>"$TMP/nginx/error.log" &
-NGINX_PID=$!
-PIDS+=("$NGINX_PID")
+spawn "$TMP/nginx/output.log" nginx -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -g 'daemon off;'
+NGINX_PID=$SPAWNED
 NGINX="http://127.0.0.1:$NGINX_PORT"
 wait_http "$NGINX/nix-cache-info" "$NGINX_PID" nginx "$TMP/nginx/error.log"
 
@@ -181,10 +103,9 @@ start_peerix() {
 	shift
 	local port
 	port="$(free_port)"
-	"$PEERIX_BIN" serve --mode local --store-root "$CHROOT" --listen "127.0.0.1:$port" \
-		--state-dir "$TMP/state-$name" "$@" 2>"$TMP/peerix-$name.log" &
-	PEERIX_PID=$!
-	PIDS+=("$PEERIX_PID")
+	spawn "$TMP/peerix-$name.log" "$PEERIX_BIN" serve --mode local --store-root "$CHROOT" \
+		--listen "127.0.0.1:$port" --state-dir "$TMP/state-$name" "$@"
+	PEERIX_PID=$SPAWNED
 	PEERIX_URL="http://127.0.0.1:$port"
 	log "starting peerix ($name) on 127.0.0.1:$port"
 	wait_http "$PEERIX_URL/local/nix-cache-info" "$PEERIX_PID" "peerix ($name)" "$TMP/peerix-$name.log"
@@ -193,8 +114,7 @@ start_peerix main
 PX="$PEERIX_URL"
 PX_PID="$PEERIX_PID"
 
-rss() { awk '/^VmRSS|^VmHWM/ { v[$1] = sprintf("%.1f", $2 / 1024) } END { printf "%s / %s MiB", v["VmRSS:"], v["VmHWM:"] }' "/proc/$1/status"; }
-RSS_IDLE="$(rss "$PX_PID")"
+RSS_IDLE="$(vm "$PX_PID")"
 
 # NAR URLs (relative to the cache base) from each server's own narinfo.
 nar_url() {
@@ -239,7 +159,7 @@ curl_best() {
 		line="$(curl -s -o /dev/null -w "$CURL_FMT" "$url")"
 		read -r got total ttfb code <<<"$line"
 		[[ "$code" == 200 && "$got" == "$size" ]] || die "GET $url: HTTP $code, $got bytes, want 200 and $size bytes"
-		if [[ -z "$best_total" ]] || awk -v a="$total" -v b="$best_total" 'BEGIN { exit !(a < b) }'; then
+		if [[ "$(min "$total" "$best_total")" == "$total" ]]; then
 			best_total="$total"
 			best="$got $total $ttfb"
 		fi
@@ -248,19 +168,15 @@ curl_best() {
 }
 # dump_best PATH RUNS: best wall time of nix-store --dump to /dev/null, in s
 dump_best() {
-	local best="" s e t
+	local best="" start
 	record "nix-store --store $CHROOT --dump $1 > /dev/null  (best of $2)"
 	for _ in $(seq 1 "$2"); do
-		s="$(date +%s.%N)"
+		start="$(now)"
 		nix-store --store "$CHROOT" --dump "$1" >/dev/null
-		e="$(date +%s.%N)"
-		t="$(awk -v s="$s" -v e="$e" 'BEGIN { printf "%.3f", e - s }')"
-		if [[ -z "$best" ]] || awk -v a="$t" -v b="$best" 'BEGIN { exit !(a < b) }'; then best="$t"; fi
+		best="$(min "$(since "$start")" "$best")"
 	done
 	echo "$best"
 }
-mibps() { awk -v n="$1" -v t="$2" 'BEGIN { printf "%.0f MiB/s", n / t / 1048576 }'; }
-ms() { awk -v t="$1" 'BEGIN { printf "%.2f ms", t * 1000 }'; }
 field() { cut -d'|' -f"$2" <<<"$1"; }
 note() { [[ -n "$1" ]] && echo "$1" || true; }
 
@@ -276,7 +192,7 @@ start_peerix signed --signing-key-file "$TMP/keys/bench.sec"
 PXS="$PEERIX_URL"
 curl -sf "$PXS/local/$(hash_of "$SMALL").narinfo" | grep -q '^Sig: bench:' || die "signed peerix serves no Sig: bench: line"
 W_PXS_NI="$(wrk_run "$PXS/local/$(hash_of "$SMALL").narinfo")"
-kill "$PEERIX_PID" 2>/dev/null || true
+stop_pid "$PEERIX_PID"
 
 # --- (d) NAR throughput ------------------------------------------------------
 BIG_SIZE="$(nar_size "$BIG")"
@@ -304,14 +220,14 @@ C_NG_SM="$(curl_best "$NG_SMALL" "$SMALL_SIZE" 5)"
 C_PX_SM="$(curl_best "$PX_SMALL" "$SMALL_SIZE" 5)"
 
 # --- (f) peerix memory while streaming ---------------------------------------
-RSS_BEFORE="$(rss "$PX_PID")"
+RSS_BEFORE="$(vm "$PX_PID")"
 if [[ "$BENCH_BIG" == 1 ]]; then
 	log "streaming the 1 GiB NAR from peerix for the RSS measurement"
 	curl_best "$PX_HUGE" "$HUGE_SIZE" 1 >/dev/null
 else
 	curl_best "$PX_BIG" "$BIG_SIZE" 1 >/dev/null
 fi
-RSS_AFTER="$(rss "$PX_PID")"
+RSS_AFTER="$(vm "$PX_PID")"
 kill -0 "$PX_PID" 2>/dev/null || die "peerix died during the benchmark"
 
 # --- report ------------------------------------------------------------------
@@ -320,7 +236,7 @@ read -r _ t_px_big f_px_big <<<"$C_PX_BIG"
 read -r _ _ f_ng_sm <<<"$C_NG_SM"
 read -r _ _ f_px_sm <<<"$C_PX_SM"
 
-echo "- machine: $(nproc) cores, $(awk '/^model name/ { $1 = $2 = $3 = ""; print; exit }' /proc/cpuinfo | sed 's/^ *//'), $(uname -sr)"
+echo "- machine: $(machine)"
 echo "- peerix: $PEERIX_VERSION; $(nginx -v 2>&1); $(nix --version); $(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2)"
 echo "- paths: small $SMALL ($SMALL_SIZE-byte NAR); 256 MiB $BIG ($BIG_SIZE-byte NAR)${HUGE:+; 1 GiB $HUGE ($HUGE_SIZE-byte NAR)}"
 echo "- nginx serves \`nix copy --to file://…?compression=none\` of the same paths (worker_processes 2, sendfile on, access_log off); peerix serves the chroot store they were copied into"

@@ -36,11 +36,9 @@
 # Everything listens on 127.0.0.1 and lives in one temporary directory,
 # removed at the end.
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib/bench.sh"
 
-cmdline="$(printf '%q ' "$0" "$@")"
-for v in BENCH_PEERS BENCH_HASHES BENCH_DELTAS BENCH_FINDS BENCH_ANNOUNCERS BENCH_CONCURRENCY BENCH_RATE BENCH_LIGHT_RATE BENCH_SETTLE BENCH_DURATION BENCH_BACKENDS BENCH_PG_OPTS; do
-	if [[ -n "${!v:-}" ]]; then cmdline="$v=$(printf '%q' "${!v}") $cmdline"; fi
-done
+cmdline="$(command_line BENCH_PEERS BENCH_HASHES BENCH_DELTAS BENCH_FINDS BENCH_ANNOUNCERS BENCH_CONCURRENCY BENCH_RATE BENCH_LIGHT_RATE BENCH_SETTLE BENCH_DURATION BENCH_BACKENDS BENCH_PG_OPTS)"
 
 PEERS="${BENCH_PEERS:-1000}"
 HASHES="${BENCH_HASHES:-20000}"
@@ -54,46 +52,23 @@ LIGHT_RATE="${BENCH_LIGHT_RATE:-0}"
 DURATION="${BENCH_DURATION:-30m}"
 BACKENDS="${BENCH_BACKENDS:-sqlite postgres}"
 PG_OPTS="${BENCH_PG_OPTS:-}"
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-
-log() { echo "bench: $*" >&2; }
-die() { echo "bench-tracker.sh: $*" >&2; exit 1; }
-for tool in curl jq awk; do
-	command -v "$tool" >/dev/null || die "$tool not found on PATH"
-done
-
-TMP="$(mktemp -d /tmp/peerix-bench-tracker.XXXXXX)"
-chmod 755 "$TMP" # the PostgreSQL server may run as another user
-PIDS=()
+need curl jq awk
+bench_tmp
 PGDATA=""
 PGBIN=""
 AS_PG=()
-cleanup() {
-	local pid
-	for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-	for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+# bench_cleanup stops the PostgreSQL server, if one is running (bench_exit).
+bench_cleanup() {
 	if [[ -n "$PGDATA" && -e "$PGDATA/postmaster.pid" ]]; then
 		"${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$PGDATA" -m immediate -w stop >/dev/null 2>&1 || true
 	fi
-	rm -rf "$TMP"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 if [[ -z "${PEERIX:-}" || -z "${PEERIX_LOADGEN:-}" ]]; then
-	log "building peerix and peerix-loadgen"
-	(cd "$REPO" && go build -o "$TMP/bin/" ./cmd/peerix ./cmd/peerix-loadgen)
+	go_build ./cmd/peerix ./cmd/peerix-loadgen
 fi
 PEERIX="${PEERIX:-$TMP/bin/peerix}"
 PEERIX_LOADGEN="${PEERIX_LOADGEN:-$TMP/bin/peerix-loadgen}"
-
-free_port() {
-	local port
-	while :; do
-		port=$((20000 + RANDOM % 30000))
-		if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then echo "$port"; return; fi
-	done
-}
 
 # run_tracker NAME DB MEASURE: starts a tracker on DB, loads it, records
 # results in $TMP/NAME.json (loadgen), $TMP/NAME.hwm (tracker VmHWM, kB),
@@ -102,15 +77,9 @@ free_port() {
 run_tracker() {
 	local name="$1" db="$2" measure="$3" port pid
 	port="$(free_port)"
-	"$PEERIX" tracker --listen "127.0.0.1:$port" --db "$db" --relay-port 0 --peer-ttl 30m \
-		>"$TMP/$name-tracker.log" 2>&1 &
-	pid=$!
-	PIDS+=("$pid")
-	for _ in $(seq 100); do
-		curl -fsS "http://127.0.0.1:$port/v1/info" >/dev/null 2>&1 && break
-		kill -0 "$pid" 2>/dev/null || { cat "$TMP/$name-tracker.log" >&2; die "$name tracker exited"; }
-		sleep 0.1
-	done
+	spawn "$TMP/$name-tracker.log" "$PEERIX" tracker --listen "127.0.0.1:$port" --db "$db" --relay-port 0 --peer-ttl 30m
+	pid=$SPAWNED
+	wait_http "http://127.0.0.1:$port/v1/info" "$pid" "$name tracker" "$TMP/$name-tracker.log"
 	log "$name: loading the tracker (pid $pid) with $PEERS peers x $HASHES hashes"
 	local rc=0
 	"$PEERIX_LOADGEN" -tracker "http://127.0.0.1:$port" -peers "$PEERS" -hashes "$HASHES" \
@@ -131,8 +100,7 @@ run_tracker() {
 			-duration "$DURATION" -json "$TMP/$name-light.json" >&2 || true
 		[[ -s "$TMP/$name-light.json" ]] || die "$name: the light-load run wrote no results"
 	fi
-	kill "$pid"
-	wait "$pid" 2>/dev/null || true
+	stop_pid "$pid" 60
 }
 
 # io_bytes PID: what the process has written to storage (page-cache pages it
@@ -206,7 +174,6 @@ done
 
 # The table.
 q() { jq -r "$2" "$TMP/$1.json"; }
-mib() { awk -v b="$1" 'BEGIN { printf "%.0f MiB", b / 1048576 }'; }
 row() { # row [-light] LABEL JQ-EXPRESSION: a cell per backend from its (light-load) results
 	local suffix="" line b
 	if [[ "$1" == -light ]]; then suffix=-light; shift; fi
@@ -216,7 +183,7 @@ row() { # row [-light] LABEL JQ-EXPRESSION: a cell per backend from its (light-l
 }
 echo "command: \`${cmdline% }\`"
 echo
-echo "$(nproc) CPUs ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)), $(awk '/^MemTotal/ {printf "%.0f GB", $2 / 1048576}' /proc/meminfo) RAM; tracker, database and load generator on the same machine."
+echo "$(machine); tracker, database and load generator on the same machine."
 echo
 header="| |" sep="| --- |"
 for b in $BACKENDS; do
@@ -227,7 +194,12 @@ echo "$header"
 echo "$sep"
 row "full announcements, $PEERS peers x $HASHES hashes ($ANNOUNCERS at once)" '"\(.full_announce_s | floor) s (\(.full_hashes_per_s / 1000 | floor) k hashes/s)"'
 row "full set of $HASHES hashes (one request), p50 / p99" '"\(.full_set.p50_ms | round) / \(.full_set.p99_ms | round) ms"'
-row "busy: $RATE req/s for $(((PEERS * (DELTAS + 1) + FINDS) / RATE)) s, $CONCURRENCY in flight" '"\(.delta.n + .find.n + .heartbeat.n) requests"'
+if [[ "$RATE" == 0 ]]; then
+	busy="flat out"
+else
+	busy="$RATE req/s for $(((PEERS * (DELTAS + 1) + FINDS) / RATE)) s"
+fi
+row "busy: $busy, $CONCURRENCY in flight" '"\(.delta.n + .find.n + .heartbeat.n) requests"'
 row "busy: delta (10 removed, 10 added), p50 / p99" '"\(.delta.p50_ms) / \(.delta.p99_ms) ms"'
 row "busy: find, p50 / p99" '"\(.find.p50_ms) / \(.find.p99_ms) ms"'
 row "busy: find of a popular hash (100 of up to 1,000 holders), p50 / p99" '"\(.find_popular.p50_ms) / \(.find_popular.p99_ms) ms"'

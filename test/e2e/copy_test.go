@@ -14,10 +14,10 @@ func TestNixCopyFromLocalCache(t *testing.T) {
 	fx := fixtures(t)
 	t.Parallel()
 	key := keygen(t, "peerix-e2e-1")
-	d := startDaemon(t, daemonOptions{storeRoot: fx.src, signingKeyFile: key.secretFile})
+	d := startPeerix(t, localDaemon(t, fx.src, "--signing-key-file", key.secretFile))
 
 	dst := storeDir(t, "dst")
-	args := append([]string{"copy", "--from", d.base + "/local", "--to", dst,
+	args := append([]string{"copy", "--from", d.url + "/local", "--to", dst,
 		"--option", "require-sigs", "true",
 		"--option", "trusted-public-keys", key.public,
 	}, fx.paths...)
@@ -37,10 +37,10 @@ func TestNixCopyRejectsWrongKey(t *testing.T) {
 	if other.public == key.public {
 		t.Fatalf("two runs of peerix keygen made the same key %s", key.public)
 	}
-	d := startDaemon(t, daemonOptions{storeRoot: fx.src, signingKeyFile: key.secretFile})
+	d := startPeerix(t, localDaemon(t, fx.src, "--signing-key-file", key.secretFile))
 
 	dst := storeDir(t, "dst")
-	args := append([]string{"copy", "--from", d.base + "/local", "--to", dst,
+	args := append([]string{"copy", "--from", d.url + "/local", "--to", dst,
 		"--option", "require-sigs", "true",
 		"--option", "trusted-public-keys", other.public,
 	}, fx.paths...)
@@ -67,11 +67,11 @@ func TestNixStoreRealiseSubstitutes(t *testing.T) {
 	fx := fixtures(t)
 	t.Parallel()
 	key := keygen(t, "peerix-e2e-3")
-	d := startDaemon(t, daemonOptions{storeRoot: fx.src, signingKeyFile: key.secretFile})
+	d := startPeerix(t, localDaemon(t, fx.src, "--signing-key-file", key.secretFile))
 
 	dst := storeDir(t, "dst2")
 	r := runNix(t, "nix-store", "--store", dst, "-r", fx.root,
-		"--option", "substituters", d.base+"/local",
+		"--option", "substituters", d.url+"/local",
 		"--option", "trusted-public-keys", key.public,
 		"--option", "require-sigs", "true",
 	)

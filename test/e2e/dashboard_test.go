@@ -79,22 +79,22 @@ func elementHTML(t *testing.T, dom, tag, id string) string {
 func TestDashboardShowsLiveData(t *testing.T) {
 	browser := needChromium(t)
 	fx := fixtures(t)
-	d := startDaemon(t, daemonOptions{storeRoot: fx.src})
+	d := startPeerix(t, localDaemon(t, fx.src))
 
 	// Some traffic: narinfos (one of them a miss) and a NAR.
 	leaf, big := fx.byName["leaf"], fx.byName["big"]
 	fetchNarInfo(t, d, fx, leaf)
 	ni := fetchNarInfo(t, d, fx, big)
 	fetchNarInfo(t, d, fx, big)
-	if resp, _ := httpGet(t, d.base+"/local/"+randomNix32(32)+".narinfo"); resp.StatusCode != http.StatusNotFound {
+	if resp, _ := httpGet(t, d.url+"/local/"+randomNix32(32)+".narinfo"); resp.StatusCode != http.StatusNotFound {
 		t.Fatalf("narinfo of an absent path: %s", resp.Status)
 	}
-	if resp, body := httpGet(t, d.base+"/local/"+ni["URL"]); resp.StatusCode != http.StatusOK || int64(len(body)) != fx.facts[big].narSize {
+	if resp, body := httpGet(t, d.url+"/local/"+ni["URL"]); resp.StatusCode != http.StatusOK || int64(len(body)) != fx.facts[big].narSize {
 		t.Fatalf("GET /local/%s: %s, %d bytes", ni["URL"], resp.Status, len(body))
 	}
 
 	// The API has counted them.
-	resp, body := httpGet(t, d.base+"/api/status")
+	resp, body := httpGet(t, d.url+"/api/status")
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("GET /api/status: %s\n%s", resp.Status, body)
 	}
@@ -117,7 +117,7 @@ func TestDashboardShowsLiveData(t *testing.T) {
 	}
 	version := peerixVersion(t)
 
-	dom := dumpDOM(t, browser, d.base+"/dashboard")
+	dom := dumpDOM(t, browser, d.url+"/dashboard")
 	d.alive(t)
 
 	if !strings.Contains(dom, `data-state="live"`) {
@@ -153,7 +153,7 @@ func TestDashboardShowsLiveData(t *testing.T) {
 
 	// Only this machine may see it; 127.0.0.1 is this machine, so check the
 	// Host guard instead: a page on a foreign name (DNS rebinding) is refused.
-	req, _ := http.NewRequest(http.MethodGet, d.base+"/api/status", nil)
+	req, _ := http.NewRequest(http.MethodGet, d.url+"/api/status", nil)
 	req.Host = "rebind.example.com"
 	if resp, err := http.DefaultClient.Do(req); err != nil {
 		t.Fatal(err)

@@ -108,7 +108,7 @@ func httpGet(t *testing.T, url string, headers ...string) (*http.Response, []byt
 // narInfo is a parsed narinfo.
 type narInfo map[string]string
 
-func parseNarInfo(t *testing.T, b []byte) narInfo {
+func parseNarInfo(t testing.TB, b []byte) narInfo {
 	t.Helper()
 	ni := narInfo{}
 	for _, line := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
@@ -126,9 +126,9 @@ func parseNarInfo(t *testing.T, b []byte) narInfo {
 
 // fetchNarInfo GETs /local/<hash>.narinfo of path and checks it against the
 // source store's facts.
-func fetchNarInfo(t *testing.T, d *daemon, fx *fixtureSet, path string) narInfo {
+func fetchNarInfo(t *testing.T, d *peerixProc, fx *fixtureSet, path string) narInfo {
 	t.Helper()
-	resp, body := httpGet(t, d.base+"/local/"+hashPart(path)+".narinfo")
+	resp, body := httpGet(t, d.url+"/local/"+hashPart(path)+".narinfo")
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("GET /local/%s.narinfo: %s\n%s", hashPart(path), resp.Status, body)
 	}
@@ -193,13 +193,13 @@ func streamDigest(url string, headers ...string) (status int, digest string, n, 
 func TestServedNARsMatchStore(t *testing.T) {
 	fx := fixtures(t)
 	t.Parallel()
-	d := startDaemon(t, daemonOptions{storeRoot: fx.src})
+	d := startPeerix(t, localDaemon(t, fx.src))
 
-	resp, body := httpGet(t, d.base+"/local/nix-cache-info")
+	resp, body := httpGet(t, d.url+"/local/nix-cache-info")
 	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "StoreDir: /nix/store\n") {
 		t.Errorf("GET /local/nix-cache-info: %s\n%s", resp.Status, body)
 	}
-	resp, body = httpGet(t, d.base+"/nix-cache-info")
+	resp, body = httpGet(t, d.url+"/nix-cache-info")
 	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "StoreDir: /nix/store\n") {
 		t.Errorf("GET /nix-cache-info from loopback: %s\n%s", resp.Status, body)
 	}
@@ -208,7 +208,7 @@ func TestServedNARsMatchStore(t *testing.T) {
 		t.Run(filepath.Base(p)[33:], func(t *testing.T) {
 			ni := fetchNarInfo(t, d, fx, p)
 			want := fx.facts[p]
-			for _, url := range []string{d.base + "/local/" + ni["URL"], d.base + "/" + ni["URL"]} {
+			for _, url := range []string{d.url + "/local/" + ni["URL"], d.url + "/" + ni["URL"]} {
 				status, digest, n, cl, err := streamDigest(url)
 				if err != nil {
 					t.Errorf("%v", err)
@@ -254,7 +254,7 @@ func TestServedNARsMatchStore(t *testing.T) {
 func TestNARConcurrentDownloads(t *testing.T) {
 	fx := fixtures(t)
 	t.Parallel()
-	d := startDaemon(t, daemonOptions{storeRoot: fx.src})
+	d := startPeerix(t, localDaemon(t, fx.src))
 	p := fx.byName["big"]
 	ni := fetchNarInfo(t, d, fx, p)
 	want := fx.facts[p]
@@ -265,9 +265,9 @@ func TestNARConcurrentDownloads(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			url := d.base + "/local/" + ni["URL"]
+			url := d.url + "/local/" + ni["URL"]
 			if i%2 == 1 {
-				url = d.base + "/" + ni["URL"]
+				url = d.url + "/" + ni["URL"]
 			}
 			status, digest, n, _, err := streamDigest(url)
 			switch {
@@ -291,7 +291,7 @@ func TestNARConcurrentDownloads(t *testing.T) {
 func TestNARRange(t *testing.T) {
 	fx := fixtures(t)
 	t.Parallel()
-	d := startDaemon(t, daemonOptions{storeRoot: fx.src})
+	d := startPeerix(t, localDaemon(t, fx.src))
 	p := fx.byName["big"]
 	ni := fetchNarInfo(t, d, fx, p)
 	full := dumpBytes(t, fx.src, p)
@@ -310,7 +310,7 @@ func TestNARRange(t *testing.T) {
 		{fmt.Sprintf("bytes=%d-", n-1), n - 1, n},
 	}
 	for _, prefix := range []string{"/local/", "/"} {
-		url := d.base + prefix + ni["URL"]
+		url := d.url + prefix + ni["URL"]
 		for _, tc := range tests {
 			resp, body := httpGet(t, url, "Range: "+tc.rangeHdr)
 			if resp.StatusCode != http.StatusPartialContent {
@@ -378,7 +378,7 @@ func nix32Runs(s string, n int) [][2]int {
 func TestBadRequests(t *testing.T) {
 	fx := fixtures(t)
 	t.Parallel()
-	d := startDaemon(t, daemonOptions{storeRoot: fx.src})
+	d := startPeerix(t, localDaemon(t, fx.src))
 
 	leaf := fx.byName["leaf"]
 	h := hashPart(leaf)
@@ -525,12 +525,12 @@ func TestBadRequests(t *testing.T) {
 
 	// Still healthy.
 	d.alive(t)
-	resp, body := httpGet(t, d.base+"/local/nix-cache-info")
+	resp, body := httpGet(t, d.url+"/local/nix-cache-info")
 	if resp.StatusCode != http.StatusOK {
 		t.Errorf("after the bad requests: GET /local/nix-cache-info: %s\n%s", resp.Status, body)
 	}
 	fetchNarInfo(t, d, fx, leaf)
-	status, digest, _, _, err := streamDigest(d.base + "/local/" + narURL)
+	status, digest, _, _, err := streamDigest(d.url + "/local/" + narURL)
 	if err != nil || status != http.StatusOK || digest != fx.facts[leaf].narDigest {
 		t.Errorf("after the bad requests: GET /local/%s: status %d, digest %s, err %v; want the leaf's NAR", narURL, status, digest, err)
 	}

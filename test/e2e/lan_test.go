@@ -90,9 +90,9 @@ func TestLANSubstitute(t *testing.T) {
 	A, B, C := lan.host("A"), lan.host("B"), lan.host("C")
 	key := keygen(t, "peerix-lan-a")
 	bStore, cStore := initStore(t, "b-store"), initStore(t, "c-store")
-	da := startLANDaemon(t, A, lanDaemonOptions{storeRoot: fx.src, signingKeyFile: key.secretFile})
-	db := startLANDaemon(t, B, lanDaemonOptions{storeRoot: bStore, trustedKeys: []string{key.public}})
-	dc := startLANDaemon(t, C, lanDaemonOptions{storeRoot: cStore, trustedKeys: []string{key.public}})
+	da := startPeerix(t, lanDaemon(t, A, fx.src, "--filter", "none", "--signing-key-file", key.secretFile))
+	db := startPeerix(t, lanDaemon(t, B, bStore, "--filter", "none", "--trusted-public-key", key.public))
+	dc := startPeerix(t, lanDaemon(t, C, cStore, "--filter", "none", "--trusted-public-key", key.public))
 	rootHash := hashPart(fx.root)
 	bcast := netip.AddrPortFrom(lan.broadcast, lanPort)
 
@@ -102,7 +102,7 @@ func TestLANSubstitute(t *testing.T) {
 
 	start := time.Now()
 	r := B.nix(t, "nix-store", "--store", bStore, "-r", fx.root,
-		"--option", "substituters", db.local,
+		"--option", "substituters", db.url,
 		"--option", "trusted-public-keys", key.public,
 		"--option", "require-sigs", "true")
 	if r.err != nil {
@@ -118,7 +118,7 @@ func TestLANSubstitute(t *testing.T) {
 	for _, method := range []string{http.MethodGet, http.MethodHead} {
 		absent := randomNix32(32)
 		t0 := time.Now()
-		resp, _ := clientGet(t, db.client, method, db.local+"/"+absent+".narinfo")
+		resp, _ := clientGet(t, db.client, method, db.url+"/"+absent+".narinfo")
 		took := time.Since(t0)
 		t.Logf("LAN miss, %s from B's loopback: %s in %v", method, resp.Status, took.Round(time.Millisecond))
 		if resp.StatusCode != http.StatusNotFound {
@@ -133,7 +133,7 @@ func TestLANSubstitute(t *testing.T) {
 	// whose NAR is the path's.
 	big := fx.byName["big"]
 	t0 := time.Now()
-	resp, body := clientGet(t, db.client, http.MethodGet, db.local+"/"+hashPart(big)+".narinfo")
+	resp, body := clientGet(t, db.client, http.MethodGet, db.url+"/"+hashPart(big)+".narinfo")
 	t.Logf("LAN hit, GET from B's loopback: %s in %v", resp.Status, time.Since(t0).Round(time.Millisecond))
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("GET /%s.narinfo from B's loopback: %s\n%s", hashPart(big), resp.Status, body)
@@ -145,7 +145,7 @@ func TestLANSubstitute(t *testing.T) {
 	if !strings.Contains(" "+ni["Sig"], " "+strings.SplitN(key.public, ":", 2)[0]+":") {
 		t.Errorf("B's narinfo for %s carries no signature by A's key:\n%s", big, body)
 	}
-	status, digest, n, err := clientDigest(db.client, db.local+"/"+ni["URL"])
+	status, digest, n, err := clientDigest(db.client, db.url+"/"+ni["URL"])
 	if err != nil || status != http.StatusOK || hex.EncodeToString(digest) != fx.facts[big].narDigest {
 		t.Errorf("GET /%s from B's loopback: status %d, %d bytes sha256 %x, err %v; want the NAR of %s",
 			ni["URL"], status, n, digest, err, big)
@@ -159,18 +159,18 @@ func TestLANSubstitute(t *testing.T) {
 		{http.MethodGet, "/" + ni["URL"]},
 		{http.MethodGet, "/nix-cache-info"},
 	} {
-		resp, body := clientGet(t, cc, c.method, db.remote+c.target)
+		resp, body := clientGet(t, cc, c.method, db.hostURL+c.target)
 		if resp.StatusCode != http.StatusForbidden {
-			t.Errorf("%s %s%s from host C: %s, want 403", c.method, db.remote, c.target, resp.Status)
+			t.Errorf("%s %s%s from host C: %s, want 403", c.method, db.hostURL, c.target, resp.Status)
 		}
 		if bytes.Contains(body, []byte("nix-archive-1")) || bytes.Contains(body, []byte("StorePath:")) {
-			t.Errorf("%s %s%s from host C leaks data: %.200q", c.method, db.remote, c.target, body)
+			t.Errorf("%s %s%s from host C leaks data: %.200q", c.method, db.hostURL, c.target, body)
 		}
 	}
 	// A's local store from host C: open, as for any peer.
-	resp, body = clientGet(t, cc, http.MethodGet, da.remote+"/local/"+rootHash+".narinfo")
+	resp, body = clientGet(t, cc, http.MethodGet, da.hostURL+"/local/"+rootHash+".narinfo")
 	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET %s/local/%s.narinfo from host C: %s\n%s", da.remote, rootHash, resp.Status, body)
+		t.Fatalf("GET %s/local/%s.narinfo from host C: %s\n%s", da.hostURL, rootHash, resp.Status, body)
 	}
 	if ni := parseNarInfo(t, body); ni["StorePath"] != fx.root || ni["NarHash"] != fx.facts[fx.root].narHash {
 		t.Errorf("A's /local narinfo for %s, from host C:\n%s", fx.root, body)
@@ -208,12 +208,12 @@ func TestLANInterop(t *testing.T) {
 	if r := nix3(t, append([]string{"copy", "--no-check-sigs", "--from", fx.src, "--to", pStore}, pPaths...)...); r.err != nil {
 		t.Fatalf("filling P's store:\n%v", r)
 	}
-	dp := startLANDaemon(t, P, lanDaemonOptions{storeRoot: pStore, trustedKeys: []string{old.key.public()}})
+	dp := startPeerix(t, lanDaemon(t, P, pStore, "--filter", "none", "--trusted-public-key", old.key.public()))
 
 	t.Run("old peer serves peerix", func(t *testing.T) {
 		start := time.Now()
 		r := P.nix(t, "nix-store", "--store", pStore, "-r", fx.byName["refs"],
-			"--option", "substituters", dp.local,
+			"--option", "substituters", dp.url,
 			"--option", "trusted-public-keys", old.key.public(),
 			"--option", "require-sigs", "true")
 		if r.err != nil {
@@ -307,7 +307,7 @@ func TestLANGarbage(t *testing.T) {
 	bad := startOldPeer(t, lan, X)
 	// P trusts X's key, so that what stops X's hostile answers below is
 	// the LAN layer's own checks, not only the verifier behind it.
-	dp := startLANDaemon(t, P, lanDaemonOptions{storeRoot: fx.src, trustedKeys: []string{bad.key.public()}})
+	dp := startPeerix(t, lanDaemon(t, P, fx.src, "--filter", "none", "--trusted-public-key", bad.key.public()))
 	bad.mu.Lock()
 	bad.onRequest = func(netip.AddrPort, uint32, string) [][]byte { return nil }
 	bad.mu.Unlock()
@@ -483,7 +483,7 @@ func TestLANGarbage(t *testing.T) {
 			defer wg.Done()
 			h := hashes[i]
 			t0 := time.Now()
-			resp, body, err := clientDo(dp.client, http.MethodGet, dp.local+"/"+h+".narinfo")
+			resp, body, err := clientDo(dp.client, http.MethodGet, dp.url+"/"+h+".narinfo")
 			took := time.Since(t0)
 			switch {
 			case err != nil:
@@ -495,7 +495,7 @@ func TestLANGarbage(t *testing.T) {
 			}
 			// Nor is there any NAR to be had for it, under the NarHash the
 			// bait narinfos name.
-			resp, _, err = clientDo(dp.client, http.MethodGet, dp.local+"/nar/lan/"+h+"-"+strings.TrimPrefix(baitFacts.narHash, "sha256:")+".nar")
+			resp, _, err = clientDo(dp.client, http.MethodGet, dp.url+"/nar/lan/"+h+"-"+strings.TrimPrefix(baitFacts.narHash, "sha256:")+".nar")
 			if err != nil || resp.StatusCode < 400 || resp.StatusCode > 499 {
 				t.Errorf("%s: GET a nar/lan/ URL for %s: %v %v, want 4xx", c.name, h, statusOf(resp), err)
 			}
@@ -532,12 +532,12 @@ func TestLANGarbage(t *testing.T) {
 	bad.mu.Unlock()
 	single := fx.byName["single-exec"]
 	bad.hold(t, fx.src, single, fx.facts[single])
-	resp, body := clientGet(t, dp.client, http.MethodGet, dp.local+"/"+hashPart(single)+".narinfo")
+	resp, body := clientGet(t, dp.client, http.MethodGet, dp.url+"/"+hashPart(single)+".narinfo")
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("after the garbage: GET /%s.narinfo from P's loopback (X holds it): %s\n%s", hashPart(single), resp.Status, body)
 	}
 	ni := parseNarInfo(t, body)
-	status, digest, _, err := clientDigest(dp.client, dp.local+"/"+ni["URL"])
+	status, digest, _, err := clientDigest(dp.client, dp.url+"/"+ni["URL"])
 	if err != nil || status != http.StatusOK || hex.EncodeToString(digest) != fx.facts[single].narDigest {
 		t.Errorf("after the garbage: GET /%s from P's loopback: status %d, sha256 %x, err %v; want the NAR of %s", ni["URL"], status, digest, err, single)
 	}
@@ -599,15 +599,16 @@ func TestLANResume(t *testing.T) {
 		_, _ = io.WriteString(w, goodNarinfo)
 	})
 
-	dp := startLANDaemon(t, P, lanDaemonOptions{storeRoot: initStore(t, "p-store"),
-		trustedKeys: []string{broken.key.public(), good.key.public()}})
-	resp, body := clientGet(t, dp.client, http.MethodGet, dp.local+"/"+h+".narinfo")
+	pStore := initStore(t, "p-store")
+	dp := startPeerix(t, lanDaemon(t, P, pStore, "--filter", "none",
+		"--trusted-public-key", broken.key.public(), "--trusted-public-key", good.key.public()))
+	resp, body := clientGet(t, dp.client, http.MethodGet, dp.url+"/"+h+".narinfo")
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("GET /%s.narinfo from P's loopback: %s\n%s", h, resp.Status, body)
 	}
 	ni := parseNarInfo(t, body)
 	// At once, as Nix does: the second peer's narinfo is not in yet.
-	status, digest, n, err := clientDigest(dp.client, dp.local+"/"+ni["URL"])
+	status, digest, n, err := clientDigest(dp.client, dp.url+"/"+ni["URL"])
 	if err != nil || status != http.StatusOK || hex.EncodeToString(digest) != facts.narDigest {
 		t.Errorf("GET /%s from P's loopback: status %d, %d bytes sha256 %x, err %v; want %d bytes sha256 %s",
 			ni["URL"], status, n, digest, err, facts.narSize, facts.narDigest)
@@ -621,14 +622,14 @@ func TestLANResume(t *testing.T) {
 	}
 
 	// The real Nix through the same daemon: the broken peer breaks again.
-	r := P.nix(t, "nix-store", "--store", dp.storeRoot, "-r", big,
-		"--option", "substituters", dp.local,
+	r := P.nix(t, "nix-store", "--store", pStore, "-r", big,
+		"--option", "substituters", dp.url,
 		"--option", "trusted-public-keys", broken.key.public()+" "+good.key.public(),
 		"--option", "require-sigs", "true")
 	if r.err != nil {
 		t.Fatalf("Nix on P could not substitute through a broken and a good peer:\n%v", r)
 	}
-	digestHex, size, err := dumpDigest(t.Context(), t.TempDir(), dp.storeRoot, big)
+	digestHex, size, err := dumpDigest(t.Context(), t.TempDir(), pStore, big)
 	if err != nil || digestHex != facts.narDigest || size != facts.narSize {
 		t.Errorf("%s in P's store: %d bytes sha256 %s, err %v; want %d bytes sha256 %s", big, size, digestHex, err, facts.narSize, facts.narDigest)
 	}
@@ -661,21 +662,21 @@ func TestLANLyingPeer(t *testing.T) {
 		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(nar))
 	})
 	pStore := initStore(t, "p-store")
-	dp := startLANDaemon(t, P, lanDaemonOptions{storeRoot: pStore, trustedKeys: []string{liar.key.public()}})
+	dp := startPeerix(t, lanDaemon(t, P, pStore, "--filter", "none", "--trusted-public-key", liar.key.public()))
 
-	resp, body := clientGet(t, dp.client, http.MethodGet, dp.local+"/"+h+".narinfo")
+	resp, body := clientGet(t, dp.client, http.MethodGet, dp.url+"/"+h+".narinfo")
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("GET /%s.narinfo from P's loopback: %s\n%s", h, resp.Status, body)
 	}
 	ni := parseNarInfo(t, body)
-	status, digest, n, err := clientDigest(dp.client, dp.local+"/"+ni["URL"])
+	status, digest, n, err := clientDigest(dp.client, dp.url+"/"+ni["URL"])
 	t.Logf("GET of the lying peer's NAR through P: status %d, %d of %d bytes, err %v", status, n, facts.narSize, err)
 	if err == nil && n == facts.narSize && bytes.Equal(digest, wrong[:]) {
 		t.Errorf("P's peerix handed out the whole wrong NAR (%d bytes sha256 %x)", n, digest)
 	}
 
 	r := P.nix(t, "nix-store", "--store", pStore, "-r", big,
-		"--option", "substituters", dp.local,
+		"--option", "substituters", dp.url,
 		"--option", "trusted-public-keys", liar.key.public(),
 		"--option", "download-attempts", "1")
 	if r.err == nil {

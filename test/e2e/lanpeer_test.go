@@ -16,161 +16,25 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 )
 
-// The LAN side of the tests: peerix daemons on simulated hosts, the LAN wire
-// format written down from the spec (independently of internal/lan), and a
-// stand-in for the original Python peerix.
+// The LAN side of the tests: the LAN wire format written down from the spec
+// (independently of internal/lan), and a stand-in for the original Python
+// peerix. The peerix daemons on the simulated hosts are started with
+// startPeerix(lanDaemon(...)).
 
 // lanPort is the UDP port of LAN discovery and, in these tests, also the
 // HTTP port of every daemon and of the old peer, as in the original.
 const lanPort = 12304
 
-// lanDaemon is a `peerix serve --mode lan` running on a simulated host.
-type lanDaemon struct {
-	host      *nsHost
-	storeRoot string
-	local     string       // http://127.0.0.1:12304: the daemon as its own machine sees it
-	remote    string       // http://<host address>:12304: as the other hosts see it
-	client    *http.Client // makes requests from the daemon's own host
-	cmd       *exec.Cmd
-	stderr    *lockedBuffer
-	exited    chan struct{}
-	err       error
-}
-
-type lanDaemonOptions struct {
-	storeRoot      string
-	signingKeyFile string
-	// trustedKeys are the keys whose signatures on peers' narinfos the
-	// verifier accepts (the hosts have no internet, so no upstream either).
-	trustedKeys []string
-	// args replace the default "--filter none" (the upstream filter needs
-	// the internet, which these hosts lack unless a test provides one).
-	args []string
-}
-
-// startLANDaemon runs peerix in LAN mode on h, serving opts.storeRoot, and
-// waits until it answers /health. It is stopped at the end of the test; if
-// it died on its own before that, the test fails.
-func startLANDaemon(t *testing.T, h *nsHost, opts lanDaemonOptions) *lanDaemon {
-	t.Helper()
-	d := &lanDaemon{
-		host:      h,
-		storeRoot: opts.storeRoot,
-		local:     fmt.Sprintf("http://127.0.0.1:%d", lanPort),
-		remote:    fmt.Sprintf("http://%s:%d", h.addr, lanPort),
-		client:    h.httpClient(),
-		stderr:    &lockedBuffer{},
-		exited:    make(chan struct{}),
-	}
-	args := []string{"serve", "--mode", "lan",
-		"--listen", fmt.Sprintf("0.0.0.0:%d", lanPort),
-		"--store-root", opts.storeRoot,
-		"--state-dir", filepath.Join(t.TempDir(), "state"),
-		"--verbose",
-	}
-	if opts.args == nil {
-		args = append(args, "--filter", "none")
-	}
-	args = append(args, opts.args...)
-	if opts.signingKeyFile != "" {
-		args = append(args, "--signing-key-file", opts.signingKeyFile)
-	}
-	for _, k := range opts.trustedKeys {
-		args = append(args, "--trusted-public-key", k)
-	}
-	// `ip netns exec` execs peerix, so signals reach it directly.
-	d.cmd = h.command(context.Background(), peerixBin, args...)
-	d.cmd.Stdout, d.cmd.Stderr = d.stderr, d.stderr
-	d.cmd.Env = append(os.Environ(), "NIX_SECRET_KEY_FILE=")
-	if err := d.cmd.Start(); err != nil {
-		t.Fatalf("starting peerix on host %s: %v", h.label, err)
-	}
-	go func() {
-		d.err = d.cmd.Wait()
-		close(d.exited)
-	}()
-	stopping := false
-	t.Cleanup(func() {
-		select {
-		case <-d.exited:
-			if !stopping {
-				t.Errorf("peerix on host %s exited during the test: %v\nstderr:\n%s", h.label, d.err, d.stderr)
-			}
-			return
-		default:
-		}
-		stopping = true
-		_ = d.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-d.exited:
-		case <-time.After(stopTimeout):
-			t.Errorf("peerix on host %s did not stop within %v of SIGTERM; killing it", h.label, stopTimeout)
-			_ = d.cmd.Process.Kill()
-			<-d.exited
-		}
-		if t.Failed() {
-			t.Logf("peerix on host %s (%s) stderr:\n%s", h.label, strings.Join(args, " "), d.stderr)
-		}
-	})
-
-	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
-	defer cancel()
-	var last error
-	for {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, d.local+"/health", nil)
-		resp, err := d.client.Do(req)
-		if err == nil {
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return d
-			}
-			err = fmt.Errorf("GET /health: %s", resp.Status)
-		}
-		last = err
-		select {
-		case <-d.exited:
-			stopping = true
-			t.Fatalf("peerix on host %s exited before serving: %v\nstderr:\n%s", h.label, d.err, d.stderr)
-		case <-ctx.Done():
-			t.Fatalf("peerix on host %s not ready within %v (last: %v)\nstderr:\n%s", h.label, startTimeout, last, d.stderr)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-}
-
-// alive fails the test if the daemon has exited.
-func (d *lanDaemon) alive(t *testing.T) {
-	t.Helper()
-	select {
-	case <-d.exited:
-		t.Fatalf("peerix on host %s has exited: %v\nstderr:\n%s", d.host.label, d.err, d.stderr)
-	default:
-	}
-}
-
-// healthy checks that the daemon runs and says so on /health, asked from h.
-func (d *lanDaemon) healthy(t *testing.T, from *nsHost) {
-	t.Helper()
-	d.alive(t)
-	resp, body := clientGet(t, from.httpClient(), http.MethodGet, d.remote+"/health")
-	if resp.StatusCode != http.StatusOK {
-		t.Errorf("GET %s/health from host %s: %s\n%s", d.remote, from.label, resp.Status, body)
-	}
-}
-
 // clientGet makes one request with c and returns the response with its body
 // read.
-func clientGet(t *testing.T, c *http.Client, method, url string) (*http.Response, []byte) {
+func clientGet(t testing.TB, c *http.Client, method, url string) (*http.Response, []byte) {
 	t.Helper()
 	resp, body, err := clientDo(c, method, url)
 	if err != nil {
@@ -182,17 +46,7 @@ func clientGet(t *testing.T, c *http.Client, method, url string) (*http.Response
 func clientDo(c *http.Client, method, url string) (*http.Response, []byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, method, url, nil)
-	if err != nil {
-		return nil, nil, err
-	}
-	resp, err := c.Do(req)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	return resp, body, err
+	return doRequest(ctx, c, method, url)
 }
 
 // clientDigest GETs url with c and returns the status and the hex SHA-256

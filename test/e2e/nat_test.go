@@ -3,7 +3,6 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -68,7 +67,7 @@ type natRouter struct {
 
 // requireNAT skips the test unless network namespaces and iptables are
 // usable here; under CI=true it fails instead.
-func requireNAT(t *testing.T) {
+func requireNAT(t testing.TB) {
 	t.Helper()
 	requireNetns(t)
 	if _, err := exec.LookPath("iptables"); err != nil {
@@ -84,85 +83,49 @@ func requireNAT(t *testing.T) {
 // newNATNet builds the internet, the tracker host and, for every label, a
 // private host behind its own router; all are removed when the test ends,
 // whatever happened.
-func newNATNet(t *testing.T, labels ...string) *natNet {
+func newNATNet(t testing.TB, labels ...string) *natNet {
 	t.Helper()
 	requireNAT(t)
-	staleNetnsOnce.Do(func() { removeStaleNetns(t) })
-
-	rnd := make([]byte, 8)
-	if _, err := rand.Read(rnd); err != nil {
-		t.Fatal(err)
-	}
-	id := fmt.Sprintf("%s%s-%d-%s", netnsPrefix, strconv.FormatInt(time.Now().Unix(), 36), os.Getpid(), hex.EncodeToString(rnd[:2]))
+	set := newNetnsSet(t)
+	rnd := randomBytes(t, 6)
 	n := &natNet{
-		id:      id,
-		wan:     netip.PrefixFrom(netip.AddrFrom4([4]byte{11, rnd[2], rnd[3], 0}), 24),
-		inet:    id + "-inet",
+		id:      set.id,
+		wan:     netip.PrefixFrom(netip.AddrFrom4([4]byte{11, rnd[0], rnd[1], 0}), 24),
 		hosts:   map[string]*nsHost{},
 		routers: map[string]*natRouter{},
 	}
-	at := func(p netip.Prefix, last byte) netip.Addr {
-		b := p.Addr().As4()
-		b[3] = last
-		return netip.AddrFrom4(b)
-	}
 	// The range must be public to libp2p, or no hole punching is even tried.
-	if a := at(n.wan, 2); !manet.IsPublicAddr(ma.StringCast("/ip4/" + a.String() + "/udp/1/quic-v1")) {
+	if a := withLast(n.wan, 2); !manet.IsPublicAddr(ma.StringCast("/ip4/" + a.String() + "/udp/1/quic-v1")) {
 		t.Fatalf("%s is not a public address to libp2p; the simulated internet needs one", a)
 	}
 
-	var created []string
-	t.Cleanup(func() {
-		for i := len(created) - 1; i >= 0; i-- {
-			if err := deleteNetns(created[i]); err != nil {
-				t.Errorf("removing network namespace: %v", err)
-			}
-		}
-	})
-	add := func(ns string) {
-		t.Helper()
-		mustIP(t, "netns", "add", ns)
-		created = append(created, ns)
-		mustIP(t, "-n", ns, "link", "set", "lo", "up")
-	}
-
-	add(n.inet)
-	mustIP(t, "-n", n.inet, "link", "add", "br0", "type", "bridge")
-	mustIP(t, "-n", n.inet, "link", "set", "br0", "up")
-	// wanLeg plugs namespace ns into the internet as interface ifname.
-	wanLeg := func(ns, port, ifname string, addr netip.Addr) {
-		t.Helper()
-		mustIP(t, "-n", n.inet, "link", "add", port, "type", "veth", "peer", "name", ifname, "netns", ns)
-		mustIP(t, "-n", n.inet, "link", "set", port, "master", "br0", "up")
-		mustIP(t, "-n", ns, "addr", "add", netip.PrefixFrom(addr, 24).String(), "dev", ifname)
-		mustIP(t, "-n", ns, "link", "set", ifname, "up")
-	}
-
-	n.tracker = &nsHost{label: natTracker, ns: id + "-t", addr: at(n.wan, 2)}
-	add(n.tracker.ns)
-	wanLeg(n.tracker.ns, "vt", "eth0", n.tracker.addr)
+	n.inet = set.addBridge("inet")
+	n.tracker = &nsHost{label: natTracker, addr: withLast(n.wan, 2)}
+	n.tracker.ns = set.add("t")
+	set.plug(n.inet, "vt", n.tracker.ns, "eth0", n.tracker.addr)
+	links := [][2]string{{n.tracker.ns, "eth0"}}
 
 	for i, label := range labels {
 		// Distinct private ranges, as two homes would have.
 		var lan netip.Prefix
 		switch i {
 		case 0:
-			lan = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 1 + rnd[4]%254, rnd[5], 0}), 24)
+			lan = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 1 + rnd[2]%254, rnd[3], 0}), 24)
 		case 1:
-			lan = netip.PrefixFrom(netip.AddrFrom4([4]byte{192, 168, rnd[6], 0}), 24)
+			lan = netip.PrefixFrom(netip.AddrFrom4([4]byte{192, 168, rnd[4], 0}), 24)
 		default:
-			lan = netip.PrefixFrom(netip.AddrFrom4([4]byte{172, byte(16 + i), rnd[7], 0}), 24)
+			lan = netip.PrefixFrom(netip.AddrFrom4([4]byte{172, byte(16 + i), rnd[5], 0}), 24)
 		}
 		r := &natRouter{
-			nsHost:  &nsHost{label: "R" + label, ns: id + "-r" + strings.ToLower(label), addr: at(n.wan, byte(10+i))},
+			nsHost:  &nsHost{label: "R" + label, addr: withLast(n.wan, byte(10+i))},
 			lan:     lan,
-			lanAddr: at(lan, 1),
+			lanAddr: withLast(lan, 1),
 		}
-		h := &nsHost{label: label, ns: id + "-" + strings.ToLower(label), addr: at(lan, 2)}
+		h := &nsHost{label: label, addr: withLast(lan, 2)}
 		r.inner = h
-		add(r.ns)
-		add(h.ns)
-		wanLeg(r.ns, "vr"+strconv.Itoa(i), "wan", r.addr)
+		r.ns = set.add("r" + strings.ToLower(label))
+		h.ns = set.add(strings.ToLower(label))
+		set.plug(n.inet, "vr"+strconv.Itoa(i), r.ns, "wan", r.addr)
 		mustIP(t, "-n", r.ns, "link", "add", "lan", "type", "veth", "peer", "name", "eth0", "netns", h.ns)
 		mustIP(t, "-n", r.ns, "addr", "add", netip.PrefixFrom(r.lanAddr, 24).String(), "dev", "lan")
 		mustIP(t, "-n", r.ns, "link", "set", "lan", "up")
@@ -172,39 +135,20 @@ func newNATNet(t *testing.T, labels ...string) *natNet {
 		nsRun(t, r.ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
 		n.routers[label] = r
 		n.hosts[label] = h
+		links = append(links, [2]string{r.ns, "wan"}, [2]string{r.ns, "lan"}, [2]string{h.ns, "eth0"})
 	}
 	n.ipt = pickIPTables(t, n.tracker.ns)
 	for _, label := range labels {
 		n.natRules(t, label)
 	}
 
-	// Every link up (bounded).
-	deadline := time.Now().Add(5 * time.Second)
-	check := func(ns, ifname string) {
-		t.Helper()
-		for {
-			out, err := runIP("-n", ns, "-o", "link", "show", ifname)
-			if err == nil && strings.Contains(out, "LOWER_UP") && strings.Contains(out, "state UP") {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s of %s not up within 5s: %s %v", ifname, ns, out, err)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-	check(n.tracker.ns, "eth0")
-	for _, label := range labels {
-		check(n.routers[label].ns, "wan")
-		check(n.routers[label].ns, "lan")
-		check(n.hosts[label].ns, "eth0")
-	}
+	set.waitLinksUp(links...)
 	var desc []string
 	for _, label := range labels {
 		r := n.routers[label]
 		desc = append(desc, fmt.Sprintf("%s=%s behind %s (WAN %s)", label, r.inner.addr, r.label, r.addr))
 	}
-	t.Logf("internet %s (namespaces %s-*): tracker T=%s; %s; iptables: %s", n.wan, id, n.tracker.addr, strings.Join(desc, "; "), n.ipt)
+	t.Logf("internet %s (namespaces %s-*): tracker T=%s; %s; iptables: %s", n.wan, n.id, n.tracker.addr, strings.Join(desc, "; "), n.ipt)
 	return n
 }
 
@@ -214,7 +158,7 @@ func newNATNet(t *testing.T, labels ...string) *natNet {
 // answers early punch packets and every punch fails). Chain pxacct only
 // counts traffic between this router's LAN and the tracker or the other
 // routers' WAN addresses, so a test can tell direct from relayed bytes.
-func (n *natNet) natRules(t *testing.T, label string) {
+func (n *natNet) natRules(t testing.TB, label string) {
 	t.Helper()
 	r := n.routers[label]
 	ipt := func(args ...string) {
@@ -245,7 +189,7 @@ func (n *natNet) natRules(t *testing.T, label string) {
 
 // pickIPTables finds the iptables that works in a network namespace here
 // (iptables-nft and iptables-legacy both may, or only one).
-func pickIPTables(t *testing.T, ns string) string {
+func pickIPTables(t testing.TB, ns string) string {
 	t.Helper()
 	var errs []string
 	for _, c := range []string{"iptables", "iptables-nft", "iptables-legacy"} {
@@ -273,16 +217,16 @@ func pickIPTables(t *testing.T, ns string) string {
 func nsOutput(ns, name string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), ipTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns, name}, args...)...)
+	cmd := inNetns(exec.CommandContext(ctx, name, args...), ns)
 	cmd.WaitDelay = 2 * time.Second
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return string(out), fmt.Errorf("ip netns exec %s %s %s: %w: %s", ns, name, strings.Join(args, " "), err, bytes.TrimSpace(out))
+		return string(out), fmt.Errorf("in namespace %s: %s %s: %w: %s", ns, name, strings.Join(args, " "), err, bytes.TrimSpace(out))
 	}
 	return string(out), nil
 }
 
-func nsRun(t *testing.T, ns, name string, args ...string) string {
+func nsRun(t testing.TB, ns, name string, args ...string) string {
 	t.Helper()
 	out, err := nsOutput(ns, name, args...)
 	if err != nil {
@@ -301,7 +245,7 @@ type natCounters struct {
 	forwardDrop uint64                // unsolicited packets from the WAN to the LAN
 }
 
-func (n *natNet) counters(t *testing.T, label string) natCounters {
+func (n *natNet) counters(t testing.TB, label string) natCounters {
 	t.Helper()
 	r := n.routers[label]
 	c := natCounters{from: map[netip.Addr]uint64{}, to: map[netip.Addr]uint64{}, fromUDP: map[netip.Addr]uint64{}}
@@ -561,15 +505,8 @@ func TestP2PAcrossNAT(t *testing.T) {
 	A, B, T := n.hosts["A"], n.hosts["B"], n.tracker
 	t.Logf("A behind %s (%s), B behind %s (%s)", n.routers["A"].label, n.routers["A"].addr, n.routers["B"].label, n.routers["B"].addr)
 
-	trackerURL := fmt.Sprintf("http://%s:12305", T.addr)
-	tr := startTracker(t, trackerOptions{
-		host:      T,
-		listen:    "0.0.0.0:12305",
-		relayPort: 12306,
-		ttl:       30 * time.Second,
-		base:      trackerURL,
-		client:    T.httpClient(),
-	})
+	tr := startPeerix(t, trackerServer(t, T, 30*time.Second))
+	trackerURL := tr.hostURL
 	// The tracker, from both private hosts, sees them at their routers.
 	for _, h := range []*nsHost{A, B} {
 		var info trackerInfo
@@ -588,49 +525,22 @@ func TestP2PAcrossNAT(t *testing.T) {
 
 	key := keygen(t, "peerix-p2p-a")
 	bStore := initStore(t, "b-store")
-	aOpts := p2pOptions{
-		tracker: trackerURL, listen: "127.0.0.1:12304", p2pPort: 12306,
-		storeRoot: fx.src, stateDir: filepath.Join(t.TempDir(), "a-state"),
-		signingKeyFile: key.secretFile, verbose: true,
-	}
-	bOpts := p2pOptions{
-		tracker: trackerURL, listen: "127.0.0.1:12304", p2pPort: 12306,
-		storeRoot: bStore, stateDir: filepath.Join(t.TempDir(), "b-state"),
-		trustedKeys: []string{key.public}, verbose: true,
-	}
-	da := startP2PDaemon(t, "A", A, aOpts)
-	db := startP2PDaemon(t, "B", B, bOpts)
+	aState, bState := filepath.Join(t.TempDir(), "a-state"), filepath.Join(t.TempDir(), "b-state")
+	da := startPeerix(t, p2pDaemon(A, trackerURL, fx.src, aState, "--signing-key-file", key.secretFile, "--verbose"))
+	db := startPeerix(t, p2pDaemon(B, trackerURL, bStore, bState, "--trusted-public-key", key.public, "--verbose"))
 	idA := da.peerID
 	t.Logf("peer A %s, peer B %s (up %v into the test)", idA, db.peerID, time.Since(start).Round(time.Millisecond))
 
 	rootHash := hashPart(fx.root)
-	took := waitFor(t, "the tracker finds A as a holder of the fixture root", natAnnounceWait, func() (bool, string) {
-		ps, err := tr.find(rootHash)
-		if err != nil {
-			return false, err.Error()
-		}
-		return slices.Contains(ids(ps), idA), fmt.Sprintf("holders %v", ids(ps))
-	})
+	took := waitHolder(t, tr, "A", idA, rootHash)
 	t.Logf("A found as holder of %s after %v", rootHash, took.Round(time.Millisecond))
 	// A is behind NAT: the tracker's record is useful to others only with
 	// A's relay (circuit) address. Peers asking before it is there cannot
 	// reach A and answer Nix 404, which Nix remembers for an hour.
-	waitCircuit := func(who, id string) time.Duration {
-		t.Helper()
-		return waitFor(t, "the tracker's record of "+who+" carries a /p2p-circuit address", natAnnounceWait, func() (bool, string) {
-			ps, err := tr.peers()
-			if err != nil {
-				return false, err.Error()
-			}
-			p, _ := peerByID(ps, id)
-			return slices.ContainsFunc(p.Addrs, func(a string) bool { return strings.Contains(a, "/p2p-circuit") }),
-				fmt.Sprintf("%s's addrs %v", who, p.Addrs)
-		})
-	}
-	if w := waitCircuit("A", idA); w > time.Second {
+	if w := waitCircuit(t, tr, "A", idA); w > time.Second {
 		t.Errorf("BUG: A was listed as a holder %v before its record carried a /p2p-circuit address: in that window peers behind NAT cannot reach it and answer 404, which Nix caches for an hour (first announce sent before the relay reservation, next one only at the 5 s address poll?)", w.Round(time.Millisecond))
 	}
-	waitCircuit("B", db.peerID)
+	waitCircuit(t, tr, "B", db.peerID)
 	for _, p := range tr.mustPeers(t) {
 		t.Logf("tracker lists %s with addrs %v", p.PeerID, p.Addrs)
 	}
@@ -638,8 +548,8 @@ func TestP2PAcrossNAT(t *testing.T) {
 	before := n.counters(t, "B")
 	watch := watchConn(db, idA)
 	t0 := time.Now()
-	r := nixOnHost(t, B, natNixTimeout, "nix-store", "--store", bStore, "-r", fx.root,
-		"--option", "substituters", db.base,
+	r := B.nixWithin(t, natNixTimeout, "nix-store", "--store", bStore, "-r", fx.root,
+		"--option", "substituters", db.url,
 		"--option", "trusted-public-keys", key.public,
 		"--option", "require-sigs", "true",
 		"--option", "connect-timeout", "10")
@@ -679,7 +589,7 @@ func TestP2PAcrossNAT(t *testing.T) {
 	big := fx.byName["big"]
 	before = n.counters(t, "B")
 	_, ni := fetchFromPeers(t, db, big)
-	status, digest, size, err := clientDigest(db.client, db.base+"/"+ni["URL"])
+	status, digest, size, err := clientDigest(db.client, db.url+"/"+ni["URL"])
 	if err != nil || status != http.StatusOK || hex.EncodeToString(digest) != fx.facts[big].narDigest {
 		t.Fatalf("NAR of %s from A through B: HTTP %d, %d bytes sha256 %x, %v; want %d bytes sha256 %s",
 			big, status, size, digest, err, fx.facts[big].narSize, fx.facts[big].narDigest)
@@ -696,16 +606,10 @@ func TestP2PAcrossNAT(t *testing.T) {
 	}
 	t.Logf("A restarted (stopped in %v, up again %v after SIGTERM) with peer ID %s", stopTook.Round(time.Millisecond),
 		time.Since(sent).Round(time.Millisecond), da2.peerID)
-	checkIdentityFile(t, aOpts.stateDir)
-	took = waitFor(t, "the tracker finds the restarted A as holder again", natAnnounceWait, func() (bool, string) {
-		ps, err := tr.find(rootHash)
-		if err != nil {
-			return false, err.Error()
-		}
-		return slices.Contains(ids(ps), idA), fmt.Sprintf("holders %v", ids(ps))
-	})
+	checkIdentityFile(t, aState)
+	took = waitHolder(t, tr, "the restarted A", idA, rootHash)
 	t.Logf("the tracker lists the restarted A as holder %v after it came up", took.Round(time.Millisecond))
-	t.Logf("the restarted A's record carries a /p2p-circuit address %v later", waitCircuit("A", idA).Round(time.Millisecond))
+	t.Logf("the restarted A's record carries a /p2p-circuit address %v later", waitCircuit(t, tr, "A", idA).Round(time.Millisecond))
 	if ps := tr.mustPeers(t); len(ids(ps)) != 2 || !slices.Contains(ids(ps), idA) {
 		t.Errorf("after A's restart /v1/peers lists %v; want A (same ID %s) and B, nothing else", ids(ps), idA)
 	}
@@ -713,7 +617,7 @@ func TestP2PAcrossNAT(t *testing.T) {
 	// And B fetches from the restarted A: a narinfo (peers' view) and the
 	// NAR of the biggest fixture, byte-exact.
 	took, ni = fetchFromPeers(t, db, big)
-	status, digest, size, err = clientDigest(db.client, db.base+"/"+ni["URL"])
+	status, digest, size, err = clientDigest(db.client, db.url+"/"+ni["URL"])
 	if err != nil || status != http.StatusOK || hex.EncodeToString(digest) != fx.facts[big].narDigest {
 		t.Errorf("NAR of %s from the restarted A through B: HTTP %d, %d bytes sha256 %x, %v; want %d bytes sha256 %s",
 			big, status, size, digest, err, fx.facts[big].narSize, fx.facts[big].narDigest)
@@ -724,24 +628,21 @@ func TestP2PAcrossNAT(t *testing.T) {
 	// other, so no direct path (and no hole punch) is possible; B restarts
 	// with a fresh empty store (same identity), and the real Nix on B
 	// substitutes the whole closure again, through the tracker's relay.
-	for _, pair := range [][2]*natRouter{{n.routers["A"], n.routers["B"]}, {n.routers["B"], n.routers["A"]}} {
-		for _, dir := range []string{"-s", "-d"} {
-			nsRun(t, pair[0].ns, n.ipt, "-I", "FORWARD", "1", dir, pair[1].addr.String(), "-j", "DROP")
-		}
-	}
+	n.cutDirect(t, "A", "B")
 	if _, err := db.stop(syscall.SIGTERM, stopTimeout); err != nil {
 		t.Fatalf("stopping B: %v", err)
 	}
-	b2Opts := bOpts
-	b2Opts.storeRoot = initStore(t, "b2-store")
-	db2 := startP2PDaemon(t, "B (relay only)", B, b2Opts)
+	b2Store := initStore(t, "b2-store")
+	b2Opts := p2pDaemon(B, trackerURL, b2Store, bState, "--trusted-public-key", key.public, "--verbose")
+	b2Opts.label = "B (relay only)"
+	db2 := startPeerix(t, b2Opts)
 	if db2.peerID != db.peerID {
 		t.Errorf("B's peer ID changed across a restart: %s, was %s", db2.peerID, db.peerID)
 	}
 	before = n.counters(t, "B")
 	t0 = time.Now()
-	r = nixOnHost(t, B, natNixTimeout, "nix-store", "--store", b2Opts.storeRoot, "-r", fx.root,
-		"--option", "substituters", db2.base,
+	r = B.nixWithin(t, natNixTimeout, "nix-store", "--store", b2Store, "-r", fx.root,
+		"--option", "substituters", db2.url,
 		"--option", "trusted-public-keys", key.public,
 		"--option", "require-sigs", "true",
 		"--option", "connect-timeout", "10")
@@ -749,7 +650,7 @@ func TestP2PAcrossNAT(t *testing.T) {
 		t.Fatalf("with the direct path blocked, Nix on B could not substitute A's closure through the relay:\n%v\nB's /api/peers: %+v", r, db2.apiPeers(t))
 	}
 	t.Logf("nix-store -r of the closure on B with the direct path blocked: %v", time.Since(t0).Round(time.Millisecond))
-	assertSameClosure(t, fx, b2Opts.storeRoot)
+	assertSameClosure(t, fx, b2Store)
 	if v := reportPath(t, n, db2, idA, before, narBytes); v != "relayed" {
 		t.Errorf("with all traffic between the routers dropped the bytes went %s; want relayed", v)
 	}
@@ -760,10 +661,50 @@ func TestP2PAcrossNAT(t *testing.T) {
 	t.Logf("TestP2PAcrossNAT took %v", time.Since(start).Round(time.Millisecond))
 }
 
+// waitHolder waits (bounded) until the tracker finds the peer id as a
+// holder of hash, and returns how long that took.
+func waitHolder(t testing.TB, tr *peerixProc, who, id, hash string) time.Duration {
+	t.Helper()
+	return waitFor(t, "the tracker finds "+who+" as a holder of "+hash, natAnnounceWait, func() (bool, string) {
+		ps, err := tr.find(hash)
+		if err != nil {
+			return false, err.Error()
+		}
+		return slices.Contains(ids(ps), id), fmt.Sprintf("holders %v", ids(ps))
+	})
+}
+
+// waitCircuit waits (bounded) until the tracker's record of the peer id
+// carries a relay (/p2p-circuit) address, and returns how long that took.
+func waitCircuit(t testing.TB, tr *peerixProc, who, id string) time.Duration {
+	t.Helper()
+	return waitFor(t, "the tracker's record of "+who+" carries a /p2p-circuit address", natAnnounceWait, func() (bool, string) {
+		ps, err := tr.peers()
+		if err != nil {
+			return false, err.Error()
+		}
+		p, _ := peerByID(ps, id)
+		return slices.ContainsFunc(p.Addrs, func(a string) bool { return strings.Contains(a, "/p2p-circuit") }),
+			fmt.Sprintf("%s's addrs %v", who, p.Addrs)
+	})
+}
+
+// cutDirect makes the routers of hosts a and b drop all traffic between
+// each other: no direct path (and no hole punch) is possible any more, only
+// the tracker's relay joins them.
+func (n *natNet) cutDirect(t testing.TB, a, b string) {
+	t.Helper()
+	for _, pair := range [][2]*natRouter{{n.routers[a], n.routers[b]}, {n.routers[b], n.routers[a]}} {
+		for _, dir := range []string{"-s", "-d"} {
+			nsRun(t, pair[0].ns, n.ipt, "-I", "FORWARD", "1", dir, pair[1].addr.String(), "-j", "DROP")
+		}
+	}
+}
+
 // reportPath says (t.Log) how B's bytes from A travelled, and returns
 // "direct", "relayed" or "mixed": from B's /api/peers and from B's
 // router's counters since before.
-func reportPath(t *testing.T, n *natNet, db *p2pDaemon, idA string, before natCounters, narBytes int64) string {
+func reportPath(t testing.TB, n *natNet, db *peerixProc, idA string, before natCounters, narBytes int64) string {
 	t.Helper()
 	after := n.counters(t, "B")
 	ra, tAddr := n.routers["A"].addr, n.tracker.addr
@@ -816,39 +757,14 @@ func checkIdentityFile(t *testing.T, stateDir string) {
 	}
 }
 
-// nixOnHost is nsHost.nix with its own bound.
-func nixOnHost(t *testing.T, h *nsHost, timeout time.Duration, tool string, args ...string) nixResult {
-	t.Helper()
-	cache, err := os.MkdirTemp(t.TempDir(), "xdg-cache-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	cmd := nixCmd(ctx, cache, tool, args...)
-	ip, err := exec.LookPath("ip")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Args = append([]string{"ip", "netns", "exec", h.ns, cmd.Path}, cmd.Args[1:]...)
-	cmd.Path = ip
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err = cmd.Run()
-	if err != nil {
-		err = fmt.Errorf("on host %s: %s %s: %w", h.label, tool, strings.Join(args, " "), err)
-	}
-	return nixResult{stdout.Bytes(), stderr.Bytes(), err}
-}
-
 // fetchFromPeers asks the daemon (from its own machine) for path's narinfo,
 // which it finds on peers, retrying for a bounded while; it wants a
 // nar/p2p/ URL and the path's NarHash.
-func fetchFromPeers(t *testing.T, d *p2pDaemon, path string) (time.Duration, narInfo) {
+func fetchFromPeers(t testing.TB, d *peerixProc, path string) (time.Duration, narInfo) {
 	t.Helper()
 	var ni narInfo
 	took := waitFor(t, "peerix "+d.label+" finds "+path+" on a peer", 30*time.Second, func() (bool, string) {
-		resp, body, err := clientDo(d.client, http.MethodGet, d.base+"/"+hashPart(path)+".narinfo")
+		resp, body, err := clientDo(d.client, http.MethodGet, d.url+"/"+hashPart(path)+".narinfo")
 		if err != nil {
 			return false, err.Error()
 		}
@@ -864,9 +780,9 @@ func fetchFromPeers(t *testing.T, d *p2pDaemon, path string) (time.Duration, nar
 	return took, ni
 }
 
-func getAPIPeers(d *p2pDaemon) ([]apiPeer, error) {
+func getAPIPeers(d *peerixProc) ([]apiPeer, error) {
 	var ps []apiPeer
-	code, body, err := getJSON(d.client, d.base+"/api/peers", &ps)
+	code, body, err := getJSON(d.client, d.url+"/api/peers", &ps)
 	if err == nil && code != http.StatusOK {
 		err = fmt.Errorf("GET /api/peers: HTTP %d %.200s", code, body)
 	}
@@ -880,7 +796,7 @@ type connWatch struct {
 	firstConn, firstRelayed, firstDirect time.Duration // -1: never
 }
 
-func watchConn(d *p2pDaemon, id string) *connWatch {
+func watchConn(d *peerixProc, id string) *connWatch {
 	w := &connWatch{stop: make(chan struct{}), done: make(chan struct{}), firstConn: -1, firstRelayed: -1, firstDirect: -1}
 	start := time.Now()
 	go func() {

@@ -61,13 +61,15 @@ type nsHost struct {
 
 // requireNetns skips the test unless network namespaces can be made here
 // (root and iproute2); under CI=true it fails instead.
-func requireNetns(t *testing.T) {
+func requireNetns(t testing.TB) {
 	t.Helper()
 	reason := ""
 	if os.Geteuid() != 0 {
 		reason = "network namespaces need root"
 	} else if _, err := exec.LookPath("ip"); err != nil {
 		reason = "ip (iproute2) not found on PATH: the LAN tests need network namespaces"
+	} else if _, err := exec.LookPath("nsenter"); err != nil {
+		reason = "nsenter (util-linux) not found on PATH: the LAN tests run programs in network namespaces with it"
 	}
 	if reason == "" {
 		return
@@ -80,79 +82,127 @@ func requireNetns(t *testing.T) {
 
 var staleNetnsOnce sync.Once
 
-// newLAN creates a bridge namespace and one host namespace per label, all on
-// one fresh /24, and removes them all (killing every process left in them)
-// when the test ends, whether it passed or not.
-func newLAN(t *testing.T, labels ...string) *lanNet {
+// netnsSet is the network namespaces of one simulated network, all named
+// <id>-<suffix>. They are removed when the test ends, whether it passed or
+// not, every process left in them killed first.
+type netnsSet struct {
+	t       testing.TB
+	id      string
+	created []string
+}
+
+// newNetnsSet starts a set with a fresh id (and, once per run, removes the
+// namespaces aborted runs left behind).
+func newNetnsSet(t testing.TB) *netnsSet {
 	t.Helper()
 	requireNetns(t)
 	staleNetnsOnce.Do(func() { removeStaleNetns(t) })
-
-	rnd := make([]byte, 4)
-	if _, err := rand.Read(rnd); err != nil {
-		t.Fatal(err)
-	}
-	id := fmt.Sprintf("%s%s-%d-%s", netnsPrefix, strconv.FormatInt(time.Now().Unix(), 36), os.Getpid(), hex.EncodeToString(rnd[:2]))
-	// 10.<1..254>.<0..255>.0/24: which private /24 does not matter (each LAN
-	// is its own set of namespaces); a random one keeps any mix-up visible.
-	subnet := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 1 + rnd[2]%254, rnd[3], 0}), 24)
-	b := subnet.Addr().As4()
-	b[3] = 255
-	l := &lanNet{
-		id:        id,
-		subnet:    subnet,
-		broadcast: netip.AddrFrom4(b),
-		bridge:    id + "-br",
-		hosts:     map[string]*nsHost{},
-	}
-	var created []string
+	s := &netnsSet{t: t, id: fmt.Sprintf("%s%s-%d-%s", netnsPrefix,
+		strconv.FormatInt(time.Now().Unix(), 36), os.Getpid(), hex.EncodeToString(randomBytes(t, 2)))}
 	t.Cleanup(func() {
-		// Hosts first, the bridge last.
-		for i := len(created) - 1; i >= 0; i-- {
-			if err := deleteNetns(created[i]); err != nil {
+		// In reverse: hosts before the bridge that joins them.
+		for i := len(s.created) - 1; i >= 0; i-- {
+			if err := deleteNetns(s.created[i]); err != nil {
 				t.Errorf("removing network namespace: %v", err)
 			}
 		}
 	})
-	add := func(ns string) {
-		t.Helper()
-		mustIP(t, "netns", "add", ns)
-		created = append(created, ns)
-		mustIP(t, "-n", ns, "link", "set", "lo", "up")
-	}
+	return s
+}
 
-	add(l.bridge)
-	mustIP(t, "-n", l.bridge, "link", "add", "br0", "type", "bridge")
-	mustIP(t, "-n", l.bridge, "link", "set", "br0", "up")
-	for i, label := range labels {
-		h := &nsHost{label: label, ns: id + "-" + strings.ToLower(label)}
-		hb := subnet.Addr().As4()
-		hb[3] = byte(10 + i)
-		h.addr = netip.AddrFrom4(hb)
-		add(h.ns)
-		port := "v" + strconv.Itoa(i)
-		mustIP(t, "-n", l.bridge, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", h.ns)
-		mustIP(t, "-n", l.bridge, "link", "set", port, "master", "br0", "up")
-		mustIP(t, "-n", h.ns, "addr", "add", netip.PrefixFrom(h.addr, 24).String(), "brd", "+", "dev", "eth0")
-		mustIP(t, "-n", h.ns, "link", "set", "eth0", "up")
-		l.hosts[label] = h
-	}
-	// Both ends of every veth are up now; wait (bounded) until the kernel
-	// says the links carry traffic.
+// add creates namespace <id>-<suffix> with lo up and returns its name.
+func (s *netnsSet) add(suffix string) string {
+	s.t.Helper()
+	ns := s.id + "-" + suffix
+	mustIP(s.t, "netns", "add", ns)
+	s.created = append(s.created, ns)
+	mustIP(s.t, "-n", ns, "link", "set", "lo", "up")
+	return ns
+}
+
+// addBridge creates namespace <id>-<suffix> holding bridge br0, up.
+func (s *netnsSet) addBridge(suffix string) string {
+	s.t.Helper()
+	ns := s.add(suffix)
+	mustIP(s.t, "-n", ns, "link", "add", "br0", "type", "bridge")
+	mustIP(s.t, "-n", ns, "link", "set", "br0", "up")
+	return ns
+}
+
+// plug connects namespace ns to the bridge in namespace bridge with a veth
+// pair, port on the bridge's side, ifname on ns's side carrying addr/24,
+// both ends up.
+func (s *netnsSet) plug(bridge, port, ns, ifname string, addr netip.Addr, extra ...string) {
+	s.t.Helper()
+	mustIP(s.t, "-n", bridge, "link", "add", port, "type", "veth", "peer", "name", ifname, "netns", ns)
+	mustIP(s.t, "-n", bridge, "link", "set", port, "master", "br0", "up")
+	mustIP(s.t, append([]string{"-n", ns, "addr", "add", netip.PrefixFrom(addr, 24).String()}, append(extra, "dev", ifname)...)...)
+	mustIP(s.t, "-n", ns, "link", "set", ifname, "up")
+}
+
+// waitLinksUp waits (bounded: 5 s for all) until the kernel says every
+// link, given as namespace and interface pairs, carries traffic: both ends
+// of a veth are up by then, but it may take a moment.
+func (s *netnsSet) waitLinksUp(links ...[2]string) {
+	s.t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
-	for _, h := range l.hosts {
+	for _, l := range links {
 		for {
-			out, err := runIP("-n", h.ns, "-o", "link", "show", "eth0")
+			out, err := runIP("-n", l[0], "-o", "link", "show", l[1])
 			if err == nil && strings.Contains(out, "LOWER_UP") && strings.Contains(out, "state UP") {
 				break
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("eth0 of %s not up within 5s: %s %v", h.ns, out, err)
+				s.t.Fatalf("%s of %s not up within 5s: %s %v", l[1], l[0], out, err)
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
-	t.Logf("LAN %s: %s, hosts %s", id, subnet, l.describe(labels))
+}
+
+// randomBytes returns n random bytes.
+func randomBytes(t testing.TB, n int) []byte {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// withLast returns the address of p whose last byte is last.
+func withLast(p netip.Prefix, last byte) netip.Addr {
+	b := p.Addr().As4()
+	b[3] = last
+	return netip.AddrFrom4(b)
+}
+
+// newLAN creates a bridge namespace and one host namespace per label, all on
+// one fresh /24, and removes them all (killing every process left in them)
+// when the test ends, whether it passed or not.
+func newLAN(t testing.TB, labels ...string) *lanNet {
+	t.Helper()
+	set := newNetnsSet(t)
+	rnd := randomBytes(t, 2)
+	// 10.<1..254>.<0..255>.0/24: which private /24 does not matter (each LAN
+	// is its own set of namespaces); a random one keeps any mix-up visible.
+	subnet := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 1 + rnd[0]%254, rnd[1], 0}), 24)
+	l := &lanNet{
+		id:        set.id,
+		subnet:    subnet,
+		broadcast: withLast(subnet, 255),
+		bridge:    set.addBridge("br"),
+		hosts:     map[string]*nsHost{},
+	}
+	var links [][2]string
+	for i, label := range labels {
+		h := &nsHost{label: label, addr: withLast(subnet, byte(10+i))}
+		h.ns = set.add(strings.ToLower(label))
+		set.plug(l.bridge, "v"+strconv.Itoa(i), h.ns, "eth0", h.addr, "brd", "+")
+		l.hosts[label] = h
+		links = append(links, [2]string{h.ns, "eth0"})
+	}
+	set.waitLinksUp(links...)
+	t.Logf("LAN %s: %s, hosts %s", l.id, subnet, l.describe(labels))
 	return l
 }
 
@@ -167,10 +217,18 @@ func (l *lanNet) describe(labels []string) string {
 // host returns the host of that label.
 func (l *lanNet) host(label string) *nsHost { return l.hosts[label] }
 
+// runIP runs one `ip` command (bounded). `ip -n NS ...` runs ip inside
+// namespace NS through inNetns: ip's own -n remounts /sys the way
+// `ip netns exec` does, which needs / to be a mount point.
 func runIP(args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), ipTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "ip", args...)
+	var cmd *exec.Cmd
+	if len(args) > 2 && args[0] == "-n" {
+		cmd = inNetns(exec.CommandContext(ctx, "ip", args[2:]...), args[1])
+	} else {
+		cmd = exec.CommandContext(ctx, "ip", args...)
+	}
 	cmd.WaitDelay = 2 * time.Second
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -179,7 +237,7 @@ func runIP(args ...string) (string, error) {
 	return string(out), nil
 }
 
-func mustIP(t *testing.T, args ...string) {
+func mustIP(t testing.TB, args ...string) {
 	t.Helper()
 	if _, err := runIP(args...); err != nil {
 		t.Fatal(err)
@@ -225,7 +283,7 @@ func deleteNetns(ns string) error {
 
 // removeStaleNetns deletes namespaces of ours left behind by runs that were
 // killed before their cleanup ran.
-func removeStaleNetns(t *testing.T) {
+func removeStaleNetns(t testing.TB) {
 	entries, err := os.ReadDir(netnsDir)
 	if err != nil {
 		return // no namespaces at all
@@ -294,7 +352,7 @@ func (h *nsHost) do(fn func() error) error {
 }
 
 // listenUDP opens a UDP socket on the host (port 0: any free port).
-func (h *nsHost) listenUDP(t *testing.T, port int) *net.UDPConn {
+func (h *nsHost) listenUDP(t testing.TB, port int) *net.UDPConn {
 	t.Helper()
 	var conn *net.UDPConn
 	err := h.do(func() (err error) {
@@ -309,7 +367,7 @@ func (h *nsHost) listenUDP(t *testing.T, port int) *net.UDPConn {
 }
 
 // listenTCP opens a TCP listener on the host.
-func (h *nsHost) listenTCP(t *testing.T, addr string) net.Listener {
+func (h *nsHost) listenTCP(t testing.TB, addr string) net.Listener {
 	t.Helper()
 	var ln net.Listener
 	err := h.do(func() (err error) {
@@ -346,32 +404,47 @@ func (h *nsHost) httpClient() *http.Client {
 	}
 }
 
+// inNetns makes cmd run in network namespace ns, its environment and
+// everything else kept: `nsenter --net=<ns> -- <program> <args>`. nsenter
+// joins the namespace and execs the program, so cmd's process is the
+// program itself and signals sent to it reach it directly. Not
+// `ip netns exec`: that also remounts /sys in a mount namespace of its own,
+// which needs / to be a mount point, and on a fresh userland (a chroot, some
+// containers) it is not.
+func inNetns(cmd *exec.Cmd, ns string) *exec.Cmd {
+	cmd.Args = append([]string{"nsenter", "--net=" + filepath.Join(netnsDir, ns), "--", cmd.Path}, cmd.Args[1:]...)
+	nsenter, err := exec.LookPath("nsenter")
+	if err != nil && cmd.Err == nil {
+		cmd.Err = err
+	}
+	cmd.Path = nsenter
+	return cmd
+}
+
 // command runs a program on the host.
 func (h *nsHost) command(ctx context.Context, name string, args ...string) *exec.Cmd {
-	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", h.ns, name}, args...)...)
+	cmd := inNetns(exec.CommandContext(ctx, name, args...), h.ns)
 	cmd.WaitDelay = 5 * time.Second
 	return cmd
 }
 
-// nix runs a Nix tool on the host, like runNix: NIX_REMOTE=local and a
-// fresh XDG_CACHE_HOME.
-func (h *nsHost) nix(t *testing.T, tool string, args ...string) nixResult {
+// nix runs a Nix tool on the host within nixTimeout, like runNix:
+// NIX_REMOTE=local and a fresh XDG_CACHE_HOME.
+func (h *nsHost) nix(t testing.TB, tool string, args ...string) nixResult {
+	t.Helper()
+	return h.nixWithin(t, nixTimeout, tool, args...)
+}
+
+// nixWithin is nix with its own bound.
+func (h *nsHost) nixWithin(t testing.TB, timeout time.Duration, tool string, args ...string) nixResult {
 	t.Helper()
 	cache, err := os.MkdirTemp(t.TempDir(), "xdg-cache-")
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), nixTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	cmd := nixCmd(ctx, cache, tool, args...)
-	// The same command, its environment kept, started through
-	// `ip netns exec`, which execs it in the namespace.
-	ip, err := exec.LookPath("ip")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Args = append([]string{"ip", "netns", "exec", h.ns, cmd.Path}, cmd.Args[1:]...)
-	cmd.Path = ip
+	cmd := inNetns(nixCmd(ctx, cache, tool, args...), h.ns)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err = cmd.Run()

@@ -41,15 +41,7 @@ func TestP2PTrackerDozen(t *testing.T) {
 	t.Parallel()
 	start := time.Now()
 
-	tp := freePort(t)
-	base := fmt.Sprintf("http://127.0.0.1:%d", tp)
-	tr := startTracker(t, trackerOptions{
-		listen:    fmt.Sprintf("127.0.0.1:%d", tp),
-		relayPort: 0,
-		ttl:       dozenTTL,
-		base:      base,
-		client:    &http.Client{Timeout: 30 * time.Second},
-	})
+	tr := startPeerix(t, trackerServer(t, nil, dozenTTL))
 
 	// Every peer holds the common path; the even ones also hold a second.
 	common, extra := fx.byName["leaf"], fx.byName["single-exec"]
@@ -58,7 +50,7 @@ func TestP2PTrackerDozen(t *testing.T) {
 	copyPaths(t, fx.src, tmplCommon, common)
 	copyPaths(t, fx.src, tmplBoth, common, extra)
 
-	daemons := make([]*p2pDaemon, dozenPeers)
+	daemons := make([]*peerixProc, dozenPeers)
 	errs := make([]error, dozenPeers)
 	var wg sync.WaitGroup
 	for i := range dozenPeers {
@@ -70,21 +62,11 @@ func TestP2PTrackerDozen(t *testing.T) {
 		cpStore(t, tmpl, root)
 		state := filepath.Join(t.TempDir(), "state")
 		wg.Add(1)
+		opts := p2pDaemon(nil, tr.url, root, state)
+		opts.label = fmt.Sprintf("peer%02d", i)
 		go func() {
 			defer wg.Done()
-			// A free port may be taken before the daemon binds it: retry.
-			for attempt := 0; attempt < 3; attempt++ {
-				daemons[i], errs[i] = tryStartP2PDaemon(t, fmt.Sprintf("peer%02d", i), nil, p2pOptions{
-					tracker:   base,
-					listen:    fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-					p2pPort:   0,
-					storeRoot: root,
-					stateDir:  state,
-				})
-				if errs[i] == nil || !strings.Contains(errs[i].Error(), "address already in use") {
-					return
-				}
-			}
+			daemons[i], errs[i] = tryStartPeerix(t, opts)
 		}()
 	}
 	wg.Wait()
@@ -169,7 +151,7 @@ func TestP2PTrackerDozen(t *testing.T) {
 		}
 		if time.Since(sent) > deregisterDeadline+3*time.Second {
 			t.Fatalf("%s still listed by /v1/peers %v after SIGTERM (err %v)\noutput:\n%s",
-				term.label, time.Since(sent).Round(time.Millisecond), err, tail(term.out.String(), 8<<10))
+				term.label, time.Since(sent).Round(time.Millisecond), err, tail(term.log.String(), 8<<10))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -184,7 +166,7 @@ func TestP2PTrackerDozen(t *testing.T) {
 
 	// SIGKILL two: still listed right away (nobody told the tracker),
 	// gone once --peer-ttl has passed since their last heartbeat.
-	killed := []*p2pDaemon{daemons[1], daemons[2]}
+	killed := []*peerixProc{daemons[1], daemons[2]}
 	var killedIDs []string
 	killedAt := time.Now()
 	for _, d := range killed {
@@ -255,7 +237,7 @@ func TestP2PTrackerDozen(t *testing.T) {
 // checkTrackerRefusals sends the tracker junk, forged, malformed and
 // replayed writes and wants each refused with the status and code
 // docs/protocol.md gives, and the victim's record untouched.
-func checkTrackerRefusals(t *testing.T, tr *trackerProc, victim, victimHash string) {
+func checkTrackerRefusals(t *testing.T, tr *peerixProc, victim, victimHash string) {
 	t.Helper()
 	before, ok := peerByID(tr.mustPeers(t), victim)
 	if !ok {
@@ -335,7 +317,7 @@ func checkTrackerRefusals(t *testing.T, tr *trackerProc, victim, victimHash stri
 	time.Sleep(2 * time.Millisecond)
 	b = jsonBody(t, map[string]any{"peer_id": me, "ts": now(), "full": true, "add": []string{}, "remove": []string{victimHash}})
 	want("POST /v1/packages, a full set with removals", tr.write(t, http.MethodPost, "/v1/packages", b, sign(t, key, b)), 400, "bad_request")
-	if code, body, _ := getJSON(tr.client, tr.base+"/v1/find/not-a-hash", nil); code != 400 {
+	if code, body, _ := getJSON(tr.client, tr.url+"/v1/find/not-a-hash", nil); code != 400 {
 		t.Errorf("GET /v1/find/not-a-hash: HTTP %d, want 400: %.200s", code, body)
 	}
 

@@ -169,13 +169,6 @@ http {
 	}
 }
 
-// startTrustDaemon runs peerix in LAN mode on h with the given filter and
-// trust flags instead of the LAN tests' "--filter none".
-func startTrustDaemon(t *testing.T, h *nsHost, storeRoot string, args ...string) *lanDaemon {
-	t.Helper()
-	return startLANDaemon(t, h, lanDaemonOptions{storeRoot: storeRoot, args: args})
-}
-
 // narRequests returns the NAR requests (URL path containing /nar/) in an
 // nginx access log.
 func narRequests(t *testing.T, accessLog string) []string {
@@ -270,15 +263,15 @@ func TestTrustLAN(t *testing.T) {
 	lan := newLAN(t, "U", "A", "B")
 	U, A, B := lan.host("U"), lan.host("A"), lan.host("B")
 	upstream, accessLog := startUpstream(t, U, cacheDir)
-	da := startTrustDaemon(t, A, aStore,
+	da := startPeerix(t, lanDaemon(t, A, aStore,
 		"--filter", "upstream", "--upstream", upstream,
-		"--trusted-public-key", upKey, "--filter-pattern", "*denyme*")
-	db := startTrustDaemon(t, B, bStore,
-		"--upstream", upstream, "--trusted-public-key", upKey)
+		"--trusted-public-key", upKey, "--filter-pattern", "*denyme*"))
+	db := startPeerix(t, lanDaemon(t, B, bStore,
+		"--upstream", upstream, "--trusted-public-key", upKey))
 	bNix := func(t *testing.T, path string) nixResult {
 		t.Helper()
 		return B.nix(t, "nix-store", "--store", bStore, "-r", path,
-			"--option", "substituters", db.local,
+			"--option", "substituters", db.url,
 			"--option", "trusted-public-keys", upKey,
 			"--option", "require-sigs", "true",
 			"--option", "download-attempts", "1")
@@ -290,9 +283,9 @@ func TestTrustLAN(t *testing.T) {
 	t.Run("public flows from the peer", func(t *testing.T) {
 		h := hashPart(fx.public)
 		// A shares it: its /local narinfo, its LAN answer.
-		resp, body := clientGet(t, bc, http.MethodGet, da.remote+"/local/"+h+".narinfo")
+		resp, body := clientGet(t, bc, http.MethodGet, da.hostURL+"/local/"+h+".narinfo")
 		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("GET %s/local/%s.narinfo from B: %s\n%s", da.remote, h, resp.Status, body)
+			t.Fatalf("GET %s/local/%s.narinfo from B: %s\n%s", da.hostURL, h, resp.Status, body)
 		}
 		if ni := parseNarInfo(t, body); ni["StorePath"] != fx.public || ni["NarHash"] != narHash[fx.public] {
 			t.Errorf("A's narinfo for the public path:\n%s", body)
@@ -322,10 +315,10 @@ func TestTrustLAN(t *testing.T) {
 			h := hashPart(c.path)
 			nh := strings.TrimPrefix(narHash[c.path], "sha256:")
 			for _, u := range []string{
-				da.remote + "/local/" + h + ".narinfo",
-				da.remote + "/local/nar/" + h + "-" + nh + ".nar",
-				da.remote + "/nar/" + h + "-" + nh + ".nar",
-				da.remote + "/" + h + ".narinfo",
+				da.hostURL + "/local/" + h + ".narinfo",
+				da.hostURL + "/local/nar/" + h + "-" + nh + ".nar",
+				da.hostURL + "/nar/" + h + "-" + nh + ".nar",
+				da.hostURL + "/" + h + ".narinfo",
 			} {
 				for _, method := range []string{http.MethodGet, http.MethodHead} {
 					resp, body := clientGet(t, bc, method, u)
@@ -338,13 +331,13 @@ func TestTrustLAN(t *testing.T) {
 				}
 			}
 			// A's /local/ is open to peers: that one must be a plain 404.
-			if resp, _ := clientGet(t, bc, http.MethodGet, da.remote+"/local/"+h+".narinfo"); resp.StatusCode != http.StatusNotFound {
-				t.Errorf("GET %s/local/%s.narinfo from B: %s, want 404", da.remote, h, resp.Status)
+			if resp, _ := clientGet(t, bc, http.MethodGet, da.hostURL+"/local/"+h+".narinfo"); resp.StatusCode != http.StatusNotFound {
+				t.Errorf("GET %s/local/%s.narinfo from B: %s, want 404", da.hostURL, h, resp.Status)
 			}
 			if answers := askLAN(t, probe, bcast, h, 600*time.Millisecond); len(answers) != 0 {
 				t.Errorf("LAN request for it was answered: %v", answers)
 			}
-			resp, body := clientGet(t, db.client, http.MethodGet, db.local+"/"+h+".narinfo")
+			resp, body := clientGet(t, db.client, http.MethodGet, db.url+"/"+h+".narinfo")
 			if resp.StatusCode != http.StatusNotFound {
 				t.Errorf("GET /%s.narinfo from B's peerix: %s, want 404\n%s", h, resp.Status, body)
 			}
@@ -360,11 +353,11 @@ func TestTrustLAN(t *testing.T) {
 	t.Run("tampered never reaches B", func(t *testing.T) {
 		h := hashPart(fx.tampered)
 		// Through B's peerix by hand: never the whole wrong NAR.
-		resp, body := clientGet(t, db.client, http.MethodGet, db.local+"/"+h+".narinfo")
+		resp, body := clientGet(t, db.client, http.MethodGet, db.url+"/"+h+".narinfo")
 		t.Logf("GET /%s.narinfo (tampered) from B's peerix: %s", h, resp.Status)
 		if resp.StatusCode == http.StatusOK {
 			ni := parseNarInfo(t, body)
-			status, _, n, err := clientDigest(db.client, db.local+"/"+ni["URL"])
+			status, _, n, err := clientDigest(db.client, db.url+"/"+ni["URL"])
 			t.Logf("GET /%s from B's peerix: status %d, %d bytes, err %v", ni["URL"], status, n, err)
 			if err == nil && status == http.StatusOK && fmt.Sprint(n) == ni["NarSize"] {
 				t.Errorf("B's peerix handed out the whole NAR of the tampered path (%d bytes) without error", n)
@@ -382,7 +375,7 @@ func TestTrustLAN(t *testing.T) {
 		}
 		// What stopped it is B's verifier (not A giving up on its own).
 		const aborted = "peer's NAR does not match its verified narinfo"
-		for deadline := time.Now().Add(2 * time.Second); !strings.Contains(db.stderr.String(), aborted); time.Sleep(50 * time.Millisecond) {
+		for deadline := time.Now().Add(2 * time.Second); !strings.Contains(db.log.String(), aborted); time.Sleep(50 * time.Millisecond) {
 			if time.Now().After(deadline) {
 				t.Errorf("B's peerix never logged %q", aborted)
 				break

@@ -1,0 +1,323 @@
+package e2e
+
+import (
+	"cmp"
+	"context"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptrace"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Benchmarks of peerix between simulated hosts, on the topologies the LAN
+// and NAT tests stand on (newLAN, newNATNet), with the same peerix processes
+// (startPeerix). They need what those tests need (root, Nix, iproute2,
+// iptables) and run only when asked:
+//
+//	go test ./test/e2e -run '^$' -bench BenchmarkLAN -benchtime 3x
+//	go test ./test/e2e -run '^$' -bench BenchmarkP2P -benchtime 3x
+//
+// NAR sub-benchmarks stream a 256 MiB path (testdata/bench.nix, salt
+// BENCH_SALT or peerix-bench-1, shared with scripts/bench-local.sh) and
+// report MB/s (10^6 bytes) and the mean time to the first byte; narinfo
+// sub-benchmarks report the time per lookup. Every machine here is a
+// network namespace on one box, so the numbers show peerix's own cost, and
+// everything shares the same cores.
+
+// BenchmarkLAN: two hosts on a simulated LAN, both running
+// `peerix serve --mode lan --filter none`; A holds the paths, B starts
+// empty and trusts A's key. Everything is measured from B, through B's
+// peerix, as B's Nix sees it, with A's own figures for comparison. (The
+// processes' cleanup fails the benchmark if one of them died.)
+func BenchmarkLAN(b *testing.B) {
+	paths := buildBenchPaths(b, "small", "big")
+	small, big := paths[0], paths[1]
+	lan := newLAN(b, "A", "B")
+	A, B := lan.host("A"), lan.host("B")
+	key := keygen(b, "bench-lan")
+	aStore := benchStore(b, "a-store", small, big)
+	size, digest := narOf(b, aStore, big)
+	da := startPeerix(b, lanDaemon(b, A, aStore, "--filter", "none", "--signing-key-file", key.secretFile))
+	db := startPeerix(b, lanDaemon(b, B, benchStore(b, "b-store"), "--filter", "none", "--trusted-public-key", key.public))
+
+	b.Run("narinfo-hit", func(b *testing.B) {
+		// The first ask broadcasts, A answers, B fetches A's narinfo; the
+		// ones after it come from B's lookup cache.
+		url := db.url + "/" + hashPart(small) + ".narinfo"
+		start := time.Now()
+		getOK(b, db.client, url)
+		firstAsk := time.Since(start)
+		for b.Loop() {
+			getOK(b, db.client, url)
+		}
+		// After the loop: its start deletes metrics reported before it.
+		b.ReportMetric(float64(firstAsk.Microseconds())/1e3, "first-ask-ms")
+	})
+	b.Run("narinfo-miss", func(b *testing.B) { benchMiss(b, db) })
+
+	bigHash := hashPart(big)
+	viaB := db.url + "/" + narInfoURL(b, db.client, db.url+"/"+bigHash+".narinfo", "nar/lan/")
+	onA := narInfoURL(b, da.client, da.url+"/local/"+bigHash+".narinfo", "nar/")
+	b.Run("nar-via-B", func(b *testing.B) {
+		checkNAR(b, db.client, viaB, size, digest)
+		benchNAR(b, db.client, viaB, size)
+	})
+	b.Run("nar-from-A-over-LAN", func(b *testing.B) { benchNAR(b, db.client, da.hostURL+"/"+onA, size) })
+	b.Run("nar-on-A", func(b *testing.B) { benchNAR(b, da.client, da.url+"/local/"+onA, size) })
+	b.Run("nix-store-r-on-B", func(b *testing.B) {
+		// The real Nix on B, signatures required, into a fresh store each time.
+		b.SetBytes(size)
+		for b.Loop() {
+			b.StopTimer()
+			store := benchStore(b, "b-nix")
+			b.StartTimer()
+			r := B.nix(b, "nix-store", "--store", store, "-r", big,
+				"--option", "substituters", db.url,
+				"--option", "trusted-public-keys", key.public,
+				"--option", "require-sigs", "true")
+			if r.err != nil {
+				b.Fatalf("Nix on B could not substitute %s through B's peerix:\n%v", big, r)
+			}
+		}
+	})
+}
+
+// BenchmarkP2P: the simulated internet of TestP2PAcrossNAT, hosts A and B
+// each behind its own masquerading router, the tracker with its relay on
+// the internet. A holds the 256 MiB path, B fetches it through B's peerix:
+// first directly after hole punching, then, with all traffic between the
+// routers dropped and B's peerix restarted, through the relay. Which way
+// the bytes went is checked on B's router's counters.
+func BenchmarkP2P(b *testing.B) {
+	big := buildBenchPaths(b, "big")[0]
+	n := newNATNet(b, "A", "B")
+	A, B := n.hosts["A"], n.hosts["B"]
+	tr := startPeerix(b, trackerServer(b, n.tracker, 30*time.Second))
+	key := keygen(b, "bench-p2p")
+	aStore := benchStore(b, "a-store", big)
+	size, digest := narOf(b, aStore, big)
+	da := startPeerix(b, p2pDaemon(A, tr.hostURL, aStore, filepath.Join(b.TempDir(), "a-state"),
+		"--signing-key-file", key.secretFile, "--verbose"))
+	db := startPeerix(b, p2pDaemon(B, tr.hostURL, benchStore(b, "b-store"), filepath.Join(b.TempDir(), "b-state"),
+		"--trusted-public-key", key.public, "--verbose"))
+	waitHolder(b, tr, "A", da.peerID, hashPart(big))
+	waitCircuit(b, tr, "A", da.peerID)
+
+	b.Run("narinfo-miss", func(b *testing.B) { benchMiss(b, db) })
+	b.Run("nar-direct", func(b *testing.B) {
+		benchP2PNAR(b, n, da, db, big, size, digest, "direct")
+	})
+	b.Run("nar-relayed", func(b *testing.B) {
+		n.cutDirect(b, "A", "B")
+		// Fresh connections: the ones B has may be direct.
+		restarted, _ := db.restart(b)
+		benchP2PNAR(b, n, da, restarted, big, size, digest, "relayed")
+	})
+}
+
+// benchP2PNAR fetches path's NAR from A through B's peerix once (which
+// makes the connection and, if it can, the hole punch), waits until B's
+// link to A is `via` ("direct" or "relayed"), checks the NAR, and then
+// times the fetches. The bytes into B's LAN must have come that way: from
+// A's router (direct) or from the tracker's relay. It also reports both
+// daemons' memory.
+func benchP2PNAR(b *testing.B, n *natNet, da, db *peerixProc, path string, size int64, digest, via string) {
+	_, ni := fetchFromPeers(b, db, path)
+	url := db.url + "/" + ni["URL"]
+	if got, _, err := fetchNAR(db.client, url); err != nil || got != size {
+		b.Fatalf("first GET %s through B: %d bytes, %v; want %d", url, got, err, size)
+	}
+	waitFor(b, "B's link to A "+via, 10*time.Second, func() (bool, string) {
+		ps, err := getAPIPeers(db)
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, p := range ps {
+			if p.PeerID != da.peerID {
+				continue
+			}
+			if via == "relayed" {
+				return p.Connected && p.Relayed && !p.Direct, fmt.Sprintf("%+v", p)
+			}
+			return p.Connected && p.Direct, fmt.Sprintf("%+v", p)
+		}
+		return false, "A not in B's /api/peers"
+	})
+	checkNAR(b, db.client, url, size, digest)
+
+	before := n.counters(b, "B")
+	fetches := benchNAR(b, db.client, url, size)
+	after := n.counters(b, "B")
+	ra, relay := n.routers["A"].addr, n.tracker.addr
+	direct, relayed := after.from[ra]-before.from[ra], after.from[relay]-before.from[relay]
+	b.Logf("%d fetches of %d bytes: %d bytes into B's LAN from A's router (direct), %d from the tracker (relayed)", fetches, size, direct, relayed)
+	want, got := uint64(fetches)*uint64(size), direct
+	if via == "relayed" {
+		got = relayed
+	}
+	if got < want {
+		b.Errorf("only %d of the %d bytes came %s (direct %d, relayed %d)", got, want, via, direct, relayed)
+	}
+	reportMemory(b, "A", da)
+	reportMemory(b, "B", db)
+}
+
+// buildBenchPaths builds attributes of testdata/bench.nix and returns their
+// store paths.
+func buildBenchPaths(b *testing.B, attrs ...string) []string {
+	b.Helper()
+	if skipReason != "" {
+		b.Skip(skipReason)
+	}
+	expr, err := filepath.Abs(filepath.Join("testdata", "bench.nix"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	args := []string{expr, "--no-out-link", "--argstr", "salt", cmp.Or(os.Getenv("BENCH_SALT"), "peerix-bench-1")}
+	for _, a := range attrs {
+		args = append(args, "-A", a)
+	}
+	paths := strings.Fields(string(benchNix(b, "nix-build", args...)))
+	if len(paths) != len(attrs) {
+		b.Fatalf("nix-build printed %q; want %d store paths", paths, len(attrs))
+	}
+	return paths
+}
+
+// benchNix runs a Nix tool for a benchmark's setup, failing the benchmark
+// if the tool fails.
+func benchNix(b *testing.B, tool string, args ...string) []byte {
+	b.Helper()
+	r := runNixIn(context.Background(), b.TempDir(), tool, args...)
+	if r.err != nil {
+		b.Fatalf("%v", r)
+	}
+	return r.stdout
+}
+
+// benchStore makes a chroot store holding paths, or an empty one. It is
+// removed at the end although Nix leaves it read-only.
+func benchStore(b *testing.B, name string, paths ...string) string {
+	b.Helper()
+	dir := filepath.Join(b.TempDir(), name)
+	b.Cleanup(func() { removeAll(dir) })
+	if len(paths) == 0 {
+		benchNix(b, "nix-store", "--store", dir, "--init")
+	} else {
+		benchNix(b, "nix", append(slices.Concat(nixExperimental, []string{"copy", "--no-check-sigs", "--to", dir}), paths...)...)
+	}
+	return dir
+}
+
+// narOf returns the size and hex SHA-256 of path's NAR in store.
+func narOf(b *testing.B, store, path string) (int64, string) {
+	b.Helper()
+	digest, size, err := dumpDigest(context.Background(), b.TempDir(), store, path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return size, digest
+}
+
+// narInfoURL GETs a narinfo and returns its URL, which must start with
+// prefix.
+func narInfoURL(b *testing.B, c *http.Client, narinfo, prefix string) string {
+	b.Helper()
+	ni := parseNarInfo(b, getOK(b, c, narinfo))
+	if !strings.HasPrefix(ni["URL"], prefix) {
+		b.Fatalf("%s names URL %q, want %s...", narinfo, ni["URL"], prefix)
+	}
+	return ni["URL"]
+}
+
+// getOK GETs url with c and wants 200; it returns the body.
+func getOK(b *testing.B, c *http.Client, url string) []byte {
+	b.Helper()
+	resp, body := clientGet(b, c, http.MethodGet, url)
+	if resp.StatusCode != http.StatusOK {
+		b.Fatalf("GET %s: %s\n%.300s", url, resp.Status, body)
+	}
+	return body
+}
+
+// benchMiss times narinfo lookups of hashes nobody holds, through d.
+func benchMiss(b *testing.B, d *peerixProc) {
+	for b.Loop() {
+		url := d.url + "/" + randomNix32(32) + ".narinfo"
+		if resp, body := clientGet(b, d.client, http.MethodGet, url); resp.StatusCode != http.StatusNotFound {
+			b.Fatalf("GET %s (nobody has it): %s, want 404\n%.300s", url, resp.Status, body)
+		}
+	}
+}
+
+// checkNAR wants the NAR at url to be size bytes with SHA-256 digest.
+func checkNAR(b *testing.B, c *http.Client, url string, size int64, digest string) {
+	b.Helper()
+	status, sum, n, err := clientDigest(c, url)
+	if err != nil || status != http.StatusOK || n != size || hex.EncodeToString(sum) != digest {
+		b.Fatalf("GET %s: status %d, %d bytes sha256 %x, %v; want %d bytes sha256 %s", url, status, n, sum, err, size, digest)
+	}
+}
+
+// benchNAR times whole downloads of the NAR at url (size bytes, counted
+// only), reports the mean time to the first byte, and returns how many
+// downloads it made.
+func benchNAR(b *testing.B, c *http.Client, url string, size int64) int {
+	b.SetBytes(size)
+	var first time.Duration
+	fetches := 0
+	for b.Loop() {
+		n, ttfb, err := fetchNAR(c, url)
+		if err != nil || n != size {
+			b.Fatalf("GET %s: %d bytes, %v; want %d", url, n, err, size)
+		}
+		first += ttfb
+		fetches++
+	}
+	b.ReportMetric(float64(first.Microseconds())/1e3/float64(fetches), "first-byte-ms")
+	return fetches
+}
+
+// fetchNAR GETs url and reads the body to the end, without keeping it; it
+// returns the body's size and the time to its first byte.
+func fetchNAR(c *http.Client, url string) (int64, time.Duration, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+	defer cancel()
+	start := time.Now()
+	var ttfb time.Duration
+	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		GotFirstResponseByte: func() { ttfb = time.Since(start) },
+	})
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, 0, err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, ttfb, fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	n, err := io.Copy(io.Discard, resp.Body)
+	return n, ttfb, err
+}
+
+// reportMemory reports a process's VmRSS and VmHWM (MiB) as metrics.
+func reportMemory(b *testing.B, who string, p *peerixProc) {
+	rss, hwm, err := p.vmMiB()
+	if err != nil {
+		b.Errorf("memory of %s: %v", p, err)
+		return
+	}
+	b.ReportMetric(rss, who+"-VmRSS-MiB")
+	b.ReportMetric(hwm, who+"-VmHWM-MiB")
+}
