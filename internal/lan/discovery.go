@@ -182,11 +182,7 @@ func (d *Discovery) read(ctx context.Context) error {
 		switch m := msg.(type) {
 		case *Request:
 			d.peers.heardOriginal(ip)
-			// A summary peer knows what we hold from our summary and
-			// asks by unicast; only original peers need an answer.
-			if !d.peers.isSummaryPeer(ip) {
-				d.answer(ctx, from, *m)
-			}
+			d.answer(ctx, from, *m)
 		case *Response:
 			d.peers.heardOriginal(ip)
 			d.deliver(Answer{From: ip, Response: *m})

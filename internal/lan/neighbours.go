@@ -106,13 +106,6 @@ func (n *neighbours) heardOriginal(ip netip.Addr) {
 	n.original[ip] = time.Now()
 }
 
-// isSummaryPeer reports whether ip sent a beacon lately.
-func (n *neighbours) isSummaryPeer(ip netip.Addr) bool {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.summary[ip] != nil
-}
-
 // originalAround reports whether a peer speaking only the original format
 // was heard within originalTTL.
 func (n *neighbours) originalAround() bool {

@@ -18,8 +18,9 @@ import (
 	"github.com/peerix/peerix/internal/store"
 )
 
-// ErrBadNAR: no holder could send a NAR that matches its NarHash.
-var ErrBadNAR = errors.New("NAR does not match its NarHash")
+// ErrBadNAR: no holder could send a NAR that matches its NarHash. It
+// wraps store.ErrNotFound: for Nix the path is not on peers after all.
+var ErrBadNAR = fmt.Errorf("NAR does not match its NarHash: %w", store.ErrNotFound)
 
 // errSlow: a holder stalled or sent slower than MinRate.
 var errSlow = errors.New("holder stalled or sent too slowly")

@@ -450,12 +450,16 @@ func lanDaemon(t testing.TB, h *nsHost, storeRoot string, flags ...string) peeri
 func p2pDaemon(h *nsHost, trackerURL, storeRoot, stateDir string, flags ...string) peerixOptions {
 	o := peerixOptions{label: "p2p", host: h, readyPath: "/api/status"}
 	port := 0
+	// Many daemons on this machine cannot share the LAN port; on
+	// simulated hosts LAN discovery stays on, as by default.
+	lanFlag := "--lan=false"
 	if h != nil {
 		o.label = h.label
 		o.listen = fmt.Sprintf("127.0.0.1:%d", servePort)
 		port = libp2pPort
+		lanFlag = "--lan=true"
 	}
-	o.args = append([]string{"serve", "--mode", "p2p",
+	o.args = append([]string{"serve", "--mode", "p2p", lanFlag,
 		"--tracker", trackerURL,
 		"--filter", "none",
 		"--p2p-port", strconv.Itoa(port),
