@@ -125,14 +125,24 @@ func Build(ctx context.Context, dir string) (*Fixtures, error) {
 // name records paths in byName by their fixture names.
 func (f *Fixtures) name(paths []string) error {
 	for _, p := range paths {
-		base := filepath.Base(p)
-		name, ok := strings.CutPrefix(base[min(33, len(base)):], namePrefix)
-		if !ok {
+		name := Name(p)
+		if name == "" {
 			return fmt.Errorf("%s is not a fixture", p)
 		}
 		f.byName[name] = p
 	}
 	return nil
+}
+
+// Name returns the fixture name of a store path built from fixtures.nix
+// (the name Path takes), or "" if it is not a fixture.
+func Name(storePath string) string {
+	base := filepath.Base(storePath)
+	name, ok := strings.CutPrefix(base[min(33, len(base)):], namePrefix)
+	if !ok {
+		return ""
+	}
+	return name
 }
 
 // buildTimeout bounds building the shared fixtures or the sample store.

@@ -174,8 +174,9 @@ func Setenv(t testing.TB) {
 }
 
 // Command returns the command that runs a Nix tool ("nix", "nix-build",
-// "nix-store", ...) with Env's environment. An error making that
-// environment is returned by the command's Start.
+// "nix-store", ...) with Env's environment, or a program that starts one
+// in that environment (`ip netns exec NS nix-store ...`). An error making
+// the environment is returned by the command's Start.
 func Command(ctx context.Context, tool string, args ...string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, tool, args...)
 	cmd.WaitDelay = 10 * time.Second

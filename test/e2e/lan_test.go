@@ -222,7 +222,7 @@ func TestLANInterop(t *testing.T) {
 		t.Logf("nix-store -r of %d paths from the old peer: %v", len(oldPaths), time.Since(start).Round(time.Millisecond))
 		for _, p := range oldPaths {
 			want := fx.facts[p]
-			digest, size, err := dumpDigest(t.Context(), t.TempDir(), pStore, p)
+			digest, size, err := dumpDigest(t.Context(), pStore, p)
 			if err != nil {
 				t.Errorf("%s did not arrive in P's store: %v", p, err)
 				continue
@@ -628,7 +628,7 @@ func TestLANResume(t *testing.T) {
 	if r.err != nil {
 		t.Fatalf("Nix on P could not substitute through a broken and a good peer:\n%v", r)
 	}
-	digestHex, size, err := dumpDigest(t.Context(), t.TempDir(), dp.storeRoot, big)
+	digestHex, size, err := dumpDigest(t.Context(), dp.storeRoot, big)
 	if err != nil || digestHex != facts.narDigest || size != facts.narSize {
 		t.Errorf("%s in P's store: %d bytes sha256 %s, err %v; want %d bytes sha256 %s", big, size, digestHex, err, facts.narSize, facts.narDigest)
 	}

@@ -817,31 +817,6 @@ func checkIdentityFile(t *testing.T, stateDir string) {
 	}
 }
 
-// nixOnHost is nsHost.nix with its own bound.
-func nixOnHost(t *testing.T, h *nsHost, timeout time.Duration, tool string, args ...string) nixResult {
-	t.Helper()
-	cache, err := os.MkdirTemp(t.TempDir(), "xdg-cache-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	cmd := nixCmd(ctx, cache, tool, args...)
-	ip, err := exec.LookPath("ip")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Args = append([]string{"ip", "netns", "exec", h.ns, cmd.Path}, cmd.Args[1:]...)
-	cmd.Path = ip
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err = cmd.Run()
-	if err != nil {
-		err = fmt.Errorf("on host %s: %s %s: %w", h.label, tool, strings.Join(args, " "), err)
-	}
-	return nixResult{stdout.Bytes(), stderr.Bytes(), err}
-}
-
 // fetchFromPeers asks the daemon (from its own machine) for path's narinfo,
 // which it finds on peers, retrying for a bounded while; it wants a
 // nar/p2p/ URL and the path's NarHash.

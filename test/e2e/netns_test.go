@@ -353,30 +353,8 @@ func (h *nsHost) command(ctx context.Context, name string, args ...string) *exec
 	return cmd
 }
 
-// nix runs a Nix tool on the host, like runNix: NIX_REMOTE=local and a
-// fresh XDG_CACHE_HOME.
+// nix runs a Nix tool on the host, like runNix.
 func (h *nsHost) nix(t *testing.T, tool string, args ...string) nixResult {
 	t.Helper()
-	cache, err := os.MkdirTemp(t.TempDir(), "xdg-cache-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), nixTimeout)
-	defer cancel()
-	cmd := nixCmd(ctx, cache, tool, args...)
-	// The same command, its environment kept, started through
-	// `ip netns exec`, which execs it in the namespace.
-	ip, err := exec.LookPath("ip")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Args = append([]string{"ip", "netns", "exec", h.ns, cmd.Path}, cmd.Args[1:]...)
-	cmd.Path = ip
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err = cmd.Run()
-	if err != nil {
-		err = fmt.Errorf("on host %s: %s %s: %w", h.label, tool, strings.Join(args, " "), err)
-	}
-	return nixResult{stdout.Bytes(), stderr.Bytes(), err}
+	return nixOnHost(t, h, nixTimeout, tool, args...)
 }
