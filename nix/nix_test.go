@@ -21,10 +21,7 @@ import (
 	"github.com/peerix/peerix/internal/nixtest"
 )
 
-func TestMain(m *testing.M) {
-	defer nixtest.Cleanup()
-	m.Run()
-}
+func TestMain(m *testing.M) { nixtest.Main(m) }
 
 // needTool finds a program or skips the test (fails it under CI=true).
 func needTool(t *testing.T, name string) string {

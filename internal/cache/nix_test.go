@@ -22,10 +22,7 @@ import (
 	"github.com/peerix/peerix/internal/store"
 )
 
-func TestMain(m *testing.M) {
-	defer nixtest.Cleanup()
-	m.Run()
-}
+func TestMain(m *testing.M) { nixtest.Main(m) }
 
 // serveFixture serves the nixtest sample store's nixstore.Local (wrapped by
 // wrap, if given) on a real HTTP server.

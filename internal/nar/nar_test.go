@@ -22,10 +22,7 @@ import (
 	"github.com/peerix/peerix/internal/nixtest"
 )
 
-func TestMain(m *testing.M) {
-	defer nixtest.Cleanup()
-	m.Run()
-}
+func TestMain(m *testing.M) { nixtest.Main(m) }
 
 // nixDump returns the output of `nix-store --dump path`. Without Nix the
 // test is skipped, except under CI=true, where it fails.

@@ -22,10 +22,7 @@ import (
 	"github.com/peerix/peerix/internal/store"
 )
 
-func TestMain(m *testing.M) {
-	defer nixtest.Cleanup()
-	m.Run()
-}
+func TestMain(m *testing.M) { nixtest.Main(m) }
 
 // openFixture opens the shared fixture store; it is closed when t ends.
 func openFixture(t *testing.T) (*nixtest.Sample, *nixstore.Local) {

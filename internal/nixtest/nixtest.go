@@ -17,13 +17,10 @@
 // earlier invocation must never stand in for a real one.
 //
 // Nix's files for the tests live in one temporary directory per test
-// binary, made on first use; a package that uses the kit removes it from
-// its TestMain:
+// binary, made on first use; a package that uses the kit removes it after
+// its tests, with Main as its TestMain (or Cleanup in its own):
 //
-//	func TestMain(m *testing.M) {
-//		defer nixtest.Cleanup()
-//		m.Run()
-//	}
+//	func TestMain(m *testing.M) { nixtest.Main(m) }
 package nixtest
 
 import (
@@ -109,6 +106,14 @@ func Cleanup() {
 	if run.dir != "" {
 		RemoveAll(run.dir)
 	}
+}
+
+// Main is a TestMain for a package that uses the kit: it runs the tests,
+// calls Cleanup and exits with the tests' status.
+func Main(m *testing.M) {
+	code := m.Run()
+	Cleanup()
+	os.Exit(code)
 }
 
 func writeConf(dir string) error {

@@ -12,10 +12,7 @@ import (
 	"github.com/peerix/peerix/internal/nixtest"
 )
 
-func TestMain(m *testing.M) {
-	defer nixtest.Cleanup()
-	m.Run()
-}
+func TestMain(m *testing.M) { nixtest.Main(m) }
 
 // TestConfig: Nix reads the kit's configuration, not the machine's.
 func TestConfig(t *testing.T) {

@@ -25,10 +25,7 @@ import (
 	"github.com/peerix/peerix/internal/signing"
 )
 
-func TestMain(m *testing.M) {
-	defer nixtest.Cleanup()
-	m.Run()
-}
+func TestMain(m *testing.M) { nixtest.Main(m) }
 
 // nixCmd runs a Nix tool (nixtest.Command) and returns its stdout.
 func nixCmd(t *testing.T, stdin []byte, name string, args ...string) string {
