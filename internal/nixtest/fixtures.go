@@ -16,10 +16,10 @@ import (
 	"time"
 )
 
-// FixturesNix is the Nix file the fixtures are built from.
+// fixturesNix is the Nix file the fixtures are built from.
 //
 //go:embed fixtures.nix
-var FixturesNix []byte
+var fixturesNix []byte
 
 // namePrefix starts the name of every fixture path.
 const namePrefix = "peerix-fixture-"
@@ -71,7 +71,7 @@ func Build(ctx context.Context, dir string) (*Fixtures, error) {
 		return nil, err
 	}
 	expr := filepath.Join(dir, "fixtures.nix")
-	if err := os.WriteFile(expr, FixturesNix, 0o644); err != nil {
+	if err := os.WriteFile(expr, fixturesNix, 0o644); err != nil {
 		return nil, err
 	}
 	salt := make([]byte, 8)

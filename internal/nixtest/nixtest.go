@@ -51,15 +51,15 @@ substituters =
 experimental-features = nix-command
 `
 
-// Tools are the Nix programs the tests run: Require checks for them.
-var Tools = []string{"nix", "nix-build", "nix-store", "nix-instantiate"}
+// tools are the Nix programs the tests run: Require checks for them.
+var tools = []string{"nix", "nix-build", "nix-store", "nix-instantiate"}
 
 // Timeout bounds each Nix invocation of Must.
 const Timeout = 5 * time.Minute
 
 // Available says why the tests cannot run Nix here, or nil if they can.
 func Available() error {
-	for _, tool := range Tools {
+	for _, tool := range tools {
 		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Errorf("%s not found on PATH: these tests need Nix", tool)
 		}

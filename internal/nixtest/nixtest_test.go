@@ -117,3 +117,14 @@ func mustJSON(t *testing.T, v any) string {
 	}
 	return string(b)
 }
+
+func TestInitStore(t *testing.T) {
+	nixtest.Require(t)
+	dir := nixtest.InitStore(t, "empty")
+	if _, err := os.Stat(filepath.Join(dir, "nix", "var", "nix", "db", "db.sqlite")); err != nil {
+		t.Fatal(err)
+	}
+	if out := nixtest.Must(t, "nix", "path-info", "--store", dir, "--all"); len(out) != 0 {
+		t.Errorf("a new store holds %q", out)
+	}
+}

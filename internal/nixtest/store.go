@@ -22,10 +22,13 @@ import (
 	"github.com/nix-community/go-nix/pkg/nixhash"
 )
 
-// InitStore makes an empty chroot store in dir (`nix-store --init`).
-func InitStore(ctx context.Context, dir string) error {
-	_, err := Output(ctx, "nix-store", "--store", dir, "--init")
-	return err
+// InitStore returns an empty chroot store (`nix-store --init`) named name
+// in a directory that is removed when t ends (TempStore).
+func InitStore(t testing.TB, name string) string {
+	t.Helper()
+	dir := TempStore(t, name)
+	Must(t, "nix-store", "--store", dir, "--init")
+	return dir
 }
 
 // Copy copies paths, with their closures, from the machine's store into
@@ -149,12 +152,8 @@ func dumpArgs(store, path string) []string {
 	return []string{"store", "dump-path", "--store", store, path}
 }
 
-// Dump returns the NAR of path in store, as Nix writes it.
-func Dump(ctx context.Context, store, path string) ([]byte, error) {
-	return Output(ctx, "nix", dumpArgs(store, path)...)
-}
-
-// MustDump is Dump that fails the test on error.
+// MustDump returns the NAR of path in store, as Nix writes it; if Nix
+// fails, so does the test.
 func MustDump(t testing.TB, store, path string) []byte {
 	t.Helper()
 	return Must(t, "nix", dumpArgs(store, path)...)

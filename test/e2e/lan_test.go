@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/nix-community/go-nix/pkg/nixbase32"
+
+	"github.com/peerix/peerix/internal/nixtest"
 )
 
 // LAN mode end to end: peerix daemons on hosts of a simulated LAN (network
@@ -32,9 +34,7 @@ const missDeadline = time.Second
 // initStore makes an empty chroot store.
 func initStore(t *testing.T, name string) string {
 	t.Helper()
-	dir := storeDir(t, name)
-	mustNix(t, "nix-store", "--store", dir, "--init")
-	return dir
+	return nixtest.InitStore(t, name)
 }
 
 // closureOf lists path and everything it references, directly or not.
