@@ -148,31 +148,43 @@ func Name(storePath string) string {
 // buildTimeout bounds building the shared fixtures or the sample store.
 const buildTimeout = 5 * time.Minute
 
-var shared struct {
+// lazy is a value made once per test binary, in the kit's directory.
+type lazy[T any] struct {
 	once sync.Once
-	fx   *Fixtures
+	v    T
 	err  error
 }
+
+// get returns the value, making it on first use; if that fails, so do the
+// test and every later one that asks.
+func (l *lazy[T]) get(t testing.TB, what string, build func(ctx context.Context, dir string) (T, error)) T {
+	t.Helper()
+	l.once.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
+		defer cancel()
+		dir, err := runDir()
+		if err != nil {
+			l.err = err
+			return
+		}
+		l.v, l.err = build(ctx, dir)
+	})
+	if l.err != nil {
+		t.Fatalf("%s: %v", what, l.err)
+	}
+	return l.v
+}
+
+var shared lazy[*Fixtures]
 
 // Shared returns the fixtures of this test binary, built on first use. It
 // skips or fails the test as Require does where Nix is missing.
 func Shared(t testing.TB) *Fixtures {
 	t.Helper()
 	Require(t)
-	shared.once.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
-		defer cancel()
-		dir, err := runDir()
-		if err != nil {
-			shared.err = err
-			return
-		}
-		shared.fx, shared.err = Build(ctx, filepath.Join(dir, "fixtures"))
+	return shared.get(t, "building the Nix fixtures", func(ctx context.Context, dir string) (*Fixtures, error) {
+		return Build(ctx, filepath.Join(dir, "fixtures"))
 	})
-	if shared.err != nil {
-		t.Fatalf("building the Nix fixtures: %v", shared.err)
-	}
-	return shared.fx
 }
 
 // Sample is a chroot store holding some of the fixtures, for tests of code
@@ -201,11 +213,7 @@ func NewSample(ctx context.Context, fx *Fixtures, dir string) (*Sample, error) {
 	return s, nil
 }
 
-var sample struct {
-	once sync.Once
-	s    *Sample
-	err  error
-}
+var sample lazy[*Sample]
 
 // SharedSample returns the Sample store of this test binary, made from the
 // Shared fixtures on first use. The binary's tests share it: one that
@@ -213,18 +221,7 @@ var sample struct {
 func SharedSample(t testing.TB) *Sample {
 	t.Helper()
 	fx := Shared(t)
-	sample.once.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
-		defer cancel()
-		dir, err := runDir()
-		if err != nil {
-			sample.err = err
-			return
-		}
-		sample.s, sample.err = NewSample(ctx, fx, filepath.Join(dir, "sample"))
+	return sample.get(t, "making the sample store", func(ctx context.Context, dir string) (*Sample, error) {
+		return NewSample(ctx, fx, filepath.Join(dir, "sample"))
 	})
-	if sample.err != nil {
-		t.Fatalf("making the sample store: %v", sample.err)
-	}
-	return sample.s
 }
