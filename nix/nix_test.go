@@ -18,7 +18,10 @@ import (
 	"time"
 
 	"github.com/peerix/peerix/internal/config"
+	"github.com/peerix/peerix/internal/nixtest"
 )
+
+func TestMain(m *testing.M) { nixtest.Main(m) }
 
 // needTool finds a program or skips the test (fails it under CI=true).
 func needTool(t *testing.T, name string) string {
@@ -43,10 +46,10 @@ func readFile(t *testing.T, name string) string {
 }
 
 func TestNixFilesParse(t *testing.T) {
-	inst := needTool(t, "nix-instantiate")
+	nixtest.Require(t)
 	for _, f := range []string{"../flake.nix", "module.nix", "package.nix", "test.nix"} {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		out, err := exec.CommandContext(ctx, inst, "--parse", f).CombinedOutput()
+		out, err := nixtest.Command(ctx, "nix-instantiate", "--parse", f).CombinedOutput()
 		cancel()
 		if err != nil {
 			t.Errorf("nix-instantiate --parse %s: %v\n%s", f, err, out)
@@ -177,7 +180,7 @@ func TestVendorHash(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: vendoring takes seconds")
 	}
-	needTool(t, "nix")
+	nixtest.Require(t)
 	needTool(t, "go")
 	needTool(t, "git")
 	m := regexp.MustCompile(`vendorHash = "([^"]*)";`).FindStringSubmatch(readFile(t, "package.nix"))
@@ -188,6 +191,12 @@ func TestVendorHash(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, script)
+	// The script runs `nix hash path`: with the tests' Nix configuration.
+	env, err := nixtest.Env()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Env = env
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()

@@ -30,7 +30,11 @@ if [ ${#pkgs[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
 fi
 
-# A fresh nix-bin has no store database until something creates it.
+# A fresh nix-bin has no store database until something creates it. Without
+# Debian's nix-setup-systemd there is no nixbld group, which Nix's default
+# build-users-group names: --init needs no build users, so say so instead of
+# printing a warning about the missing group. (The tests bring their own
+# nix.conf: internal/nixtest.)
 if [ "$(id -u)" = 0 ] && [ ! -e /nix/var/nix/db/db.sqlite ]; then
-  NIX_REMOTE=local nix-store --init
+  NIX_REMOTE=local NIX_CONFIG='build-users-group =' nix-store --init
 fi

@@ -17,16 +17,19 @@ import (
 
 	"github.com/peerix/peerix/internal/cache"
 	"github.com/peerix/peerix/internal/nixstore"
+	"github.com/peerix/peerix/internal/nixtest"
 	"github.com/peerix/peerix/internal/signing"
 	"github.com/peerix/peerix/internal/store"
 )
 
-// serveFixture serves the fixture store's nixstore.Local (wrapped by wrap,
-// if given) on a real HTTP server.
-func serveFixture(t *testing.T, wrap func(store.Store) store.Store) (*fixture, *nixstore.Local, *httptest.Server) {
+func TestMain(m *testing.M) { nixtest.Main(m) }
+
+// serveFixture serves the nixtest sample store's nixstore.Local (wrapped by
+// wrap, if given) on a real HTTP server.
+func serveFixture(t *testing.T, wrap func(store.Store) store.Store) (*nixtest.Sample, *nixstore.Local, *httptest.Server) {
 	t.Helper()
-	f := getFixture(t)
-	l, err := nixstore.Open(f.root)
+	f := nixtest.SharedSample(t)
+	l, err := nixstore.Open(f.Store)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,10 +68,10 @@ func get(t *testing.T, method, url string, header http.Header) (*http.Response, 
 // what Nix says about the path, and is exactly go-nix's rendering.
 func TestLocalNarInfoMatchesNix(t *testing.T) {
 	f, l, srv := serveFixture(t, nil)
-	for _, p := range []string{f.leaf, f.refs, f.shapes, f.ca} {
+	for _, p := range []string{f.Leaf, f.Refs, f.Shapes, f.CA} {
 		t.Run(path.Base(p)[33:], func(t *testing.T) {
-			nf := f.facts(t, f.root, p)
-			resp, body := get(t, "GET", srv.URL+"/local/"+hashPart(p)+".narinfo", nil)
+			nf := nixtest.MustInfo(t, f.Store, p)
+			resp, body := get(t, "GET", srv.URL+"/local/"+nixtest.HashPart(p)+".narinfo", nil)
 			if resp.StatusCode != 200 {
 				t.Fatalf("status %d: %s", resp.StatusCode, body)
 			}
@@ -105,23 +108,23 @@ func TestLocalNarInfoMatchesNix(t *testing.T) {
 				t.Errorf("CA %q, Nix says %q", ni.CA, nf.CA)
 			}
 			switch p {
-			case f.refs:
-				if len(ni.References) != 2 || len(ni.Signatures) != 1 || ni.Deriver == "" {
-					t.Errorf("refs: want 2 references, a deriver and a signature:\n%s", body)
+			case f.Refs:
+				if len(ni.References) != 3 || len(ni.Signatures) != 1 || ni.Deriver == "" {
+					t.Errorf("refs: want 3 references, a deriver and a signature:\n%s", body)
 				}
-			case f.ca:
+			case f.CA:
 				if ni.CA == "" || ni.Deriver != "" {
 					t.Errorf("ca: want a CA and no deriver:\n%s", body)
 				}
 			}
 			// The body is exactly go-nix's rendering of the store's narinfo.
-			want, err := l.NarInfo(context.Background(), hashPart(p))
+			want, err := l.NarInfo(context.Background(), nixtest.HashPart(p))
 			if err != nil {
 				t.Fatal(err)
 			}
 			checkNarInfoText(t, want, string(body))
 
-			head, headBody := get(t, "HEAD", srv.URL+"/local/"+hashPart(p)+".narinfo", nil)
+			head, headBody := get(t, "HEAD", srv.URL+"/local/"+nixtest.HashPart(p)+".narinfo", nil)
 			if head.StatusCode != 200 || head.ContentLength != int64(len(body)) || len(headBody) != 0 {
 				t.Errorf("HEAD: %d, Content-Length %d, body %d bytes", head.StatusCode, head.ContentLength, len(headBody))
 			}
@@ -136,11 +139,11 @@ func TestLocalNarInfoMatchesNix(t *testing.T) {
 // dump-path`'s bytes, with the right Content-Length, whole or in ranges.
 func TestLocalNARMatchesNix(t *testing.T) {
 	f, l, srv := serveFixture(t, nil)
-	for _, p := range []string{f.leaf, f.refs, f.shapes, f.ca} {
+	for _, p := range []string{f.Leaf, f.Refs, f.Shapes, f.CA} {
 		t.Run(path.Base(p)[33:], func(t *testing.T) {
-			want := f.dump(t, p)
+			want := nixtest.MustDump(t, f.Store, p)
 			size := len(want)
-			ni, err := l.NarInfo(context.Background(), hashPart(p))
+			ni, err := l.NarInfo(context.Background(), nixtest.HashPart(p))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -213,14 +216,14 @@ func TestLocalNARMatchesNix(t *testing.T) {
 			}
 
 			// A stale URL (same path, another NarHash) is a 404.
-			stale := "nar/" + hashPart(p) + "-0000000000000000000000000000000000000000000000000000.nar"
+			stale := "nar/" + nixtest.HashPart(p) + "-0000000000000000000000000000000000000000000000000000.nar"
 			if resp, _ := get(t, "GET", srv.URL+"/"+stale, nil); resp.StatusCode != 404 {
 				t.Errorf("stale NAR URL: %d", resp.StatusCode)
 			}
 		})
 	}
 	// Malformed local NAR URLs are refused by the store: 400.
-	for _, bad := range []string{"/nar/" + hashPart(f.leaf) + ".nar", "/local/nar/x.nar", "/nar/" + strings.Repeat("0", 85) + ".nar"} {
+	for _, bad := range []string{"/nar/" + nixtest.HashPart(f.Leaf) + ".nar", "/local/nar/x.nar", "/nar/" + strings.Repeat("0", 85) + ".nar"} {
 		if resp, _ := get(t, "GET", srv.URL+bad, nil); resp.StatusCode != 400 {
 			t.Errorf("GET %s: %d, want 400", bad, resp.StatusCode)
 		}
@@ -230,14 +233,17 @@ func TestLocalNARMatchesNix(t *testing.T) {
 // TestNixSubstitutes: Nix itself copies a closure from /local, checking the
 // daemon's signatures (require-sigs) and every NarHash.
 func TestNixSubstitutes(t *testing.T) {
-	getFixture(t)
-	f := fixtureVal
-	key, err := signing.LoadSecretKeyFile(f.keyFile)
+	f := nixtest.SharedSample(t)
+	key, err := signing.LoadSecretKeyFile(f.Key.SecretFile)
 	if err != nil {
 		t.Fatal(err)
 	}
 	_, _, srv := serveFixture(t, func(s store.Store) store.Store { return signing.NewStore(s, key) })
 	ctx := context.Background()
+	copyFrom := func(trustedKey, to, path string) ([]byte, error) {
+		return nixtest.Output(ctx, "nix", "copy", "--option", "require-sigs", "true",
+			"--option", "trusted-public-keys", trustedKey, "--from", srv.URL+"/local", "--to", to, path)
+	}
 
 	// First, that Nix does check: trusting another key, it refuses.
 	other, _, err := signing.GenerateKeyPair("someone-else-1")
@@ -245,20 +251,18 @@ func TestNixSubstitutes(t *testing.T) {
 		t.Fatal(err)
 	}
 	otherKey, _ := signing.ParseSecretKey(other)
-	if _, err := f.nixConfig(ctx, "require-sigs = true\ntrusted-public-keys = "+otherKey.ToPublicKey().String()+"\n",
-		"nix", "copy", "--from", srv.URL+"/local", "--to", t.TempDir(), f.leaf); err == nil {
+	if _, err := copyFrom(otherKey.ToPublicKey().String(), nixtest.TempStore(t, "refused"), f.Leaf); err == nil {
 		t.Fatal("nix copy accepted paths signed by an untrusted key: the test below proves nothing")
 	}
 
-	dst := t.TempDir()
-	cfg := "require-sigs = true\ntrusted-public-keys = " + f.pubKey + "\n"
-	for _, p := range []string{f.refs, f.shapes, f.ca} {
-		if out, err := f.nixConfig(ctx, cfg, "nix", "copy", "--from", srv.URL+"/local", "--to", dst, p); err != nil {
+	dst := nixtest.TempStore(t, "dst")
+	for _, p := range []string{f.Refs, f.Shapes, f.CA} {
+		if out, err := copyFrom(f.Key.Public, dst, p); err != nil {
 			t.Fatalf("nix copy from the cache: %v\n%s", err, out)
 		}
 	}
-	for _, p := range []string{f.leaf, f.refs, f.shapes, f.ca} {
-		want, got := f.facts(t, f.root, p), f.facts(t, dst, p)
+	for _, p := range []string{f.Leaf, f.Refs, f.Shapes, f.CA} {
+		want, got := nixtest.MustInfo(t, f.Store, p), nixtest.MustInfo(t, dst, p)
 		if got.NarHash != want.NarHash || got.NarSize != want.NarSize || !slices.Equal(got.References, want.References) {
 			t.Errorf("%s copied as %+v, want %+v", p, got, want)
 		}
@@ -267,7 +271,7 @@ func TestNixSubstitutes(t *testing.T) {
 		}
 	}
 	// Nix's own check of what it received.
-	if out, err := f.nix(ctx, "nix", "store", "verify", "--store", dst, "--no-trust", "--sigs-needed", "0", "-r", f.refs); err != nil {
+	if out, err := nixtest.Output(ctx, "nix", "store", "verify", "--store", dst, "--no-trust", "--sigs-needed", "0", "-r", f.Refs); err != nil {
 		t.Fatalf("nix store verify: %v\n%s", err, out)
 	}
 }

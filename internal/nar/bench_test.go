@@ -1,6 +1,7 @@
 package nar_test
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -8,11 +9,11 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"strconv"
 	"testing"
 
 	"github.com/peerix/peerix/internal/nar"
+	"github.com/peerix/peerix/internal/nixtest"
 )
 
 // sink is the receiving end of a loopback TCP connection that reads and
@@ -216,14 +217,13 @@ func BenchmarkDumpSmallFiles(b *testing.B) {
 
 	// For comparison: nix-store --dump to /dev/null.
 	b.Run("baseline-nix-store", func(b *testing.B) {
-		bin, err := exec.LookPath("nix-store")
-		if err != nil {
-			b.Skip("no nix-store")
+		if nixtest.Available() != nil {
+			b.Skip("no Nix")
 		}
 		size, _ := nar.Size(path)
 		b.SetBytes(size)
 		for b.Loop() {
-			cmd := exec.Command(bin, "--dump", path)
+			cmd := nixtest.Command(context.Background(), "nix-store", "--dump", path)
 			if err := cmd.Run(); err != nil {
 				b.Fatal(err)
 			}

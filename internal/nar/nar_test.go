@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -20,28 +19,17 @@ import (
 	"time"
 
 	"github.com/peerix/peerix/internal/nar"
+	"github.com/peerix/peerix/internal/nixtest"
 )
 
-// nixDump returns the output of `nix-store --dump path`. Without nix-store
-// the test is skipped, except under CI, where it fails.
+func TestMain(m *testing.M) { nixtest.Main(m) }
+
+// nixDump returns the output of `nix-store --dump path`. Without Nix the
+// test is skipped, except under CI=true, where it fails.
 func nixDump(t testing.TB, path string) []byte {
 	t.Helper()
-	bin, err := exec.LookPath("nix-store")
-	if err != nil {
-		if os.Getenv("CI") == "" {
-			t.Skip("nix-store not on PATH (set CI=true to make this fatal)")
-		}
-		t.Fatalf("nix-store not on PATH under CI: %v", err)
-	}
-	cmd := exec.Command(bin, "--dump", path)
-	cmd.Env = append(os.Environ(), "NIX_REMOTE=local")
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("nix-store --dump %s: %v\n%s", path, err, stderr.Bytes())
-	}
-	return out
+	nixtest.Require(t)
+	return nixtest.Must(t, "nix-store", "--dump", path)
 }
 
 func write(t testing.TB, path string, data []byte, mode os.FileMode) {

@@ -21,6 +21,7 @@ import (
 	_ "modernc.org/sqlite"
 
 	"github.com/peerix/peerix/internal/nixstore"
+	"github.com/peerix/peerix/internal/nixtest"
 	"github.com/peerix/peerix/internal/store"
 )
 
@@ -40,15 +41,15 @@ func randomHash() string {
 func TestConcurrentReadsWhileNixWrites(t *testing.T) {
 	f, l := openFixture(t)
 	ctx := context.Background()
-	existing := []string{f.leaf, f.refs, f.shapes, f.ca}
+	existing := []string{f.Leaf, f.Refs, f.Shapes, f.CA}
 
 	done := make(chan struct{})
 	var copyErr error
 	go func() {
 		defer close(done)
 		// One nix copy per path: many separate write transactions.
-		for _, p := range f.many {
-			if _, err := f.nix(ctx, nil, "nix", "copy", "--no-check-sigs", "--to", f.root, p); err != nil {
+		for _, p := range f.Outputs {
+			if err := nixtest.Copy(ctx, f.Store, p); err != nil {
 				copyErr = err
 				return
 			}
@@ -83,7 +84,7 @@ func TestConcurrentReadsWhileNixWrites(t *testing.T) {
 				case 0: // a present path (mostly from the path cache)
 					p := existing[(i/3+g)%len(existing)]
 					var pi *nixstore.PathInfo
-					if pi, err = l.PathInfo(ctx, hashPart(p)); err == nil && pi.StorePath != p {
+					if pi, err = l.PathInfo(ctx, nixtest.HashPart(p)); err == nil && pi.StorePath != p {
 						err = fmt.Errorf("looked up %s, got %s", p, pi.StorePath)
 					}
 				case 1: // an absent path: always a database query
@@ -91,9 +92,9 @@ func TestConcurrentReadsWhileNixWrites(t *testing.T) {
 						err = nil
 					}
 				case 2: // a path being copied in: absent, then present
-					p := f.many[(i/3+g)%len(f.many)]
+					p := f.Outputs[(i/3+g)%len(f.Outputs)]
 					var pi *nixstore.PathInfo
-					pi, err = l.PathInfo(ctx, hashPart(p))
+					pi, err = l.PathInfo(ctx, nixtest.HashPart(p))
 					switch {
 					case errors.Is(err, store.ErrNotFound):
 						err = nil
@@ -118,15 +119,15 @@ func TestConcurrentReadsWhileNixWrites(t *testing.T) {
 	if copyErr != nil {
 		t.Fatal(copyErr)
 	}
-	t.Logf("%d lookups while %d paths were copied in; %d hits on new paths", queries.Load(), len(f.many), newFound.Load())
+	t.Logf("%d lookups while %d paths were copied in; %d hits on new paths", queries.Load(), len(f.Outputs), newFound.Load())
 
 	// Every new path is served, with Nix's NarHash.
-	hashes := strings.Fields(f.mustNix(t, "nix-store", append([]string{"--store", f.root, "-q", "--hash"}, f.many...)...))
-	if len(hashes) != len(f.many) {
-		t.Fatalf("nix-store -q --hash printed %d hashes for %d paths", len(hashes), len(f.many))
+	hashes := strings.Fields(string(nixtest.Must(t, "nix-store", append([]string{"--store", f.Store, "-q", "--hash"}, f.Outputs...)...)))
+	if len(hashes) != len(f.Outputs) {
+		t.Fatalf("nix-store -q --hash printed %d hashes for %d paths", len(hashes), len(f.Outputs))
 	}
-	for i, p := range f.many {
-		pi, err := l.PathInfo(ctx, hashPart(p))
+	for i, p := range f.Outputs {
+		pi, err := l.PathInfo(ctx, nixtest.HashPart(p))
 		if err != nil {
 			t.Fatalf("%s after the copy: %v", p, err)
 		}
@@ -138,7 +139,7 @@ func TestConcurrentReadsWhileNixWrites(t *testing.T) {
 
 // copyDB makes a new store root holding a copy of the fixture's database
 // only (no store files, so nothing is ever served from the path cache).
-func copyDB(t *testing.T, f *fixture) string {
+func copyDB(t *testing.T, f *nixtest.Sample) string {
 	t.Helper()
 	root := t.TempDir()
 	dst := nixstore.DBPath(root)
@@ -146,7 +147,7 @@ func copyDB(t *testing.T, f *fixture) string {
 		t.Fatal(err)
 	}
 	// Through SQLite, so that what sits in the fixture's WAL comes along.
-	src, err := sql.Open("sqlite", "file:"+nixstore.DBPath(f.root)+"?mode=ro&_pragma=busy_timeout(5000)")
+	src, err := sql.Open("sqlite", "file:"+nixstore.DBPath(f.Store)+"?mode=ro&_pragma=busy_timeout(5000)")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,7 +178,7 @@ func openWriter(t *testing.T, root, journal string) *sql.DB {
 // the write lock with an uncommitted transaction does not block readers,
 // its rows are invisible until committed, and visible at once after.
 func TestReadWhileWriteLocked(t *testing.T) {
-	f := getFixture(t)
+	f := nixtest.SharedSample(t)
 	root := copyDB(t, f)
 	w := openWriter(t, root, "wal")
 	ctx := context.Background()
@@ -196,13 +197,13 @@ func TestReadWhileWriteLocked(t *testing.T) {
 	}
 	defer tx.Rollback()
 	if _, err := tx.Exec(`INSERT INTO ValidPaths (path, hash, registrationTime, narSize)
-		SELECT ?, hash, registrationTime, narSize FROM ValidPaths WHERE path = ?`, newPath, f.leaf); err != nil {
+		SELECT ?, hash, registrationTime, narSize FROM ValidPaths WHERE path = ?`, newPath, f.Leaf); err != nil {
 		t.Fatal(err)
 	}
 
 	start := time.Now()
-	for _, p := range []string{f.leaf, f.refs, f.shapes} {
-		if pi, err := l.PathInfo(ctx, hashPart(p)); err != nil || pi.StorePath != p {
+	for _, p := range []string{f.Leaf, f.Refs, f.Shapes} {
+		if pi, err := l.PathInfo(ctx, nixtest.HashPart(p)); err != nil || pi.StorePath != p {
 			t.Fatalf("PathInfo(%s) while a writer holds the lock: %v", p, err)
 		}
 	}
@@ -226,7 +227,7 @@ func TestReadWhileWriteLocked(t *testing.T) {
 // writer's exclusive lock blocks readers; a reader waits for it (busy
 // timeout) instead of failing.
 func TestBusyTimeout(t *testing.T) {
-	f := getFixture(t)
+	f := nixtest.SharedSample(t)
 	root := copyDB(t, f)
 	w := openWriter(t, root, "delete")
 	ctx := context.Background()
@@ -261,7 +262,7 @@ func TestBusyTimeout(t *testing.T) {
 	}()
 
 	start := time.Now()
-	pi, err := l.PathInfo(ctx, hashPart(f.refs))
+	pi, err := l.PathInfo(ctx, nixtest.HashPart(f.Refs))
 	elapsed := time.Since(start)
 	if err := <-released; err != nil {
 		t.Fatal(err)
@@ -269,7 +270,7 @@ func TestBusyTimeout(t *testing.T) {
 	if err != nil {
 		t.Fatalf("PathInfo while a rollback-journal writer held an exclusive lock: %v", err)
 	}
-	if pi.StorePath != f.refs || len(pi.References) != 2 {
+	if pi.StorePath != f.Refs || len(pi.References) != 3 {
 		t.Fatalf("path info %+v", pi)
 	}
 	if elapsed < hold/2 {
@@ -282,7 +283,7 @@ func TestBusyTimeout(t *testing.T) {
 // write. Root ignores permissions, so this re-runs the test binary as
 // nobody (which needs root to start).
 func TestUnprivilegedReader(t *testing.T) {
-	f := getFixture(t)
+	f := nixtest.SharedSample(t)
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to start a process as another user")
 	}
@@ -291,44 +292,45 @@ func TestUnprivilegedReader(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	binDir, err := mkTemp("peerix-nixstore-bin-")
+	binDir, err := os.MkdirTemp("", "peerix-nixstore-bin-")
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { os.RemoveAll(binDir) })
 	os.Chmod(binDir, 0o755)
 	bin := filepath.Join(binDir, "nixstore.test")
 	if err := copyFile(exe, bin, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	// Everything on the way to the store must be searchable by nobody.
-	for d := f.root; d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
+	for d := f.Store; d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
 		if fi, err := os.Stat(d); err == nil && fi.Mode().Perm()&0o005 != 0o005 {
 			os.Chmod(d, fi.Mode().Perm()|0o005)
 		}
 	}
-	dbDir := filepath.Dir(nixstore.DBPath(f.root))
+	dbDir := filepath.Dir(nixstore.DBPath(f.Store))
 	if fi, err := os.Stat(dbDir); err != nil || fi.Mode().Perm()&0o002 != 0 {
 		t.Fatalf("database directory %s: %v %v", dbDir, fi.Mode(), err)
 	}
 
 	run := func(t *testing.T) (string, error) {
 		cmd := exec.Command(bin, "-test.run=^TestUnprivilegedHelper$", "-test.v", "-test.count=1")
-		cmd.Env = append(os.Environ(), "PEERIX_NIXSTORE_HELPER=1", "PEERIX_STORE_ROOT="+f.root,
-			"PEERIX_PATHS="+strings.Join([]string{f.leaf, f.refs, f.shapes}, " "))
+		cmd.Env = append(os.Environ(), "PEERIX_NIXSTORE_HELPER=1", "PEERIX_STORE_ROOT="+f.Store,
+			"PEERIX_PATHS="+strings.Join([]string{f.Leaf, f.Refs, f.Shapes}, " "))
 		cmd.Dir = binDir
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 		out, err := cmd.CombinedOutput()
 		return string(out), err
 	}
 	walFiles := func() bool {
-		_, err := os.Stat(nixstore.DBPath(f.root) + "-shm")
+		_, err := os.Stat(nixstore.DBPath(f.Store) + "-shm")
 		return err == nil
 	}
 
 	t.Run("nix running", func(t *testing.T) {
 		// A Nix process holding the database open keeps its -wal and -shm
 		// files, which a read-only reader needs in WAL mode.
-		w := openWriter(t, f.root, "wal")
+		w := openWriter(t, f.Store, "wal")
 		if _, err := w.Exec(`SELECT count(*) FROM ValidPaths`); err != nil {
 			t.Fatal(err)
 		}
@@ -353,7 +355,7 @@ func TestUnprivilegedReader(t *testing.T) {
 		if err == nil && strings.Contains(out, "PEERIX-HELPER-OK") {
 			return
 		}
-		if !strings.Contains(out, nixstore.DBPath(f.root)) {
+		if !strings.Contains(out, nixstore.DBPath(f.Store)) {
 			t.Fatalf("as nobody, with the database closed: the error does not name the database: %v\n%s", err, out)
 		}
 		t.Skipf("KNOWN ISSUE: an unprivileged reader cannot open a WAL-mode Nix database while no Nix process has it open (no -shm file, directory not writable):\n%s", out)
@@ -376,7 +378,7 @@ func TestUnprivilegedHelper(t *testing.T) {
 	defer l.Close()
 	ctx := context.Background()
 	for _, p := range strings.Fields(os.Getenv("PEERIX_PATHS")) {
-		ni, err := l.NarInfo(ctx, hashPart(p))
+		ni, err := l.NarInfo(ctx, nixtest.HashPart(p))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -17,15 +17,18 @@ import (
 	"github.com/nix-community/go-nix/pkg/nixhash"
 
 	"github.com/peerix/peerix/internal/nixstore"
+	"github.com/peerix/peerix/internal/nixtest"
 	"github.com/peerix/peerix/internal/signing"
 	"github.com/peerix/peerix/internal/store"
 )
 
+func TestMain(m *testing.M) { nixtest.Main(m) }
+
 // openFixture opens the shared fixture store; it is closed when t ends.
-func openFixture(t *testing.T) (*fixture, *nixstore.Local) {
+func openFixture(t *testing.T) (*nixtest.Sample, *nixstore.Local) {
 	t.Helper()
-	f := getFixture(t)
-	l, err := nixstore.Open(f.root)
+	f := nixtest.SharedSample(t)
+	l, err := nixstore.Open(f.Store)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,10 +42,10 @@ func TestPathInfoMatchesNix(t *testing.T) {
 	if err := l.Ping(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if l.Root() != f.root {
+	if l.Root() != f.Store {
 		t.Fatalf("Root() = %s", l.Root())
 	}
-	pub, err := signing.ParsePublicKeys([]string{f.pubKey})
+	pub, err := signing.ParsePublicKeys([]string{f.Key.Public})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,48 +58,48 @@ func TestPathInfoMatchesNix(t *testing.T) {
 		wantSigs    bool
 		wantCA      bool
 	}{
-		{"leaf", f.leaf, 0, true, false, false},
-		{"refs", f.refs, 2, true, true, false},
-		{"shapes", f.shapes, 0, true, false, false},
-		{"gc", f.gc, 0, true, false, false},
-		{"ca", f.ca, 0, false, false, true},
+		{"leaf", f.Leaf, 0, true, false, false},
+		{"refs", f.Refs, 3, true, true, false},
+		{"shapes", f.Shapes, 0, true, false, false},
+		{"gc", f.GC, 0, true, false, false},
+		{"ca", f.CA, 0, false, false, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			nf := f.facts(t, tc.path)
-			pi, err := l.PathInfo(ctx, hashPart(tc.path))
+			nf := nixtest.MustInfo(t, f.Store, tc.path)
+			pi, err := l.PathInfo(ctx, nixtest.HashPart(tc.path))
 			if err != nil {
 				t.Fatal(err)
 			}
 			if pi.StorePath != tc.path {
 				t.Errorf("StorePath %s, want %s", pi.StorePath, tc.path)
 			}
-			if got := pi.NarHash.Format(nixhash.NixBase32, true); got != nf.narHash {
-				t.Errorf("NarHash %s, Nix says %s", got, nf.narHash)
+			if got := pi.NarHash.Format(nixhash.NixBase32, true); got != nf.NarHash {
+				t.Errorf("NarHash %s, Nix says %s", got, nf.NarHash)
 			}
-			if pi.NarSize != nf.narSize {
-				t.Errorf("NarSize %d, Nix says %d", pi.NarSize, nf.narSize)
+			if pi.NarSize != nf.NarSize {
+				t.Errorf("NarSize %d, Nix says %d", pi.NarSize, nf.NarSize)
 			}
-			if !slices.Equal(pi.References, nf.references) {
-				t.Errorf("References %q, Nix says %q", pi.References, nf.references)
+			if !slices.Equal(pi.References, nf.References) {
+				t.Errorf("References %q, Nix says %q", pi.References, nf.References)
 			}
 			if tc.wantRefs >= 0 && len(pi.References) != tc.wantRefs {
 				t.Errorf("%d references, want %d", len(pi.References), tc.wantRefs)
 			}
-			if pi.Deriver != nf.deriver || (pi.Deriver != "") != tc.wantDeriver {
-				t.Errorf("Deriver %q, Nix says %q", pi.Deriver, nf.deriver)
+			if pi.Deriver != nf.Deriver || (pi.Deriver != "") != tc.wantDeriver {
+				t.Errorf("Deriver %q, Nix says %q", pi.Deriver, nf.Deriver)
 			}
-			if !sameSet(pi.Signatures, nf.signatures) || (len(pi.Signatures) > 0) != tc.wantSigs {
-				t.Errorf("Signatures %q, Nix says %q", pi.Signatures, nf.signatures)
+			if !sameSet(pi.Signatures, nf.Signatures) || (len(pi.Signatures) > 0) != tc.wantSigs {
+				t.Errorf("Signatures %q, Nix says %q", pi.Signatures, nf.Signatures)
 			}
-			if pi.CA != nf.ca || (pi.CA != "") != tc.wantCA {
-				t.Errorf("CA %q, Nix says %q", pi.CA, nf.ca)
+			if pi.CA != nf.CA || (pi.CA != "") != tc.wantCA {
+				t.Errorf("CA %q, Nix says %q", pi.CA, nf.CA)
 			}
 			if tc.wantCA && !strings.HasPrefix(pi.CA, "fixed:r:sha256:") {
 				t.Errorf("CA %q of a path added with nix-store --add", pi.CA)
 			}
 
 			// The narinfo served for it.
-			ni, err := l.NarInfo(ctx, hashPart(tc.path))
+			ni, err := l.NarInfo(ctx, nixtest.HashPart(tc.path))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -116,7 +119,7 @@ func TestPathInfoMatchesNix(t *testing.T) {
 	}
 }
 
-func checkNarInfo(t *testing.T, ni *narinfo.NarInfo, pi *nixstore.PathInfo, nf nixFacts) {
+func checkNarInfo(t *testing.T, ni *narinfo.NarInfo, pi *nixstore.PathInfo, nf nixtest.PathInfo) {
 	t.Helper()
 	if ni.StorePath != pi.StorePath {
 		t.Errorf("narinfo StorePath %s", ni.StorePath)
@@ -124,32 +127,32 @@ func checkNarInfo(t *testing.T, ni *narinfo.NarInfo, pi *nixstore.PathInfo, nf n
 	if want := nixstore.NarURL(pi.StorePath, pi.NarHash); ni.URL != want {
 		t.Errorf("URL %s, want %s", ni.URL, want)
 	}
-	wantURL := "nar/" + hashPart(pi.StorePath) + "-" + strings.TrimPrefix(nf.narHash, "sha256:") + ".nar"
+	wantURL := "nar/" + nixtest.HashPart(pi.StorePath) + "-" + strings.TrimPrefix(nf.NarHash, "sha256:") + ".nar"
 	if ni.URL != wantURL {
 		t.Errorf("URL %s, want %s", ni.URL, wantURL)
 	}
 	if ni.Compression != "none" {
 		t.Errorf("Compression %q", ni.Compression)
 	}
-	if ni.NarHash == nil || ni.NarHash.String() != nf.narHash {
-		t.Errorf("NarHash %v, want %s", ni.NarHash, nf.narHash)
+	if ni.NarHash == nil || ni.NarHash.String() != nf.NarHash {
+		t.Errorf("NarHash %v, want %s", ni.NarHash, nf.NarHash)
 	}
-	if ni.FileHash == nil || ni.FileHash.String() != nf.narHash {
-		t.Errorf("FileHash %v, want %s", ni.FileHash, nf.narHash)
+	if ni.FileHash == nil || ni.FileHash.String() != nf.NarHash {
+		t.Errorf("FileHash %v, want %s", ni.FileHash, nf.NarHash)
 	}
-	if ni.NarSize != nf.narSize || ni.FileSize != nf.narSize {
-		t.Errorf("NarSize %d FileSize %d, want %d", ni.NarSize, ni.FileSize, nf.narSize)
+	if ni.NarSize != nf.NarSize || ni.FileSize != nf.NarSize {
+		t.Errorf("NarSize %d FileSize %d, want %d", ni.NarSize, ni.FileSize, nf.NarSize)
 	}
 	var wantRefs []string
-	for _, r := range nf.references {
+	for _, r := range nf.References {
 		wantRefs = append(wantRefs, path.Base(r))
 	}
 	if !slices.Equal(ni.References, wantRefs) {
 		t.Errorf("References %q, want %q", ni.References, wantRefs)
 	}
 	wantDeriver := ""
-	if nf.deriver != "" {
-		wantDeriver = path.Base(nf.deriver)
+	if nf.Deriver != "" {
+		wantDeriver = path.Base(nf.Deriver)
 	}
 	if ni.Deriver != wantDeriver {
 		t.Errorf("Deriver %q, want %q", ni.Deriver, wantDeriver)
@@ -158,11 +161,11 @@ func checkNarInfo(t *testing.T, ni *narinfo.NarInfo, pi *nixstore.PathInfo, nf n
 	for _, s := range ni.Signatures {
 		sigs = append(sigs, s.String())
 	}
-	if !sameSet(sigs, nf.signatures) {
-		t.Errorf("Sig %q, want %q", sigs, nf.signatures)
+	if !sameSet(sigs, nf.Signatures) {
+		t.Errorf("Sig %q, want %q", sigs, nf.Signatures)
 	}
-	if ni.CA != nf.ca {
-		t.Errorf("CA %q, want %q", ni.CA, nf.ca)
+	if ni.CA != nf.CA {
+		t.Errorf("CA %q, want %q", ni.CA, nf.CA)
 	}
 }
 
@@ -176,7 +179,7 @@ func sameSet(a, b []string) bool {
 func TestPathInfoErrors(t *testing.T) {
 	f, l := openFixture(t)
 	ctx := context.Background()
-	leaf := hashPart(f.leaf)
+	leaf := nixtest.HashPart(f.Leaf)
 
 	// Valid hashes of absent paths: before, between and after the store's
 	// paths, and one differing from a present path in its last character
@@ -213,8 +216,8 @@ func TestPathInfoErrors(t *testing.T) {
 		leaf[:31] + "/",
 		leaf[:31] + "\x00",
 		leaf[:31] + "%",
-		f.leaf,
-		path.Base(f.leaf),
+		f.Leaf,
+		path.Base(f.Leaf),
 	} {
 		if _, err := l.PathInfo(ctx, h); !errors.Is(err, store.ErrBadRequest) {
 			t.Errorf("PathInfo(%q) = %v, want ErrBadRequest", h, err)
@@ -394,10 +397,10 @@ func FuzzParseNarURL(f *testing.F) {
 func TestNAR(t *testing.T) {
 	f, l := openFixture(t)
 	ctx := context.Background()
-	for _, p := range []string{f.shapes, f.refs, f.ca, f.gc} {
+	for _, p := range []string{f.Shapes, f.Refs, f.CA, f.GC} {
 		t.Run(path.Base(p)[33:], func(t *testing.T) {
-			want := f.dump(t, p)
-			ni, err := l.NarInfo(ctx, hashPart(p))
+			want := nixtest.MustDump(t, f.Store, p)
+			ni, err := l.NarInfo(ctx, nixtest.HashPart(p))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -445,7 +448,7 @@ func TestNAR(t *testing.T) {
 			if narHash == other {
 				other = "1111111111111111111111111111111111111111111111111111"
 			}
-			if _, err := l.NAR(ctx, "nar/"+hashPart(p)+"-"+other+".nar", 0); !errors.Is(err, store.ErrNotFound) {
+			if _, err := l.NAR(ctx, "nar/"+nixtest.HashPart(p)+"-"+other+".nar", 0); !errors.Is(err, store.ErrNotFound) {
 				t.Errorf("NAR with a wrong NarHash: %v, want ErrNotFound", err)
 			}
 			// An absent path.
@@ -453,7 +456,7 @@ func TestNAR(t *testing.T) {
 				t.Errorf("NAR of an absent path: %v, want ErrNotFound", err)
 			}
 			// Malformed URLs.
-			for _, bad := range []string{"nar/" + hashPart(p) + ".nar", "nar/../" + path.Base(ni.URL), "/" + ni.URL, ni.URL + ".xz"} {
+			for _, bad := range []string{"nar/" + nixtest.HashPart(p) + ".nar", "nar/../" + path.Base(ni.URL), "/" + ni.URL, ni.URL + ".xz"} {
 				if _, err := l.NAR(ctx, bad, 0); !errors.Is(err, store.ErrBadRequest) {
 					t.Errorf("NAR(%q): %v, want ErrBadRequest", bad, err)
 				}
@@ -476,8 +479,8 @@ func firstDiff(a, b []byte) int {
 func TestPathCacheGC(t *testing.T) {
 	f, l := openFixture(t)
 	ctx := context.Background()
-	h := hashPart(f.gc)
-	want := f.dump(t, f.gc)
+	h := nixtest.HashPart(f.GC)
+	want := nixtest.MustDump(t, f.Store, f.GC)
 
 	pi, err := l.PathInfo(ctx, h)
 	if err != nil {
@@ -492,9 +495,9 @@ func TestPathCacheGC(t *testing.T) {
 	}
 	url := ni.URL
 
-	f.mustNix(t, "nix-store", "--store", f.root, "--delete", f.gc)
-	if _, err := os.Lstat(l.FilePath(f.gc)); !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("nix-store --delete left %s: %v", l.FilePath(f.gc), err)
+	nixtest.Must(t, "nix-store", "--store", f.Store, "--delete", f.GC)
+	if _, err := os.Lstat(l.FilePath(f.GC)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("nix-store --delete left %s: %v", l.FilePath(f.GC), err)
 	}
 	if _, err := l.PathInfo(ctx, h); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("PathInfo after GC: %v, want ErrNotFound", err)
@@ -509,12 +512,12 @@ func TestPathCacheGC(t *testing.T) {
 		t.Fatalf("NAR after GC: %v, want ErrNotFound", err)
 	}
 
-	f.mustNix(t, "nix", "copy", "--no-check-sigs", "--to", f.root, f.gc)
+	nixtest.Must(t, "nix", "copy", "--no-check-sigs", "--to", f.Store, f.GC)
 	pi2, err := l.PathInfo(ctx, h)
 	if err != nil {
 		t.Fatalf("PathInfo after copying the path back: %v", err)
 	}
-	if pi2.StorePath != f.gc || pi2.NarHash.Format(nixhash.NixBase32, false) != pi.NarHash.Format(nixhash.NixBase32, false) {
+	if pi2.StorePath != f.GC || pi2.NarHash.Format(nixhash.NixBase32, false) != pi.NarHash.Format(nixhash.NixBase32, false) {
 		t.Fatalf("path info after copying back: %+v", pi2)
 	}
 	n, err := l.NAR(ctx, url, 0)
@@ -534,9 +537,9 @@ func TestPathCacheGC(t *testing.T) {
 func TestSignaturesAddedLater(t *testing.T) {
 	f, l := openFixture(t)
 	ctx := context.Background()
-	p := f.many[0] // only this test signs it
-	f.mustNix(t, "nix", "copy", "--no-check-sigs", "--to", f.root, p)
-	h := hashPart(p)
+	p := f.Outputs[0] // only this test signs it
+	nixtest.Must(t, "nix", "copy", "--no-check-sigs", "--to", f.Store, p)
+	h := nixtest.HashPart(p)
 	pi, err := l.PathInfo(ctx, h)
 	if err != nil {
 		t.Fatal(err)
@@ -544,7 +547,7 @@ func TestSignaturesAddedLater(t *testing.T) {
 	if len(pi.Signatures) != 0 {
 		t.Fatalf("%s is already signed: %q", p, pi.Signatures)
 	}
-	f.mustNix(t, "nix", "store", "sign", "--store", f.root, "--key-file", f.keyFile, p)
+	nixtest.Must(t, "nix", "store", "sign", "--store", f.Store, "--key-file", f.Key.SecretFile, p)
 	deadline := time.Now().Add(7 * time.Second)
 	for {
 		pi, err = l.PathInfo(ctx, h)

@@ -10,10 +10,8 @@ package signing_test
 // they need no root and no daemon.
 
 import (
-	"bytes"
+	"context"
 	"encoding/json"
-	"os"
-	"os/exec"
 	"path"
 	"path/filepath"
 	"strings"
@@ -23,41 +21,16 @@ import (
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 
 	"github.com/nix-community/go-nix/pkg/nixhash"
+	"github.com/peerix/peerix/internal/nixtest"
 	"github.com/peerix/peerix/internal/signing"
 )
 
-func requireNix(t *testing.T) {
-	t.Helper()
-	for _, tool := range []string{"nix", "nix-store", "nix-instantiate"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			if os.Getenv("CI") == "true" {
-				t.Fatalf("%s not on PATH (required when CI=true)", tool)
-			}
-			t.Skipf("%s not on PATH", tool)
-		}
-	}
-}
+func TestMain(m *testing.M) { nixtest.Main(m) }
 
-// nixCmd runs a Nix tool with a hermetic environment and returns its stdout.
+// nixCmd runs a Nix tool (nixtest.Command) and returns its stdout.
 func nixCmd(t *testing.T, stdin []byte, name string, args ...string) string {
 	t.Helper()
-	home := t.TempDir()
-	cmd := exec.Command(name, args...)
-	cmd.Env = append(os.Environ(),
-		"NIX_REMOTE=local",
-		"HOME="+home,
-		"XDG_CACHE_HOME="+filepath.Join(home, ".cache"),
-		"NIX_CONFIG=experimental-features = nix-command\nsubstituters =\nrequire-sigs = false\n",
-	)
-	if stdin != nil {
-		cmd.Stdin = bytes.NewReader(stdin)
-	}
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, stderr.String())
-	}
-	return stdout.String()
+	return string(nixtest.MustInput(t, stdin, name, args...))
 }
 
 // chrootStore is a throw-away Nix store holding three text paths, one of them
@@ -186,7 +159,7 @@ func checkSameSignatures(t *testing.T, s chrootStore, key signature.SecretKey, p
 // same public key, and signs exactly as Nix does, in /nix/store and in a
 // store with another store directory.
 func TestNixGeneratedKey(t *testing.T) {
-	requireNix(t)
+	nixtest.Require(t)
 	dir := t.TempDir()
 	secFile, pubFile := filepath.Join(dir, "test1.sec"), filepath.Join(dir, "test1.pub")
 	nixCmd(t, nil, "nix-store", "--store", filepath.Join(dir, "s"), "--generate-binary-cache-key", "test1", secFile, pubFile)
@@ -233,7 +206,7 @@ func TestNixGeneratedKey(t *testing.T) {
 // Nix, which derives the same public key, signs with it exactly as we do, and
 // trusts those signatures with our .pub.
 func TestGeneratedKeyAcceptedByNix(t *testing.T) {
-	requireNix(t)
+	nixtest.Require(t)
 	secFile, pubFile, err := signing.WriteKeyPair("peerix-test-1", t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -263,11 +236,8 @@ func TestGeneratedKeyAcceptedByNix(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("nix", "store", "verify", "--store", s.url, "--no-contents",
-		"--option", "trusted-public-keys", otherPub, "-r", s.top)
-	cmd.Env = append(os.Environ(), "NIX_REMOTE=local", "HOME="+t.TempDir(),
-		"NIX_CONFIG=experimental-features = nix-command\nsubstituters =\n")
-	if out, err := cmd.CombinedOutput(); err == nil {
+	if out, err := nixtest.Output(context.Background(), "nix", "store", "verify", "--store", s.url, "--no-contents",
+		"--option", "trusted-public-keys", otherPub, "-r", s.top); err == nil {
 		t.Fatalf("nix store verify accepted signatures under an unrelated key:\n%s", out)
 	}
 }

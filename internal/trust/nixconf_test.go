@@ -3,10 +3,11 @@ package trust
 import (
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"testing"
+
+	"github.com/peerix/peerix/internal/nixtest"
 )
 
 func writeFile(t *testing.T, file, content string) {
@@ -104,9 +105,10 @@ func TestNixTrustedPublicKeysFallback(t *testing.T) {
 }
 
 func TestNixTrustedPublicKeysRealNix(t *testing.T) {
-	if _, err := exec.LookPath("nix"); err != nil {
-		t.Skip("no nix on PATH")
-	}
+	nixtest.Require(t)
+	// Nix reads the tests' nix.conf, not the machine's, which sets no
+	// trusted-public-keys: Nix's default (cache.nixos.org's key) is the answer.
+	nixtest.Setenv(t)
 	keys, src, err := NixTrustedPublicKeys(context.Background())
 	if err != nil {
 		t.Fatal(err)

@@ -10,10 +10,11 @@ import (
 	"net/http/httptrace"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/peerix/peerix/internal/nixtest"
 )
 
 // Benchmarks of peerix between simulated hosts, on the topologies the LAN
@@ -184,42 +185,29 @@ func buildBenchPaths(b *testing.B, attrs ...string) []string {
 	for _, a := range attrs {
 		args = append(args, "-A", a)
 	}
-	paths := strings.Fields(string(benchNix(b, "nix-build", args...)))
+	paths := strings.Fields(string(nixtest.Must(b, "nix-build", args...)))
 	if len(paths) != len(attrs) {
 		b.Fatalf("nix-build printed %q; want %d store paths", paths, len(attrs))
 	}
 	return paths
 }
 
-// benchNix runs a Nix tool for a benchmark's setup, failing the benchmark
-// if the tool fails.
-func benchNix(b *testing.B, tool string, args ...string) []byte {
-	b.Helper()
-	r := runNixIn(context.Background(), b.TempDir(), tool, args...)
-	if r.err != nil {
-		b.Fatalf("%v", r)
-	}
-	return r.stdout
-}
-
 // benchStore makes a chroot store holding paths, or an empty one. It is
 // removed at the end although Nix leaves it read-only.
 func benchStore(b *testing.B, name string, paths ...string) string {
 	b.Helper()
-	dir := filepath.Join(b.TempDir(), name)
-	b.Cleanup(func() { removeAll(dir) })
 	if len(paths) == 0 {
-		benchNix(b, "nix-store", "--store", dir, "--init")
-	} else {
-		benchNix(b, "nix", append(slices.Concat(nixExperimental, []string{"copy", "--no-check-sigs", "--to", dir}), paths...)...)
+		return nixtest.InitStore(b, name)
 	}
+	dir := nixtest.TempStore(b, name)
+	nixtest.Must(b, "nix", append([]string{"copy", "--no-check-sigs", "--to", dir}, paths...)...)
 	return dir
 }
 
 // narOf returns the size and hex SHA-256 of path's NAR in store.
 func narOf(b *testing.B, store, path string) (int64, string) {
 	b.Helper()
-	digest, size, err := dumpDigest(context.Background(), b.TempDir(), store, path)
+	digest, size, err := dumpDigest(context.Background(), store, path)
 	if err != nil {
 		b.Fatal(err)
 	}

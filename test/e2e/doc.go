@@ -2,8 +2,11 @@
 // binary, build fixture store paths with the real Nix, serve them with
 // `peerix serve` and let Nix substitute from it as users do.
 //
-// Nix tools are required. Without nix-build on PATH the tests skip, unless
-// CI=true, where they fail: CI must really run them.
+// Nix tools are required. Without them on PATH the tests skip, unless
+// CI=true, where they fail: CI must really run them. Fixtures and Nix's
+// configuration come from internal/nixtest: every Nix process runs with the
+// tests' own nix.conf, so neither /etc/nix/nix.conf nor a nixbld group is
+// needed.
 //
 // The LAN, NAT and trust tests also need root, iproute2 and nsenter
 // (util-linux; the NAT tests iptables too): each builds its own simulated

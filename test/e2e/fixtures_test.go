@@ -2,19 +2,17 @@ package e2e
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
-	"os"
 	"path/filepath"
-	"slices"
-	"strings"
 	"sync"
 	"testing"
+
+	"github.com/peerix/peerix/internal/nixtest"
 )
 
-// fixtureSet is the fixture closure, built once per run and copied into a
-// chroot "source" store that the daemons under test serve.
+// fixtureSet is the closure of nixtest's fixtures (nixtest.Shared: built
+// once per run, with fresh paths) copied into a chroot "source" store that
+// the daemons under test serve.
 type fixtureSet struct {
 	// src is the chroot store holding the closure.
 	src string
@@ -30,13 +28,11 @@ type fixtureSet struct {
 
 // pathFacts is the source store's truth about one path.
 type pathFacts struct {
-	narDigest string // hex SHA-256 of `nix-store --dump`
+	narDigest string // hex SHA-256 of the NAR
 	narSize   int64
 	narHash   string // as `nix-store -q --hash` prints it: sha256:<nix32>
 	refs      []string
 }
-
-const fixturePrefix = "peerix-e2e-"
 
 var (
 	fixturesOnce sync.Once
@@ -48,80 +44,44 @@ var (
 func fixtures(t *testing.T) *fixtureSet {
 	t.Helper()
 	requireEnv(t)
-	fixturesOnce.Do(func() { fixturesVal, fixturesErr = buildFixtures(context.Background()) })
+	nfx := nixtest.Shared(t)
+	fixturesOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*nixTimeout)
+		defer cancel()
+		fixturesVal, fixturesErr = newFixtureSet(ctx, nfx)
+	})
 	if fixturesErr != nil {
 		t.Fatalf("building fixtures: %v", fixturesErr)
 	}
 	return fixturesVal
 }
 
-func buildFixtures(ctx context.Context) (*fixtureSet, error) {
-	dir := filepath.Join(workDir, "fixtures")
-	cache := filepath.Join(dir, "xdg-cache")
-	if err := os.MkdirAll(cache, 0o755); err != nil {
-		return nil, err
-	}
-	expr, err := filepath.Abs(filepath.Join("testdata", "fixtures.nix"))
-	if err != nil {
-		return nil, err
-	}
-	salt := make([]byte, 8)
-	if _, err := rand.Read(salt); err != nil {
-		return nil, err
-	}
-
-	r := runNixIn(ctx, cache, "nix-build", expr, "-A", "all",
-		"--argstr", "salt", hex.EncodeToString(salt),
-		"-o", filepath.Join(dir, "result"))
-	if r.err != nil {
-		return nil, fmt.Errorf("%v", r)
-	}
+func newFixtureSet(ctx context.Context, nfx *nixtest.Fixtures) (*fixtureSet, error) {
 	fx := &fixtureSet{
-		src:    filepath.Join(dir, "src"),
-		root:   strings.TrimSpace(string(r.stdout)),
+		src:    filepath.Join(workDir, "fixtures", "src"),
+		root:   nfx.All,
+		paths:  nfx.Paths,
 		byName: map[string]string{},
 		facts:  map[string]pathFacts{},
 	}
-
-	r = runNixIn(ctx, cache, "nix-store", "-qR", fx.root)
-	if r.err != nil {
-		return nil, fmt.Errorf("%v", r)
+	if err := nixtest.Copy(ctx, fx.src, fx.paths...); err != nil {
+		return nil, err
 	}
-	fx.paths = sortedLines(r.stdout)
 	for _, p := range fx.paths {
-		base := filepath.Base(p)
-		name, ok := strings.CutPrefix(base[33:], fixturePrefix)
-		if !ok {
-			return nil, fmt.Errorf("unexpected path %s in the fixture closure", p)
-		}
-		fx.byName[name] = p
-	}
-	for _, want := range []string{"leaf", "shapes", "deep", "big", "many", "refs", "single-file",
-		"single-exec", "empty-file", "symlink-out", "dangling-out", "empty-dir", "all"} {
-		if fx.byName[want] == "" {
-			return nil, fmt.Errorf("fixture %q missing from the closure of %s", want, fx.root)
-		}
-	}
-
-	args := append(slices.Clone(nixExperimental), "copy", "--no-check-sigs", "--to", fx.src)
-	r = runNixIn(ctx, cache, "nix", append(args, fx.paths...)...)
-	if r.err != nil {
-		return nil, fmt.Errorf("%v", r)
-	}
-
-	for _, p := range fx.paths {
+		fx.byName[nixtest.Name(p)] = p
 		var f pathFacts
-		if f.narDigest, f.narSize, err = dumpDigest(ctx, cache, fx.src, p); err != nil {
+		var err error
+		if f.narDigest, f.narSize, err = nixtest.DumpDigest(ctx, fx.src, p); err != nil {
 			return nil, err
 		}
-		if r = runNixIn(ctx, cache, "nix-store", "--store", fx.src, "-q", "--hash", p); r.err != nil {
-			return nil, fmt.Errorf("%v", r)
+		info, err := nixtest.Info(ctx, fx.src, p)
+		if err != nil {
+			return nil, err
 		}
-		f.narHash = strings.TrimSpace(string(r.stdout))
-		if r = runNixIn(ctx, cache, "nix-store", "--store", fx.src, "-q", "--references", p); r.err != nil {
-			return nil, fmt.Errorf("%v", r)
+		if int64(info.NarSize) != f.narSize {
+			return nil, fmt.Errorf("%s: NarSize %d in the source store, but its NAR has %d bytes", p, info.NarSize, f.narSize)
 		}
-		f.refs = sortedLines(r.stdout)
+		f.narHash, f.refs = info.NarHash, info.References
 		fx.facts[p] = f
 	}
 	return fx, nil
@@ -129,5 +89,5 @@ func buildFixtures(ctx context.Context) (*fixtureSet, error) {
 
 // hashPart returns the 32-character hash part of a store path.
 func hashPart(path string) string {
-	return filepath.Base(path)[:32]
+	return nixtest.HashPart(path)
 }

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/nix-community/go-nix/pkg/nixbase32"
+
+	"github.com/peerix/peerix/internal/nixtest"
 )
 
 // LAN mode end to end: peerix daemons on hosts of a simulated LAN (network
@@ -32,9 +34,7 @@ const missDeadline = time.Second
 // initStore makes an empty chroot store.
 func initStore(t *testing.T, name string) string {
 	t.Helper()
-	dir := storeDir(t, name)
-	mustNix(t, "nix-store", "--store", dir, "--init")
-	return dir
+	return nixtest.InitStore(t, name)
 }
 
 // closureOf lists path and everything it references, directly or not.
@@ -222,7 +222,7 @@ func TestLANInterop(t *testing.T) {
 		t.Logf("nix-store -r of %d paths from the old peer: %v", len(oldPaths), time.Since(start).Round(time.Millisecond))
 		for _, p := range oldPaths {
 			want := fx.facts[p]
-			digest, size, err := dumpDigest(t.Context(), t.TempDir(), pStore, p)
+			digest, size, err := dumpDigest(t.Context(), pStore, p)
 			if err != nil {
 				t.Errorf("%s did not arrive in P's store: %v", p, err)
 				continue
@@ -629,7 +629,7 @@ func TestLANResume(t *testing.T) {
 	if r.err != nil {
 		t.Fatalf("Nix on P could not substitute through a broken and a good peer:\n%v", r)
 	}
-	digestHex, size, err := dumpDigest(t.Context(), t.TempDir(), pStore, big)
+	digestHex, size, err := dumpDigest(t.Context(), pStore, big)
 	if err != nil || digestHex != facts.narDigest || size != facts.narSize {
 		t.Errorf("%s in P's store: %d bytes sha256 %s, err %v; want %d bytes sha256 %s", big, size, digestHex, err, facts.narSize, facts.narDigest)
 	}

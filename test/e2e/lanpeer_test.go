@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -21,6 +20,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/peerix/peerix/internal/nixtest"
 )
 
 // The LAN side of the tests: the LAN wire format written down from the spec
@@ -259,15 +260,12 @@ func (p *oldPeer) hold(t *testing.T, src, path string, f pathFacts) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), nixTimeout)
 	defer cancel()
-	cmd := nixCmd(ctx, t.TempDir(), "nix-store", "--store", src, "--dump", path)
-	var stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = out, &stderr
-	err = cmd.Run()
+	err = nixtest.DumpTo(ctx, out, src, path)
 	if cerr := out.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
-		t.Fatalf("nix-store --dump %s: %v\n%s", path, err, stderr.Bytes())
+		t.Fatal(err)
 	}
 	h := hashPart(path)
 	narURL := "local/nar/" + h + "-" + strings.TrimPrefix(f.narHash, "sha256:") + ".nar"

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/peerix/peerix/internal/nixtest"
 )
 
 // Set by TestMain and read-only afterwards.
@@ -16,8 +18,6 @@ var (
 	workDir string
 	// peerixBin is the peerix binary under test.
 	peerixBin string
-	// nixTools maps nix, nix-build and nix-store to their absolute paths.
-	nixTools = map[string]string{}
 	// skipReason is non-empty when the environment cannot run these tests.
 	skipReason string
 )
@@ -27,13 +27,8 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) int {
-	for _, name := range []string{"nix-build", "nix-store", "nix"} {
-		p, err := exec.LookPath(name)
-		if err != nil {
-			skipReason = fmt.Sprintf("%s not found on PATH: the e2e tests need Nix", name)
-			break
-		}
-		nixTools[name] = p
+	if err := nixtest.Available(); err != nil {
+		skipReason = err.Error()
 	}
 	if skipReason != "" {
 		if os.Getenv("CI") == "true" {
@@ -50,7 +45,8 @@ func run(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
 		return 1
 	}
-	defer removeAll(workDir)
+	defer nixtest.RemoveAll(workDir)
+	defer nixtest.Cleanup()
 
 	if p := os.Getenv("PEERIX_E2E_BINARY"); p != "" {
 		peerixBin, err = filepath.Abs(p)
@@ -75,17 +71,6 @@ func buildPeerix(dir string) (string, error) {
 		return "", fmt.Errorf("go build github.com/peerix/peerix/cmd/peerix: %w\n%s", err, b)
 	}
 	return out, nil
-}
-
-// removeAll deletes a tree that may hold read-only store directories.
-func removeAll(dir string) {
-	_ = filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-		if err == nil && d.IsDir() {
-			_ = os.Chmod(p, 0o755)
-		}
-		return nil
-	})
-	_ = os.RemoveAll(dir)
 }
 
 // requireEnv skips the test when Nix is missing (TestMain already failed the

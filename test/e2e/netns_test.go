@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/peerix/peerix/internal/nixtest"
 )
 
 // Simulated LANs: every test that needs machines on a network gets its own
@@ -428,8 +430,8 @@ func (h *nsHost) command(ctx context.Context, name string, args ...string) *exec
 	return cmd
 }
 
-// nix runs a Nix tool on the host within nixTimeout, like runNix:
-// NIX_REMOTE=local and a fresh XDG_CACHE_HOME.
+// nix runs a Nix tool on the host within nixTimeout, in the tests' own
+// Nix configuration (internal/nixtest).
 func (h *nsHost) nix(t testing.TB, tool string, args ...string) nixResult {
 	t.Helper()
 	return h.nixWithin(t, nixTimeout, tool, args...)
@@ -438,18 +440,7 @@ func (h *nsHost) nix(t testing.TB, tool string, args ...string) nixResult {
 // nixWithin is nix with its own bound.
 func (h *nsHost) nixWithin(t testing.TB, timeout time.Duration, tool string, args ...string) nixResult {
 	t.Helper()
-	cache, err := os.MkdirTemp(t.TempDir(), "xdg-cache-")
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	cmd := inNetns(nixCmd(ctx, cache, tool, args...), h.ns)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err = cmd.Run()
-	if err != nil {
-		err = fmt.Errorf("on host %s: %s %s: %w", h.label, tool, strings.Join(args, " "), err)
-	}
-	return nixResult{stdout.Bytes(), stderr.Bytes(), err}
+	return runCmd(inNetns(nixtest.Command(ctx, tool, args...), h.ns), "on host "+h.label+": ", tool, args)
 }

@@ -3,8 +3,6 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"net/http"
 	"net/netip"
@@ -16,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/peerix/peerix/internal/nixtest"
 )
 
 // The trust layer end to end: a simulated LAN with a stand-in for the
@@ -31,43 +31,13 @@ type trustFixtures struct {
 	public, private, denyme, secret, tampered string
 }
 
-// buildTrustFixtures builds five small fresh paths in the host's store.
-func buildTrustFixtures(t *testing.T) trustFixtures {
+// trustFixturePaths returns the trust fixtures of nixtest's fixtures.nix:
+// five small fresh paths in the host's store.
+func trustFixturePaths(t *testing.T) trustFixtures {
 	t.Helper()
-	salt := make([]byte, 8)
-	if _, err := rand.Read(salt); err != nil {
-		t.Fatal(err)
-	}
-	expr := `{ salt }:
-let
-  mk = name: derivation {
-    inherit name salt;
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    args = [ "-c" "set -eu\n/bin/mkdir $out\necho \"${name} content, salt $salt\" > $out/data\necho more-${name} > $out/other\n" ];
-  };
-in {
-  public = mk "peerix-trust-public";
-  private = mk "peerix-trust-private";
-  denyme = mk "peerix-trust-denyme";
-  secret = mk "peerix-trust-secret";
-  tampered = mk "peerix-trust-tampered";
-}
-`
-	file := filepath.Join(t.TempDir(), "trust.nix")
-	if err := os.WriteFile(file, []byte(expr), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	names := []string{"public", "private", "denyme", "secret", "tampered"}
-	args := []string{file, "--no-out-link", "--argstr", "salt", hex.EncodeToString(salt)}
-	for _, n := range names {
-		args = append(args, "-A", n)
-	}
-	out := strings.Fields(string(mustNix(t, "nix-build", args...)))
-	if len(out) != len(names) {
-		t.Fatalf("nix-build printed %q; want %d store paths", out, len(names))
-	}
-	return trustFixtures{public: out[0], private: out[1], denyme: out[2], secret: out[3], tampered: out[4]}
+	fx := nixtest.Shared(t)
+	return trustFixtures{public: fx.Path("trust-public"), private: fx.Path("trust-private"),
+		denyme: fx.Path("trust-denyme"), secret: fx.Path("trust-secret"), tampered: fx.Path("trust-tampered")}
 }
 
 // startUpstream runs nginx on h serving dir, logging every request to
@@ -224,7 +194,7 @@ func TestTrustLAN(t *testing.T) {
 	requireNetns(t)
 	t.Parallel()
 	start := time.Now()
-	fx := buildTrustFixtures(t)
+	fx := trustFixturePaths(t)
 
 	// The upstream's key and its static cache: public, both deny-listed
 	// paths (so only the patterns keep them home) and the tampered one.
@@ -252,7 +222,7 @@ func TestTrustLAN(t *testing.T) {
 	for _, p := range all {
 		narHash[p] = strings.TrimSpace(string(mustNix(t, "nix-store", "--store", aStore, "-q", "--hash", p)))
 	}
-	wantDigest, wantSize, err := dumpDigest(t.Context(), t.TempDir(), aStore, fx.public)
+	wantDigest, wantSize, err := dumpDigest(t.Context(), aStore, fx.public)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -297,7 +267,7 @@ func TestTrustLAN(t *testing.T) {
 			t.Fatalf("Nix on B could not substitute the public path through B's peerix:\n%v", r)
 		}
 		t.Logf("nix-store -r of the public path on B: %v", time.Since(t0).Round(time.Millisecond))
-		digest, size, err := dumpDigest(t.Context(), t.TempDir(), bStore, fx.public)
+		digest, size, err := dumpDigest(t.Context(), bStore, fx.public)
 		if err != nil || digest != wantDigest || size != wantSize {
 			t.Errorf("public path in B's store: %d bytes sha256 %s, err %v; want %d bytes sha256 %s", size, digest, err, wantSize, wantDigest)
 		}

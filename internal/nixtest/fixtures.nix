@@ -1,15 +1,18 @@
-# Fixture store paths for the peerix end-to-end tests: a closure of odd shapes
-# that a NAR writer, a narinfo renderer and Nix itself must all agree on.
+# The store paths peerix's tests run against: one closure of odd shapes that
+# a NAR writer, a narinfo renderer and Nix itself must all agree on, plus a
+# few paths for particular tests. Built by internal/nixtest (Build, Shared).
 #
 # No nixpkgs: every fixture is a plain derivation run by /bin/sh with the
-# sandbox off, so builders name every program by its absolute path.
-# `salt` goes into every derivation, so each test run gets fresh store paths
-# and no stale narinfo cache or earlier copy can hide a bug.
+# sandbox off (nixtest's nix.conf says so), so builders name every program
+# by its absolute path. `salt` goes into every derivation, so each test run
+# gets fresh store paths and no stale narinfo cache or earlier copy can hide
+# a bug. Every name starts with "peerix-fixture-"; nixtest finds a fixture by
+# the rest of its name ("leaf", "single-file", "outputs-o3", ...).
 { salt ? "" }:
 
 let
   mk = name: script: derivation {
-    name = "peerix-e2e-${name}";
+    name = "peerix-fixture-${name}";
     system = builtins.currentSystem;
     builder = "/bin/sh";
     args = [ "-c" "set -eu\n${script}" ];
@@ -23,11 +26,15 @@ let
   '';
 
   # One directory with every kind of entry a NAR can hold, plus names whose
-  # byte order differs from any locale's order (NAR sorts entries by bytes).
+  # byte order differs from any locale's order (NAR sorts entries by bytes),
+  # and a file large enough that NAR offsets and HTTP ranges land inside
+  # file bodies, framing and padding.
   shapes = mk "shapes" ''
     /bin/mkdir $out
     cd $out
     echo regular > regular
+    /usr/bin/seq 1 60000 > numbers
+    echo "$salt" >> numbers
     printf '#!/bin/sh\necho run\n' > executable
     /bin/chmod +x executable
     : > empty
@@ -93,7 +100,7 @@ let
     done
   '';
 
-  # References to other paths and to itself.
+  # References to other paths and to itself: leaf, shapes and refs.
   refs = mk "refs" ''
     /bin/mkdir $out
     echo ${leaf} > $out/ref
@@ -126,7 +133,7 @@ let
 
   # $out is a dangling symlink.
   danglingOut = mk "dangling-out" ''
-    /bin/ln -s /nonexistent/peerix-e2e $out
+    /bin/ln -s /nonexistent/peerix-fixture $out
   '';
 
   # $out is an empty directory.
@@ -138,13 +145,45 @@ let
     inherit leaf shapes deep big many refs single singleExec emptyFile
       symlinkOut danglingOut emptyDir;
   };
+
+  # Many small outputs of one build ("outputs-o0" ... "outputs-o23"), for
+  # tests that copy paths in one at a time while others read the store.
+  multi = derivation {
+    name = "peerix-fixture-outputs";
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    outputs = builtins.genList (i: "o${toString i}") 24;
+    args = [ "-c" ''
+      for o in $outputs; do eval "echo $o $salt > \$$o"; done
+    '' ];
+    inherit salt;
+  };
+
+  # Small directories whose names a trust filter matches on ("trust-secret"
+  # is deny-listed by default, "trust-denyme" by a pattern).
+  mkTrust = name: mk "trust-${name}" ''
+    /bin/mkdir $out
+    echo "trust-${name} content, salt $salt" > $out/data
+    echo more-trust-${name} > $out/other
+  '';
 in
 fixtures // {
-  # The root whose closure is every fixture: `nix-store -qR` of it lists them
-  # all, and substituting it alone must bring the whole closure.
+  # The root whose closure is every fixture above: `nix-store -qR` of it
+  # lists them all, and substituting it alone must bring the whole closure.
   all = mk "all" ''
     /bin/mkdir $out
     ${builtins.concatStringsSep "\n" (map (n: "echo ${fixtures.${n}} >> $out/closure")
       (builtins.attrNames fixtures))}
   '';
+
+  # Outside the closure of `all`:
+
+  # A lone file that nothing refers to, for garbage collection.
+  gc = mk "gc" ''
+    echo "collect me $salt" > $out
+  '';
+
+  outputs = map (o: multi.${o}) multi.outputs;
+
+  trust = map mkTrust [ "public" "private" "denyme" "secret" "tampered" ];
 }
