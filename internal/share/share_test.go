@@ -89,4 +89,3 @@ func TestInventoryFollowsTheStore(t *testing.T) {
 		}
 	})
 }
-
