@@ -86,14 +86,23 @@ type entry struct {
 	size     int64
 	seed     uint64
 	refused  bool
-	cutAfter int64 // >0: the NAR stream fails after this byte
-	hang     bool  // NAR never produces a byte
+	cutAfter int64         // >0: the NAR stream fails after this byte
+	hang     bool          // NAR never produces a byte
+	delay    time.Duration // before the narinfo answer
+	throttle time.Duration // >0: the NAR stream sends 16 KiB per throttle
 }
 
 type memStore struct {
 	mu      sync.Mutex
 	paths   map[string]*entry
 	narReqs int
+}
+
+// nars is how many NAR requests the store had.
+func (m *memStore) nars() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.narReqs
 }
 
 func newMemStore() *memStore { return &memStore{paths: make(map[string]*entry)} }
@@ -141,6 +150,16 @@ func (m *memStore) addGenerated(hash string, size int64, seed uint64) *entry {
 	return e
 }
 
+// clone copies e (nil stays nil), for use outside the store's lock: tests
+// may change an entry under it.
+func (e *entry) clone() *entry {
+	if e == nil {
+		return nil
+	}
+	c := *e
+	return &c
+}
+
 // put shares e (the same path, for a second holder).
 func (m *memStore) put(hash string, e entry) *entry {
 	m.mu.Lock()
@@ -151,10 +170,17 @@ func (m *memStore) put(hash string, e entry) *entry {
 
 func (m *memStore) NarInfo(ctx context.Context, hash string) (*narinfo.NarInfo, error) {
 	m.mu.Lock()
-	e := m.paths[hash]
+	e := m.paths[hash].clone()
 	m.mu.Unlock()
 	if e == nil {
 		return nil, fmt.Errorf("%s: %w", hash, store.ErrNotFound)
+	}
+	if e.delay > 0 {
+		select {
+		case <-time.After(e.delay):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 	}
 	if e.refused {
 		return nil, fmt.Errorf("%s: %w", hash, store.ErrRefused)
@@ -169,7 +195,7 @@ func (m *memStore) NAR(ctx context.Context, url string, offset int64) (*store.NA
 	}
 	m.mu.Lock()
 	m.narReqs++
-	e := m.paths[hash]
+	e := m.paths[hash].clone()
 	m.mu.Unlock()
 	if e == nil || e.ni.NarHash.Format(nixhash.NixBase32, false) != narHash {
 		return nil, fmt.Errorf("%s: %w", url, store.ErrNotFound)
@@ -188,6 +214,9 @@ func (m *memStore) NAR(ctx context.Context, url string, offset int64) (*store.NA
 	}
 	if e.cutAfter > 0 && offset < e.cutAfter {
 		r = &cutReader{r: r, left: e.cutAfter - offset}
+	}
+	if e.throttle > 0 {
+		r = &throttleReader{ctx: ctx, r: r, every: e.throttle}
 	}
 	if e.hang {
 		r = &hangReader{ctx: ctx}
@@ -261,6 +290,25 @@ func (c *cutReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// throttleReader hands out at most 16 KiB per every.
+type throttleReader struct {
+	ctx   context.Context
+	r     io.Reader
+	every time.Duration
+}
+
+func (t *throttleReader) Read(p []byte) (int, error) {
+	select {
+	case <-time.After(t.every):
+	case <-t.ctx.Done():
+		return 0, t.ctx.Err()
+	}
+	if len(p) > 16<<10 {
+		p = p[:16<<10]
+	}
+	return t.r.Read(p)
+}
+
 type hangReader struct{ ctx context.Context }
 
 func (h *hangReader) Read(p []byte) (int, error) {
@@ -305,5 +353,10 @@ func (f *fakeFinder) Find(ctx context.Context, hash string) ([]peer.AddrInfo, er
 }
 
 func narHashOf(e *entry) string { return e.ni.NarHash.Format(nixhash.NixBase32, false) }
+
+// p2pURL is the nar/p2p/ URL the Store hands Nix for e.
+func p2pURL(hash string, e *entry) string {
+	return store.NarRef{Source: Source, Hash: hash, NarHash: narHashOf(e)}.URL()
+}
 
 func protoID(s string) protocol.ID { return protocol.ID(s) }

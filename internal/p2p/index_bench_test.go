@@ -20,6 +20,8 @@ import (
 
 	"github.com/peerix/peerix/internal/cache"
 	"github.com/peerix/peerix/internal/store"
+	"github.com/peerix/peerix/internal/summary"
+	"github.com/peerix/peerix/internal/swarm"
 	"github.com/peerix/peerix/internal/tracker"
 )
 
@@ -29,16 +31,16 @@ const benchFleet = 1000 * 20000
 
 var (
 	bigFilterOnce sync.Once
-	bigFilter     *tracker.Filter
+	bigFilter     *summary.Filter
 )
 
 // fleetFilter is the tracker's filter for benchFleet random hashes.
-func fleetFilter(b *testing.B) *tracker.Filter {
+func fleetFilter(b *testing.B) *summary.Filter {
 	bigFilterOnce.Do(func() {
 		start := time.Now()
-		f := tracker.NewFilter(tracker.IndexSize(benchFleet), tracker.IndexProbes)
+		f := summary.NewFilter(summary.Size(benchFleet), summary.DefaultProbes)
 		r := mrand.New(mrand.NewPCG(42, 42))
-		var h [tracker.HashBytes]byte
+		var h [summary.HashBytes]byte
 		for range benchFleet {
 			binary.LittleEndian.PutUint64(h[0:], r.Uint64())
 			binary.LittleEndian.PutUint64(h[8:], r.Uint64())
@@ -53,12 +55,13 @@ func fleetFilter(b *testing.B) *tracker.Filter {
 }
 
 // foreverIndex hands out one filter, then holds every poll until ctx ends:
-// a tracker with nothing new.
-type foreverIndex struct{ f *tracker.Filter }
+// a tracker with nothing new. It is the summary.Source of the benchmark's
+// Follower.
+type foreverIndex struct{ f *summary.Filter }
 
-func (s foreverIndex) Index(ctx context.Context, _, _ uint64, have bool, _ time.Duration) (*tracker.IndexUpdate, error) {
+func (s foreverIndex) Update(ctx context.Context, _, _ uint64, have bool, _ time.Duration) (*summary.Update, error) {
 	if !have {
-		return &tracker.IndexUpdate{Epoch: 1, Filter: s.f}, nil
+		return &summary.Update{Epoch: 1, Filter: s.f}, nil
 	}
 	<-ctx.Done()
 	return nil, ctx.Err()
@@ -88,9 +91,9 @@ func BenchmarkMiss(b *testing.B) {
 			b.Run(via+"/"+path, func(b *testing.B) {
 				h := newTestHost(b)
 				key, _, _ := crypto.GenerateEd25519Key(rand.Reader)
-				s := NewStore(h, TrackerClient{tracker.NewClient(benchTracker(b), key)}, nil, testLog(b))
+				s := NewStore(h, TrackerClient{tracker.NewClient(benchTracker(b), key)}, swarm.Options{}, testLog(b))
 				if via == "index" {
-					ix := NewIndex(foreverIndex{fleetFilter(b)}, testLog(b))
+					ix := summary.NewFollower(foreverIndex{fleetFilter(b)}, summary.FollowerOptions{Log: testLog(b)})
 					ictx, cancel := context.WithCancel(ctx)
 					done := make(chan struct{})
 					go func() { defer close(done); ix.Run(ictx) }()
@@ -101,7 +104,7 @@ func BenchmarkMiss(b *testing.B) {
 					s.UseIndex(ix) // its false positives ask the tracker
 
 					b.Cleanup(func() {
-						if st := ix.Stats(); st.LocalMisses+st.Passed < uint64(b.N) {
+						if st := ix.Stats(); st.Absent+st.Passed < uint64(b.N) {
 							b.Errorf("index stats %+v after %d lookups", st, b.N)
 						}
 					})

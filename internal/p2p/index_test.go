@@ -11,163 +11,15 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
-	"testing/synctest"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 
 	"github.com/peerix/peerix/internal/store"
+	"github.com/peerix/peerix/internal/summary"
+	"github.com/peerix/peerix/internal/swarm"
 	"github.com/peerix/peerix/internal/tracker"
 )
-
-// --- a tracker's index, played by the test ---
-
-type indexReq struct {
-	epoch, gen uint64
-	have       bool
-	reply      chan indexReply
-}
-
-type indexReply struct {
-	u   *tracker.IndexUpdate
-	err error
-}
-
-// scriptedIndex hands each request of the Index to the test.
-type scriptedIndex struct{ reqs chan indexReq }
-
-func (s *scriptedIndex) Index(ctx context.Context, epoch, gen uint64, have bool, wait time.Duration) (*tracker.IndexUpdate, error) {
-	r := indexReq{epoch, gen, have, make(chan indexReply, 1)}
-	select {
-	case s.reqs <- r:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	select {
-	case a := <-r.reply:
-		return a.u, a.err
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-}
-
-func parseHash(t testing.TB, s string) [tracker.HashBytes]byte {
-	t.Helper()
-	h, ok := tracker.ParseHash(s)
-	if !ok {
-		t.Fatalf("hash %q", s)
-	}
-	return h
-}
-
-func filterOf(t testing.TB, hashes ...string) *tracker.Filter {
-	f := tracker.NewFilter(tracker.MinIndexBits, tracker.IndexProbes)
-	for _, h := range hashes {
-		f.Add(parseHash(t, h))
-	}
-	return f
-}
-
-// The index answers misses only while a poll vouches for it: a poll
-// pending for less than its wait plus the grace, on a tracker that does
-// not lag too far behind its database. Time is the synctest bubble's.
-func TestIndexStaleness(t *testing.T) { synctest.Test(t, testIndexStaleness) }
-
-func testIndexStaleness(t *testing.T) {
-	src := &scriptedIndex{reqs: make(chan indexReq)}
-	ix := NewIndex(src, testLog(t))
-	ix.retryMin = time.Hour // a failed poll stops it (see below)
-	run := func() (stop func()) {
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { defer close(done); ix.Run(ctx) }()
-		return func() { cancel(); <-done }
-	}
-	stop := run()
-	defer func() { stop() }()
-
-	held, added, nobody := randomHash(t), randomHash(t), randomHash(t)
-	next := func(wantHave bool) indexReq {
-		t.Helper()
-		select {
-		case r := <-src.reqs:
-			if r.have != wantHave {
-				t.Fatalf("request with have=%v, want %v", r.have, wantHave)
-			}
-			return r
-		case <-time.After(5 * time.Second):
-			t.Fatal("the index sent no request")
-		}
-		panic("unreachable")
-	}
-	check := func(step string, want map[string]bool) {
-		t.Helper()
-		for h, absent := range want {
-			if got := ix.Absent(h); got != absent {
-				t.Errorf("%s: Absent(%s) = %v, want %v", step, h[:6], got, absent)
-			}
-		}
-	}
-
-	r := next(false)
-	check("before the first filter", map[string]bool{nobody: false, held: false})
-	r.reply <- indexReply{u: &tracker.IndexUpdate{Epoch: 7, Gen: 3, Filter: filterOf(t, held)}}
-	r = next(true)
-	if r.epoch != 7 || r.gen != 3 {
-		t.Fatalf("poll for epoch %d gen %d, want 7 and 3", r.epoch, r.gen)
-	}
-	check("fresh", map[string]bool{nobody: true, held: false, added: true})
-
-	time.Sleep(indexWait + indexGrace - time.Millisecond)
-	check("poll pending just under wait+grace", map[string]bool{nobody: true})
-	time.Sleep(time.Millisecond)
-	check("poll pending for wait+grace", map[string]bool{nobody: false})
-	if s := ix.Stats(); s.Current || s.Stale != 1 || s.LocalMisses != 3 {
-		t.Errorf("stats %+v", s)
-	}
-
-	// The poll answers at last, with a hash announced meanwhile: the
-	// next poll vouches for the index again.
-	r.reply <- indexReply{u: &tracker.IndexUpdate{Epoch: 7, Gen: 4, Bits: tracker.MinIndexBits,
-		Probes: tracker.IndexProbes, Add: [][tracker.HashBytes]byte{parseHash(t, added)}}}
-	r = next(true)
-	if r.gen != 4 {
-		t.Fatalf("poll for gen %d, want 4", r.gen)
-	}
-	check("after the delta", map[string]bool{nobody: true, added: false, held: false})
-
-	// A tracker lagging its database by more than indexMaxLag.
-	r.reply <- indexReply{u: &tracker.IndexUpdate{Epoch: 7, Gen: 4, Lag: indexMaxLag + time.Second,
-		Bits: tracker.MinIndexBits, Probes: tracker.IndexProbes}}
-	r = next(true)
-	check("lagging tracker", map[string]bool{nobody: false})
-	r.reply <- indexReply{u: &tracker.IndexUpdate{Epoch: 7, Gen: 4, Lag: time.Second,
-		Bits: tracker.MinIndexBits, Probes: tracker.IndexProbes}}
-	r = next(true)
-	check("tracker caught up", map[string]bool{nobody: true})
-
-	// A failed poll: not current until a poll is pending again.
-	r.reply <- indexReply{err: errors.New("connection reset")}
-	synctest.Wait() // Run has taken the failed poll and waits to retry
-	if ix.Current() {
-		t.Fatal("current after a failed poll")
-	}
-	check("after a failed poll", map[string]bool{nobody: false})
-	stop()
-	ix.retryMin = time.Millisecond
-	stop = run()
-	r = next(true)
-	check("polling again", map[string]bool{nobody: true})
-
-	// A delta for another epoch: the filter is dropped and fetched whole.
-	r.reply <- indexReply{u: &tracker.IndexUpdate{Epoch: 8, Gen: 1, Bits: tracker.MinIndexBits,
-		Probes: tracker.IndexProbes}}
-	r = next(false)
-	check("after a delta that does not fit", map[string]bool{nobody: false})
-	r.reply <- indexReply{u: &tracker.IndexUpdate{Epoch: 8, Gen: 1, Filter: filterOf(t)}}
-	next(true)
-	check("new epoch", map[string]bool{nobody: true, held: true})
-}
 
 // countingTracker runs a real tracker (SQLite) and counts the requests
 // per route.
@@ -200,13 +52,13 @@ func startCountingTracker(t *testing.T) *countingTracker {
 
 // indexedStore is a Store whose index follows the tracker at url; the
 // index stops with the returned function (and with the test).
-func indexedStore(t *testing.T, url string) (*Store, *Index, func()) {
+func indexedStore(t *testing.T, url string) (*Store, *summary.Follower, func()) {
 	t.Helper()
 	h := newTestHost(t)
 	key, _, _ := crypto.GenerateEd25519Key(rand.Reader)
 	c := TrackerClient{tracker.NewClient(url, key)}
-	s := NewStore(h, c, nil, testLog(t))
-	ix := NewIndex(c, testLog(t))
+	s := NewStore(h, c, swarm.Options{}, testLog(t))
+	ix := summary.NewFollower(c, summary.FollowerOptions{Log: testLog(t)})
 	s.UseIndex(ix)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -247,7 +99,7 @@ func TestIndexMissWithoutTracker(t *testing.T) {
 	if n := tr.finds.Load(); n != 0 {
 		t.Errorf("%d requests to /v1/find for misses the index answers", n)
 	}
-	if st := ix.Stats(); st.LocalMisses != 100 || !st.Current || st.Loads != 1 {
+	if st := ix.Stats(); st.Absent != 100 || !st.Current || st.Loads != 1 {
 		t.Errorf("index stats %+v", st)
 	}
 	// Without a current index, the tracker is asked as before.

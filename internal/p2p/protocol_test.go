@@ -47,7 +47,7 @@ func TestQueryNarInfo(t *testing.T) {
 	if got, want := string(cache.AppendNarInfo(nil, ni)), string(cache.AppendNarInfo(nil, e.ni)); got != want {
 		t.Errorf("narinfo:\n%s\nwant:\n%s", got, want)
 	}
-	if err := CheckNarInfo(ni, found); err != nil {
+	if err := store.CheckPeerNarInfo(ni, found); err != nil {
 		t.Error(err)
 	}
 

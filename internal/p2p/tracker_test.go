@@ -15,6 +15,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/crypto"
 
 	"github.com/peerix/peerix/internal/store"
+	"github.com/peerix/peerix/internal/swarm"
 	"github.com/peerix/peerix/internal/tracker"
 )
 
@@ -99,7 +100,7 @@ func TestTrackerEndToEnd(t *testing.T) {
 		t.Errorf("private path announced: %v %v", ps, err)
 	}
 
-	s := NewStore(b, TrackerClient{clientB}, nil, log)
+	s := NewStore(b, TrackerClient{clientB}, swarm.Options{}, log)
 	ni, err := s.NarInfo(ctx, hash)
 	if err != nil {
 		t.Fatal(err)
@@ -144,7 +145,7 @@ func TestTrackerEndToEnd(t *testing.T) {
 	// Goodbye: the tracker forgets the holder at once.
 	stopAnn()
 	<-annDone
-	fresh := NewStore(b, TrackerClient{clientB}, nil, log)
+	fresh := NewStore(b, TrackerClient{clientB}, swarm.Options{}, log)
 	start := time.Now()
 	if _, err := fresh.NarInfo(ctx, hash); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("after deregistering: %v", err)
@@ -218,8 +219,8 @@ func TestNode(t *testing.T) {
 	if _, err := b.Store.NarInfo(ctx, randomHash(t)); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("miss: %v", err)
 	}
-	if st := b.Index.Stats(); st.LocalMisses != 1 {
-		t.Errorf("b's index answered %d misses, want 1: %+v", st.LocalMisses, st)
+	if st := b.Index.Stats(); st.Absent != 1 {
+		t.Errorf("b's index answered %d misses, want 1: %+v", st.Absent, st)
 	}
 	ni, err := b.Store.NarInfo(ctx, hash)
 	if err != nil {

@@ -183,20 +183,6 @@ func FuzzReadStatus(f *testing.F) {
 	})
 }
 
-func FuzzParseURL(f *testing.F) {
-	f.Add(URLPrefix + seedHash + "-" + seedNarHash + ".nar")
-	f.Add("nar/p2p/../../etc/passwd")
-	f.Fuzz(func(t *testing.T, u string) {
-		h, n, err := ParseURL(u)
-		if err != nil {
-			return
-		}
-		if URLPrefix+h+"-"+n+".nar" != u || !store.ValidHash(h) || !validNarHash(n) {
-			t.Fatalf("accepted %q", u)
-		}
-	})
-}
-
 // A peer's narinfo text never panics the parser or the checks.
 func FuzzPeerNarInfo(f *testing.F) {
 	f.Add([]byte("StorePath: /nix/store/" + seedHash + "-x\nURL: nar/x.nar\nCompression: none\nNarHash: sha256:" + seedNarHash + "\nNarSize: 5\nReferences: \n"))
@@ -210,11 +196,16 @@ func FuzzPeerNarInfo(f *testing.F) {
 			}
 			return
 		}
-		if CheckNarInfo(ni, seedHash) == nil {
+		if store.CheckPeerNarInfo(ni, seedHash) == nil {
 			if ni.NarHash == nil || ni.NarSize == 0 {
 				t.Fatal("accepted a narinfo without NarHash or NarSize")
 			}
-			_ = NarURL(seedHash, ni.NarHash)
+			// What the Store hands Nix names the NAR by a URL it parses back.
+			out := store.PeerNarInfo(ni, Source)
+			ref, err := store.ParseNarURL(out.URL)
+			if err != nil || ref.Source != Source || ref.Hash != seedHash || out.Compression != "none" {
+				t.Fatalf("peer narinfo URL %q: %+v, %v", out.URL, ref, err)
+			}
 		}
 	})
 }

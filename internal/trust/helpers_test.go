@@ -85,16 +85,10 @@ type fakeStore struct {
 	mu    sync.Mutex
 	infos map[string]*narinfo.NarInfo // by hash
 	nars  map[string][]byte           // by URL
-	// sizes overrides the size a NAR claims, by URL.
-	sizes map[string]int64
-	// wrap, if set, wraps each NAR stream (to deliver it in small pieces).
-	wrap      func(io.Reader) io.Reader
-	narOpens  atomic.Int64
-	infoCalls atomic.Int64
 }
 
 func newFakeStore() *fakeStore {
-	return &fakeStore{infos: map[string]*narinfo.NarInfo{}, nars: map[string][]byte{}, sizes: map[string]int64{}}
+	return &fakeStore{infos: map[string]*narinfo.NarInfo{}, nars: map[string][]byte{}}
 }
 
 // add stores ni, with nar as what its URL streams.
@@ -106,7 +100,6 @@ func (s *fakeStore) add(ni *narinfo.NarInfo, nar []byte) {
 }
 
 func (s *fakeStore) NarInfo(ctx context.Context, hash string) (*narinfo.NarInfo, error) {
-	s.infoCalls.Add(1)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ni, ok := s.infos[hash]
@@ -117,25 +110,16 @@ func (s *fakeStore) NarInfo(ctx context.Context, hash string) (*narinfo.NarInfo,
 }
 
 func (s *fakeStore) NAR(ctx context.Context, url string, offset int64) (*store.NAR, error) {
-	s.narOpens.Add(1)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	data, ok := s.nars[url]
 	if !ok {
 		return nil, fmt.Errorf("%s: %w", url, store.ErrNotFound)
 	}
-	size := int64(len(data))
-	if sz, ok := s.sizes[url]; ok {
-		size = sz
-	}
 	if offset > int64(len(data)) {
 		return nil, store.ErrOffset
 	}
-	var r io.Reader = bytes.NewReader(data[offset:])
-	if s.wrap != nil {
-		r = s.wrap(r)
-	}
-	return &store.NAR{Size: size, ReadCloser: io.NopCloser(r)}, nil
+	return &store.NAR{Size: int64(len(data)), ReadCloser: io.NopCloser(bytes.NewReader(data[offset:]))}, nil
 }
 
 // upstream is an httptest binary cache whose answers tests set per hash.

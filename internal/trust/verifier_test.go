@@ -1,47 +1,35 @@
 package trust
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
-	"net/http"
-	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
-	"testing/iotest"
 	"time"
 
 	"github.com/nix-community/go-nix/pkg/narinfo"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 
-	"github.com/peerix/peerix/internal/cache"
 	"github.com/peerix/peerix/internal/signing"
 	"github.com/peerix/peerix/internal/store"
+	"github.com/peerix/peerix/internal/swarm"
 )
 
 const lanPrefix = "nar/lan/"
 
-// verifierEnv is a verifier over a fake remote store, with an httptest
-// upstream whose narinfos are signed by upKey.
+// verifierEnv is a verifier with an httptest upstream whose narinfos are
+// signed by upKey; trusted is a key the verifier trusts.
 type verifierEnv struct {
 	t       *testing.T
 	up      *upstream
 	upKey   signature.SecretKey
 	trusted signature.SecretKey
-	remote  *fakeStore
 	v       *Verifier
-	st      store.Store
-
-	mu  sync.Mutex
-	bad []string
 }
 
 func newVerifierEnv(t *testing.T, mod func(*VerifierOptions)) *verifierEnv {
-	e := &verifierEnv{t: t, up: newUpstream(t), remote: newFakeStore()}
+	e := &verifierEnv{t: t, up: newUpstream(t)}
 	var upPub, trustedPub string
 	e.upKey, upPub = genKey(t, "upstream.example-1")
 	e.trusted, trustedPub = genKey(t, "friend.example-1")
@@ -50,11 +38,6 @@ func newVerifierEnv(t *testing.T, mod func(*VerifierOptions)) *verifierEnv {
 		Upstream:          e.up.URL,
 		UpstreamPublicKey: upPub,
 		FetchTimeout:      time.Second,
-		OnBadNAR: func(url string) {
-			e.mu.Lock()
-			e.bad = append(e.bad, url)
-			e.mu.Unlock()
-		},
 	}
 	if mod != nil {
 		mod(&opts)
@@ -64,27 +47,31 @@ func newVerifierEnv(t *testing.T, mod func(*VerifierOptions)) *verifierEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { e.v.Close() })
-	e.st = e.v.Wrap(e.remote)
 	return e
 }
 
-func (e *verifierEnv) badURLs() []string {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return append([]string(nil), e.bad...)
-}
-
-// offer makes the remote (peers) offer p, signed by keys, streaming nar.
-func (e *verifierEnv) offer(p *spath, nar []byte, keys ...signature.SecretKey) *narinfo.NarInfo {
-	ni := p.narInfo(lanPrefix, keys...)
-	e.remote.add(ni, nar)
-	return ni
+// offer is p's narinfo as a peer sends it, signed by keys.
+func (e *verifierEnv) offer(p *spath, keys ...signature.SecretKey) *narinfo.NarInfo {
+	return p.narInfo(lanPrefix, keys...)
 }
 
 // publish makes the upstream serve p's narinfo, signed by its key.
 func (e *verifierEnv) publish(p *spath) *narinfo.NarInfo {
 	ni := p.narInfo(localPrefix, e.upKey)
 	ni.Compression = "xz"
+	e.up.publish(ni)
+	return ni
+}
+
+// publishWith makes the upstream serve p's narinfo changed by mod, then
+// signed by its key.
+func (e *verifierEnv) publishWith(p *spath, mod func(*narinfo.NarInfo)) *narinfo.NarInfo {
+	ni := p.narInfo(localPrefix)
+	ni.Compression = "xz"
+	mod(ni)
+	if err := signing.Sign(ni, e.upKey); err != nil {
+		e.t.Fatal(err)
+	}
 	e.up.publish(ni)
 	return ni
 }
@@ -97,127 +84,260 @@ func narContent(n int) []byte {
 	return b
 }
 
-func TestVerifierNarInfo(t *testing.T) {
+func sigNames(ni *narinfo.NarInfo) string {
+	var names []string
+	for _, s := range ni.Signatures {
+		names = append(names, s.Name)
+	}
+	return strings.Join(names, " ")
+}
+
+// What Accept vouches for, and what it hands on: a trusted signature, or a
+// match with the upstream's narinfo in everything Nix's fingerprint covers.
+func TestVerifierAccepts(t *testing.T) {
 	ctx := context.Background()
 	other, _ := genKey(t, "stranger-1")
-	forger, _ := genKey(t, "friend.example-1") // the trusted key's name, another key
 
 	t.Run("signed by a trusted key passes without the upstream", func(t *testing.T) {
 		e := newVerifierEnv(t, nil)
 		p := newPath("hello", narContent(100))
-		e.offer(p, p.nar, e.trusted)
-		ni, err := e.st.NarInfo(ctx, p.hash)
+		// The upstream disagrees; a trusted signature is not second-guessed.
+		e.publish(&spath{hash: p.hash, name: p.name, nar: []byte("other")})
+		ni, err := e.v.Accept(ctx, p.hash, e.offer(p, e.trusted))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if ni.StorePath != p.storePath() || e.up.gets.Load() != 0 {
-			t.Errorf("narinfo %v, %d upstream GETs", ni.StorePath, e.up.gets.Load())
+		if ni.StorePath != p.storePath() || ni.NarHash.String() != p.narHash().String() || e.up.gets.Load() != 0 {
+			t.Errorf("narinfo %v %v, %d upstream GETs", ni.StorePath, ni.NarHash, e.up.gets.Load())
 		}
-		if s := e.v.Stats(); s.VerifiedBySignature != 1 {
+		if sigNames(ni) != "friend.example-1" {
+			t.Errorf("signatures %q", sigNames(ni))
+		}
+		if s := e.v.Stats(); s.VerifiedBySignature != 1 || s.Rejected != 0 {
 			t.Errorf("stats %+v", s)
 		}
 	})
-	t.Run("matching upstream NarHash passes, with the upstream's signature", func(t *testing.T) {
+	t.Run("signed by the upstream key, served by a peer", func(t *testing.T) {
+		e := newVerifierEnv(t, nil)
+		p := newPath("hello", narContent(100))
+		if _, err := e.v.Accept(ctx, p.hash, e.offer(p, e.upKey)); err != nil {
+			t.Fatal(err)
+		}
+		if e.up.gets.Load() != 0 {
+			t.Errorf("%d upstream GETs", e.up.gets.Load())
+		}
+	})
+	t.Run("matching the upstream passes, with the upstream's signature", func(t *testing.T) {
 		e := newVerifierEnv(t, nil)
 		dep := newPath("dep", nil)
-		p := newPath("hello", narContent(100), dep.hash+"-dep")
-		e.offer(p, p.nar, other)
+		p := newPath("hello", narContent(100), dep.hash+"-dep", hashOf("hello")+"-hello") // and itself
 		e.publish(p)
-		ni, err := e.st.NarInfo(ctx, p.hash)
+		// References in another order (and one twice) are the same set.
+		peer := e.offer(&spath{hash: p.hash, name: p.name, nar: p.nar,
+			refs: []string{p.refs[1], p.refs[0], p.refs[1]}}, other)
+		ni, err := e.v.Accept(ctx, p.hash, peer)
 		if err != nil {
 			t.Fatal(err)
 		}
-		var names []string
-		for _, s := range ni.Signatures {
-			names = append(names, s.Name)
+		if got := sigNames(ni); got != "stranger-1 upstream.example-1" {
+			t.Errorf("signatures %q", got)
 		}
-		if strings.Join(names, " ") != "stranger-1 upstream.example-1" {
-			t.Errorf("signatures %v", names)
-		}
-		if ni.URL != p.narInfo(lanPrefix).URL {
+		if ni.URL != peer.URL {
 			t.Errorf("URL %s is not the peer's", ni.URL)
 		}
-		// Cached: a second lookup does not ask the upstream again.
-		if _, err := e.st.NarInfo(ctx, p.hash); err != nil || e.up.gets.Load() != 1 {
-			t.Errorf("second lookup: %v, %d GETs", err, e.up.gets.Load())
+		// Cached: a second narinfo does not ask the upstream again.
+		if _, err := e.v.Accept(ctx, p.hash, e.offer(p)); err != nil || e.up.gets.Load() != 1 {
+			t.Errorf("second narinfo: %v, %d GETs", err, e.up.gets.Load())
 		}
-		if s := e.v.Stats(); s.VerifiedByUpstream != 2 {
+		if s := e.v.Stats(); s.VerifiedByUpstream != 2 || s.Rejected != 0 {
 			t.Errorf("stats %+v", s)
 		}
 	})
+}
 
-	refused := []struct {
-		name  string
-		setup func(e *verifierEnv, p *spath)
+// Accept hands on only what was verified: the fields Nix's fingerprint
+// covers, and Deriver, CA and System from the upstream alone. A peer's
+// forged Deriver, CA, System, compression or file hash never reach Nix.
+func TestVerifierPassesOnlyVerifiedFields(t *testing.T) {
+	ctx := context.Background()
+	forge := func(ni *narinfo.NarInfo) *narinfo.NarInfo {
+		ni.Deriver = hashOf("evil") + "-evil.drv"
+		ni.CA = "fixed:r:sha256:" + strings.Repeat("0", 52)
+		ni.System = "evil-linux"
+		ni.Compression = "xz"
+		ni.FileHash = newPath("file", []byte("compressed")).narHash()
+		ni.FileSize = 3
+		return ni
+	}
+	check := func(t *testing.T, ni *narinfo.NarInfo, deriver, ca, system string) {
+		t.Helper()
+		if ni.Deriver != deriver || ni.CA != ca || ni.System != system {
+			t.Errorf("Deriver %q, CA %q, System %q; want %q, %q, %q", ni.Deriver, ni.CA, ni.System, deriver, ca, system)
+		}
+		if ni.Compression != "none" || ni.FileHash.String() != ni.NarHash.String() || ni.FileSize != ni.NarSize {
+			t.Errorf("Compression %q, FileHash %v, FileSize %d: not the NAR's", ni.Compression, ni.FileHash, ni.FileSize)
+		}
+	}
+
+	t.Run("matching the upstream: its Deriver, CA and System", func(t *testing.T) {
+		e := newVerifierEnv(t, nil)
+		p := newPath("hello", narContent(100))
+		up := e.publishWith(p, func(ni *narinfo.NarInfo) {
+			ni.Deriver = hashOf("good") + "-hello.drv"
+			ni.CA = "fixed:r:sha256:" + strings.Repeat("1", 52)
+			ni.System = "x86_64-linux"
+		})
+		peer := forge(e.offer(p))
+		ni, err := e.v.Accept(ctx, p.hash, peer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		check(t, ni, up.Deriver, up.CA, up.System)
+		if peer.Deriver != hashOf("evil")+"-evil.drv" {
+			t.Error("Accept changed the peer's narinfo")
+		}
+	})
+	t.Run("matching an upstream without them: none", func(t *testing.T) {
+		e := newVerifierEnv(t, nil)
+		p := newPath("hello", narContent(100))
+		e.publish(p)
+		ni, err := e.v.Accept(ctx, p.hash, forge(e.offer(p)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		check(t, ni, "", "", "")
+	})
+	t.Run("trusted signature: none (the signature does not cover them)", func(t *testing.T) {
+		e := newVerifierEnv(t, nil)
+		p := newPath("hello", narContent(100))
+		ni, err := e.v.Accept(ctx, p.hash, forge(e.offer(p, e.trusted)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		check(t, ni, "", "", "")
+		if e.up.gets.Load() != 0 {
+			t.Errorf("%d upstream GETs", e.up.gets.Load())
+		}
+	})
+}
+
+// What Accept refuses, and how: a narinfo that contradicts the upstream's
+// (or is malformed, or for another path) is a lie (swarm.ErrLie: the
+// holder is blamed); one that merely cannot be verified is a miss
+// (store.ErrNotFound: nobody is blamed, Nix sees a 404).
+func TestVerifierRefuses(t *testing.T) {
+	ctx := context.Background()
+	other, _ := genKey(t, "stranger-1")
+	forger, _ := genKey(t, "friend.example-1") // the trusted key's name, another key
+	const lie, miss = true, false
+
+	cases := []struct {
+		name string
+		// peer returns the peer's narinfo for p, after setting up the upstream.
+		peer func(e *verifierEnv, p *spath) *narinfo.NarInfo
+		lie  bool
 	}{
-		{"unsigned, upstream has it not", func(e *verifierEnv, p *spath) { e.offer(p, p.nar) }},
-		{"signed by an untrusted key, upstream has it not", func(e *verifierEnv, p *spath) { e.offer(p, p.nar, other) }},
-		{"forged signature under a trusted name", func(e *verifierEnv, p *spath) { e.offer(p, p.nar, forger) }},
-		{"upstream has another NarHash", func(e *verifierEnv, p *spath) {
-			e.offer(p, p.nar)
+		{"unsigned, upstream has it not", func(e *verifierEnv, p *spath) *narinfo.NarInfo { return e.offer(p) }, miss},
+		{"signed by an untrusted key, upstream has it not", func(e *verifierEnv, p *spath) *narinfo.NarInfo {
+			return e.offer(p, other)
+		}, miss},
+		{"forged signature under a trusted name", func(e *verifierEnv, p *spath) *narinfo.NarInfo {
+			return e.offer(p, forger)
+		}, miss},
+		{"trusted signature over other content", func(e *verifierEnv, p *spath) *narinfo.NarInfo {
+			ni := e.offer(p, e.trusted)
+			ni.NarSize++ // the signature no longer verifies
+			return ni
+		}, miss},
+		{"upstream has another NarHash", func(e *verifierEnv, p *spath) *narinfo.NarInfo {
 			e.publish(&spath{hash: p.hash, name: p.name, nar: []byte("the real content")})
-		}},
-		{"upstream has another NarSize", func(e *verifierEnv, p *spath) {
-			e.offer(p, p.nar)
-			up := p.narInfo(localPrefix)
-			up.NarSize++
-			if err := signing.Sign(up, e.upKey); err != nil {
-				panic(err)
-			}
-			e.up.publish(up)
-		}},
-		{"upstream has other references", func(e *verifierEnv, p *spath) {
-			e.offer(p, p.nar)
+			return e.offer(p)
+		}, lie},
+		{"upstream has another NarHash, the peer's signed by an untrusted key", func(e *verifierEnv, p *spath) *narinfo.NarInfo {
+			e.publish(&spath{hash: p.hash, name: p.name, nar: []byte("the real content")})
+			return e.offer(p, other)
+		}, lie},
+		{"upstream has another NarSize", func(e *verifierEnv, p *spath) *narinfo.NarInfo {
+			e.publishWith(p, func(ni *narinfo.NarInfo) { ni.NarSize++ })
+			return e.offer(p)
+		}, lie},
+		{"upstream has other references", func(e *verifierEnv, p *spath) *narinfo.NarInfo {
 			e.publish(&spath{hash: p.hash, name: p.name, nar: p.nar, refs: []string{hashOf("evil") + "-evil"}})
-		}},
-		{"upstream narinfo not signed by the upstream key", func(e *verifierEnv, p *spath) {
-			e.offer(p, p.nar)
+			return e.offer(p)
+		}, lie},
+		{"peer leaves a reference out", func(e *verifierEnv, p *spath) *narinfo.NarInfo {
+			e.publish(&spath{hash: p.hash, name: p.name, nar: p.nar, refs: []string{hashOf("dep") + "-dep"}})
+			return e.offer(p)
+		}, lie},
+		{"upstream names the hash with another name", func(e *verifierEnv, p *spath) *narinfo.NarInfo {
+			e.publish(&spath{hash: p.hash, name: "other-name", nar: p.nar})
+			return e.offer(p)
+		}, lie},
+		{"upstream narinfo not signed by the upstream key", func(e *verifierEnv, p *spath) *narinfo.NarInfo {
 			e.up.publish(p.narInfo(localPrefix, other))
-		}},
-		{"upstream narinfo unsigned", func(e *verifierEnv, p *spath) {
-			e.offer(p, p.nar)
+			return e.offer(p)
+		}, miss},
+		{"upstream narinfo unsigned", func(e *verifierEnv, p *spath) *narinfo.NarInfo {
 			e.up.publish(p.narInfo(localPrefix))
-		}},
-		{"upstream answers 500", func(e *verifierEnv, p *spath) {
-			e.offer(p, p.nar)
+			return e.offer(p)
+		}, miss},
+		{"upstream narinfo for another NarHash, not signed by the upstream key", func(e *verifierEnv, p *spath) *narinfo.NarInfo {
+			e.up.publish((&spath{hash: p.hash, name: p.name, nar: []byte("x")}).narInfo(localPrefix, other))
+			return e.offer(p)
+		}, miss},
+		{"upstream answers 500", func(e *verifierEnv, p *spath) *narinfo.NarInfo {
 			e.up.set(p.hash, 500)
-		}},
-		{"upstream answers garbage", func(e *verifierEnv, p *spath) {
-			e.offer(p, p.nar)
+			return e.offer(p)
+		}, miss},
+		{"upstream answers garbage", func(e *verifierEnv, p *spath) *narinfo.NarInfo {
 			e.up.mu.Lock()
 			e.up.status[p.hash], e.up.bodies[p.hash] = 200, []byte("<html>captive portal</html>")
 			e.up.mu.Unlock()
-		}},
-		{"upstream too slow", func(e *verifierEnv, p *spath) {
-			e.offer(p, p.nar)
+			return e.offer(p)
+		}, miss},
+		{"upstream too slow", func(e *verifierEnv, p *spath) *narinfo.NarInfo {
 			e.publish(p)
 			e.up.delay = 5 * time.Second
-		}},
-		{"peer's narinfo is for another path", func(e *verifierEnv, p *spath) {
-			ni := newPath("other", p.nar).narInfo(lanPrefix, e.trusted)
-			e.remote.mu.Lock()
-			e.remote.infos[p.hash] = ni
-			e.remote.mu.Unlock()
-		}},
-		{"peer's narinfo has no NarHash", func(e *verifierEnv, p *spath) {
-			ni := p.narInfo(lanPrefix, e.trusted)
+			return e.offer(p)
+		}, miss},
+		{"peer's narinfo is for another path", func(e *verifierEnv, p *spath) *narinfo.NarInfo {
+			return newPath("other", p.nar).narInfo(lanPrefix, e.trusted)
+		}, lie},
+		{"peer's narinfo has no NarHash", func(e *verifierEnv, p *spath) *narinfo.NarInfo {
+			ni := e.offer(p, e.trusted)
 			ni.NarHash = nil
-			e.remote.add(ni, p.nar)
-		}},
-		{"nobody has it", func(e *verifierEnv, p *spath) {}},
+			return ni
+		}, lie},
+		{"peer's narinfo has no NarSize", func(e *verifierEnv, p *spath) *narinfo.NarInfo {
+			e.publish(p)
+			ni := e.offer(p)
+			ni.NarSize = 0
+			return ni
+		}, lie},
+		{"peer's narinfo names a malformed reference", func(e *verifierEnv, p *spath) *narinfo.NarInfo {
+			ni := e.offer(p, e.trusted)
+			ni.References = []string{"../../etc/passwd"}
+			return ni
+		}, lie},
+		{"no narinfo at all", func(e *verifierEnv, p *spath) *narinfo.NarInfo { return nil }, lie},
 	}
-	for _, c := range refused {
+	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			e := newVerifierEnv(t, nil)
 			p := newPath("hello", narContent(100))
-			c.setup(e, p)
-			_, err := e.st.NarInfo(ctx, p.hash)
-			if !errors.Is(err, store.ErrNotFound) {
-				t.Fatalf("err = %v, want ErrNotFound", err)
+			ni, err := e.v.Accept(ctx, p.hash, c.peer(e, p))
+			if ni != nil {
+				t.Errorf("a narinfo with the error: %v", ni.StorePath)
 			}
-			// The NAR is refused as well.
-			if _, err := e.st.NAR(ctx, p.narInfo(lanPrefix).URL, 0); !errors.Is(err, store.ErrNotFound) {
-				t.Errorf("NAR: err = %v, want ErrNotFound", err)
+			isLie, isMiss := errors.Is(err, swarm.ErrLie), errors.Is(err, store.ErrNotFound)
+			switch {
+			case c.lie && (!isLie || isMiss):
+				t.Fatalf("err = %v, want a lie (swarm.ErrLie)", err)
+			case !c.lie && (!isMiss || isLie):
+				t.Fatalf("err = %v, want a miss (store.ErrNotFound)", err)
+			}
+			if s := e.v.Stats(); s.Rejected != 1 || s.VerifiedBySignature+s.VerifiedByUpstream != 0 {
+				t.Errorf("stats %+v", s)
 			}
 		})
 	}
@@ -227,10 +347,16 @@ func TestVerifierUpstreamWithoutKey(t *testing.T) {
 	// A custom upstream with no key known: its narinfo is believed as served.
 	e := newVerifierEnv(t, func(o *VerifierOptions) { o.UpstreamPublicKey = ""; o.TrustedPublicKeys = nil })
 	p := newPath("hello", narContent(10))
-	e.offer(p, p.nar)
 	e.up.publish(p.narInfo(localPrefix))
-	if _, err := e.st.NarInfo(context.Background(), p.hash); err != nil {
+	if _, err := e.v.Accept(context.Background(), p.hash, e.offer(p)); err != nil {
 		t.Fatal(err)
+	}
+	// And a peer that contradicts it lied.
+	q := newPath("other", narContent(10))
+	e.up.publish(q.narInfo(localPrefix))
+	lying := e.offer(&spath{hash: q.hash, name: q.name, nar: []byte("not it")})
+	if _, err := e.v.Accept(context.Background(), q.hash, lying); !errors.Is(err, swarm.ErrLie) {
+		t.Errorf("contradicting an upstream without a key: %v, want ErrLie", err)
 	}
 }
 
@@ -240,9 +366,8 @@ func TestVerifierUpstreamUnreachable(t *testing.T) {
 	e.up.Close()
 	for i := range 3 {
 		p := newPath(fmt.Sprint(i), narContent(10))
-		e.offer(p, p.nar)
-		if _, err := e.st.NarInfo(context.Background(), p.hash); !errors.Is(err, store.ErrNotFound) {
-			t.Fatalf("err = %v", err)
+		if _, err := e.v.Accept(context.Background(), p.hash, e.offer(p)); !errors.Is(err, store.ErrNotFound) || errors.Is(err, swarm.ErrLie) {
+			t.Fatalf("err = %v, want a miss", err)
 		}
 	}
 	if h := e.v.Health(); h.Reachable || h.ConsecutiveFailures != 3 {
@@ -253,8 +378,7 @@ func TestVerifierUpstreamUnreachable(t *testing.T) {
 	}
 	// Signed paths still flow.
 	p := newPath("signed", narContent(10))
-	e.offer(p, p.nar, e.trusted)
-	if _, err := e.st.NarInfo(context.Background(), p.hash); err != nil {
+	if _, err := e.v.Accept(context.Background(), p.hash, e.offer(p, e.trusted)); err != nil {
 		t.Error(err)
 	}
 	if s := e.v.Stats(); s.UpstreamErrors != 3 || s.Rejected != 3 || s.VerifiedBySignature != 1 {
@@ -262,230 +386,61 @@ func TestVerifierUpstreamUnreachable(t *testing.T) {
 	}
 }
 
+// A caller that gives up while the upstream is asked gets its context's
+// error: neither a lie nor a miss, and not counted against the upstream.
 func TestVerifierCanceledCaller(t *testing.T) {
 	e := newVerifierEnv(t, nil)
-	e.up.delay = 100 * time.Millisecond
+	e.up.delay = 200 * time.Millisecond
 	p := newPath("hello", narContent(10))
-	e.offer(p, p.nar)
 	e.publish(p)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
 	defer cancel()
-	if _, err := e.st.NarInfo(ctx, p.hash); !errors.Is(err, context.DeadlineExceeded) {
-		t.Errorf("err = %v", err)
+	_, err := e.v.Accept(ctx, p.hash, e.offer(p))
+	if !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, swarm.ErrLie) || errors.Is(err, store.ErrNotFound) {
+		t.Errorf("err = %v, want DeadlineExceeded alone", err)
+	}
+	if s := e.v.Stats(); s.UpstreamErrors != 0 || s.Rejected != 0 {
+		t.Errorf("stats %+v", s)
+	}
+	if h := e.v.Health(); !h.Reachable || h.ConsecutiveFailures != 0 {
+		t.Errorf("health %+v after a caller gave up", h)
+	}
+	// The upstream's answer still arrives for the next caller.
+	if _, err := e.v.Accept(context.Background(), p.hash, e.offer(p)); err != nil {
+		t.Errorf("after a canceled caller: %v", err)
 	}
 }
 
 func TestVerifierNoVerify(t *testing.T) {
 	var logs logBuffer
-	v, err := NewVerifier(VerifierOptions{NoVerify: true, Log: newLogger(&logs)})
+	up := newUpstream(t)
+	v, err := NewVerifier(VerifierOptions{NoVerify: true, Upstream: up.URL, Log: newLogger(&logs)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	remote := newFakeStore()
-	if got := v.Wrap(remote); got != store.Store(remote) {
-		t.Error("NoVerify: Wrap changed the store")
-	}
+	defer v.Close()
 	if !strings.Contains(logs.String(), "VERIFICATION OFF") || !strings.Contains(logs.String(), "level=WARN") {
 		t.Errorf("no loud warning:\n%s", logs.String())
+	}
+	// Unsigned, unknown upstream: accepted as it is, without asking.
+	p := newPath("hello", narContent(10))
+	in := p.narInfo(lanPrefix)
+	in.Deriver = hashOf("d") + "-hello.drv"
+	ni, err := v.Accept(context.Background(), p.hash, in)
+	if err != nil || ni != in {
+		t.Errorf("NoVerify: %v, %v; want the narinfo as it is", ni, err)
+	}
+	if up.gets.Load() != 0 {
+		t.Errorf("NoVerify asked the upstream %d times", up.gets.Load())
+	}
+	// A narinfo for another path is still no narinfo for this one.
+	if _, err := v.Accept(context.Background(), p.hash, newPath("other", nil).narInfo(lanPrefix)); !errors.Is(err, swarm.ErrLie) {
+		t.Errorf("NoVerify, another path: %v, want ErrLie", err)
 	}
 }
 
 func TestVerifierBadKeys(t *testing.T) {
 	if _, err := NewVerifier(VerifierOptions{TrustedPublicKeys: []string{"nope"}}); err == nil {
 		t.Error("malformed trusted key accepted")
-	}
-}
-
-func readAllChecked(r io.Reader) ([]byte, error) {
-	var out bytes.Buffer
-	_, err := io.Copy(&out, r)
-	return out.Bytes(), err
-}
-
-func TestVerifierNAR(t *testing.T) {
-	ctx := context.Background()
-	const size = 100_000
-	good := narContent(size)
-	tamper := func(i int) []byte {
-		b := bytes.Clone(good)
-		b[i] ^= 1
-		return b
-	}
-	cases := []struct {
-		name    string
-		serve   []byte // what the peer streams
-		size    int64  // the size the peer claims; 0 = len(serve)
-		wrap    func(io.Reader) io.Reader
-		offset  int64
-		wantErr bool
-		openErr bool // NAR itself fails
-	}{
-		{name: "correct NAR streams exactly", serve: good},
-		{name: "correct NAR in one-byte reads", serve: good, wrap: iotest.OneByteReader},
-		{name: "correct NAR in odd reads", serve: good, wrap: iotest.HalfReader},
-		{name: "tampered first byte", serve: tamper(0), wantErr: true},
-		{name: "tampered middle byte", serve: tamper(size / 2), wantErr: true},
-		{name: "tampered last byte", serve: tamper(size - 1), wantErr: true},
-		{name: "tampered last byte, one-byte reads", serve: tamper(size - 1), wrap: iotest.OneByteReader, wantErr: true},
-		{name: "longer than NarSize", serve: append(bytes.Clone(good), 'x'), size: size, wantErr: true},
-		{name: "shorter than NarSize", serve: good[:size-10], size: size, wantErr: true},
-		{name: "peer claims another size", serve: good, size: size + 1, openErr: true},
-		{name: "resumed at an offset", serve: good, offset: 12345},
-		{name: "resumed at an offset, prefix tampered", serve: tamper(10), offset: 12345, wantErr: true},
-		{name: "resumed at an offset, tail tampered", serve: tamper(size - 5), offset: 12345, wantErr: true},
-		{name: "resumed at the end", serve: good, offset: size},
-		{name: "resumed at the end, tampered", serve: tamper(3), offset: size, wantErr: true},
-	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			e := newVerifierEnv(t, nil)
-			p := newPath("hello", good)
-			ni := e.offer(p, c.serve, e.trusted)
-			if c.size != 0 {
-				e.remote.sizes[ni.URL] = c.size
-			}
-			e.remote.wrap = c.wrap
-			n, err := e.st.NAR(ctx, ni.URL, c.offset)
-			if c.openErr {
-				if !errors.Is(err, store.ErrNotFound) {
-					t.Fatalf("NAR: err = %v", err)
-				}
-				if got := e.badURLs(); len(got) != 1 || got[0] != ni.URL {
-					t.Errorf("OnBadNAR calls %v", got)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer n.Close()
-			if n.Size != size {
-				t.Errorf("Size = %d", n.Size)
-			}
-			got, err := readAllChecked(n)
-			if !c.wantErr {
-				if err != nil {
-					t.Fatalf("read: %v", err)
-				}
-				if !bytes.Equal(got, good[c.offset:]) {
-					t.Fatalf("got %d bytes, not the NAR from %d", len(got), c.offset)
-				}
-				if len(e.badURLs()) != 0 || e.v.Stats().NARsVerified != 1 {
-					t.Errorf("bad calls %v, stats %+v", e.badURLs(), e.v.Stats())
-				}
-				return
-			}
-			if !errors.Is(err, ErrBadNAR) {
-				t.Errorf("read error %v, want ErrBadNAR", err)
-			}
-			if int64(len(got)) >= size-c.offset && size > c.offset {
-				t.Errorf("delivered %d bytes: the whole NAR from %d", len(got), c.offset)
-			}
-			if c.offset < size && len(got) > 0 && !bytes.Equal(got, c.serve[c.offset:c.offset+int64(len(got))]) {
-				t.Errorf("delivered bytes are not the stream's")
-			}
-			if bad := e.badURLs(); len(bad) != 1 || bad[0] != ni.URL {
-				t.Errorf("OnBadNAR calls %v", bad)
-			}
-			if s := e.v.Stats(); s.BadNARs != 1 || s.NARsVerified != 0 {
-				t.Errorf("stats %+v", s)
-			}
-			// The error sticks.
-			if k, err := n.Read(make([]byte, 10)); k != 0 || err == nil {
-				t.Errorf("read after failure: %d, %v", k, err)
-			}
-		})
-	}
-}
-
-func TestVerifierNARRefusals(t *testing.T) {
-	ctx := context.Background()
-	e := newVerifierEnv(t, nil)
-	p := newPath("hello", narContent(1000))
-	ni := e.offer(p, p.nar, e.trusted)
-	if _, err := e.st.NAR(ctx, "nar/lan/garbage.nar", 0); !errors.Is(err, store.ErrBadRequest) {
-		t.Errorf("garbage URL: %v", err)
-	}
-	// A URL for the path but with another NarHash than the verified one.
-	stale := lanPrefix + p.hash + "-" + strings.Repeat("0", 52) + ".nar"
-	if _, err := e.st.NAR(ctx, stale, 0); !errors.Is(err, store.ErrNotFound) {
-		t.Errorf("stale URL: %v", err)
-	}
-	if e.remote.narOpens.Load() != 0 {
-		t.Errorf("remote opened for a stale URL")
-	}
-	// The same NAR under another remote's prefix is the same NAR.
-	p2pURL := "nar/p2p/" + strings.TrimPrefix(ni.URL, lanPrefix)
-	e.remote.mu.Lock()
-	e.remote.nars[p2pURL] = p.nar
-	e.remote.mu.Unlock()
-	n, err := e.st.NAR(ctx, p2pURL, 0)
-	if err != nil {
-		t.Fatalf("same NAR, other prefix: %v", err)
-	}
-	if got, err := io.ReadAll(n); err != nil || !bytes.Equal(got, p.nar) {
-		t.Errorf("same NAR, other prefix: %v", err)
-	}
-	n.Close()
-	opens := e.remote.narOpens.Load()
-	if _, err := e.st.NAR(ctx, ni.URL, 1001); !errors.Is(err, store.ErrOffset) {
-		t.Errorf("offset beyond the end: %v", err)
-	}
-	if e.remote.narOpens.Load() != opens {
-		t.Errorf("remote opened for refused requests")
-	}
-}
-
-// TestVerifierThroughHTTP serves a tampered NAR to an HTTP client through
-// the real cache server: the client must see a broken transfer that ends
-// before the NAR's last byte.
-func TestVerifierThroughHTTP(t *testing.T) {
-	e := newVerifierEnv(t, nil)
-	const size = 300_000
-	good := narContent(size)
-	bad := bytes.Clone(good)
-	bad[size-1] ^= 0xff
-	p := newPath("hello", good)
-	ni := e.offer(p, bad, e.trusted)
-	okPath := newPath("fine", narContent(size/3))
-	okNi := e.offer(okPath, okPath.nar, e.trusted)
-
-	srv := httptest.NewServer(&cache.Server{
-		Local:    newFakeStore(),
-		Remote:   e.st,
-		StoreDir: "/nix/store",
-		Log:      slog.New(slog.DiscardHandler),
-	})
-	defer srv.Close()
-
-	get := func(url string) ([]byte, *http.Response, error) {
-		resp, err := http.Get(srv.URL + "/" + url)
-		if err != nil {
-			return nil, nil, err
-		}
-		defer resp.Body.Close()
-		body, err := io.ReadAll(resp.Body)
-		return body, resp, err
-	}
-	body, resp, err := get(okNi.URL)
-	if err != nil || resp.StatusCode != 200 || !bytes.Equal(body, okPath.nar) {
-		t.Fatalf("good NAR: %v, %d bytes", err, len(body))
-	}
-	body, resp, err = get(ni.URL)
-	if err == nil {
-		t.Fatalf("tampered NAR arrived complete: status %d, %d bytes", resp.StatusCode, len(body))
-	}
-	if len(body) >= size {
-		t.Errorf("client got %d bytes of a %d-byte NAR", len(body), size)
-	}
-	if len(e.badURLs()) != 1 {
-		t.Errorf("OnBadNAR calls %v", e.badURLs())
-	}
-	// The narinfo of a path no peer can vouch for is a 404, not a 5xx.
-	e.up.set(hashOf("x"), 500)
-	x := newPath("x", narContent(10))
-	e.offer(x, x.nar)
-	if _, resp, _ := get(x.hash + ".narinfo"); resp == nil || resp.StatusCode != 404 {
-		t.Errorf("unverifiable narinfo: %v", resp)
 	}
 }
