@@ -34,17 +34,26 @@ const (
 	// missTTL is short: a miss answered from summaries costs nothing to
 	// repeat, and a path a neighbour just registered must be found.
 	missTTL = time.Second
+	// A LAN peer that sends nothing for stallTimeout, or less than
+	// minRate over rateWindow, is broken: the transfer moves on.
+	stallTimeout = 2 * time.Second
+	rateWindow   = 4 * time.Second
+	minRate      = 64 << 10
 )
 
 // Store finds paths on LAN peers. It implements store.Store.
 type Store struct {
-	disc    *Discovery
-	wait    time.Duration
-	client  *http.Client
-	swarm   *swarm.Finder
-	log     *slog.Logger
-	lookups store.Lookups[*swarm.Found]
+	disc     *Discovery
+	wait     time.Duration
+	client   *http.Client
+	swarm    *swarm.Finder
+	log      *slog.Logger
+	lookups  store.Lookups[*swarm.Found]
+	prefetch chan struct{} // bounds lookups started ahead of Nix
 }
+
+// maxPrefetch bounds the lookups of references started ahead of Nix.
+const maxPrefetch = 16
 
 // NewStore returns a store that finds paths through disc: summary peers
 // whose summary may hold a path are asked by unicast at once; peers that
@@ -68,12 +77,16 @@ func NewStore(disc *Discovery, wait time.Duration, opt swarm.Options, log *slog.
 	if opt.MissTTL == 0 {
 		opt.MissTTL = missTTL
 	}
+	if opt.StallTimeout == 0 {
+		opt.StallTimeout, opt.RateWindow, opt.MinRate = stallTimeout, rateWindow, minRate
+	}
 	return &Store{
-		disc:   disc,
-		wait:   wait,
-		client: disc.peers.client,
-		swarm:  swarm.NewFinder(opt),
-		log:    log,
+		disc:     disc,
+		wait:     wait,
+		client:   disc.peers.client,
+		swarm:    swarm.NewFinder(opt),
+		log:      log,
+		prefetch: make(chan struct{}, maxPrefetch),
 	}
 }
 
@@ -87,7 +100,18 @@ func (s *Store) NarInfo(ctx context.Context, hash string) (*narinfo.NarInfo, err
 	if !store.ValidHash(hash) {
 		return nil, fmt.Errorf("hash %q: %w", hash, store.ErrBadRequest)
 	}
-	ni, err := s.lookup(hash).NarInfo(ctx)
+	x, ok := s.lookups.Peek(hash)
+	if !ok && !s.disc.peers.originalAround() && len(s.disc.peers.candidates(hash)) == 0 {
+		// Most of what Nix asks: no summary may hold it, and no peer that
+		// speaks only the original format is around. Answered from memory;
+		// the broadcast only lets such a peer announce itself.
+		s.disc.Probe(hash)
+		return nil, fmt.Errorf("%s: no LAN peer's summary holds it: %w", hash, store.ErrNotFound)
+	}
+	if !ok {
+		x = s.lookup(hash)
+	}
+	ni, err := x.NarInfo(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("on the LAN: %w", err)
 	}
@@ -118,6 +142,7 @@ func (s *Store) run(hash string, x *swarm.Found) {
 	for _, addr := range cands {
 		holders <- &peer{s: s, addr: addr, narInfoPath: "local/" + hash + ".narinfo"}
 	}
+	go s.ahead(x)
 	if !waitOriginal {
 		s.disc.Probe(hash)
 		close(holders)
@@ -133,6 +158,31 @@ func (s *Store) run(hash string, x *swarm.Found) {
 		}
 	}()
 	s.swarm.Run(ctx, x, holders)
+}
+
+// ahead starts, once x found its path, the lookups of the path's
+// references that a neighbour's summary may hold: Nix asks for them next,
+// one after the other, and then finds them answered. At most maxPrefetch
+// run at a time; references already looked up, or that no summary holds,
+// cost nothing.
+func (s *Store) ahead(x *swarm.Found) {
+	<-x.Decided()
+	ni, err := x.NarInfo(context.Background())
+	if err != nil {
+		return
+	}
+	for _, ref := range ni.References {
+		hash := ref[:store.HashLen]
+		if _, ok := s.lookups.Peek(hash); ok || len(s.disc.peers.candidates(hash)) == 0 {
+			continue
+		}
+		s.prefetch <- struct{}{}
+		y := s.lookup(hash)
+		go func() {
+			<-y.Decided()
+			<-s.prefetch
+		}()
+	}
 }
 
 // NAR streams the NAR of a nar/lan/ URL from the peers holding its

@@ -45,6 +45,9 @@ type Fixtures struct {
 	Shapes  string   // every kind of NAR entry, odd names, a 350 kB file
 	GC      string   // a lone file outside the closure, for garbage collection
 	Outputs []string // 24 small outputs of one derivation, outside the closure
+	// Wide is the root of a closure of 202 small paths (itself and 201
+	// parts), outside the closure of All: the shape of what Nix substitutes.
+	Wide string
 
 	// Key was made by `nix-store --generate-binary-cache-key`; nothing is
 	// signed with it yet.
@@ -80,7 +83,7 @@ func Build(ctx context.Context, dir string) (*Fixtures, error) {
 
 	out, err := Output(ctx, "nix-build", expr, "--argstr", "salt", f.Salt,
 		"--out-link", filepath.Join(dir, "result"),
-		"-A", "all", "-A", "gc", "-A", "outputs", "-A", "trust")
+		"-A", "all", "-A", "gc", "-A", "outputs", "-A", "trust", "-A", "wide")
 	if err != nil {
 		return nil, err
 	}
@@ -105,6 +108,9 @@ func Build(ctx context.Context, dir string) (*Fixtures, error) {
 		}
 	}
 	f.Leaf, f.Refs, f.Shapes, f.GC = f.byName["leaf"], f.byName["refs"], f.byName["shapes"], f.byName["gc"]
+	if f.Wide = f.byName["wide-root"]; f.Wide == "" {
+		return nil, fmt.Errorf("no fixture wide-root among the paths built from %s", expr)
+	}
 	for i := 0; ; i++ {
 		p, ok := f.byName["outputs-o"+strconv.Itoa(i)]
 		if !ok {

@@ -159,6 +159,19 @@ let
     inherit salt;
   };
 
+  # The parts of "wide": 201 small outputs of one build (so that building
+  # them is one step, not 201).
+  wideParts = derivation {
+    name = "peerix-fixture-wide";
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    outputs = builtins.genList (i: "p${toString i}") 201;
+    args = [ "-c" ''
+      for o in $outputs; do eval "/bin/mkdir \$$o && echo $o $salt > \$$o/part"; done
+    '' ];
+    inherit salt;
+  };
+
   # Small directories whose names a trust filter matches on ("trust-secret"
   # is deny-listed by default, "trust-denyme" by a pattern).
   mkTrust = name: mk "trust-${name}" ''
@@ -184,6 +197,13 @@ fixtures // {
   '';
 
   outputs = map (o: multi.${o}) multi.outputs;
+
+  # A closure of 202 small paths, as Nix substitutes a real one: a root
+  # that refers to the 201 parts.
+  wide = mk "wide-root" ''
+    /bin/mkdir $out
+    ${builtins.concatStringsSep "\n" (map (o: "echo ${wideParts.${o}} >> $out/parts") wideParts.outputs)}
+  '';
 
   trust = map mkTrust [ "public" "private" "denyme" "secret" "tampered" ];
 }

@@ -602,6 +602,8 @@ func TestLANResume(t *testing.T) {
 	pStore := initStore(t, "p-store")
 	dp := startPeerix(t, lanDaemon(t, P, pStore, "--filter", "none",
 		"--trusted-public-key", broken.key.public(), "--trusted-public-key", good.key.public()))
+	broken.introduce(t, dp)
+	good.introduce(t, dp)
 	resp, body := clientGet(t, dp.client, http.MethodGet, dp.url+"/"+h+".narinfo")
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("GET /%s.narinfo from P's loopback: %s\n%s", h, resp.Status, body)
@@ -663,6 +665,7 @@ func TestLANLyingPeer(t *testing.T) {
 	})
 	pStore := initStore(t, "p-store")
 	dp := startPeerix(t, lanDaemon(t, P, pStore, "--filter", "none", "--trusted-public-key", liar.key.public()))
+	liar.introduce(t, dp)
 
 	resp, body := clientGet(t, dp.client, http.MethodGet, dp.url+"/"+h+".narinfo")
 	if resp.StatusCode != http.StatusOK {

@@ -421,3 +421,30 @@ func (p *oldPeer) requests() []string {
 	defer p.mu.Unlock()
 	return append([]string(nil), p.hits...)
 }
+
+// introduce makes the old peer known to the daemons as a peer that speaks
+// only the original format, as any original peer becomes known: it
+// broadcasts a request of its own (what it does whenever its Nix looks a
+// path up). It returns once every daemon logged that it noticed.
+func (p *oldPeer) introduce(t *testing.T, daemons ...*peerixProc) {
+	t.Helper()
+	p.ask(randomNix32(32), 50*time.Millisecond)
+	const noticed = "LAN peer speaks only the original format"
+	for _, d := range daemons {
+		deadline := time.Now().Add(5 * time.Second)
+		heard := func() bool {
+			for _, l := range strings.Split(d.log.String(), "\n") {
+				if strings.Contains(l, noticed) && strings.Contains(l, p.host.addr.String()) {
+					return true
+				}
+			}
+			return false
+		}
+		for !heard() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s never noticed the old peer on %s (no log line %q)", d.label, p.host.label, noticed)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
