@@ -185,8 +185,9 @@ func TestLANSubstitute(t *testing.T) {
 	dc.alive(t)
 }
 
-// TestLANInterop: peerix and the original peerix's wire format, both ways.
-// (a) an old peer holds paths; the real Nix on a peerix host substitutes
+// TestLANInterop: peerix and the original peerix's wire format, both ways,
+// with a summary-speaking peerix peer S on the same LAN. (a) an old peer
+// holds paths, S others; the real Nix on a peerix host substitutes all of
 // them through its peerix. (b) the peerix host holds paths; the old peer
 // asks for them by broadcast, and fetches the narinfo and the NAR the way
 // the original does.
@@ -194,7 +195,7 @@ func TestLANInterop(t *testing.T) {
 	fx := fixtures(t)
 	requireNetns(t)
 	t.Parallel()
-	lan := newLAN(t, "O", "P")
+	lan := newLAN(t, "O", "P", "S")
 	O, P := lan.host("O"), lan.host("P")
 
 	// The old peer holds the closure of "refs"; P holds "big" and "deep".
@@ -208,7 +209,29 @@ func TestLANInterop(t *testing.T) {
 	if r := nix3(t, append([]string{"copy", "--no-check-sigs", "--from", fx.src, "--to", pStore}, pPaths...)...); r.err != nil {
 		t.Fatalf("filling P's store:\n%v", r)
 	}
-	dp := startPeerix(t, lanDaemon(t, P, pStore, "--filter", "none", "--trusted-public-key", old.key.public()))
+	// S speaks summaries and holds "single-exec" (signed by S's key).
+	sKey := keygen(t, "peerix-interop-s")
+	sStore := initStore(t, "s-store")
+	sPath := fx.byName["single-exec"]
+	copyPaths(t, fx.src, sStore, sPath)
+	startPeerix(t, lanDaemon(t, lan.host("S"), sStore, "--filter", "none", "--signing-key-file", sKey.secretFile))
+	dp := startPeerix(t, lanDaemon(t, P, pStore, "--filter", "none",
+		"--trusted-public-key", old.key.public(), "--trusted-public-key", sKey.public))
+	// The old peer becomes known as any original does: by a request of its own.
+	old.introduce(t, dp)
+
+	t.Run("summary peer serves peerix beside the old peer", func(t *testing.T) {
+		r := P.nix(t, "nix-store", "--store", pStore, "-r", sPath,
+			"--option", "substituters", dp.url,
+			"--option", "trusted-public-keys", sKey.public,
+			"--option", "require-sigs", "true")
+		if r.err != nil {
+			t.Fatalf("Nix on P could not substitute %s from the summary peer S:\n%v", sPath, r)
+		}
+		if digest, _, err := dumpDigest(t.Context(), pStore, sPath); err != nil || digest != fx.facts[sPath].narDigest {
+			t.Errorf("%s in P's store: sha256 %s, err %v; want %s", sPath, digest, err, fx.facts[sPath].narDigest)
+		}
+	})
 
 	t.Run("old peer serves peerix", func(t *testing.T) {
 		start := time.Now()
