@@ -22,7 +22,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -281,17 +280,18 @@ func TestLANLookups(t *testing.T) {
 	w.daemonA.alive(t)
 
 	t.Run("a lying peer does not stop substitution", func(t *testing.T) {
-		liar := startFakePeer(t, w.lan.host("L"))
-		liar.narInfo = func(hash string) string {
-			// Well-formed, for the asked path, at once, with a wrong NarHash.
-			for _, p := range w.closure {
-				if hashPart(p) == hash {
-					return fakeNarInfo(p, strings.Repeat("1", 52), 1234)
+		liar := startFakePeer(t, w.lan.host("L"), &fakePeer{
+			narInfo: func(hash string) string {
+				// Well-formed, for the asked path, at once, with a wrong NarHash.
+				for _, p := range w.closure {
+					if hashPart(p) == hash {
+						return fakeNarInfo(p, strings.Repeat("1", 52), 1234)
+					}
 				}
-			}
-			return ""
-		}
-		liar.answerBroadcasts = true
+				return ""
+			},
+			answerBroadcasts: true,
+		})
 		d := w.daemonB(t)
 		defer d.stop(syscall.SIGTERM, 5*time.Second)
 		liar.waitKnown(t, d)
@@ -306,15 +306,7 @@ func TestLANLookups(t *testing.T) {
 	})
 
 	t.Run("a peer that sends a wrong byte and stalls does not stop substitution", func(t *testing.T) {
-		staller := startFakePeer(t, w.lan.host("S"))
 		// Right narinfos (A's own), wrong NARs: one wrong byte, then nothing.
-		staller.narInfo = func(hash string) string {
-			resp, body := clientGet(t, w.B.httpClient(), http.MethodGet, w.daemonA.hostURL+"/local/"+hash+".narinfo")
-			if resp.StatusCode != http.StatusOK {
-				return ""
-			}
-			return string(body)
-		}
 		sizes := map[string]string{} // NAR URL path -> NarSize, from A's narinfos
 		for _, p := range w.closure {
 			resp, body := clientGet(t, w.B.httpClient(), http.MethodGet, w.daemonA.hostURL+"/local/"+hashPart(p)+".narinfo")
@@ -324,14 +316,23 @@ func TestLANLookups(t *testing.T) {
 			ni := parseNarInfo(t, body)
 			sizes["/"+ni["URL"]] = ni["NarSize"]
 		}
-		staller.nar = func(rw http.ResponseWriter, r *http.Request) {
-			// The NAR's own length, so that only its bytes give it away.
-			rw.Header().Set("Content-Length", sizes[r.URL.Path])
-			rw.WriteHeader(http.StatusOK)
-			rw.Write([]byte{0xff})
-			rw.(http.Flusher).Flush()
-			<-r.Context().Done()
-		}
+		staller := startFakePeer(t, w.lan.host("S"), &fakePeer{
+			narInfo: func(hash string) string {
+				resp, body := clientGet(t, w.B.httpClient(), http.MethodGet, w.daemonA.hostURL+"/local/"+hash+".narinfo")
+				if resp.StatusCode != http.StatusOK {
+					return ""
+				}
+				return string(body)
+			},
+			nar: func(rw http.ResponseWriter, r *http.Request) {
+				// The NAR's own length, so that only its bytes give it away.
+				rw.Header().Set("Content-Length", sizes[r.URL.Path])
+				rw.WriteHeader(http.StatusOK)
+				rw.Write([]byte{0xff})
+				rw.(http.Flusher).Flush()
+				<-r.Context().Done()
+			},
+		})
 		d := w.daemonB(t)
 		defer d.stop(syscall.SIGTERM, 5*time.Second)
 		staller.waitKnown(t, d)
@@ -349,9 +350,8 @@ func TestLANLookups(t *testing.T) {
 // and NAR requests as the test says; optionally it answers every broadcast
 // request in the original format too.
 type fakePeer struct {
-	host     *nsHost
-	httpPort uint16
-	udp      *net.UDPConn
+	// What it does, set before it starts:
+
 	// narInfo returns the narinfo text to answer for a hash ("" for 404).
 	narInfo func(hash string) string
 	// nar serves a NAR request (nil: 404).
@@ -359,13 +359,16 @@ type fakePeer struct {
 	// answerBroadcasts: answer every original-format request at once.
 	answerBroadcasts bool
 
-	narInfos, nars atomic.Int64
-	mu             sync.Mutex
+	host           *nsHost
+	httpPort       uint16
+	udp            *net.UDPConn
+	narInfos, nars atomic.Int64 // requests it got
 }
 
-func startFakePeer(t *testing.T, h *nsHost) *fakePeer {
+// startFakePeer runs p on h.
+func startFakePeer(t *testing.T, h *nsHost, p *fakePeer) *fakePeer {
 	t.Helper()
-	p := &fakePeer{host: h}
+	p.host = h
 	ln := h.listenTCP(t, "0.0.0.0:0")
 	p.httpPort = uint16(ln.Addr().(*net.TCPAddr).Port)
 	srv := &http.Server{Handler: http.HandlerFunc(p.serveHTTP)}
