@@ -184,7 +184,8 @@ func (l *Local) queryPathInfo(ctx context.Context, hash string) (*PathInfo, erro
 }
 
 // NarInfo renders the path's narinfo as this store serves it: uncompressed,
-// with the NAR at NarURL, carrying the signatures the database holds.
+// with the NAR at its local URL (store.NarRef: nar/<hash>-<NarHash>.nar),
+// carrying the signatures the database holds.
 func (l *Local) NarInfo(ctx context.Context, hash string) (*narinfo.NarInfo, error) {
 	pi, err := l.PathInfo(ctx, hash)
 	if err != nil {
@@ -198,7 +199,7 @@ func (pi *PathInfo) NarInfo() *narinfo.NarInfo {
 	narHash := nixhash.MustNewHashWithEncoding(pi.NarHash.Algo(), pi.NarHash.Digest(), nixhash.NixBase32, true)
 	ni := &narinfo.NarInfo{
 		StorePath:   pi.StorePath,
-		URL:         NarURL(pi.StorePath, pi.NarHash),
+		URL:         store.NarRef{Hash: pi.hash(), NarHash: narHash.Format(nixhash.NixBase32, false)}.URL(),
 		Compression: "none",
 		FileHash:    narHash,
 		FileSize:    pi.NarSize,
@@ -222,40 +223,21 @@ func (pi *PathInfo) NarInfo() *narinfo.NarInfo {
 	return ni
 }
 
-// NarURL is the URL a local narinfo names its NAR by:
-// nar/<hash part>-<NarHash in Nix base-32>.nar. The hash part finds the path
-// with one indexed lookup; the NarHash makes a stale URL (the path was
-// garbage-collected and built again differently) a 404 instead of a NAR that
-// does not match the narinfo Nix remembered.
-func NarURL(storePath string, narHash *nixhash.Hash) string {
-	base := strings.TrimPrefix(storePath, StoreDir+"/")
-	return "nar/" + base[:store.HashLen] + "-" + narHash.Format(nixhash.NixBase32, false) + ".nar"
-}
-
-// ParseNarURL splits a local NAR URL into hash part and NarHash (Nix
-// base-32), refusing anything not exactly of the NarURL shape.
-func ParseNarURL(u string) (hash, narHash string, err error) {
-	rest, ok := strings.CutPrefix(u, "nar/")
-	if ok {
-		rest, ok = strings.CutSuffix(rest, ".nar")
-	}
-	// 32 hash characters, '-', 52 characters of a base-32 SHA-256.
-	if !ok || len(rest) != store.HashLen+1+52 || rest[store.HashLen] != '-' {
-		return "", "", fmt.Errorf("nar url %q: %w", u, store.ErrBadRequest)
-	}
-	hash, narHash = rest[:store.HashLen], rest[store.HashLen+1:]
-	if !store.ValidHash(hash) || !store.ValidBase32(narHash) {
-		return "", "", fmt.Errorf("nar url %q: %w", u, store.ErrBadRequest)
-	}
-	return hash, narHash, nil
+// hash is the path's hash part.
+func (pi *PathInfo) hash() string {
+	return strings.TrimPrefix(pi.StorePath, StoreDir+"/")[:store.HashLen]
 }
 
 // NAR opens the NAR a local narinfo named, at offset.
 func (l *Local) NAR(ctx context.Context, u string, offset int64) (*store.NAR, error) {
-	hash, narHash, err := ParseNarURL(u)
+	ref, err := store.ParseNarURL(u)
 	if err != nil {
 		return nil, err
 	}
+	if ref.Source != "" {
+		return nil, fmt.Errorf("NAR URL %q is not a local one: %w", u, store.ErrBadRequest)
+	}
+	hash, narHash := ref.Hash, ref.NarHash
 	pi, err := l.PathInfo(ctx, hash)
 	if err != nil {
 		return nil, err

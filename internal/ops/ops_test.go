@@ -26,7 +26,9 @@ import (
 const (
 	hashA = "0c0rbkz6fv6z6hkfg8r9cxk6wq1b2d7m"
 	hashB = "1b4sb93wp679q4zx9k1ignby1yna3z7c"
-	hashC = "2f3l6s9p5y7xk3d4m8q0ccvzna1b6r9w"
+	// narHashA is a NarHash for NAR URLs of hashA.
+	narHashA = "1wywkaa872dj02aymcz8y6iyh2lkkilq51r6v0gvsgpr5j37pdd8"
+	hashC    = "2f3l6s9p5y7xk3d4m8q0ccvzna1b6r9w"
 )
 
 // newTestOps makes an Ops. Tests that move time make it inside a
@@ -54,22 +56,22 @@ func get(h http.Handler, target, remoteAddr string) *httptest.ResponseRecorder {
 
 func TestClassify(t *testing.T) {
 	cases := map[string]int{
-		"/nix-cache-info":              rCacheInfo,
-		"/local/nix-cache-info":        rCacheInfo,
-		"/" + hashA + ".narinfo":       rRemoteNarInfo,
-		"/local/" + hashA + ".narinfo": rLocalNarInfo,
-		"/nar/" + hashA + "-x.nar":     rLocalNAR,
-		"/local/nar/" + hashA + "-x":   rLocalNAR,
-		"/nar/lan/1.2.3.4/1/x.nar":     rRemoteNAR,
-		"/nar/p2p/x.nar":               rRemoteNAR,
-		"/local/nar/lan/x":             rLocalNAR,
-		"/health":                      rHealth,
-		"/metrics":                     rMetrics,
-		"/api/status":                  rAPI,
-		"/dashboard":                   rDashboard,
-		"/":                            rOther,
-		"/local/health":                rOther,
-		"/a/b.narinfo":                 rOther,
+		"/nix-cache-info":                         rCacheInfo,
+		"/local/nix-cache-info":                   rCacheInfo,
+		"/" + hashA + ".narinfo":                  rRemoteNarInfo,
+		"/local/" + hashA + ".narinfo":            rLocalNarInfo,
+		"/nar/" + hashA + "-" + narHashA + ".nar": rLocalNAR,
+		"/local/nar/" + hashA + "-x":              rLocalNAR,
+		"/nar/lan/1.2.3.4/1/x.nar":                rRemoteNAR,
+		"/nar/p2p/x.nar":                          rRemoteNAR,
+		"/local/nar/lan/x":                        rLocalNAR,
+		"/health":                                 rHealth,
+		"/metrics":                                rMetrics,
+		"/api/status":                             rAPI,
+		"/dashboard":                              rDashboard,
+		"/":                                       rOther,
+		"/local/health":                           rOther,
+		"/a/b.narinfo":                            rOther,
 	}
 	for p, want := range cases {
 		if got := classify(p); got != want {
@@ -87,7 +89,7 @@ func TestInstrumentCountsAndKeepsInterfaces(t *testing.T) {
 		switch r.URL.Path {
 		case "/" + hashA + ".narinfo":
 			http.NotFound(w, r)
-		case "/nar/" + hashA + "-x.nar":
+		case "/nar/" + hashA + "-" + narHashA + ".nar":
 			io.Copy(w, strings.NewReader("nar bytes")) // goes through ReadFrom
 		case "/health":
 			w.Write([]byte("ok"))
@@ -95,7 +97,7 @@ func TestInstrumentCountsAndKeepsInterfaces(t *testing.T) {
 	}))
 	get(h, "/"+hashA+".narinfo", "127.0.0.1:1")
 	get(h, "/"+hashA+".narinfo", "127.0.0.1:1")
-	w := get(h, "/nar/"+hashA+"-x.nar", "10.0.0.2:1")
+	w := get(h, "/nar/"+hashA+"-"+narHashA+".nar", "10.0.0.2:1")
 	if w.Body.String() != "nar bytes" || w.Code != 200 {
 		t.Errorf("NAR through ReadFrom: %d %q", w.Code, w.Body)
 	}
@@ -133,7 +135,7 @@ func TestInstrumentAbortedTransfer(t *testing.T) {
 				t.Errorf("Instrument swallowed or changed the panic: %v", r)
 			}
 		}()
-		get(h, "/local/nar/"+hashA+"-x.nar", "10.0.0.2:5000")
+		get(h, "/local/nar/"+hashA+"-"+narHashA+".nar", "10.0.0.2:5000")
 	}()
 	if !strings.Contains(scrape(t, o), `peerix_requests_total{code="aborted",route="local-nar"} 1`) {
 		t.Error("aborted request not counted as aborted")
@@ -170,7 +172,7 @@ func (w *nopWriter) WriteHeader(int)             {}
 
 func TestObserveCache(t *testing.T) {
 	o := newTestOps(t, Options{})
-	lanURL := "nar/lan/192.168.1.20/12304/" + hashB + "-1b4sb93wp679q4zx9k1ignby1yna3z7c4c2ri3wphylbc2dwsys0.nar"
+	lanURL := "nar/lan/" + hashB + "-1b4sb93wp679q4zx9k1ignby1yna3z7c4c2ri3wphylbc2dwsys0.nar"
 	evs := []cache.Event{
 		{Route: cache.RouteLocalNarInfo, Hash: hashA, Status: 200},
 		{Route: cache.RouteLocalNarInfo, Hash: hashA, Status: 200},
@@ -178,7 +180,7 @@ func TestObserveCache(t *testing.T) {
 		{Route: cache.RouteLocalNarInfo, Hash: "bad", Status: 400},
 		{Route: cache.RouteRemoteNarInfo, Hash: hashB, Status: 200},
 		{Route: cache.RouteRemoteNarInfo, Hash: hashC, Status: 404},
-		{Route: cache.RouteLocalNAR, URL: "nar/" + hashA + "-xyz.nar", Status: 200, Bytes: 1000},
+		{Route: cache.RouteLocalNAR, URL: "nar/" + hashA + "-" + narHashA + ".nar", Status: 200, Bytes: 1000},
 		{Route: cache.RouteRemoteNAR, URL: lanURL, Status: 200, Bytes: 500},
 		{Route: cache.RouteRemoteNAR, URL: "nar/p2p/" + hashC + "-x.nar", Status: 404},
 		{Route: cache.RouteCacheInfo, Status: 200},
@@ -536,7 +538,7 @@ func TestSaveLoad(t *testing.T) {
 	dir := t.TempDir()
 	o := newTestOps(t, Options{StateDir: dir})
 	o.ObserveCache(cache.Event{Route: cache.RouteLocalNarInfo, Hash: hashA, Status: 200})
-	o.ObserveCache(cache.Event{Route: cache.RouteLocalNAR, URL: "nar/" + hashA + "-x.nar", Status: 200, Bytes: 77})
+	o.ObserveCache(cache.Event{Route: cache.RouteLocalNAR, URL: "nar/" + hashA + "-" + narHashA + ".nar", Status: 200, Bytes: 77})
 	o.FilterDecision("shared")
 	if err := o.Save(); err != nil {
 		t.Fatal(err)
@@ -654,7 +656,7 @@ func TestConcurrentUse(t *testing.T) {
 			for j := range 50 {
 				switch j % 5 {
 				case 0:
-					get(h, "/nar/"+hashA+"-x.nar", "10.0.0.1:1")
+					get(h, "/nar/"+hashA+"-"+narHashA+".nar", "10.0.0.1:1")
 				case 1:
 					o.ObserveCache(cache.Event{Route: cache.RouteLocalNarInfo, Hash: hashB, Status: 200})
 				case 2:

@@ -184,15 +184,14 @@ func narSource(url string) int {
 	return srcPeers
 }
 
-// hashOfNarURL finds the hash part in a NAR URL: its last segment starts
-// with it in every form peerix makes (nar/<hash>-<narhash>.nar,
-// nar/lan/.../<hash>-...). "" if not.
+// hashOfNarURL is the hash part a NAR URL names (store.NarRef), "" if
+// it names none.
 func hashOfNarURL(url string) string {
-	seg := url[strings.LastIndexByte(url, '/')+1:]
-	if len(seg) < store.HashLen || !store.ValidHash(seg[:store.HashLen]) {
+	ref, err := store.ParseNarURL(url)
+	if err != nil {
 		return ""
 	}
-	return seg[:store.HashLen]
+	return ref.Hash
 }
 
 // VerificationFailure counts a narinfo or NAR from a peer that the verifier

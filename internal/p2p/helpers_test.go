@@ -23,7 +23,6 @@ import (
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 	"github.com/nix-community/go-nix/pkg/nixhash"
 
-	"github.com/peerix/peerix/internal/nixstore"
 	"github.com/peerix/peerix/internal/store"
 )
 
@@ -119,7 +118,7 @@ func narInfoFor(hash, name string, sum []byte, size int64) *narinfo.NarInfo {
 	storePath := "/nix/store/" + hash + "-" + name
 	return &narinfo.NarInfo{
 		StorePath:   storePath,
-		URL:         nixstore.NarURL(storePath, &h.Hash),
+		URL:         store.NarRef{Hash: hash, NarHash: h.Format(nixhash.NixBase32, false)}.URL(),
 		Compression: "none",
 		FileHash:    h,
 		FileSize:    uint64(size),
@@ -189,10 +188,11 @@ func (m *memStore) NarInfo(ctx context.Context, hash string) (*narinfo.NarInfo, 
 }
 
 func (m *memStore) NAR(ctx context.Context, url string, offset int64) (*store.NAR, error) {
-	hash, narHash, err := nixstore.ParseNarURL(url)
+	ref, err := store.ParseNarURL(url)
 	if err != nil {
 		return nil, err
 	}
+	hash, narHash := ref.Hash, ref.NarHash
 	m.mu.Lock()
 	m.narReqs++
 	e := m.paths[hash].clone()

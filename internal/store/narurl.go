@@ -51,7 +51,7 @@ func ParseNarURL(u string) (NarRef, error) {
 		}
 	}
 	if !ok || len(rest) != HashLen+1+NarHashLen || rest[HashLen] != '-' ||
-		!ValidHash(rest[:HashLen]) || !ValidBase32(rest[HashLen+1:]) {
+		!ValidHash(rest[:HashLen]) || !ValidNarHash(rest[HashLen+1:]) {
 		return NarRef{}, fmt.Errorf("NAR URL %q: %w", u, ErrBadRequest)
 	}
 	r.Hash, r.NarHash = rest[:HashLen], rest[HashLen+1:]
@@ -68,4 +68,11 @@ func validSource(s string) bool {
 		}
 	}
 	return true
+}
+
+// ValidNarHash reports whether s is a SHA-256 in Nix base-32: 52
+// characters of the alphabet, the first of which holds only the top bit
+// (52 x 5 = 260 bits for 256), so it is 0 or 1.
+func ValidNarHash(s string) bool {
+	return len(s) == NarHashLen && ValidBase32(s) && (s[0] == '0' || s[0] == '1')
 }

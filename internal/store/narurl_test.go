@@ -45,6 +45,48 @@ func TestParseNarURL(t *testing.T) {
 		"nar//" + urlHash + "-" + urlNarHash + ".nar",                                // empty source
 		"/nar/" + urlHash + "-" + urlNarHash + ".nar",                                // absolute
 		"nar/" + strings.Repeat("a", 17) + "/" + urlHash + "-" + urlNarHash + ".nar", // source too long
+		"nar/" + urlHash + "-z" + urlNarHash[1:] + ".nar",                            // over 256 bits
+		// The local form (these cases were nixstore.ParseNarURL's):
+		"",
+		"nar/",
+		"nar/.nar",
+		"nar/" + urlHash + ".nar", // no NarHash
+		"nar/" + urlHash[1:] + "-" + urlNarHash + ".nar",                         // 31-char urlHash
+		"nar/" + urlHash + "0-" + urlNarHash + ".nar",                            // 33-char urlHash
+		"nar/" + urlHash + "-" + urlNarHash[1:] + ".nar",                         // 51-char NarHash
+		"nar/" + urlHash + "-" + urlNarHash + "0.nar",                            // 53-char NarHash
+		"nar/" + urlHash + "-sha256:" + urlNarHash[7:] + ".nar",                  // algorithm prefix
+		"nar/" + urlHash + "_" + urlNarHash + ".nar",                             // wrong separator
+		"nar/" + urlHash[:31] + "e-" + urlNarHash + ".nar",                       // 'e' is not base-32
+		"nar/" + urlHash[:31] + "o-" + urlNarHash + ".nar",                       // 'o'
+		"nar/" + urlHash[:31] + "u-" + urlNarHash + ".nar",                       // 'u'
+		"nar/" + urlHash[:31] + "t-" + urlNarHash + ".nar",                       // 't'
+		"nar/" + strings.ToUpper(urlHash) + "-" + urlNarHash + ".nar",            // upper case
+		"nar/" + urlHash + "-" + strings.ToUpper(urlNarHash) + ".nar",            // upper case
+		"nar/" + urlHash + "-" + urlNarHash[:51] + "e.nar",                       // 'e' in NarHash
+		"nar/" + urlHash + "-" + urlNarHash,                                      // no .nar
+		"nar/" + urlHash + "-" + urlNarHash + ".nar.xz",                          // compressed
+		"nar/" + urlHash + "-" + urlNarHash + ".narinfo",                         //
+		"nar/" + urlHash + "-" + urlNarHash + ".nar/",                            // trailing slash
+		"/nar/" + urlHash + "-" + urlNarHash + ".nar",                            // absolute
+		"nar//" + urlHash + "-" + urlNarHash + ".nar",                            // empty segment
+		"nar/../" + urlHash + "-" + urlNarHash + ".nar",                          // ..
+		"nar/" + urlHash + "-" + urlNarHash[:50] + "..nar",                       // .. inside
+		"nar/../../../../etc/passwd-" + urlNarHash[:43] + ".nar",                 // traversal, right length
+		"nar/" + urlHash[:31] + "\x00-" + urlNarHash + ".nar",                    // NUL
+		"nar/" + urlHash + "-" + urlNarHash[:51] + "\x00.nar",                    // NUL
+		"nar/" + urlHash + "-" + urlNarHash + ".nar\x00",                         // NUL after
+		"nar/" + urlHash[:31] + "/-" + urlNarHash + ".nar",                       // slash inside
+		"nar/" + urlHash[:31] + "\\-" + urlNarHash + ".nar",                      // backslash
+		"nar/" + urlHash[:30] + "%2f-" + urlNarHash[:51] + ".nar",                // percent-encoding
+		"nar/ " + urlHash[1:] + "-" + urlNarHash + ".nar",                        // space
+		"NAR/" + urlHash + "-" + urlNarHash + ".nar",                             // case of prefix
+		"nar/" + urlHash + "-" + urlNarHash + ".NAR",                             // case of suffix
+		"xnar/" + urlHash + "-" + urlNarHash + ".nar",                            //
+		"local/nar/" + urlHash + "-" + urlNarHash + ".nar",                       //
+		"nar/" + urlHash + "-" + urlNarHash + ".nar?x=1",                         // query
+		"nar/" + urlHash + "-" + urlNarHash[:50] + "\u00e9" + ".nar",             // non-ASCII, same byte length
+		"nar/" + urlHash + "-" + urlNarHash + ".nar" + strings.Repeat("x", 4096), // long
 	} {
 		if r, err := ParseNarURL(u); !errors.Is(err, ErrBadRequest) {
 			t.Errorf("ParseNarURL(%q) = %+v, %v; want ErrBadRequest", u, r, err)

@@ -83,7 +83,7 @@ type FilterOptions struct {
 	// MaxCacheEntries bounds the answers kept; 0 means 1 Mi.
 	MaxCacheEntries int
 	// HashOfURL tells which path a NAR URL of the wrapped store names; nil
-	// means HashFromURL.
+	// means the path of a store.NarRef.
 	HashOfURL func(url string) (string, error)
 
 	Log *slog.Logger
@@ -205,7 +205,7 @@ func NewFilter(opts FilterOptions) (*Filter, error) {
 		f.upstream = DefaultUpstream
 	}
 	if f.hashOfURL == nil {
-		f.hashOfURL = HashFromURL
+		f.hashOfURL = hashOfNarURL
 	}
 	if f.log == nil {
 		f.log = slog.New(slog.DiscardHandler)

@@ -608,17 +608,3 @@ func TestFilterStatsCount(t *testing.T) {
 		t.Errorf("stats %+v, want %+v", got, want)
 	}
 }
-
-func TestHashFromURL(t *testing.T) {
-	h := hashOf("x")
-	for _, u := range []string{"nar/" + h + "-abc.nar", "nar/lan/" + h + "-abc.nar", "nar/p2p/" + h + "-" + strings.Repeat("0", 52) + ".nar"} {
-		if got, err := HashFromURL(u); err != nil || got != h {
-			t.Errorf("%s: %q, %v", u, got, err)
-		}
-	}
-	for _, u := range []string{"", "nar/", "nar/" + h, "nar/" + h + "-", "nar/" + strings.Repeat("e", 32) + "-x.nar", h + "x"} {
-		if _, err := HashFromURL(u); !errors.Is(err, store.ErrBadRequest) {
-			t.Errorf("%q accepted", u)
-		}
-	}
-}

@@ -15,7 +15,6 @@ import (
 
 	"github.com/nix-community/go-nix/pkg/narinfo"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
-	"github.com/nix-community/go-nix/pkg/nixhash"
 
 	"github.com/peerix/peerix/internal/signing"
 	"github.com/peerix/peerix/internal/store"
@@ -116,28 +115,10 @@ func parseUpstreamNarInfo(body []byte, hash string) (ni *narinfo.NarInfo, err er
 	if err != nil {
 		return nil, err
 	}
-	if err := checkNarInfoFor(ni, hash); err != nil {
+	if err := store.CheckNarInfo(ni, hash); err != nil {
 		return nil, err
 	}
 	return ni, nil
-}
-
-// checkNarInfoFor checks that ni describes the store path with hash part
-// hash and has a sha256 NarHash and a NarSize.
-func checkNarInfoFor(ni *narinfo.NarInfo, hash string) error {
-	if ni == nil {
-		return errors.New("no narinfo")
-	}
-	if hashOfStorePath(ni.StorePath) != hash {
-		return fmt.Errorf("narinfo is for %q, not %s", ni.StorePath, hash)
-	}
-	if ni.NarHash == nil || ni.NarHash.Algo() != nixhash.SHA256 || len(ni.NarHash.Digest()) != 32 {
-		return fmt.Errorf("narinfo for %s lacks a sha256 NarHash", ni.StorePath)
-	}
-	if ni.NarSize == 0 {
-		return fmt.Errorf("narinfo for %s lacks a NarSize", ni.StorePath)
-	}
-	return nil
 }
 
 // hashOfStorePath returns the hash part of an absolute store path
@@ -170,20 +151,15 @@ func cutLast(s, sep string) (before, after string, found bool) {
 	return s, "", false
 }
 
-// HashFromURL returns the store hash part a NAR URL names, for URLs whose
-// last segment starts with "<hash>-": the local store's
-// nar/<hash>-<NarHash>.nar, the LAN store's nar/lan/<hash>-<NarHash>.nar and
-// the like. Anything else is an error wrapping store.ErrBadRequest. It is the
-// default of FilterOptions.HashOfURL and VerifierOptions.HashOfURL.
-func HashFromURL(u string) (string, error) {
-	_, last, found := cutLast(u, "/")
-	if !found {
-		last = u
+// hashOfNarURL is the store hash part a NAR URL names (store.NarRef);
+// anything else is an error wrapping store.ErrBadRequest. It is the
+// default of FilterOptions.HashOfURL.
+func hashOfNarURL(u string) (string, error) {
+	ref, err := store.ParseNarURL(u)
+	if err != nil {
+		return "", err
 	}
-	if len(last) < store.HashLen+2 || last[store.HashLen] != '-' || !store.ValidHash(last[:store.HashLen]) {
-		return "", fmt.Errorf("NAR URL %q names no store path: %w", u, store.ErrBadRequest)
-	}
-	return last[:store.HashLen], nil
+	return ref.Hash, nil
 }
 
 // memo remembers answers by key until they expire, runs at most one fetch
