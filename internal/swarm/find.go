@@ -281,7 +281,7 @@ func (f *Finder) Run(ctx context.Context, x *Found, holders <-chan Holder) {
 	defer x.decide()
 	sem := make(chan struct{}, f.opt.Parallel)
 	var wg sync.WaitGroup
-	ask := func(h Holder) bool {
+	ask := func(h Holder, timeout time.Duration) bool {
 		select {
 		case sem <- struct{}{}:
 		case <-ctx.Done():
@@ -296,7 +296,7 @@ func (f *Finder) Run(ctx context.Context, x *Found, holders <-chan Holder) {
 			release := sync.OnceFunc(func() { <-sem })
 			hedge := time.AfterFunc(f.opt.Hedge, release)
 			defer func() { hedge.Stop(); release() }()
-			f.query(ctx, x, h)
+			f.query(ctx, x, h, timeout)
 		}()
 		return true
 	}
@@ -324,7 +324,7 @@ loop:
 		case !f.rep.Available(h.ID()):
 			backedOff = append(backedOff, h)
 		default:
-			if !ask(h) {
+			if !ask(h, f.opt.QueryTimeout) {
 				break loop
 			}
 		}
@@ -334,9 +334,15 @@ loop:
 	none := x.ni == nil
 	x.mu.Unlock()
 	if none && ctx.Err() == nil {
-		// Last resort: the backed-off holders, best first.
+		// Last resort: the backed-off holders, best first, each given only
+		// two hedges to answer. One that recovered answers in time (a miss
+		// would cost Nix an hour); one that does not answer at all costs
+		// a miss no more than that.
 		for _, h := range f.rank(backedOff) {
-			if !ask(h) {
+			if f.rep.lied(h.ID()) {
+				continue
+			}
+			if !ask(h, 2*f.opt.Hedge) {
 				break
 			}
 		}
@@ -362,10 +368,11 @@ func (f *Finder) rank(hs []Holder) []Holder {
 	return out
 }
 
-// query asks one holder and records what it answered.
-func (f *Finder) query(ctx context.Context, x *Found, h Holder) {
+// query asks one holder, giving it timeout to answer, and records what it
+// answered.
+func (f *Finder) query(ctx context.Context, x *Found, h Holder, timeout time.Duration) {
 	id := h.ID()
-	qctx, cancel := context.WithTimeout(ctx, f.opt.QueryTimeout)
+	qctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	start := time.Now()
 	ni, err := h.NarInfo(qctx, x.hash)

@@ -226,6 +226,14 @@ func (r *Reputation) Available(p string) bool {
 	return pr == nil || !time.Now().Before(pr.backoffUntil)
 }
 
+// lied reports whether p is shunned for a lie.
+func (r *Reputation) lied(p string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	pr := r.peers[p]
+	return pr != nil && pr.lies > 0 && time.Now().Before(pr.backoffUntil)
+}
+
 // Proven reports whether p has delivered enough verified NARs, and never
 // lied, for its bytes of a large NAR to reach Nix before the whole NAR is
 // verified.

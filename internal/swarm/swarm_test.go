@@ -341,3 +341,24 @@ func TestProvenHolderStreams(t *testing.T) {
 		t.Fatalf("first MiB of a proven holder's NAR: %v", err)
 	}
 }
+
+// A holder that never answers costs the first lookup its QueryTimeout; it
+// is backed off, and later misses wait for it only two hedges.
+func TestSilentHolderCostsLittle(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := newContent(100, 8)
+		silent := honest("silent", c)
+		silent.delay = time.Hour
+		f := swarm.NewFinder(swarm.Options{QueryTimeout: time.Second, Hedge: 100 * time.Millisecond})
+		for i, want := range []time.Duration{time.Second, 200 * time.Millisecond} {
+			start := time.Now()
+			x := find(t, f, silent)
+			if _, err := x.NarInfo(t.Context()); !errors.Is(err, store.ErrNotFound) {
+				t.Fatalf("lookup %d: %v, want a miss", i, err)
+			}
+			if took := time.Since(start); took > want {
+				t.Errorf("lookup %d took %v, want at most %v", i, took, want)
+			}
+		}
+	})
+}
