@@ -115,7 +115,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 			}()
 		}
 	} else {
-		log.Warn("p2p mode without --tracker: no peers will be found or told about this one")
+		log.Info("no --tracker: peers beyond the LAN are neither found nor told about this one")
 	}
 	n.Store = NewStore(h, finder, cfg.Lookup, log)
 	if n.Index != nil {
