@@ -117,13 +117,15 @@ func (d *Discovery) Port() int { return d.port }
 // foreign datagram is dropped silently; nothing a packet holds can stop
 // the loop. Run returns when every goroutine it started has stopped.
 func (d *Discovery) Run(ctx context.Context) error {
+	// The table takes beacons before the first one can arrive: a
+	// neighbour answers our hello within a millisecond.
+	d.peers.start(ctx)
 	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { defer wg.Done(); d.peers.run(ctx) }()
-	go func() { defer wg.Done(); d.beacons(ctx) }()
+	wg.Go(func() { d.beacons(ctx) })
 	err := d.read(ctx)
 	d.conn.Close()
 	wg.Wait()
+	d.peers.wait()
 	return err
 }
 

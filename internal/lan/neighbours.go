@@ -31,7 +31,7 @@ type neighbours struct {
 	log    func(msg string, args ...any)
 
 	mu       sync.Mutex
-	ctx      context.Context // followers run under it; nil until run
+	ctx      context.Context // followers run under it; nil until start
 	summary  map[netip.Addr]*neighbour
 	original map[netip.Addr]time.Time
 	wg       sync.WaitGroup
@@ -49,14 +49,15 @@ func newNeighbours(client *http.Client, log func(string, ...any)) *neighbours {
 	return &neighbours{client: client, log: log, summary: map[netip.Addr]*neighbour{}, original: map[netip.Addr]time.Time{}}
 }
 
-// run lets followers run under ctx until it ends, then waits for them.
-func (n *neighbours) run(ctx context.Context) {
+// start lets followers run under ctx; before it, beacons are ignored.
+func (n *neighbours) start(ctx context.Context) {
 	n.mu.Lock()
+	defer n.mu.Unlock()
 	n.ctx = ctx
-	n.mu.Unlock()
-	<-ctx.Done()
-	n.wg.Wait()
 }
+
+// wait waits for the followers, once ctx has ended.
+func (n *neighbours) wait() { n.wg.Wait() }
 
 // beacon takes a summary peer's beacon: a new peer gets a follower of its
 // summary; a peer that says goodbye is forgotten at once.

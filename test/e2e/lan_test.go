@@ -318,12 +318,12 @@ func TestLANInterop(t *testing.T) {
 // TestLANGarbage throws malformed and hostile datagrams at peerix's UDP port
 // and hostile answers at its own requests: peerix must stay up and silent,
 // fetch nothing it was not entitled to, answer misses with 404, and then
-// still work.
+// still work, from an honest peer Y (X, caught lying, stays shunned).
 func TestLANGarbage(t *testing.T) {
 	fx := fixtures(t)
 	requireNetns(t)
 	t.Parallel()
-	lan := newLAN(t, "P", "X")
+	lan := newLAN(t, "P", "X", "Y")
 	P, X := lan.host("P"), lan.host("X")
 	// X is a hostile peer on UDP and TCP 12304 that holds nothing and, until
 	// told otherwise, answers nothing; every HTTP request it gets is recorded.
@@ -433,9 +433,13 @@ func TestLANGarbage(t *testing.T) {
 		return fmt.Sprintf("StorePath: %s\nURL: %s\nCompression: %s\nNarHash: %s\nNarSize: %d\nReferences: \nSig: %s\n",
 			fakePath(h), url, compression, baitFacts.narHash, baitFacts.narSize, bad.key.sign(fakePath(h), baitFacts))
 	}
+	// Each well-formed answer names a port of its own, so that each case
+	// is a holder of its own: peerix shuns a holder caught lying, and the
+	// cases run at once.
 	respond := func(path string) func(uint32, string) [][]byte {
+		port := bad.anotherPort(t)
 		return func(id uint32, h string) [][]byte {
-			return [][]byte{wireResponse(id, lanPort, strings.ReplaceAll(path, "HASH", h))}
+			return [][]byte{wireResponse(id, port, strings.ReplaceAll(path, "HASH", h))}
 		}
 	}
 	cases := []hostile{
@@ -546,15 +550,16 @@ func TestLANGarbage(t *testing.T) {
 		}
 	}
 
-	// Still up, still answering, and its own lookups still work: X now
-	// answers honestly for a path it really holds.
+	// Still up, still answering, and its own lookups still work: an honest
+	// old peer Y holds a path and serves it (X, caught lying above, stays
+	// shunned).
 	dp.healthy(t, X)
 	checkAnswers(t, "request after the garbage", askLAN(t, probe, bcast, held, 600*time.Millisecond), held, P)
-	bad.mu.Lock()
-	bad.onRequest = nil
-	bad.mu.Unlock()
 	single := fx.byName["single-exec"]
-	bad.hold(t, fx.src, single, fx.facts[single])
+	good := startOldPeer(t, lan, lan.host("Y"))
+	good.key = bad.key // the key P trusts
+	good.hold(t, fx.src, single, fx.facts[single])
+	good.introduce(t, dp)
 	resp, body := clientGet(t, dp.client, http.MethodGet, dp.url+"/"+hashPart(single)+".narinfo")
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("after the garbage: GET /%s.narinfo from P's loopback (X holds it): %s\n%s", hashPart(single), resp.Status, body)

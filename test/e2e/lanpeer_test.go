@@ -248,6 +248,19 @@ func startOldPeer(t *testing.T, lan *lanNet, h *nsHost) *oldPeer {
 	return p
 }
 
+// anotherPort makes the old peer serve its HTTP side on one more port too,
+// and returns it: a hostile peer that names another port in each answer
+// is another holder each time to peerix (which shuns a holder, ip:port,
+// once caught lying).
+func (p *oldPeer) anotherPort(t *testing.T) uint32 {
+	t.Helper()
+	ln := p.host.listenTCP(t, "0.0.0.0:0")
+	srv := &http.Server{Handler: http.HandlerFunc(p.serveHTTP), ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return uint32(ln.Addr().(*net.TCPAddr).Port)
+}
+
 // hold makes the old peer hold path: its NAR is dumped from the store src
 // into a file, its narinfo rendered from what `nix-store -q` said of it and
 // signed with the peer's key.
