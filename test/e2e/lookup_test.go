@@ -51,7 +51,7 @@ type lookupWorld struct {
 // directory, signed with secretKey, uncompressed, at priority 40: Nix asks
 // a cache with no Priority line first of all, so peerix (30) would never be
 // asked (see the notes on testing with Nix).
-func staticCache(t *testing.T, dir, secretKey string, paths ...string) {
+func staticCache(t testing.TB, dir, secretKey string, paths ...string) {
 	t.Helper()
 	if r := nix3(t, append([]string{"copy", "--to", "file://" + dir + "?compression=none&secret-key=" + secretKey}, paths...)...); r.err != nil {
 		t.Fatalf("filling the static cache:\n%v", r)
@@ -67,7 +67,7 @@ func staticCache(t *testing.T, dir, secretKey string, paths ...string) {
 	}
 }
 
-func newLookupWorld(t *testing.T, extra ...string) *lookupWorld {
+func newLookupWorld(t testing.TB, extra ...string) *lookupWorld {
 	t.Helper()
 	nfx := nixtest.Shared(t)
 	w := &lookupWorld{root: nfx.Wide}
@@ -100,7 +100,7 @@ func newLookupWorld(t *testing.T, extra ...string) *lookupWorld {
 
 // daemonB starts peerix on B as a user would run it: in front of the
 // upstream, trusting the upstream's key.
-func (w *lookupWorld) daemonB(t *testing.T) *peerixProc {
+func (w *lookupWorld) daemonB(t testing.TB) *peerixProc {
 	t.Helper()
 	return startPeerix(t, lanDaemon(t, w.B, initStore(t, "b-unused"),
 		"--upstream", w.upstream, "--trusted-public-key", w.upKey))
@@ -109,39 +109,53 @@ func (w *lookupWorld) daemonB(t *testing.T) *peerixProc {
 // realise has the real Nix on B realise the closure into a fresh store,
 // through substituters (in Nix's order: priority), and returns how long it
 // took. Every path must arrive byte-exact.
-func (w *lookupWorld) realise(t *testing.T, what string, substituters ...string) time.Duration {
+func (w *lookupWorld) realise(t testing.TB, what string, substituters ...string) time.Duration {
+	t.Helper()
+	return realiseOn(t, w.B, what, w.upKey, w.narHashes, []string{w.root}, substituters...)
+}
+
+// realiseOn has the real Nix on host h realise roots (with their closures)
+// into a fresh store through substituters (in Nix's order: priority),
+// signatures by key required, and returns how long Nix took. Every path
+// must arrive byte-exact: recorded with its NarHash in want (as
+// closureNarHashes gives them), and its files on disk matching it.
+func realiseOn(t testing.TB, h *nsHost, what, key string, want map[string]string, roots []string, substituters ...string) time.Duration {
 	t.Helper()
 	store := initStore(t, "b-store")
+	args := append([]string{"--store", store, "-r"}, roots...)
 	start := time.Now()
-	r := w.B.nixWithin(t, 5*time.Minute, "nix-store", "--store", store, "-r", w.root,
+	r := h.nixWithin(t, 5*time.Minute, "nix-store", append(args,
 		"--option", "substituters", strings.Join(substituters, " "),
-		"--option", "trusted-public-keys", w.upKey,
+		"--option", "trusted-public-keys", key,
 		"--option", "require-sigs", "true",
-		"--option", "narinfo-cache-negative-ttl", "0")
+		"--option", "narinfo-cache-negative-ttl", "0")...)
 	took := time.Since(start)
 	if r.err != nil {
-		t.Fatalf("%s: Nix on B could not realise the closure:\n%v", what, r)
+		t.Fatalf("%s: Nix on %s could not realise %v:\n%v", what, h.label, roots, r)
 	}
 	// Every path recorded with the original's NarHash, and its files on
 	// disk matching it.
-	got := closureNarHashes(t, store, w.root)
-	for _, p := range w.closure {
-		if got[p] != w.narHashes[p] {
-			t.Fatalf("%s: %s in B's store has NarHash %q, the original %q", what, p, got[p], w.narHashes[p])
+	got := closureNarHashes(t, store, roots...)
+	if len(got) != len(want) {
+		t.Fatalf("%s: %d paths in %s's store, want %d", what, len(got), h.label, len(want))
+	}
+	for p, nh := range want {
+		if got[p] != nh {
+			t.Fatalf("%s: %s in %s's store has NarHash %q, the original %q", what, p, h.label, got[p], nh)
 		}
 	}
-	if r := nix3(t, "store", "verify", "--store", store, "--no-trust", "-r", w.root); r.err != nil {
-		t.Fatalf("%s: the closure in B's store does not verify:\n%v", what, r)
+	if r := nix3(t, append([]string{"store", "verify", "--store", store, "--no-trust", "-r"}, roots...)...); r.err != nil {
+		t.Fatalf("%s: the paths in %s's store do not verify:\n%v", what, h.label, r)
 	}
-	t.Logf("%s: Nix on B realised the %d-path closure in %v", what, len(w.closure), took.Round(time.Millisecond))
+	t.Logf("%s: Nix on %s realised %d paths in %v", what, h.label, len(want), took.Round(time.Millisecond))
 	return took
 }
 
-// closureNarHashes returns the NarHash of every path in root's closure
-// in store, as `nix path-info --json` writes them.
-func closureNarHashes(t *testing.T, store, root string) map[string]string {
+// closureNarHashes returns the NarHash of every path in the closure of
+// roots in store, as `nix path-info --json` writes them.
+func closureNarHashes(t testing.TB, store string, roots ...string) map[string]string {
 	t.Helper()
-	out := nixtest.Must(t, "nix", "path-info", "--store", store, "--json", "-r", root)
+	out := nixtest.Must(t, "nix", append([]string{"path-info", "--store", store, "--json", "-r"}, roots...)...)
 	var infos []struct {
 		Path    string `json:"path"`
 		NarHash string `json:"narHash"`
@@ -159,7 +173,7 @@ func closureNarHashes(t *testing.T, store, root string) map[string]string {
 // upstreamRequests counts Nix's requests in nginx's access log so far
 // (peerix's own, to verify narinfos, are not counted) whose path matches
 // kind (".narinfo", "/nar/").
-func (w *lookupWorld) upstreamRequests(t *testing.T, kind string) int {
+func (w *lookupWorld) upstreamRequests(t testing.TB, kind string) int {
 	t.Helper()
 	b, err := os.ReadFile(w.accessLog)
 	if err != nil {
@@ -177,7 +191,7 @@ func (w *lookupWorld) upstreamRequests(t *testing.T, kind string) int {
 // fillA puts the closure into A's store, as if A had built it, and waits
 // until B's peerix finds its root on A (A publishes the new paths in one
 // generation of its summary, once its filter let each out).
-func (w *lookupWorld) fillA(t *testing.T, dB *peerixProc) {
+func (w *lookupWorld) fillA(t testing.TB, dB *peerixProc) {
 	t.Helper()
 	w.signAsUpstream(t, w.closure...)
 	if err := nixtest.Copy(t.Context(), w.aStore, w.root); err != nil {
@@ -200,7 +214,7 @@ func (w *lookupWorld) fillA(t *testing.T, dB *peerixProc) {
 // store, before they are copied to A), as they would carry it had A
 // substituted them from the upstream: peers verify them by signature,
 // without asking the upstream.
-func (w *lookupWorld) signAsUpstream(t *testing.T, paths ...string) {
+func (w *lookupWorld) signAsUpstream(t testing.TB, paths ...string) {
 	t.Helper()
 	if err := nixtest.Sign(t.Context(), "auto", nixtest.Key{SecretFile: w.upstreamSK}, paths...); err != nil {
 		t.Fatal(err)
@@ -363,7 +377,7 @@ type fakePeer struct {
 	mu             sync.Mutex
 }
 
-func startFakePeer(t *testing.T, h *nsHost) *fakePeer {
+func startFakePeer(t testing.TB, h *nsHost) *fakePeer {
 	t.Helper()
 	p := &fakePeer{host: h}
 	ln := h.listenTCP(t, "0.0.0.0:0")
@@ -474,7 +488,7 @@ func (p *fakePeer) serveHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // waitKnown waits until d follows the fake peer's summary.
-func (p *fakePeer) waitKnown(t *testing.T, d *peerixProc) {
+func (p *fakePeer) waitKnown(t testing.TB, d *peerixProc) {
 	t.Helper()
 	want := "LAN peer speaks summaries"
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {

@@ -46,7 +46,7 @@ func runCmd(cmd *exec.Cmd, what, tool string, args []string) nixResult {
 }
 
 // runNix runs a Nix tool to completion within nixTimeout.
-func runNix(t *testing.T, tool string, args ...string) nixResult {
+func runNix(t testing.TB, tool string, args ...string) nixResult {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), nixTimeout)
 	defer cancel()
@@ -54,7 +54,7 @@ func runNix(t *testing.T, tool string, args ...string) nixResult {
 }
 
 // mustNix runs a Nix tool and fails the test if it fails.
-func mustNix(t *testing.T, tool string, args ...string) []byte {
+func mustNix(t testing.TB, tool string, args ...string) []byte {
 	t.Helper()
 	r := runNix(t, tool, args...)
 	if r.err != nil {
@@ -64,7 +64,7 @@ func mustNix(t *testing.T, tool string, args ...string) []byte {
 }
 
 // nix3 runs the new `nix` CLI (nixtest's nix.conf enables nix-command).
-func nix3(t *testing.T, args ...string) nixResult {
+func nix3(t testing.TB, args ...string) nixResult {
 	t.Helper()
 	return runNix(t, "nix", args...)
 }
