@@ -147,7 +147,7 @@ func realiseOn(t testing.TB, h *nsHost, what, key string, want map[string]string
 	if r := nix3(t, append([]string{"store", "verify", "--store", store, "--no-trust", "-r"}, roots...)...); r.err != nil {
 		t.Fatalf("%s: the paths in %s's store do not verify:\n%v", what, h.label, r)
 	}
-	t.Logf("%s: Nix on %s realised %d paths in %v", what, h.label, len(want), took.Round(time.Millisecond))
+	t.Logf("%s: Nix on %s realised %d paths in %v (Nix's CPU time %v)", what, h.label, len(want), took.Round(time.Millisecond), r.cpu.Round(time.Millisecond))
 	return took
 }
 
@@ -372,6 +372,9 @@ type fakePeer struct {
 	nar func(http.ResponseWriter, *http.Request)
 	// answerBroadcasts: answer every original-format request at once.
 	answerBroadcasts bool
+	// quiet: as if it were not there (no beacons, no answers; HTTP
+	// requests get 404), until cleared.
+	quiet atomic.Bool
 
 	narInfos, nars atomic.Int64
 	mu             sync.Mutex
@@ -393,7 +396,9 @@ func startFakePeer(t testing.TB, h *nsHost) *fakePeer {
 		tick := time.NewTicker(time.Second)
 		defer tick.Stop()
 		for {
-			p.beacon(netip.AddrPortFrom(lanBroadcast(h), lanPort))
+			if !p.quiet.Load() {
+				p.beacon(netip.AddrPortFrom(lanBroadcast(h), lanPort))
+			}
 			select {
 			case <-ctx.Done():
 				return
@@ -431,6 +436,7 @@ func (p *fakePeer) serveUDP() {
 		}
 		b := buf[:n]
 		switch {
+		case p.quiet.Load(): // not there
 		case n == 21 && b[0] == 0x02 && b[20]&0x01 != 0: // a hello: beacon back
 			p.beacon(from)
 		case n == 37 && b[0] == 0x00 && p.answerBroadcasts:
@@ -448,6 +454,8 @@ func (p *fakePeer) serveUDP() {
 
 func (p *fakePeer) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	switch path := r.URL.Path; {
+	case p.quiet.Load():
+		http.NotFound(w, r)
 	case path == "/local/summary":
 		// A whole filter of 64 bits, all set: "I may hold everything". A
 		// poll for a newer generation waits (and never gets one).
@@ -490,16 +498,23 @@ func (p *fakePeer) serveHTTP(w http.ResponseWriter, r *http.Request) {
 // waitKnown waits until d follows the fake peer's summary.
 func (p *fakePeer) waitKnown(t testing.TB, d *peerixProc) {
 	t.Helper()
+	waitFollows(t, d, p.host)
+}
+
+// waitFollows waits until the LAN daemon d follows the summary of the
+// peer on host h (it logs so when it hears the peer's first beacon).
+func waitFollows(t testing.TB, d *peerixProc, h *nsHost) {
+	t.Helper()
 	want := "LAN peer speaks summaries"
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		sc := bufio.NewScanner(strings.NewReader(d.log.String()))
 		for sc.Scan() {
-			if strings.Contains(sc.Text(), want) && strings.Contains(sc.Text(), p.host.addr.String()) {
+			if strings.Contains(sc.Text(), want) && strings.Contains(sc.Text(), h.addr.String()) {
 				return
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s never followed the fake peer on %s", d.label, p.host.label)
+			t.Fatalf("%s never followed the peer on %s", d.label, h.label)
 		}
 	}
 }

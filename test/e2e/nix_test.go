@@ -27,6 +27,8 @@ const nixTimeout = 5 * time.Minute
 type nixResult struct {
 	stdout, stderr []byte
 	err            error
+	// cpu is the CPU time (user and system) the process used.
+	cpu time.Duration
 }
 
 func (r nixResult) String() string {
@@ -42,7 +44,11 @@ func runCmd(cmd *exec.Cmd, what, tool string, args []string) nixResult {
 	if err != nil {
 		err = fmt.Errorf("%s%s %s: %w", what, tool, strings.Join(args, " "), err)
 	}
-	return nixResult{stdout.Bytes(), stderr.Bytes(), err}
+	var cpu time.Duration
+	if ps := cmd.ProcessState; ps != nil {
+		cpu = ps.UserTime() + ps.SystemTime()
+	}
+	return nixResult{stdout.Bytes(), stderr.Bytes(), err, cpu}
 }
 
 // runNix runs a Nix tool to completion within nixTimeout.
