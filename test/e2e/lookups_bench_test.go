@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -83,12 +84,33 @@ func BenchmarkLookups(b *testing.B) {
 	}
 
 	b.Run("peers-hold-nothing", func(b *testing.B) {
-		px, up := interleave(rounds,
+		// A third arm: what any substituter in front costs Nix. An nginx
+		// on B serving an empty cache at peerix's priority answers every
+		// narinfo 404 at once, as peerix does here.
+		empty := b.TempDir()
+		if err := os.WriteFile(filepath.Join(empty, "nix-cache-info"), []byte("StoreDir: /nix/store\nPriority: 30\n"), 0o644); err != nil {
+			b.Fatal(err)
+		}
+		null, nullLog := startUpstream(b, w.B, empty)
+		nullRequests := func() int {
+			b, _ := os.ReadFile(nullLog)
+			return strings.Count(string(b), ".narinfo")
+		}
+		arms := interleaveN(rounds,
 			func(i int) time.Duration {
 				return throughPeerix(b, fmt.Sprintf("round %d, peerix in front, peers hold nothing", i))
 			},
-			func(i int) time.Duration { return upstreamAlone(b, fmt.Sprintf("round %d, upstream alone", i)) })
+			func(i int) time.Duration { return upstreamAlone(b, fmt.Sprintf("round %d, upstream alone", i)) },
+			func(i int) time.Duration {
+				n := nullRequests()
+				took := w.realise(b, fmt.Sprintf("round %d, an empty cache (nginx on B) in front", i), null, w.upstream)
+				b.Logf("  the empty cache got %d narinfo requests", nullRequests()-n)
+				return took
+			})
+		px, up, nl := arms[0], arms[1], arms[2]
 		reportPair(b, "peerix", px, "upstream", up, 1.10)
+		reportPair(b, "empty-cache", nl, "upstream", up, 0)
+		reportPair(b, "peerix", px, "empty-cache", nl, 0)
 	})
 
 	filled := false
@@ -303,16 +325,21 @@ func stopProc(t testing.TB, p *peerixProc) {
 // interleave runs rounds pairs of x and y, x first in even rounds and y
 // first in odd ones, and returns their durations.
 func interleave(rounds int, x, y func(round int) time.Duration) (xs, ys []time.Duration) {
+	d := interleaveN(rounds, x, y)
+	return d[0], d[1]
+}
+
+// interleaveN runs each of arms once a round, for rounds rounds, starting
+// each round with the next arm, and returns their durations by arm.
+func interleaveN(rounds int, arms ...func(round int) time.Duration) [][]time.Duration {
+	out := make([][]time.Duration, len(arms))
 	for i := range rounds {
-		if i%2 == 0 {
-			xs = append(xs, x(i))
-			ys = append(ys, y(i))
-		} else {
-			ys = append(ys, y(i))
-			xs = append(xs, x(i))
+		for k := range arms {
+			a := (i + k) % len(arms)
+			out[a] = append(out[a], arms[a](i))
 		}
 	}
-	return xs, ys
+	return out
 }
 
 func median(ds []time.Duration) time.Duration {
@@ -380,6 +407,13 @@ func logHandlerTime(b *testing.B, d *peerixProc, realise, cpuA, cpuB time.Durati
 			time.Duration(sum*float64(time.Second)).Round(time.Millisecond),
 			time.Duration(sum/count*float64(time.Second)).Round(time.Microsecond)))
 	}
+	// How the narinfo answers' times spread (cumulative histogram buckets).
+	var spread []string
+	for _, le := range []string{"0.001", "0.005", "0.01", "0.05", "0.1", "0.25"} {
+		n := metricValue(string(body), `peerix_request_duration_seconds_bucket{route="remote-narinfo",le="`+le+`"}`)
+		spread = append(spread, fmt.Sprintf("<=%ss: %.0f", le, n))
+	}
+	parts = append(parts, "narinfo answers "+strings.Join(spread, " "))
 	hits := metricValue(string(body), `peerix_cache_hits_total{source="peers"}`)
 	misses := metricValue(string(body), `peerix_cache_misses_total{source="peers"}`)
 	b.Logf("  B's peerix handlers (realise took %v): %s; narinfo hits %.0f, misses %.0f; CPU time of B's peerix %v, of A's %v",
