@@ -45,6 +45,10 @@ type lookupWorld struct {
 	daemonA    *peerixProc
 	cacheDir   string
 	upstreamSK string
+	// nixDefaults: Nix on B keeps its default narinfo-cache-negative-ttl
+	// (an hour: a miss is asked once per invocation) instead of 0 (asked
+	// again each time Nix wants it), as a user's Nix does.
+	nixDefaults bool
 }
 
 // staticCache makes a binary cache of paths (with their closures) in a
@@ -111,24 +115,32 @@ func (w *lookupWorld) daemonB(t testing.TB) *peerixProc {
 // took. Every path must arrive byte-exact.
 func (w *lookupWorld) realise(t testing.TB, what string, substituters ...string) time.Duration {
 	t.Helper()
-	return realiseOn(t, w.B, what, w.upKey, w.narHashes, []string{w.root}, substituters...)
+	var opts []string
+	if !w.nixDefaults {
+		opts = []string{"narinfo-cache-negative-ttl", "0"}
+	}
+	return realiseOn(t, w.B, what, w.upKey, w.narHashes, []string{w.root}, substituters, opts...)
 }
 
 // realiseOn has the real Nix on host h realise roots (with their closures)
 // into a fresh store through substituters (in Nix's order: priority),
-// signatures by key required, and returns how long Nix took. Every path
-// must arrive byte-exact: recorded with its NarHash in want (as
-// closureNarHashes gives them), and its files on disk matching it.
-func realiseOn(t testing.TB, h *nsHost, what, key string, want map[string]string, roots []string, substituters ...string) time.Duration {
+// signatures by key required, and returns how long Nix took. nixOptions
+// are more settings, as name and value. Every path must arrive byte-exact:
+// recorded with its NarHash in want (as closureNarHashes gives them), and
+// its files on disk matching it.
+func realiseOn(t testing.TB, h *nsHost, what, key string, want map[string]string, roots, substituters []string, nixOptions ...string) time.Duration {
 	t.Helper()
 	store := initStore(t, "b-store")
 	args := append([]string{"--store", store, "-r"}, roots...)
-	start := time.Now()
-	r := h.nixWithin(t, 5*time.Minute, "nix-store", append(args,
+	args = append(args,
 		"--option", "substituters", strings.Join(substituters, " "),
 		"--option", "trusted-public-keys", key,
-		"--option", "require-sigs", "true",
-		"--option", "narinfo-cache-negative-ttl", "0")...)
+		"--option", "require-sigs", "true")
+	for i := 0; i+1 < len(nixOptions); i += 2 {
+		args = append(args, "--option", nixOptions[i], nixOptions[i+1])
+	}
+	start := time.Now()
+	r := h.nixWithin(t, 5*time.Minute, "nix-store", args...)
 	took := time.Since(start)
 	if r.err != nil {
 		t.Fatalf("%s: Nix on %s could not realise %v:\n%v", what, h.label, roots, r)

@@ -172,7 +172,7 @@ func TestP2PLyingPeer(t *testing.T) {
 
 	// Without the liar: the baseline.
 	dB := daemonB("B (A alone)")
-	without := realiseOn(t, B, "A alone", upKey, want, []string{root}, dB.url)
+	without := realiseOn(t, B, "A alone", upKey, want, []string{root}, []string{dB.url})
 	stopDaemon(t, dB)
 
 	dl := p2pOnly(t, L, "L (liar)", tr.hostURL, lStore)
@@ -183,7 +183,7 @@ func TestP2PLyingPeer(t *testing.T) {
 		// A fresh B: nothing known about A or L.
 		d := daemonB("B (A and L)")
 		defer stopDaemon(t, d)
-		with := realiseOn(t, B, "A and the liar L", upKey, want, []string{root}, d.url)
+		with := realiseOn(t, B, "A and the liar L", upKey, want, []string{root}, []string{d.url})
 		t.Logf("realise through B's peerix: %v with the liar, %v without it (%+v)",
 			with.Round(time.Millisecond), without.Round(time.Millisecond), (with - without).Round(time.Millisecond))
 		for _, l := range d.logLines(20, "peer lied") {
@@ -208,7 +208,7 @@ func TestP2PLyingPeer(t *testing.T) {
 
 		// Caught, L is asked for nothing more: B's Nix substitutes paths
 		// that L holds honestly, and B's record of L does not move.
-		realiseOn(t, B, "paths L holds honestly, after it was caught", upKey, wantLater, later, d.url)
+		realiseOn(t, B, "paths L holds honestly, after it was caught", upKey, wantLater, later, []string{d.url})
 		after, ra2 := reputationOf(t, d, dl.peerID), reputationOf(t, d, da.peerID)
 		if after == nil || after.Successes != rl.Successes || after.Failures != rl.Failures || after.Lies != rl.Lies {
 			t.Errorf("B asked L again after catching it: its record went from %+v to %+v", rl, after)
