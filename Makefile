@@ -1,4 +1,4 @@
-.PHONY: run test bench bench-net lint build
+.PHONY: run test bench bench-net bench-lookups lint build
 
 build:
 	go build -o bin/peerix ./cmd/peerix
@@ -17,6 +17,12 @@ bench:
 # Between simulated hosts (network namespaces; root): LAN, and P2P across NAT.
 bench-net:
 	go test ./test/e2e -run '^$$' -bench 'BenchmarkLAN|BenchmarkP2P' -benchtime 3x -timeout 30m
+
+# Nix realising a 202-path closure through peerix on a simulated LAN with an
+# upstream cache (root, nginx; docs/benchmarks.md, "Lookups"). The e2e lock
+# keeps it from sharing the machine with other network-namespace runs.
+bench-lookups:
+	CI=true NIX_REMOTE=local flock /tmp/peerix-e2e.lock go test ./test/e2e -run '^$$' -bench BenchmarkLookups -benchtime 1x -timeout 60m -v
 
 # staticcheck pinned by module version: the module proxy refuses release
 # names such as @2025.1.1. v0.8.2 is release 2026.2.2, made for Go 1.26.

@@ -96,6 +96,7 @@ func (d *Daemon) peers() []ops.PeerInfo {
 			Reputation: &ops.Reputation{
 				Successes: r.Successes, Failures: r.Failures, SuccessRate: r.SuccessRate,
 				LatencyMs: r.LatencyMs, BackoffUntil: r.BackoffEnds, LastFailure: r.LastFailure,
+				Lies: r.Lies,
 			},
 		})
 	}

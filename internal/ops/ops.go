@@ -106,7 +106,7 @@ type PeerInfo struct {
 }
 
 // Reputation is what recent history says about a peer; the field names
-// match p2p.PeerReputation.
+// match swarm.PeerReputation.
 type Reputation struct {
 	Successes    int       `json:"successes"`
 	Failures     int       `json:"failures"`
@@ -114,6 +114,7 @@ type Reputation struct {
 	LatencyMs    float64   `json:"latency_ms"`   // 0: never measured
 	BackoffUntil time.Time `json:"backoff_until,omitzero"`
 	LastFailure  string    `json:"last_failure,omitempty"`
+	Lies         int       `json:"lies"` // times the peer was caught lying (a narinfo or a NAR)
 }
 
 // StoreInfo describes the local store. Counts are -1 when unknown.

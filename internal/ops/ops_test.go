@@ -365,7 +365,7 @@ func testStatusAndPeers(t *testing.T) {
 		Tracker:   "https://tracker.example",
 		Peers: func() []PeerInfo {
 			return []PeerInfo{
-				{ID: "12D3KooWzzz", Source: "p2p", Reputation: &Reputation{SuccessRate: 0.25, BackoffUntil: backoff}},
+				{ID: "12D3KooWzzz", Source: "p2p", Reputation: &Reputation{SuccessRate: 0.25, BackoffUntil: backoff, Lies: 2}},
 				{ID: "192.168.1.20:12304", Source: "lan", Connected: true, Addrs: []string{"192.168.1.20:12304"}},
 				{ID: "12D3KooWaaa", Source: "p2p", Connected: true, Relayed: true},
 			}
@@ -423,7 +423,8 @@ func testStatusAndPeers(t *testing.T) {
 	if fmt.Sprint(order) != "[192.168.1.20:12304 12D3KooWaaa 12D3KooWzzz]" {
 		t.Errorf("peers in order %v; want connected first, then by source and ID", order)
 	}
-	if !strings.Contains(w.Body.String(), `"backoff_until": "2026-03-01T12:05:00Z"`) || !strings.Contains(w.Body.String(), `"addrs": []`) {
+	if !strings.Contains(w.Body.String(), `"backoff_until": "2026-03-01T12:05:00Z"`) || !strings.Contains(w.Body.String(), `"addrs": []`) ||
+		!strings.Contains(w.Body.String(), `"lies": 2`) {
 		t.Errorf("/api/peers JSON:\n%s", w.Body)
 	}
 	text := scrape(t, o)

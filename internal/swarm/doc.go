@@ -8,7 +8,8 @@
 //     order, and chooses among their answers by trust, not by speed: a
 //     narinfo is taken only once Accept (the verifier) vouches for it; a
 //     holder whose narinfo contradicts what is trusted is caught lying and
-//     counted against, and the next one is asked. Callers are released by
+//     counted against (also when it answers after another holder's
+//     narinfo was accepted), and the next one is asked. Callers are released by
 //     the first accepted narinfo; holders that confirm the same NarHash
 //     later become spares for the transfer.
 //   - OpenNAR assembles the NAR in a spool (memory for small NARs, an

@@ -391,10 +391,20 @@ func (f *Finder) query(ctx context.Context, x *Found, h Holder, timeout time.Dur
 	winner := x.ni
 	x.mu.Unlock()
 	if winner != nil {
-		// A spare: the same NAR confirms; another NarHash (a build that is
-		// not reproducible) is honest but no use for this transfer.
+		// A spare: the same NAR confirms. Another NarHash is judged as a
+		// first answer would be: one that contradicts what is trusted is
+		// a lie, whether it came first or not; one the verifier vouches
+		// for (a build that is not reproducible, signed by a trusted key)
+		// is honest but no use for this transfer.
+		same := sameNarHash(ni, winner)
+		if !same {
+			if _, err := f.opt.Accept(qctx, x.hash, ni); errors.Is(err, ErrLie) {
+				f.failed(ctx, id, x, err, "narinfo")
+				return
+			}
+		}
 		f.rep.Success(id, latency)
-		if sameNarHash(ni, winner) {
+		if same {
 			x.mu.Lock()
 			x.cands = append(x.cands, candidate{h, ni})
 			x.mu.Unlock()

@@ -201,6 +201,38 @@ func TestLyingNarInfoDoesNotWin(t *testing.T) {
 	}
 }
 
+// A liar that answers after an honest holder's narinfo was accepted is
+// caught all the same: lying second must not keep a clean record (nor earn
+// a success).
+func TestLyingSpareIsCaught(t *testing.T) {
+	good := newContent(1000, 1)
+	bad := newContent(1000, 2)
+	liar := honest("liar", bad)
+	liar.delay = 20 * time.Millisecond
+	other := honest("other", newContent(1000, 3)) // another NarHash, vouched for: honest
+	other.delay = 20 * time.Millisecond
+	first := honest("honest", good)
+	rep := swarm.NewReputation()
+	accept := func(ctx context.Context, hash string, ni *narinfo.NarInfo) (*narinfo.NarInfo, error) {
+		if ni.NarHash.Format(nixhash.NixBase32, false) == other.c.narHash() {
+			return ni, nil // say, signed by a trusted key: a build that is not reproducible
+		}
+		return acceptNarHash(good.narHash())(ctx, hash, ni)
+	}
+	f := swarm.NewFinder(swarm.Options{Accept: accept, Rep: rep})
+	x := find(t, f, first, liar, other)
+	ni, err := x.NarInfo(t.Context())
+	if err != nil || ni.NarHash.Format(nixhash.NixBase32, false) != good.narHash() {
+		t.Fatalf("NarInfo: %v, %v; want the first honest answer", ni, err)
+	}
+	if r, _ := rep.Get("liar"); r.Lies != 1 || r.Successes != 0 || rep.Available("liar") {
+		t.Errorf("the record of a liar that answered second: %+v, available %v; want one lie, no success, a backoff", r, rep.Available("liar"))
+	}
+	if r, _ := rep.Get("other"); r.Lies != 0 || r.Successes != 1 || !rep.Available("other") {
+		t.Errorf("the record of an honest holder of another build: %+v, available %v; want a success and no lie", r, rep.Available("other"))
+	}
+}
+
 func TestMissWhenNobodyHasIt(t *testing.T) {
 	f := swarm.NewFinder(swarm.Options{})
 	x := find(t, f, &holder{id: "a", absent: true}, &holder{id: "b", absent: true})

@@ -224,6 +224,18 @@ type apiPeer struct {
 	Connected bool     `json:"connected"`
 	Direct    bool     `json:"direct"`
 	Relayed   bool     `json:"relayed"`
+	// Reputation is what the daemon's record says about the peer.
+	Reputation *apiReputation `json:"reputation"`
+}
+
+// apiReputation is the part of a peer's reputation in /api/peers the
+// tests read.
+type apiReputation struct {
+	Successes    int       `json:"successes"`
+	Failures     int       `json:"failures"`
+	BackoffUntil time.Time `json:"backoff_until"`
+	LastFailure  string    `json:"last_failure"`
+	Lies         int       `json:"lies"`
 }
 
 // status reads /api/status.

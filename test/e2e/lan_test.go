@@ -32,7 +32,7 @@ import (
 const missDeadline = time.Second
 
 // initStore makes an empty chroot store.
-func initStore(t *testing.T, name string) string {
+func initStore(t testing.TB, name string) string {
 	t.Helper()
 	return nixtest.InitStore(t, name)
 }

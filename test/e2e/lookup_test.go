@@ -41,22 +41,28 @@ type lookupWorld struct {
 	upKey     string // public key of U's signatures
 	closure   []string
 	root      string
-	narHashes map[string]string // of every path of both closures, as `nix path-info --json` writes them
-	// second is the root of another closure A gets too: substituting it
-	// after an attacker was caught shows what the daemon learned (the
-	// first closure's lookups are still remembered then).
-	second     string
-	aStore     string
-	daemonA    *peerixProc
-	cacheDir   string
-	upstreamSK string
+	narHashes map[string]string // of the closure, as `nix path-info --json` writes them
+	// second is the root of another closure (and secondHashes its
+	// NarHashes) that A gets too: substituting it after an attacker was
+	// caught shows what the daemon learned (the first closure's lookups
+	// are still remembered then).
+	second       string
+	secondHashes map[string]string
+	aStore       string
+	daemonA      *peerixProc
+	cacheDir     string
+	upstreamSK   string
+	// nixDefaults: Nix on B keeps its default narinfo-cache-negative-ttl
+	// (an hour: a miss is asked once per invocation) instead of 0 (asked
+	// again each time Nix wants it), as a user's Nix does.
+	nixDefaults bool
 }
 
 // staticCache makes a binary cache of paths (with their closures) in a
 // directory, signed with secretKey, uncompressed, at priority 40: Nix asks
 // a cache with no Priority line first of all, so peerix (30) would never be
 // asked (see the notes on testing with Nix).
-func staticCache(t *testing.T, dir, secretKey string, paths ...string) {
+func staticCache(t testing.TB, dir, secretKey string, paths ...string) {
 	t.Helper()
 	if r := nix3(t, append([]string{"copy", "--to", "file://" + dir + "?compression=none&secret-key=" + secretKey}, paths...)...); r.err != nil {
 		t.Fatalf("filling the static cache:\n%v", r)
@@ -72,10 +78,10 @@ func staticCache(t *testing.T, dir, secretKey string, paths ...string) {
 	}
 }
 
-func newLookupWorld(t *testing.T, extra ...string) *lookupWorld {
+func newLookupWorld(t testing.TB, extra ...string) *lookupWorld {
 	t.Helper()
 	nfx := nixtest.Shared(t)
-	w := &lookupWorld{root: nfx.Wide, second: nfx.All}
+	w := &lookupWorld{root: nfx.Wide}
 	out := nixtest.Must(t, "nix-store", "-qR", w.root)
 	w.closure = strings.Fields(string(out))
 	if len(w.closure) != 202 {
@@ -91,8 +97,10 @@ func newLookupWorld(t *testing.T, extra ...string) *lookupWorld {
 	}
 	w.upKey = strings.TrimSpace(string(b))
 	w.cacheDir = filepath.Join(t.TempDir(), "cache")
-	staticCache(t, w.cacheDir, w.upstreamSK, w.root, w.second)
-	w.narHashes = closureNarHashes(t, "auto", w.root, w.second)
+	staticCache(t, w.cacheDir, w.upstreamSK, w.root, nfx.All)
+	w.narHashes = closureNarHashes(t, "auto", w.root)
+	w.second = nfx.All
+	w.secondHashes = closureNarHashes(t, "auto", w.second)
 
 	w.lan = newLAN(t, append([]string{"U", "A", "B"}, extra...)...)
 	w.U, w.A, w.B = w.lan.host("U"), w.lan.host("A"), w.lan.host("B")
@@ -105,7 +113,7 @@ func newLookupWorld(t *testing.T, extra ...string) *lookupWorld {
 
 // daemonB starts peerix on B as a user would run it: in front of the
 // upstream, trusting the upstream's key.
-func (w *lookupWorld) daemonB(t *testing.T) *peerixProc {
+func (w *lookupWorld) daemonB(t testing.TB) *peerixProc {
 	t.Helper()
 	return startPeerix(t, lanDaemon(t, w.B, initStore(t, "b-unused"),
 		"--upstream", w.upstream, "--trusted-public-key", w.upKey))
@@ -114,43 +122,65 @@ func (w *lookupWorld) daemonB(t *testing.T) *peerixProc {
 // realise has the real Nix on B realise the closure into a fresh store,
 // through substituters (in Nix's order: priority), and returns how long it
 // took. Every path must arrive byte-exact.
-func (w *lookupWorld) realise(t *testing.T, what string, substituters ...string) time.Duration {
+func (w *lookupWorld) realise(t testing.TB, what string, substituters ...string) time.Duration {
 	t.Helper()
-	return w.realiseRoot(t, what, w.root, substituters...)
+	var opts []string
+	if !w.nixDefaults {
+		opts = []string{"narinfo-cache-negative-ttl", "0"}
+	}
+	return realiseOn(t, w.B, what, w.upKey, w.narHashes, []string{w.root}, substituters, opts...)
 }
 
-// realiseRoot is realise of root's closure.
-func (w *lookupWorld) realiseRoot(t *testing.T, what, root string, substituters ...string) time.Duration {
+// realiseSecond is realise of the second closure.
+func (w *lookupWorld) realiseSecond(t testing.TB, what string, substituters ...string) time.Duration {
+	t.Helper()
+	return realiseOn(t, w.B, what, w.upKey, w.secondHashes, []string{w.second}, substituters, "narinfo-cache-negative-ttl", "0")
+}
+
+// realiseOn has the real Nix on host h realise roots (with their closures)
+// into a fresh store through substituters (in Nix's order: priority),
+// signatures by key required, and returns how long Nix took. nixOptions
+// are more settings, as name and value. Every path must arrive byte-exact:
+// recorded with its NarHash in want (as closureNarHashes gives them), and
+// its files on disk matching it.
+func realiseOn(t testing.TB, h *nsHost, what, key string, want map[string]string, roots, substituters []string, nixOptions ...string) time.Duration {
 	t.Helper()
 	store := initStore(t, "b-store")
-	start := time.Now()
-	r := w.B.nixWithin(t, 5*time.Minute, "nix-store", "--store", store, "-r", root,
+	args := append([]string{"--store", store, "-r"}, roots...)
+	args = append(args,
 		"--option", "substituters", strings.Join(substituters, " "),
-		"--option", "trusted-public-keys", w.upKey,
-		"--option", "require-sigs", "true",
-		"--option", "narinfo-cache-negative-ttl", "0")
+		"--option", "trusted-public-keys", key,
+		"--option", "require-sigs", "true")
+	for i := 0; i+1 < len(nixOptions); i += 2 {
+		args = append(args, "--option", nixOptions[i], nixOptions[i+1])
+	}
+	start := time.Now()
+	r := h.nixWithin(t, 5*time.Minute, "nix-store", args...)
 	took := time.Since(start)
 	if r.err != nil {
-		t.Fatalf("%s: Nix on B could not realise the closure:\n%v", what, r)
+		t.Fatalf("%s: Nix on %s could not realise %v:\n%v", what, h.label, roots, r)
 	}
 	// Every path recorded with the original's NarHash, and its files on
 	// disk matching it.
-	got := closureNarHashes(t, store, root)
-	for p, h := range got {
-		if h != w.narHashes[p] {
-			t.Fatalf("%s: %s in B's store has NarHash %q, the original %q", what, p, h, w.narHashes[p])
+	got := closureNarHashes(t, store, roots...)
+	if len(got) != len(want) {
+		t.Fatalf("%s: %d paths in %s's store, want %d", what, len(got), h.label, len(want))
+	}
+	for p, nh := range want {
+		if got[p] != nh {
+			t.Fatalf("%s: %s in %s's store has NarHash %q, the original %q", what, p, h.label, got[p], nh)
 		}
 	}
-	if r := nix3(t, "store", "verify", "--store", store, "--no-trust", "-r", root); r.err != nil {
-		t.Fatalf("%s: the closure in B's store does not verify:\n%v", what, r)
+	if r := nix3(t, append([]string{"store", "verify", "--store", store, "--no-trust", "-r"}, roots...)...); r.err != nil {
+		t.Fatalf("%s: the paths in %s's store do not verify:\n%v", what, h.label, r)
 	}
-	t.Logf("%s: Nix on B realised the %d-path closure in %v", what, len(got), took.Round(time.Millisecond))
+	t.Logf("%s: Nix on %s realised %d paths in %v (Nix's CPU time %v)", what, h.label, len(want), took.Round(time.Millisecond), r.cpu.Round(time.Millisecond))
 	return took
 }
 
-// closureNarHashes returns the NarHash of every path in the closures of
+// closureNarHashes returns the NarHash of every path in the closure of
 // roots in store, as `nix path-info --json` writes them.
-func closureNarHashes(t *testing.T, store string, roots ...string) map[string]string {
+func closureNarHashes(t testing.TB, store string, roots ...string) map[string]string {
 	t.Helper()
 	out := nixtest.Must(t, "nix", append([]string{"path-info", "--store", store, "--json", "-r"}, roots...)...)
 	var infos []struct {
@@ -170,7 +200,7 @@ func closureNarHashes(t *testing.T, store string, roots ...string) map[string]st
 // upstreamRequests counts Nix's requests in nginx's access log so far
 // (peerix's own, to verify narinfos, are not counted) whose path matches
 // kind (".narinfo", "/nar/").
-func (w *lookupWorld) upstreamRequests(t *testing.T, kind string) int {
+func (w *lookupWorld) upstreamRequests(t testing.TB, kind string) int {
 	t.Helper()
 	b, err := os.ReadFile(w.accessLog)
 	if err != nil {
@@ -188,9 +218,9 @@ func (w *lookupWorld) upstreamRequests(t *testing.T, kind string) int {
 // fillA puts the closure into A's store, as if A had built it, and waits
 // until B's peerix finds its root on A (A publishes the new paths in one
 // generation of its summary, once its filter let each out).
-func (w *lookupWorld) fillA(t *testing.T, dB *peerixProc) {
+func (w *lookupWorld) fillA(t testing.TB, dB *peerixProc) {
 	t.Helper()
-	w.signAsUpstream(t, slices.Collect(maps.Keys(w.narHashes))...)
+	w.signAsUpstream(t, append(slices.Collect(maps.Keys(w.narHashes)), slices.Collect(maps.Keys(w.secondHashes))...)...)
 	if err := nixtest.Copy(t.Context(), w.aStore, w.root, w.second); err != nil {
 		t.Fatal(err)
 	}
@@ -211,7 +241,7 @@ func (w *lookupWorld) fillA(t *testing.T, dB *peerixProc) {
 // store, before they are copied to A), as they would carry it had A
 // substituted them from the upstream: peers verify them by signature,
 // without asking the upstream.
-func (w *lookupWorld) signAsUpstream(t *testing.T, paths ...string) {
+func (w *lookupWorld) signAsUpstream(t testing.TB, paths ...string) {
 	t.Helper()
 	if err := nixtest.Sign(t.Context(), "auto", nixtest.Key{SecretFile: w.upstreamSK}, paths...); err != nil {
 		t.Fatal(err)
@@ -292,27 +322,16 @@ func TestLANLookups(t *testing.T) {
 	w.daemonA.alive(t)
 
 	t.Run("a lying peer does not stop substitution", func(t *testing.T) {
-		liar := startFakePeer(t, w.lan.host("L"), &fakePeer{
-			narInfo: func(hash string) string {
-				// Well-formed, for the asked path, at once, with a wrong NarHash.
-				for p := range w.narHashes {
-					if hashPart(p) == hash {
-						return fakeNarInfo(p, strings.Repeat("1", 52), 1234)
-					}
-				}
-				return ""
-			},
-			answerBroadcasts: true,
-		})
+		liar := startFakePeer(t, w.lan.host("L"), w.lyingPeer())
 		d := w.daemonB(t)
 		defer d.stop(syscall.SIGTERM, 5*time.Second)
 		liar.waitKnown(t, d)
 		took := w.realise(t, "A holds the closure, a liar on the LAN", d.url, w.upstream)
 		t.Logf("with a lying peer: %v (%+v without it)", took.Round(time.Millisecond), (took - fromA).Round(time.Millisecond))
 		// Lookups running when it first lied asked it too; once caught it
-		// is shunned: another realisation asks it nothing.
+		// is shunned: another closure asks it nothing.
 		asked := liar.narInfos.Load()
-		w.realiseRoot(t, "another closure, the liar caught", w.second, d.url, w.upstream)
+		w.realiseSecond(t, "another closure, the liar caught", d.url, w.upstream)
 		if n := liar.narInfos.Load() - asked; n != 0 {
 			t.Errorf("the liar was asked for %d more narinfos after it was caught lying", n)
 		}
@@ -324,7 +343,7 @@ func TestLANLookups(t *testing.T) {
 	t.Run("a peer that sends a wrong byte and stalls does not stop substitution", func(t *testing.T) {
 		// Right narinfos (A's own), wrong NARs: one wrong byte, then nothing.
 		sizes := map[string]string{} // NAR URL path -> NarSize, from A's narinfos
-		for p := range w.narHashes {
+		for _, p := range append(slices.Collect(maps.Keys(w.narHashes)), slices.Collect(maps.Keys(w.secondHashes))...) {
 			resp, body := clientGet(t, w.B.httpClient(), http.MethodGet, w.daemonA.hostURL+"/local/"+hashPart(p)+".narinfo")
 			if resp.StatusCode != http.StatusOK {
 				t.Fatalf("A's narinfo of %s: %s", p, resp.Status)
@@ -355,9 +374,9 @@ func TestLANLookups(t *testing.T) {
 		took := w.realise(t, "A holds the closure, a staller on the LAN", d.url, w.upstream)
 		t.Logf("with a stalling peer: %v (%+v without it)", took.Round(time.Millisecond), (took - fromA).Round(time.Millisecond))
 		// Transfers running when it first stalled tried it too; from then
-		// on it ranks below A: another realisation takes no NAR from it.
+		// on it ranks below A: another closure takes no NAR from it.
 		asked := staller.nars.Load()
-		w.realiseRoot(t, "another closure, the staller known", w.second, d.url, w.upstream)
+		w.realiseSecond(t, "another closure, the staller known", d.url, w.upstream)
 		if n := staller.nars.Load() - asked; n != 0 {
 			t.Errorf("the staller was asked for %d more NARs after it stalled", n)
 		}
@@ -378,6 +397,9 @@ type fakePeer struct {
 	nar func(http.ResponseWriter, *http.Request)
 	// answerBroadcasts: answer every original-format request at once.
 	answerBroadcasts bool
+	// quiet: as if it were not there (no beacons, no answers; HTTP
+	// requests get 404), until cleared.
+	quiet atomic.Bool
 
 	host           *nsHost
 	httpPort       uint16
@@ -385,8 +407,26 @@ type fakePeer struct {
 	narInfos, nars atomic.Int64 // requests it got
 }
 
+// lyingPeer is a fakePeer that answers every broadcast and every narinfo
+// request of both closures at once, well-formed, with a wrong NarHash.
+func (w *lookupWorld) lyingPeer() *fakePeer {
+	return &fakePeer{
+		narInfo: func(hash string) string {
+			for _, hs := range []map[string]string{w.narHashes, w.secondHashes} {
+				for p := range hs {
+					if hashPart(p) == hash {
+						return fakeNarInfo(p, strings.Repeat("1", 52), 1234)
+					}
+				}
+			}
+			return ""
+		},
+		answerBroadcasts: true,
+	}
+}
+
 // startFakePeer runs p on h.
-func startFakePeer(t *testing.T, h *nsHost, p *fakePeer) *fakePeer {
+func startFakePeer(t testing.TB, h *nsHost, p *fakePeer) *fakePeer {
 	t.Helper()
 	p.host = h
 	ln := h.listenTCP(t, "0.0.0.0:0")
@@ -402,7 +442,9 @@ func startFakePeer(t *testing.T, h *nsHost, p *fakePeer) *fakePeer {
 		tick := time.NewTicker(time.Second)
 		defer tick.Stop()
 		for {
-			p.beacon(netip.AddrPortFrom(lanBroadcast(h), lanPort))
+			if !p.quiet.Load() {
+				p.beacon(netip.AddrPortFrom(lanBroadcast(h), lanPort))
+			}
 			select {
 			case <-ctx.Done():
 				return
@@ -440,6 +482,7 @@ func (p *fakePeer) serveUDP() {
 		}
 		b := buf[:n]
 		switch {
+		case p.quiet.Load(): // not there
 		case n == 21 && b[0] == 0x02 && b[20]&0x01 != 0: // a hello: beacon back
 			p.beacon(from)
 		case n == 37 && b[0] == 0x00 && p.answerBroadcasts:
@@ -457,6 +500,8 @@ func (p *fakePeer) serveUDP() {
 
 func (p *fakePeer) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	switch path := r.URL.Path; {
+	case p.quiet.Load():
+		http.NotFound(w, r)
 	case path == "/local/summary":
 		// A whole filter of 64 bits, all set: "I may hold everything". A
 		// poll for a newer generation waits (and never gets one).
@@ -497,18 +542,25 @@ func (p *fakePeer) serveHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // waitKnown waits until d follows the fake peer's summary.
-func (p *fakePeer) waitKnown(t *testing.T, d *peerixProc) {
+func (p *fakePeer) waitKnown(t testing.TB, d *peerixProc) {
+	t.Helper()
+	waitFollows(t, d, p.host)
+}
+
+// waitFollows waits until the LAN daemon d follows the summary of the
+// peer on host h (it logs so when it hears the peer's first beacon).
+func waitFollows(t testing.TB, d *peerixProc, h *nsHost) {
 	t.Helper()
 	want := "LAN peer speaks summaries"
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		sc := bufio.NewScanner(strings.NewReader(d.log.String()))
 		for sc.Scan() {
-			if strings.Contains(sc.Text(), want) && strings.Contains(sc.Text(), p.host.addr.String()) {
+			if strings.Contains(sc.Text(), want) && strings.Contains(sc.Text(), h.addr.String()) {
 				return
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s never followed the fake peer on %s", d.label, p.host.label)
+			t.Fatalf("%s never followed the peer on %s", d.label, h.label)
 		}
 	}
 }

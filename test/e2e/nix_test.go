@@ -27,6 +27,8 @@ const nixTimeout = 5 * time.Minute
 type nixResult struct {
 	stdout, stderr []byte
 	err            error
+	// cpu is the CPU time (user and system) the process used.
+	cpu time.Duration
 }
 
 func (r nixResult) String() string {
@@ -42,11 +44,15 @@ func runCmd(cmd *exec.Cmd, what, tool string, args []string) nixResult {
 	if err != nil {
 		err = fmt.Errorf("%s%s %s: %w", what, tool, strings.Join(args, " "), err)
 	}
-	return nixResult{stdout.Bytes(), stderr.Bytes(), err}
+	var cpu time.Duration
+	if ps := cmd.ProcessState; ps != nil {
+		cpu = ps.UserTime() + ps.SystemTime()
+	}
+	return nixResult{stdout.Bytes(), stderr.Bytes(), err, cpu}
 }
 
 // runNix runs a Nix tool to completion within nixTimeout.
-func runNix(t *testing.T, tool string, args ...string) nixResult {
+func runNix(t testing.TB, tool string, args ...string) nixResult {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), nixTimeout)
 	defer cancel()
@@ -54,7 +60,7 @@ func runNix(t *testing.T, tool string, args ...string) nixResult {
 }
 
 // mustNix runs a Nix tool and fails the test if it fails.
-func mustNix(t *testing.T, tool string, args ...string) []byte {
+func mustNix(t testing.TB, tool string, args ...string) []byte {
 	t.Helper()
 	r := runNix(t, tool, args...)
 	if r.err != nil {
@@ -64,7 +70,7 @@ func mustNix(t *testing.T, tool string, args ...string) []byte {
 }
 
 // nix3 runs the new `nix` CLI (nixtest's nix.conf enables nix-command).
-func nix3(t *testing.T, args ...string) nixResult {
+func nix3(t testing.TB, args ...string) nixResult {
 	t.Helper()
 	return runNix(t, "nix", args...)
 }

@@ -43,7 +43,7 @@ func trustFixturePaths(t *testing.T) trustFixtures {
 // startUpstream runs nginx on h serving dir, logging every request to
 // <tmp>/access.log, and waits (bounded) until it serves nix-cache-info.
 // It returns the base URL and the access log's path.
-func startUpstream(t *testing.T, h *nsHost, dir string) (string, string) {
+func startUpstream(t testing.TB, h *nsHost, dir string) (string, string) {
 	t.Helper()
 	nginx, err := exec.LookPath("nginx")
 	if err != nil {
