@@ -261,11 +261,10 @@ func TestP2PLyingPeer(t *testing.T) {
 		if rl == nil || rl.Lies == 0 {
 			t.Fatalf("B's record of L after its wrong NAR: %+v; want lies > 0", rl)
 		}
-		liesAfterNAR := rl.Lies
+		before := *rl
 
-		// (a) A narinfo that contradicts the upstream's is a miss, and a
-		// lie. (L is shunned by now; B asks it anyway, as a last resort,
-		// when no other holder answers.)
+		// (a) Paths only L holds, and lies about: misses. L, caught lying
+		// about the NAR, is shunned: it is not even asked.
 		for _, p := range []string{fx.Refs, root} {
 			h := hashPart(p)
 			resp, body := clientGet(t, d.client, http.MethodGet, d.url+"/"+h+".narinfo")
@@ -275,8 +274,8 @@ func TestP2PLyingPeer(t *testing.T) {
 		}
 		rl = reputationOf(t, d, dl.peerID)
 		t.Logf("B's record of L: %+v", rl)
-		if rl == nil || rl.Lies <= liesAfterNAR {
-			t.Errorf("B's record of L after its lying narinfos: %+v; want more than the %d lies before", rl, liesAfterNAR)
+		if rl == nil || rl.Lies != before.Lies || rl.Successes != before.Successes || rl.Failures != before.Failures {
+			t.Errorf("B's record of L changed from %+v to %+v: the shunned liar was asked again", before, rl)
 		}
 		for _, l := range d.logLines(10, "peer lied") {
 			t.Logf("B log: %s", l)
