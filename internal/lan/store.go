@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/netip"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/nix-community/go-nix/pkg/narinfo"
@@ -234,22 +233,11 @@ func (p *peer) NarInfo(ctx context.Context, hash string) (*narinfo.NarInfo, erro
 	if len(body) > maxNarInfoSize {
 		return nil, fmt.Errorf("%w: narinfo over %d bytes", swarm.ErrProtocol, maxNarInfoSize)
 	}
-	ni, err := parseNarInfo(body)
+	ni, err := store.ParseNarInfo(body)
 	if err != nil {
 		return nil, fmt.Errorf("%w: narinfo: %v", swarm.ErrProtocol, err)
 	}
 	return ni, nil
-}
-
-// parseNarInfo parses a peer's narinfo; text that panics the parser is an
-// error like any other.
-func parseNarInfo(b []byte) (ni *narinfo.NarInfo, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			ni, err = nil, fmt.Errorf("unparsable (%v)", r)
-		}
-	}()
-	return narinfo.Parse(strings.NewReader(string(b)))
 }
 
 func (p *peer) OpenNAR(ctx context.Context, nar swarm.NAR, offset int64) (io.ReadCloser, error) {

@@ -1,7 +1,6 @@
 package p2p
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -311,17 +310,12 @@ func QueryNarInfo(ctx context.Context, h host.Host, p peer.ID, hash string) (*na
 }
 
 // parseNarInfo parses a peer's narinfo text; a text that does not parse
-// (or panics the parser) is a protocol error.
-func parseNarInfo(b []byte) (ni *narinfo.NarInfo, err error) {
+// is a protocol error.
+func parseNarInfo(b []byte) (*narinfo.NarInfo, error) {
 	if len(b) == 0 {
 		return nil, protocolErrorf("empty narinfo")
 	}
-	defer func() {
-		if r := recover(); r != nil {
-			ni, err = nil, protocolErrorf("narinfo: unparsable (%v)", r)
-		}
-	}()
-	ni, err = narinfo.Parse(bytes.NewReader(b))
+	ni, err := store.ParseNarInfo(b)
 	if err != nil {
 		return nil, protocolErrorf("narinfo: %v", err)
 	}

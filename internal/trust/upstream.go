@@ -1,7 +1,6 @@
 package trust
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -100,18 +99,12 @@ func newHTTPClient(conns int) *http.Client {
 
 // parseUpstreamNarInfo parses an upstream narinfo body for the path whose
 // hash part is hash and checks what the filter and verifier rely on: the
-// right store path and a sha256 NarHash with a NarSize. It never panics,
-// whatever the body (go-nix's parser is not ours to vouch for).
-func parseUpstreamNarInfo(body []byte, hash string) (ni *narinfo.NarInfo, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			ni, err = nil, fmt.Errorf("narinfo parser panicked: %v", r)
-		}
-	}()
+// right store path and a sha256 NarHash with a NarSize.
+func parseUpstreamNarInfo(body []byte, hash string) (*narinfo.NarInfo, error) {
 	if len(body) > maxUpstreamNarInfo {
 		return nil, errors.New("narinfo too large")
 	}
-	ni, err = narinfo.Parse(bytes.NewReader(body))
+	ni, err := store.ParseNarInfo(body)
 	if err != nil {
 		return nil, err
 	}
