@@ -59,8 +59,6 @@ const (
 	// each consecutive one up to BackoffMax.
 	BackoffBase = time.Second
 	BackoffMax  = 5 * time.Minute
-	// LiarBackoff is how long a peer caught lying is not asked at all.
-	LiarBackoff = time.Hour
 	// latencyAlpha is the weight of a new latency sample in the EWMA.
 	latencyAlpha = 0.3
 	// defaultLatency stands for peers never measured, so they get a fair
@@ -176,7 +174,9 @@ func (r *Reputation) Delivered(p string, bytes int64) {
 
 // Fail records a failure of p and backs it off: BackoffBase after one plain
 // failure, doubling with each further one (slow streams, protocol garbage
-// and lies count as several), at most BackoffMax; a lie LiarBackoff.
+// and lies count as several: a first lie 16 s, a second 5 minutes), at most
+// BackoffMax. A lie is not forgiven by later good answers, only by time:
+// an honest peer with one odd build is back soon, a liar asked rarely.
 func (r *Reputation) Fail(p string, kind Failure) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -188,12 +188,10 @@ func (r *Reputation) Fail(p string, kind Failure) {
 	if kind == FailSlow || kind == FailLie {
 		pr.narFailures++
 	}
-	d := backoff(pr.consecutive)
 	if kind == FailLie {
 		pr.lies++
-		d = LiarBackoff
 	}
-	pr.backoffUntil = later(pr.backoffUntil, time.Now().Add(d))
+	pr.backoffUntil = later(pr.backoffUntil, time.Now().Add(backoff(pr.consecutive)))
 }
 
 func later(a, b time.Time) time.Time {
