@@ -240,7 +240,7 @@ func (p *peer) NarInfo(ctx context.Context, hash string) (*narinfo.NarInfo, erro
 	return ni, nil
 }
 
-func (p *peer) OpenNAR(ctx context.Context, nar swarm.NAR, offset int64) (io.ReadCloser, error) {
+func (p *peer) OpenNAR(ctx context.Context, nar swarm.NAR, offset, end int64) (io.ReadCloser, error) {
 	u := nar.URL
 	if u == "" {
 		u = store.NarRef{Hash: nar.Hash, NarHash: nar.NarHash}.URL()
@@ -249,15 +249,16 @@ func (p *peer) OpenNAR(ctx context.Context, nar swarm.NAR, offset int64) (io.Rea
 	if err != nil {
 		return nil, err
 	}
-	if offset > 0 {
-		req.Header.Set("Range", "bytes="+strconv.FormatInt(offset, 10)+"-")
+	ranged := offset > 0 || end < nar.Size
+	if ranged {
+		req.Header.Set("Range", "bytes="+strconv.FormatInt(offset, 10)+"-"+strconv.FormatInt(end-1, 10))
 	}
 	resp, err := p.s.client.Do(req)
 	if err != nil {
 		return nil, err
 	}
 	want := http.StatusOK
-	if offset > 0 {
+	if ranged {
 		want = http.StatusPartialContent
 	}
 	switch {
@@ -267,9 +268,9 @@ func (p *peer) OpenNAR(ctx context.Context, nar swarm.NAR, offset int64) (io.Rea
 	case resp.StatusCode != want:
 		resp.Body.Close()
 		return nil, fmt.Errorf("%w: NAR: HTTP %d", swarm.ErrRemote, resp.StatusCode)
-	case resp.ContentLength >= 0 && resp.ContentLength != nar.Size-offset:
+	case resp.ContentLength >= 0 && resp.ContentLength != end-offset:
 		resp.Body.Close()
-		return nil, fmt.Errorf("%w: NAR: %d bytes offered, %d expected", swarm.ErrLie, resp.ContentLength, nar.Size-offset)
+		return nil, fmt.Errorf("%w: NAR: %d bytes offered, %d expected", swarm.ErrLie, resp.ContentLength, end-offset)
 	}
 	return resp.Body, nil
 }

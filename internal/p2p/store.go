@@ -251,7 +251,7 @@ func (p *holder) NarInfo(ctx context.Context, hash string) (*narinfo.NarInfo, er
 // OpenNAR opens the NAR by content, on the best connection to the peer;
 // a stream on a relayed connection moves to a direct one as soon as hole
 // punching made one (open streams do not move by themselves).
-func (p *holder) OpenNAR(ctx context.Context, nar swarm.NAR, offset int64) (io.ReadCloser, error) {
+func (p *holder) OpenNAR(ctx context.Context, nar swarm.NAR, offset, end int64) (io.ReadCloser, error) {
 	p.s.waitHolePunch(ctx)
 	b := &upgradingBody{p: p, ctx: ctx, nar: nar, pos: offset}
 	if err := b.open(); err != nil {

@@ -127,6 +127,9 @@ type transfer struct {
 	suspect map[string]bool // holders that sent part of a NAR that failed its hash
 	old     spool           // the failed attempt, kept to find the liar
 	oldSpan []span
+	// alone: a NAR from several holders at once failed its hash; from now
+	// on one holder at a time, so that each attempt blames its sender.
+	alone bool
 
 	mu        sync.Mutex
 	spools    []spool // every spool of the transfer, closed by Close (a reader may still read an old one)
@@ -159,6 +162,9 @@ func (t *transfer) run(ctx context.Context) {
 			return
 		}
 		t.mismatch()
+		if len(spanIDs(t.spans)) > 1 {
+			t.alone = true
+		}
 		if attempt == maxAttempts {
 			t.fail(fmt.Errorf("%s: %w after %d attempts", t.nar.Hash, ErrBadNAR, attempt))
 			return
@@ -170,8 +176,26 @@ func (t *transfer) run(ctx context.Context) {
 	}
 }
 
-// fill fetches [pos, size) from holders, moving on at each failure.
+// fill fetches [pos, size) from holders: a large NAR that several
+// holders have from several at once (pieces.go), else from one holder at a
+// time, moving on at each failure.
 func (t *transfer) fill(ctx context.Context) error {
+	if t.pos == 0 && !t.alone && t.nar.Size >= multiSourceMin {
+		if srcs := t.several(); len(srcs) > 1 {
+			err := t.fillPieces(ctx, srcs)
+			if err == nil || ctx.Err() != nil || errors.Is(err, errSpool) {
+				return err
+			}
+			// Every holder broke: what is left, if anything, from one at a
+			// time (the pieces done stay).
+			t.f.log.Debug("NAR from several holders failed; going on with one at a time", "hash", t.nar.Hash, "err", err)
+		}
+	}
+	return t.fillAlone(ctx)
+}
+
+// fillAlone fetches [pos, size) from one holder at a time.
+func (t *transfer) fillAlone(ctx context.Context) error {
 	var errs []error
 	for t.pos < t.nar.Size {
 		src, ok := t.next()
@@ -181,7 +205,7 @@ func (t *transfer) fill(ctx context.Context) error {
 			}
 			return fmt.Errorf("no holder could send %s: %w (%w)", t.nar.Hash, store.ErrNotFound, errors.Join(errs...))
 		}
-		err := t.pull(ctx, src)
+		err := t.pull(ctx, src, t.nar.Size)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -229,16 +253,32 @@ func (t *transfer) next() (candidate, bool) {
 	return candidate{}, false
 }
 
-// pull copies from one holder into the spool until the NAR is complete or
-// the holder fails, stalls or crawls.
-func (t *transfer) pull(ctx context.Context, c candidate) error {
+// pull copies [pos, end) from one holder into the spool, hashing it, until
+// end or the holder fails, stalls or crawls.
+func (t *transfer) pull(ctx context.Context, c candidate, end int64) error {
+	proven := t.nar.Size >= CutThroughMin && t.f.rep.Proven(c.h.ID())
+	return t.copyRange(ctx, c, t.pos, end, func(p []byte) error {
+		if _, err := t.spool.WriteAt(p, t.pos); err != nil {
+			return fmt.Errorf("%w: %w", errSpool, err)
+		}
+		t.h.Write(p)
+		t.record(c.h.ID(), int64(len(p)))
+		t.publish(proven)
+		return nil
+	})
+}
+
+// copyRange opens [from, to) at holder c and hands what arrives to got, in
+// order, in pieces of at most 256 KiB, until to is reached; a holder that
+// sends nothing for StallTimeout, or less than MinRate, is dropped.
+func (t *transfer) copyRange(ctx context.Context, c candidate, from, to int64, got func([]byte) error) error {
 	spec := t.nar
 	if c.ni != nil {
 		spec.URL = c.ni.URL
 	}
 	id := c.h.ID()
 	start := time.Now()
-	body, err := c.h.OpenNAR(ctx, spec, t.pos)
+	body, err := c.h.OpenNAR(ctx, spec, from, to)
 	if err != nil {
 		return err
 	}
@@ -255,36 +295,30 @@ func (t *transfer) pull(ctx context.Context, c candidate) error {
 	})
 	defer body.Close()
 
-	proven := t.nar.Size >= CutThroughMin && t.f.rep.Proven(id)
-	var scratch []byte
-	for t.pos < t.nar.Size {
-		n := min(int64(256<<10), t.nar.Size-t.pos)
-		p := t.spool.direct(t.pos, n)
+	buf := make([]byte, 256<<10)
+	for pos := from; pos < to; {
+		n := min(int64(len(buf)), to-pos)
+		p := t.spool.direct(pos, n)
 		if p == nil {
-			if scratch == nil {
-				scratch = make([]byte, 256<<10)
-			}
-			p = scratch[:n]
+			p = buf[:n]
 		}
-		got, err := body.Read(p)
-		if got > 0 {
-			if _, werr := t.spool.WriteAt(p[:got], t.pos); werr != nil {
-				return fmt.Errorf("%w: %w", errSpool, werr)
+		m, err := body.Read(p)
+		if m > 0 {
+			if gerr := got(p[:m]); gerr != nil {
+				return gerr
 			}
-			t.h.Write(p[:got])
-			t.record(id, int64(got))
-			progress.Add(int64(got))
-			t.publish(proven)
+			pos += int64(m)
+			progress.Add(int64(m))
 		}
 		if err != nil {
 			if e := why.Load(); e != nil {
 				return *e
 			}
-			if errors.Is(err, io.EOF) && t.pos < t.nar.Size {
-				return fmt.Errorf("%w: NAR ended after %d of %d bytes", ErrProtocol, t.pos, t.nar.Size)
-			}
-			if t.pos == t.nar.Size && errors.Is(err, io.EOF) {
+			if pos == to && errors.Is(err, io.EOF) {
 				return nil
+			}
+			if errors.Is(err, io.EOF) {
+				return fmt.Errorf("%w: NAR ended at byte %d of %d", ErrProtocol, pos, to)
 			}
 			return err
 		}

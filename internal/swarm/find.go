@@ -25,8 +25,10 @@ type Holder interface {
 	// hash. An honest "I do not have it" is an error wrapping
 	// store.ErrNotFound.
 	NarInfo(ctx context.Context, hash string) (*narinfo.NarInfo, error)
-	// OpenNAR opens the bytes [offset, nar.Size) of the NAR.
-	OpenNAR(ctx context.Context, nar NAR, offset int64) (io.ReadCloser, error)
+	// OpenNAR opens the bytes [offset, end) of the NAR, end <= nar.Size.
+	// A holder whose protocol cannot stop at end may send more: the
+	// reader is closed once end is reached.
+	OpenNAR(ctx context.Context, nar NAR, offset, end int64) (io.ReadCloser, error)
 }
 
 // NAR names the NAR a holder is asked for.
@@ -120,8 +122,9 @@ const (
 	maxOpens          = 12
 	maxOpensPerHolder = 2
 	// maxAttempts bounds how often a NAR is fetched whole again after a
-	// hash mismatch.
-	maxAttempts = 3
+	// hash mismatch: after one from several holders at once, each holder
+	// may be tried alone.
+	maxAttempts = 2 + maxSources
 )
 
 // Finder finds paths among holders and fetches their NARs. One Finder

@@ -54,7 +54,9 @@ type holder struct {
 	absent  bool
 	delay   time.Duration // before the narinfo answer
 	corrupt int64         // -1: none; else the offset of a flipped byte in its NAR
+	flipAll bool          // every byte it sends is wrong
 	stallAt int64         // -1: none; else it stops sending at this offset, forever
+	breakAt int64         // 0: never; else its streams break after this many bytes
 	drip    time.Duration // if set, one byte per drip
 	opens   atomic.Int32
 }
@@ -80,7 +82,7 @@ func (h *holder) NarInfo(ctx context.Context, hash string) (*narinfo.NarInfo, er
 	return &ni, nil
 }
 
-func (h *holder) OpenNAR(ctx context.Context, nar swarm.NAR, offset int64) (io.ReadCloser, error) {
+func (h *holder) OpenNAR(ctx context.Context, nar swarm.NAR, offset, end int64) (io.ReadCloser, error) {
 	h.opens.Add(1)
 	if h.absent || nar.NarHash != h.c.narHash() {
 		return nil, store.ErrNotFound
@@ -89,7 +91,12 @@ func (h *holder) OpenNAR(ctx context.Context, nar swarm.NAR, offset int64) (io.R
 	if h.corrupt >= 0 {
 		b[h.corrupt] ^= 0xff
 	}
-	return &stream{ctx: ctx, h: h, b: b, pos: offset, done: make(chan struct{})}, nil
+	if h.flipAll {
+		for i := range b {
+			b[i] ^= 0x5a
+		}
+	}
+	return &stream{ctx: ctx, h: h, b: b, pos: offset, start: offset, done: make(chan struct{})}, nil
 }
 
 type stream struct {
@@ -97,6 +104,7 @@ type stream struct {
 	h      *holder
 	b      []byte
 	pos    int64
+	start  int64
 	done   chan struct{}
 	closed atomic.Bool
 }
@@ -127,6 +135,12 @@ func (s *stream) Read(p []byte) (int, error) {
 	end := int64(len(s.b))
 	if s.h.stallAt >= 0 {
 		end = min(end, s.h.stallAt)
+	}
+	if s.h.breakAt > 0 {
+		if s.pos >= s.start+s.h.breakAt {
+			return 0, errors.New("connection reset")
+		}
+		end = min(end, s.start+s.h.breakAt)
 	}
 	n := copy(p, s.b[s.pos:end])
 	s.pos += int64(n)
@@ -244,8 +258,10 @@ func TestMissWhenNobodyHasIt(t *testing.T) {
 	}
 }
 
-func TestNARFromSeveralHolders(t *testing.T) {
-	c := newContent(3*swarm.MemorySpoolMax/2, 3) // file spool
+// One holder at a time (the NAR is too small for several at once): the
+// first breaks or lies, the second finishes; a liar is blamed.
+func TestNARFromOneHolderAtATime(t *testing.T) {
+	c := newContent(3<<20, 3)
 	tests := []struct {
 		name    string
 		first   func(*holder)
@@ -393,4 +409,45 @@ func TestSilentHolderCostsLittle(t *testing.T) {
 			}
 		}
 	})
+}
+
+// A large NAR from four holders at once: every one sends a share, a holder
+// that lies in every byte it sends is found and blamed and the NAR still
+// arrives whole, a holder that breaks leaves its pieces to the others.
+func TestNARFromSeveralAtOnce(t *testing.T) {
+	c := newContent(24<<20, 9) // a file spool, pieces of 1 MiB
+	tests := []struct {
+		name   string
+		third  func(*holder)
+		blamed bool
+	}{
+		{name: "all honest", third: func(*holder) {}},
+		{name: "one lies in every byte", third: func(h *holder) { h.flipAll = true }, blamed: true},
+		{name: "one breaks after 3 MiB", third: func(h *holder) { h.breakAt = 3 << 20 }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			hs := []*holder{honest("a", c), honest("b", c), honest("c", c), honest("d", c)}
+			tt.third(hs[2])
+			rep := swarm.NewReputation()
+			f := swarm.NewFinder(swarm.Options{Rep: rep, SpoolDir: t.TempDir()})
+			x := find(t, f, hs...)
+			got, err := readAll(t, x, c.narHash(), 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, c.nar) {
+				t.Fatal("the NAR from several holders differs from the original")
+			}
+			for _, h := range hs {
+				r, _ := rep.Get(h.id)
+				if h.opens.Load() == 0 {
+					t.Errorf("%s was never asked for a piece", h.id)
+				}
+				if (r.Lies > 0) != (tt.blamed && h == hs[2]) {
+					t.Errorf("%s: %d lies", h.id, r.Lies)
+				}
+			}
+		})
+	}
 }
