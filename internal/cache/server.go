@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/peerix/peerix/internal/compress"
 	"github.com/peerix/peerix/internal/store"
 )
 
@@ -22,6 +23,16 @@ import (
 const MaxURILength = 1024
 
 var narInfoContentType = []string{"text/x-nix-narinfo"}
+
+// A peer that takes zstd on the wire says so in AcceptEncodingHeader
+// ("zstd"); a NAR sent so carries EncodingHeader: zstd and no
+// Content-Length (Range and Content-Range still count NAR bytes). Custom
+// headers, not Content-Encoding: the range is of the NAR, not of the
+// compressed bytes, and Nix never sees either.
+const (
+	AcceptEncodingHeader = "X-Peerix-Accept-Encoding"
+	EncodingHeader       = "X-Peerix-Encoding"
+)
 
 // Server is the binary-cache HTTP handler.
 type Server struct {
@@ -264,10 +275,26 @@ func (s *Server) nar(w http.ResponseWriter, r *http.Request, st store.Store, url
 		rng.end = nar.Size - 1
 	}
 	length := rng.end - rng.start + 1
+	var src io.Reader = nar
+	if rng.start+length < nar.Size {
+		src = io.LimitReader(nar, length)
+	}
+	// A peer (never Nix, which does not ask) may take zstd on the wire;
+	// it gets it when a sample of the bytes compresses.
+	zstd := false
+	if r.Header.Get(AcceptEncodingHeader) == "zstd" && r.Method == http.MethodGet {
+		if src, zstd, err = compress.Sample(src); err != nil {
+			return s.narError(w, r, err), 0
+		}
+	}
 	h := w.Header()
 	h.Set("Content-Type", "application/x-nix-nar")
 	h.Set("Accept-Ranges", "bytes")
-	h.Set("Content-Length", strconv.FormatInt(length, 10))
+	if zstd {
+		h.Set(EncodingHeader, "zstd")
+	} else {
+		h.Set("Content-Length", strconv.FormatInt(length, 10))
+	}
 	status = http.StatusOK
 	if length < nar.Size {
 		status = http.StatusPartialContent
@@ -277,11 +304,15 @@ func (s *Server) nar(w http.ResponseWriter, r *http.Request, st store.Store, url
 	if r.Method == http.MethodHead {
 		return status, 0
 	}
-	var src io.Reader = nar
-	if rng.start+length < nar.Size {
-		src = io.LimitReader(nar, length)
+	if zstd {
+		zw := compress.NewWriter(w)
+		sent, err = io.Copy(zw, src)
+		if cerr := zw.Close(); err == nil {
+			err = cerr
+		}
+	} else {
+		sent, err = io.Copy(w, src)
 	}
-	sent, err = io.Copy(w, src)
 	if err == nil && sent != length {
 		err = fmt.Errorf("NAR ended after %d of %d bytes", sent, length)
 	}

@@ -2,6 +2,7 @@ package cache_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/narinfo"
 
 	"github.com/peerix/peerix/internal/cache"
+	"github.com/peerix/peerix/internal/compress"
 	"github.com/peerix/peerix/internal/store"
 )
 
@@ -661,4 +663,55 @@ func FuzzParseRange(f *testing.F) {
 			t.Fatalf("%q accepted", h)
 		}
 	})
+}
+
+// A peer that takes zstd gets it for a NAR that compresses, with the
+// ranges of the NAR's own bytes; Nix (which never asks) and a NAR that
+// does not compress get the raw bytes with their Content-Length.
+func TestZstdForPeers(t *testing.T) {
+	ts := newTestServer()
+	text := bytes.Repeat([]byte("compressible NAR bytes\n"), 20000)
+	ts.local.nars[localNAR] = text
+	ts.local.narinfos[localHash].NarSize = uint64(len(text))
+	for _, tc := range []struct {
+		name, rng  string
+		accept     bool
+		start, end int
+		wantZstd   bool
+	}{
+		{"whole, zstd", "", true, 0, len(text), true},
+		{"range, zstd", "bytes=1000-300999", true, 1000, 301000, true},
+		{"no zstd asked", "", false, 0, len(text), false},
+		{"too small to compress", "bytes=10-99", true, 10, 100, false},
+	} {
+		req := httptest.NewRequest(http.MethodGet, "/local/"+localNAR, nil)
+		req.RemoteAddr = "192.0.2.7:5000"
+		if tc.rng != "" {
+			req.Header.Set("Range", tc.rng)
+		}
+		if tc.accept {
+			req.Header.Set(cache.AcceptEncodingHeader, "zstd")
+		}
+		w := httptest.NewRecorder()
+		ts.s.ServeHTTP(w, req)
+		body := w.Body.Bytes()
+		if got := w.Header().Get(cache.EncodingHeader) == "zstd"; got != tc.wantZstd {
+			t.Fatalf("%s: encoding header %q", tc.name, w.Header().Get(cache.EncodingHeader))
+		}
+		if tc.wantZstd {
+			if w.Header().Get("Content-Length") != "" {
+				t.Errorf("%s: Content-Length with zstd", tc.name)
+			}
+			zr, err := compress.NewReader(bytes.NewReader(body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if body, err = io.ReadAll(zr); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if !bytes.Equal(body, text[tc.start:tc.end]) {
+			t.Errorf("%s: %d bytes, want bytes %d-%d of the NAR", tc.name, len(body), tc.start, tc.end)
+		}
+	}
 }

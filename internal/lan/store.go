@@ -12,6 +12,8 @@ import (
 
 	"github.com/nix-community/go-nix/pkg/narinfo"
 
+	"github.com/peerix/peerix/internal/cache"
+	"github.com/peerix/peerix/internal/compress"
 	"github.com/peerix/peerix/internal/store"
 	"github.com/peerix/peerix/internal/swarm"
 )
@@ -253,6 +255,10 @@ func (p *peer) OpenNAR(ctx context.Context, nar swarm.NAR, offset, end int64) (i
 	if ranged {
 		req.Header.Set("Range", "bytes="+strconv.FormatInt(offset, 10)+"-"+strconv.FormatInt(end-1, 10))
 	}
+	// zstd on the wire pays on a link slower than compressing.
+	if rate, known := p.s.swarm.Reputation().LinkRate(p.ID()); !known || rate < compress.AcceptBelow {
+		req.Header.Set(cache.AcceptEncodingHeader, "zstd")
+	}
 	resp, err := p.s.client.Do(req)
 	if err != nil {
 		return nil, err
@@ -268,11 +274,37 @@ func (p *peer) OpenNAR(ctx context.Context, nar swarm.NAR, offset, end int64) (i
 	case resp.StatusCode != want:
 		resp.Body.Close()
 		return nil, fmt.Errorf("%w: NAR: HTTP %d", swarm.ErrRemote, resp.StatusCode)
+	case resp.Header.Get(cache.EncodingHeader) == "zstd":
+		wire := &compress.Counter{R: resp.Body}
+		zr, err := compress.NewReader(wire)
+		if err != nil {
+			resp.Body.Close()
+			return nil, fmt.Errorf("%w: zstd: %v", swarm.ErrProtocol, err)
+		}
+		return &unzstd{zr: zr, wire: wire, body: resp.Body}, nil
 	case resp.ContentLength >= 0 && resp.ContentLength != end-offset:
 		resp.Body.Close()
 		return nil, fmt.Errorf("%w: NAR: %d bytes offered, %d expected", swarm.ErrLie, resp.ContentLength, end-offset)
 	}
 	return resp.Body, nil
+}
+
+// unzstd is a NAR body that came compressed: the NAR bytes, and how many
+// came over the wire (the swarm kit stops reading at the range's end).
+type unzstd struct {
+	zr   *compress.Reader
+	wire *compress.Counter
+	body io.Closer
+}
+
+func (u *unzstd) Read(p []byte) (int, error) { return u.zr.Read(p) }
+
+// WireBytes is how many bytes came over the wire so far.
+func (u *unzstd) WireBytes() int64 { return u.wire.N }
+
+func (u *unzstd) Close() error {
+	u.zr.Close()
+	return u.body.Close()
 }
 
 var (

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"sync"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/narinfo"
 
 	"github.com/peerix/peerix/internal/cache"
+	"github.com/peerix/peerix/internal/compress"
 	"github.com/peerix/peerix/internal/store"
 )
 
@@ -25,6 +27,9 @@ import (
 const (
 	NarInfoProtocol protocol.ID = "/peerix/narinfo/1.0.0"
 	NARProtocol     protocol.ID = "/peerix/nar/1.0.0"
+	// NARProtocol11 adds a length (byte ranges, for fetching pieces from
+	// several holders) and zstd on the wire.
+	NARProtocol11 protocol.ID = "/peerix/nar/1.1.0"
 )
 
 // Deadlines of docs/protocol.md: requests and status frames must arrive
@@ -60,6 +65,7 @@ func Serve(h host.Host, shared store.Store, log *slog.Logger) *Server {
 	s := &Server{h: h, shared: shared, log: log, ctx: ctx, cancel: cancel}
 	h.SetStreamHandler(NarInfoProtocol, s.track(s.handleNarInfo))
 	h.SetStreamHandler(NARProtocol, s.track(s.handleNAR))
+	h.SetStreamHandler(NARProtocol11, s.track(s.handleNAR11))
 	return s
 }
 
@@ -67,6 +73,7 @@ func Serve(h host.Host, shared store.Store, log *slog.Logger) *Server {
 func (s *Server) Close() error {
 	s.h.RemoveStreamHandler(NarInfoProtocol)
 	s.h.RemoveStreamHandler(NARProtocol)
+	s.h.RemoveStreamHandler(NARProtocol11)
 	s.cancel()
 	s.wg.Wait()
 	return nil
@@ -178,9 +185,29 @@ func (s *Server) handleNAR(st network.Stream) {
 		s.answerError(st, err)
 		return
 	}
+	s.serveNAR(st, req, false)
+}
+
+func (s *Server) handleNAR11(st network.Stream) {
+	b, ok := s.readRequest(st, narRequestLen11)
+	if !ok {
+		return
+	}
+	req, err := DecodeNarRequest11(b)
+	if err != nil {
+		s.answerError(st, err)
+		return
+	}
+	s.serveNAR(st, req, true)
+}
+
+// serveNAR answers a NAR request of either version: a status frame, then
+// the bytes asked for (1.1.0: zstd-compressed when the asker takes it and
+// a sample shows it pays).
+func (s *Server) serveNAR(st network.Stream, req NarRequest, v11 bool) {
 	// The local store's NAR URL: nar/<hash>-<NarHash>.nar. Its NarHash
 	// check makes a path that was rebuilt differently "not found".
-	url := "nar/" + req.Hash + "-" + req.NarHash + ".nar"
+	url := store.NarRef{Hash: req.Hash, NarHash: req.NarHash}.URL()
 	ctx, cancel := context.WithCancel(s.ctx)
 	defer cancel()
 	nar, err := s.shared.NAR(ctx, url, req.Offset)
@@ -202,20 +229,47 @@ func (s *Server) handleNAR(st network.Stream) {
 		return
 	}
 	defer nar.Close()
-	if req.Offset > nar.Size {
+	want := nar.Size - req.Offset
+	if req.Offset > nar.Size || req.Length > want {
 		s.answerError(st, store.ErrOffset)
 		return
 	}
+	if req.Length > 0 {
+		want = req.Length
+	}
+	var body io.Reader = io.LimitReader(nar, want)
+	enc := EncodingRaw
+	if req.AcceptZstd {
+		var worth bool
+		if body, worth, err = compress.Sample(body); err != nil {
+			s.answerError(st, errors.New("reading the NAR failed"))
+			return
+		}
+		if worth {
+			enc = EncodingZstd
+		}
+	}
+	status := binary.BigEndian.AppendUint64([]byte{StatusFound}, uint64(nar.Size))
+	if v11 {
+		status = append(status, enc)
+	}
 	st.SetWriteDeadline(time.Now().Add(RequestTimeout))
-	if err := writeFrame(st, binary.BigEndian.AppendUint64([]byte{StatusFound}, uint64(nar.Size))); err != nil {
+	if err := writeFrame(st, status); err != nil {
 		st.Reset()
 		return
 	}
 	// Nothing more is read from the asker.
 	st.CloseRead()
-	want := nar.Size - req.Offset
-	w := &bodyWriter{st: st, left: want}
-	n, err := io.Copy(w, nar)
+	var n int64
+	if enc == EncodingZstd {
+		zw := compress.NewWriter(&bodyWriter{st: st, left: math.MaxInt64})
+		n, err = io.Copy(zw, body)
+		if cerr := zw.Close(); err == nil {
+			err = cerr
+		}
+	} else {
+		n, err = io.Copy(&bodyWriter{st: st, left: want}, body)
+	}
 	if err != nil || n != want {
 		// The asker must see a broken transfer, never a clean short one.
 		if !errors.Is(err, errBodyOverflow) && ctx.Err() == nil {
@@ -257,11 +311,11 @@ func (w *bodyWriter) refresh() {
 	}
 }
 
-// openStream opens a stream of proto to p, over a relayed connection if no
+// openStream opens a stream of the first of protos p speaks to p, over a relayed connection if no
 // direct one exists. The stream is reset when ctx ends before release is
 // called.
-func openStream(ctx context.Context, h host.Host, p peer.ID, proto protocol.ID) (network.Stream, func() bool, error) {
-	st, err := h.NewStream(network.WithAllowLimitedConn(ctx, limitedConnReason), p, proto)
+func openStream(ctx context.Context, h host.Host, p peer.ID, protos ...protocol.ID) (network.Stream, func() bool, error) {
+	st, err := h.NewStream(network.WithAllowLimitedConn(ctx, limitedConnReason), p, protos...)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -330,16 +384,19 @@ func ctxErr(ctx context.Context, err error) error {
 	return err
 }
 
-// OpenNAR asks peer p for the NAR of hash with NarHash narHash (Nix
-// base-32), from offset on. It returns the whole NAR's size and a body of
-// exactly size-offset bytes: a body the peer ends early fails with
-// io.ErrUnexpectedEOF, one that makes no progress for BodyTimeout fails
-// with a timeout. The body must be closed; ctx bounds its whole life.
-func OpenNAR(ctx context.Context, h host.Host, p peer.ID, hash, narHash string, offset int64) (size int64, body io.ReadCloser, err error) {
-	if !store.ValidHash(hash) || !validNarHash(narHash) || offset < 0 {
+// OpenNAR asks peer p for length bytes (0: all) of the NAR of hash with
+// NarHash narHash (Nix base-32), from offset on; over /peerix/nar/1.1.0 if
+// p speaks it (then zstd on the wire if acceptZstd and p finds it pays),
+// else over 1.0.0 (the reader then stops after length bytes and resets the
+// stream). It returns the whole NAR's size and a body of exactly the bytes
+// asked for: a body the peer ends early fails with io.ErrUnexpectedEOF,
+// one that makes no progress for BodyTimeout fails with a timeout. The
+// body must be closed; ctx bounds its whole life.
+func OpenNAR(ctx context.Context, h host.Host, p peer.ID, hash, narHash string, offset, length int64, acceptZstd bool) (size int64, body io.ReadCloser, err error) {
+	if !store.ValidHash(hash) || !validNarHash(narHash) || offset < 0 || length < 0 {
 		return 0, nil, fmt.Errorf("NAR %s-%s at %d: %w", hash, narHash, offset, store.ErrBadRequest)
 	}
-	st, release, err := openStream(ctx, h, p, NARProtocol)
+	st, release, err := openStream(ctx, h, p, NARProtocol11, NARProtocol)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -350,8 +407,14 @@ func OpenNAR(ctx context.Context, h host.Host, p peer.ID, hash, narHash string, 
 			st.Reset()
 		}
 	}()
+	v11 := st.Protocol() == NARProtocol11
+	req := NarRequest{Hash: hash, NarHash: narHash, Offset: offset, Length: length, AcceptZstd: acceptZstd}
+	frame := EncodeNarRequest(req)
+	if v11 {
+		frame = EncodeNarRequest11(req)
+	}
 	st.SetDeadline(requestDeadline(ctx))
-	if err := writeFrame(st, EncodeNarRequest(NarRequest{Hash: hash, NarHash: narHash, Offset: offset})); err != nil {
+	if err := writeFrame(st, frame); err != nil {
 		return 0, nil, ctxErr(ctx, err)
 	}
 	st.CloseWrite()
@@ -359,32 +422,101 @@ func OpenNAR(ctx context.Context, h host.Host, p peer.ID, hash, narHash string, 
 	if err != nil {
 		return 0, nil, ctxErr(ctx, err)
 	}
-	a, size, err := DecodeNarAnswer(b)
+	var a Answer
+	enc := EncodingRaw
+	if v11 {
+		a, size, enc, err = DecodeNarAnswer11(b)
+	} else {
+		a, size, err = DecodeNarAnswer(b)
+	}
 	if err != nil {
 		return 0, nil, err
 	}
 	if a.Status != StatusFound {
 		return 0, nil, a.Err("NAR " + hash)
 	}
-	if offset > size {
-		return 0, nil, protocolErrorf("NAR of %d bytes sent for offset %d", size, offset)
+	if offset > size || offset+length > size {
+		return 0, nil, protocolErrorf("NAR of %d bytes sent for offset %d, length %d", size, offset, length)
+	}
+	want := size - offset
+	if length > 0 {
+		want = length
 	}
 	ok = true
-	return size, &narBody{st: st, release: release, left: size - offset}, nil
+	if enc == EncodingZstd {
+		wire := &narBody{st: st, release: release, left: math.MaxInt64, untilEOF: true}
+		zr, err := compress.NewReader(wire)
+		if err != nil {
+			wire.Close()
+			return 0, nil, protocolErrorf("zstd: %v", err)
+		}
+		return size, &unzstd{zr: zr, wire: wire, left: want}, nil
+	}
+	if !v11 {
+		// 1.0.0 sends to the end; the reader stops at want (and resets
+		// the stream when closed before its end).
+		return size, &narBody{st: st, release: release, left: size - offset, stopAt: size - offset - want}, nil
+	}
+	return size, &narBody{st: st, release: release, left: want}, nil
 }
 
-// narBody is the raw NAR bytes of an answer.
+// unzstd is a compressed NAR body, decompressed: exactly left bytes.
+type unzstd struct {
+	zr   *compress.Reader
+	wire *narBody
+	left int64
+}
+
+func (u *unzstd) Read(p []byte) (int, error) {
+	if u.left == 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > u.left {
+		p = p[:u.left]
+	}
+	n, err := u.zr.Read(p)
+	u.left -= int64(n)
+	switch {
+	case err == io.EOF && u.left > 0:
+		err = io.ErrUnexpectedEOF
+	case err == nil && u.left == 0:
+		err = io.EOF
+	}
+	return n, err
+}
+
+// WireBytes is how many bytes came over the wire so far.
+func (u *unzstd) WireBytes() int64 { return u.wire.read }
+
+// Relayed reports whether the body comes over a relayed connection.
+func (u *unzstd) Relayed() bool { return u.wire.Relayed() }
+
+func (u *unzstd) Close() error {
+	u.zr.Close() // closes the wire body too
+	return nil
+}
+
+// narBody is the bytes of an answer's body: left of them (or, untilEOF,
+// all until the responder closes), the last stopAt of which are not read
+// (a 1.0.0 responder sends to the NAR's end).
 type narBody struct {
 	st       network.Stream
 	release  func() bool
 	left     int64
+	stopAt   int64
+	untilEOF bool
+	read     int64
+	eof      bool // the responder closed its side
 	deadline time.Time
 	closed   bool
 }
 
 func (b *narBody) Read(p []byte) (int, error) {
-	if b.left == 0 {
+	if b.left == b.stopAt {
 		return 0, io.EOF
+	}
+	if int64(len(p)) > b.left-b.stopAt {
+		p = p[:b.left-b.stopAt]
 	}
 	if int64(len(p)) > b.left {
 		p = p[:b.left]
@@ -396,14 +528,23 @@ func (b *narBody) Read(p []byte) (int, error) {
 	}
 	n, err := b.st.Read(p)
 	b.left -= int64(n)
-	if err == io.EOF && b.left > 0 {
+	b.read += int64(n)
+	b.eof = b.eof || err == io.EOF
+	switch {
+	case b.untilEOF:
+	case err == io.EOF && b.left > b.stopAt:
 		err = io.ErrUnexpectedEOF
-	}
-	if err == nil && b.left == 0 {
+	case err == nil && b.left == b.stopAt:
 		err = io.EOF
 	}
 	return n, err
 }
+
+// WireBytes is how many bytes came over the wire so far.
+func (b *narBody) WireBytes() int64 { return b.read }
+
+// Relayed reports whether the body comes over a relayed connection.
+func (b *narBody) Relayed() bool { return isCircuit(b.st.Conn().RemoteMultiaddr()) }
 
 func (b *narBody) Close() error {
 	if b.closed {
@@ -411,8 +552,8 @@ func (b *narBody) Close() error {
 	}
 	b.closed = true
 	b.release()
-	if b.left > 0 {
-		return b.st.Reset()
+	if b.eof || !b.untilEOF && b.left == 0 {
+		return b.st.Close()
 	}
-	return b.st.Close()
+	return b.st.Reset()
 }

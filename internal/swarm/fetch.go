@@ -295,6 +295,14 @@ func (t *transfer) copyRange(ctx context.Context, c candidate, from, to int64, g
 	})
 	defer body.Close()
 
+	began := time.Now()
+	defer func() {
+		wire := progress.Load()
+		if w, ok := body.(interface{ WireBytes() int64 }); ok {
+			wire = w.WireBytes()
+		}
+		t.f.rep.Carried(id, wire, time.Since(began))
+	}()
 	buf := make([]byte, 256<<10)
 	for pos := from; pos < to; {
 		n := min(int64(len(buf)), to-pos)
