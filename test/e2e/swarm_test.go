@@ -128,7 +128,7 @@ func TestLANSwarm(t *testing.T) {
 }
 
 // waitNeighbour waits until d follows the summary of the daemon on h.
-func waitNeighbour(t *testing.T, d *peerixProc, h *nsHost) {
+func waitNeighbour(t testing.TB, d *peerixProc, h *nsHost) {
 	t.Helper()
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		for _, l := range strings.Split(d.log.String(), "\n") {
