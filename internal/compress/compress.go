@@ -1,30 +1,55 @@
-// Package compress is zstd on the peer link: chosen per transfer, never
-// what Nix sees. The asker offers it when its link to the holder is slower
-// than compression (AcceptBelow, measured as wire bytes a second); the
-// holder takes it when a sample of the bytes compresses (Sample). Both
-// sides pool their coders, so a transfer costs no allocation of encoder
-// state.
+// Package compress is zstd on the peer link, chosen block by block by the
+// sender, never what Nix sees.
+//
+// A body in the block format is a sequence of blocks, each
+//
+//	u8 kind (0 raw, 1 zstd), u32 NAR bytes (1..MaxBlock), u32 wire bytes,
+//	then the wire bytes: the NAR bytes themselves (raw; wire == NAR), or
+//	one zstd frame of them (zstd; wire < NAR).
+//
+// The Writer compresses a block only when that is faster than sending it
+// raw: when the link (measured as wire bytes a second while its writes
+// block) is slower than compressing saves, speed × (1 − ratio), with the
+// speed and ratio measured on the content itself. So a 50 Mbit/s uplink
+// carries binaries compressed and veth or 10 GbE carries them raw, and
+// random bytes always go raw. A block now and then is compressed anyway
+// to keep the ratio current as the content changes.
 package compress
 
 import (
-	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
 	"io"
 	"sync"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 )
 
-// AcceptBelow: an asker whose link to a holder carries fewer wire bytes a
-// second than this offers compression (one core compresses binaries at
-// several times this with the fastest level, and decompresses faster
-// still); on a faster link the CPU would be the bottleneck.
-const AcceptBelow = 100 << 20
+// Block kinds.
+const (
+	kindRaw  = 0
+	kindZstd = 1
+)
 
-// SampleSize is how much of a NAR Sample reads to judge it.
-const SampleSize = 128 << 10
+const (
+	// BlockSize is the NAR bytes of the blocks the Writer makes.
+	BlockSize = 256 << 10
+	// MaxBlock is the most NAR bytes a block may hold.
+	MaxBlock = 1 << 20
+	// headerSize is a block's header.
+	headerSize = 9
+	// worthRatio: a block is sent compressed only when it shrinks below
+	// this.
+	worthRatio = 0.9
+	// probeEvery: while sending raw, every probeEvery-th block is
+	// compressed anyway, to learn the content's ratio and speed.
+	probeEvery = 16
+)
 
-// worthRatio: compression is used when the sample shrinks below this.
-const worthRatio = 0.9
+// ErrFormat: a body that does not follow the block format.
+var ErrFormat = errors.New("malformed compressed body")
 
 var encoders = sync.Pool{New: func() any {
 	e, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest),
@@ -33,105 +58,239 @@ var encoders = sync.Pool{New: func() any {
 }}
 
 var decoders = sync.Pool{New: func() any {
-	d, _ := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true))
+	d, _ := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true),
+		zstd.WithDecoderMaxMemory(MaxBlock))
 	return d
 }}
 
-// Sample reads up to SampleSize bytes of r and tells whether compressing
-// them pays. It returns r again as a reader of everything, sample
-// included.
-func Sample(r io.Reader) (io.Reader, bool, error) {
-	head := make([]byte, SampleSize)
-	n, err := io.ReadFull(r, head)
-	if err == io.EOF || err == io.ErrUnexpectedEOF {
-		err = nil
-	}
-	if err != nil {
-		return nil, false, err
-	}
-	head = head[:n]
-	whole := io.MultiReader(bytes.NewReader(head), r)
-	if n < 4<<10 {
-		return whole, false, nil // not worth a frame
-	}
-	e := encoders.Get().(*zstd.Encoder)
-	out := e.EncodeAll(head, make([]byte, 0, n))
-	encoders.Put(e)
-	return whole, float64(len(out)) < worthRatio*float64(n), nil
-}
+// Writer writes the block format to w. Close writes what is buffered; it
+// does not close w.
+type Writer struct {
+	w   io.Writer
+	buf []byte // NAR bytes of the next block
+	out []byte // header and wire bytes of a block
 
-// Writer compresses into w; Close flushes the stream (it does not close w)
-// and returns the encoder to the pool.
-type Writer struct{ e *zstd.Encoder }
+	// What the Writer learned: the link's wire bytes a second, the
+	// content's compression speed (NAR bytes a second) and ratio; 0:
+	// not known yet.
+	link, speed, ratio float64
+	sinceProbe         int
+
+	nar, wire int64
+}
 
 // NewWriter returns a Writer into w.
 func NewWriter(w io.Writer) *Writer {
-	e := encoders.Get().(*zstd.Encoder)
-	e.Reset(w)
-	return &Writer{e}
+	return &Writer{w: w, buf: make([]byte, 0, BlockSize), out: make([]byte, 0, headerSize+BlockSize),
+		sinceProbe: probeEvery - 1} // the first block is a probe
 }
 
-func (w *Writer) Write(p []byte) (int, error) { return w.e.Write(p) }
+func (w *Writer) Write(p []byte) (int, error) {
+	n := 0
+	for len(p) > 0 {
+		k := copy(w.buf[len(w.buf):cap(w.buf)], p)
+		w.buf = w.buf[:len(w.buf)+k]
+		p, n = p[k:], n+k
+		if len(w.buf) == cap(w.buf) {
+			if err := w.flush(); err != nil {
+				return n, err
+			}
+		}
+	}
+	return n, nil
+}
 
-// ReadFrom lets io.Copy hand the encoder large blocks.
-func (w *Writer) ReadFrom(r io.Reader) (int64, error) { return w.e.ReadFrom(r) }
+// ReadFrom fills blocks straight from r.
+func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
+	var total int64
+	for {
+		k, err := r.Read(w.buf[len(w.buf):cap(w.buf)])
+		w.buf = w.buf[:len(w.buf)+k]
+		total += int64(k)
+		if len(w.buf) == cap(w.buf) {
+			if ferr := w.flush(); ferr != nil {
+				return total, ferr
+			}
+		}
+		if err == io.EOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+}
 
-// Close ends the stream.
+// Close writes the last, partial block.
 func (w *Writer) Close() error {
-	if w.e == nil {
+	if len(w.buf) == 0 {
 		return nil
 	}
-	err := w.e.Close()
-	encoders.Put(w.e)
-	w.e = nil
-	return err
+	return w.flush()
 }
 
-// Reader decompresses r; Close returns the decoder to the pool and closes
-// r if it is a Closer.
-type Reader struct {
-	d *zstd.Decoder
-	r io.Reader
-}
+// Counts returns the NAR bytes written so far and the wire bytes they
+// took.
+func (w *Writer) Counts() (nar, wire int64) { return w.nar, w.wire }
 
-// NewReader returns a Reader of r.
-func NewReader(r io.Reader) (*Reader, error) {
-	d := decoders.Get().(*zstd.Decoder)
-	if err := d.Reset(r); err != nil {
-		decoders.Put(d)
-		return nil, err
+// flush sends the buffered block, compressed if that is faster.
+func (w *Writer) flush() error {
+	block := w.buf
+	w.buf = w.buf[:0]
+	kind := byte(kindRaw)
+	payload := block
+	w.out = w.out[:headerSize]
+	w.sinceProbe++
+	if w.compressing() || w.sinceProbe >= probeEvery {
+		w.sinceProbe = 0
+		e := encoders.Get().(*zstd.Encoder)
+		start := time.Now()
+		w.out = e.EncodeAll(block, w.out)
+		took := time.Now().Sub(start).Seconds()
+		encoders.Put(e)
+		z := w.out[headerSize:]
+		w.ratio = ewma(w.ratio, float64(len(z))/float64(len(block)))
+		if took > 0 {
+			w.speed = ewma(w.speed, float64(len(block))/took)
+		}
+		if float64(len(z)) < worthRatio*float64(len(block)) {
+			kind, payload = kindZstd, z
+		}
 	}
-	return &Reader{d: d, r: r}, nil
-}
-
-func (r *Reader) Read(p []byte) (int, error) {
-	if r.d == nil {
-		return 0, io.ErrClosedPipe
+	hdr := w.out[:headerSize]
+	hdr[0] = kind
+	binary.BigEndian.PutUint32(hdr[1:], uint32(len(block)))
+	binary.BigEndian.PutUint32(hdr[5:], uint32(len(payload)))
+	start := time.Now()
+	var err error
+	if kind == kindZstd {
+		_, err = w.w.Write(w.out)
+	} else {
+		if _, err = w.w.Write(hdr); err == nil {
+			_, err = w.w.Write(payload)
+		}
 	}
-	return r.d.Read(p)
-}
-
-// Close releases the decoder and closes the underlying reader.
-func (r *Reader) Close() error {
-	if r.d != nil {
-		r.d.Reset(nil)
-		decoders.Put(r.d)
-		r.d = nil
+	if err != nil {
+		return err
 	}
-	if c, ok := r.r.(io.Closer); ok {
-		return c.Close()
+	if took := time.Now().Sub(start).Seconds(); took > 0 {
+		w.link = ewma(w.link, float64(headerSize+len(payload))/took)
 	}
+	w.nar += int64(len(block))
+	w.wire += int64(headerSize + len(payload))
 	return nil
 }
 
-// Counter counts the bytes read through it: the wire bytes of a transfer.
-type Counter struct {
-	R io.Reader
-	N int64
+// compressing reports whether the next block is faster compressed: per
+// NAR byte, compressing and sending the rest (1/speed + ratio/link) takes
+// less than sending it raw (1/link).
+func (w *Writer) compressing() bool {
+	if w.ratio == 0 || w.ratio >= worthRatio {
+		return false
+	}
+	if w.link == 0 {
+		return true // nothing measured yet: the probe said it shrinks
+	}
+	return w.link < w.speed*(1-w.ratio)
 }
 
-func (c *Counter) Read(p []byte) (int, error) {
-	n, err := c.R.Read(p)
-	c.N += int64(n)
-	return n, err
+// ewma folds x into an average that weighs recent blocks most.
+func ewma(avg, x float64) float64 {
+	if avg == 0 {
+		return x
+	}
+	return 0.75*avg + 0.25*x
 }
+
+// Reader reads NAR bytes from a body in the block format. A body may end
+// only between blocks; whether it ended where it should is the caller's to
+// judge (it knows how many bytes it asked for).
+type Reader struct {
+	r    io.Reader
+	left int64  // NAR bytes left of the raw block being read
+	out  []byte // decoded bytes of a zstd block not yet read
+	in   []byte // a zstd block
+	dec  []byte // its decoded bytes
+	wire int64
+}
+
+// NewReader returns a Reader of r.
+func NewReader(r io.Reader) *Reader { return &Reader{r: r} }
+
+func (r *Reader) Read(p []byte) (int, error) {
+	for {
+		switch {
+		case len(r.out) > 0:
+			n := copy(p, r.out)
+			r.out = r.out[n:]
+			return n, nil
+		case r.left > 0:
+			n, err := r.r.Read(p[:min(int64(len(p)), r.left)])
+			r.left -= int64(n)
+			r.wire += int64(n)
+			if err == io.EOF {
+				if r.left == 0 {
+					err = nil // the body ends with this block; the next Read says so
+				} else {
+					err = io.ErrUnexpectedEOF
+				}
+			}
+			return n, err
+		}
+		if err := r.nextBlock(); err != nil {
+			return 0, err
+		}
+	}
+}
+
+// nextBlock reads a block's header, and a zstd block whole.
+func (r *Reader) nextBlock() error {
+	var hdr [headerSize]byte
+	n, err := io.ReadFull(r.r, hdr[:])
+	r.wire += int64(n)
+	if err == io.EOF {
+		return io.EOF // between blocks
+	}
+	if err != nil {
+		return unexpected(err)
+	}
+	kind := hdr[0]
+	nar := binary.BigEndian.Uint32(hdr[1:])
+	wire := binary.BigEndian.Uint32(hdr[5:])
+	switch {
+	case nar == 0 || nar > MaxBlock:
+		return fmt.Errorf("%w: a block of %d bytes", ErrFormat, nar)
+	case kind == kindRaw && wire == nar:
+		r.left = int64(nar)
+		return nil
+	case kind != kindZstd || wire == 0 || wire >= nar:
+		return fmt.Errorf("%w: block kind %d, %d bytes in %d", ErrFormat, kind, nar, wire)
+	}
+	if cap(r.in) < int(wire) {
+		r.in = make([]byte, wire, max(wire, BlockSize))
+	}
+	r.in = r.in[:wire]
+	n, err = io.ReadFull(r.r, r.in)
+	r.wire += int64(n)
+	if err != nil {
+		return unexpected(err)
+	}
+	d := decoders.Get().(*zstd.Decoder)
+	out, err := d.DecodeAll(r.in, r.dec[:0])
+	decoders.Put(d)
+	if err != nil || len(out) != int(nar) {
+		return fmt.Errorf("%w: a zstd block of %d bytes decodes to %d (%v)", ErrFormat, nar, len(out), err)
+	}
+	r.dec, r.out = out, out
+	return nil
+}
+
+func unexpected(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// WireBytes is how many bytes came over the wire so far.
+func (r *Reader) WireBytes() int64 { return r.wire }

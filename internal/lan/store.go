@@ -255,10 +255,8 @@ func (p *peer) OpenNAR(ctx context.Context, nar swarm.NAR, offset, end int64) (i
 	if ranged {
 		req.Header.Set("Range", "bytes="+strconv.FormatInt(offset, 10)+"-"+strconv.FormatInt(end-1, 10))
 	}
-	// zstd on the wire pays on a link slower than compressing.
-	if rate, known := p.s.swarm.Reputation().LinkRate(p.ID()); !known || rate < compress.AcceptBelow {
-		req.Header.Set(cache.AcceptEncodingHeader, "zstd")
-	}
+	// The holder compresses block by block where that is faster.
+	req.Header.Set(cache.AcceptEncodingHeader, cache.BlocksEncoding)
 	resp, err := p.s.client.Do(req)
 	if err != nil {
 		return nil, err
@@ -274,14 +272,8 @@ func (p *peer) OpenNAR(ctx context.Context, nar swarm.NAR, offset, end int64) (i
 	case resp.StatusCode != want:
 		resp.Body.Close()
 		return nil, fmt.Errorf("%w: NAR: HTTP %d", swarm.ErrRemote, resp.StatusCode)
-	case resp.Header.Get(cache.EncodingHeader) == "zstd":
-		wire := &compress.Counter{R: resp.Body}
-		zr, err := compress.NewReader(wire)
-		if err != nil {
-			resp.Body.Close()
-			return nil, fmt.Errorf("%w: zstd: %v", swarm.ErrProtocol, err)
-		}
-		return &unzstd{zr: zr, wire: wire, body: resp.Body}, nil
+	case resp.Header.Get(cache.EncodingHeader) == cache.BlocksEncoding:
+		return &blocksBody{Reader: compress.NewReader(resp.Body), body: resp.Body}, nil
 	case resp.ContentLength >= 0 && resp.ContentLength != end-offset:
 		resp.Body.Close()
 		return nil, fmt.Errorf("%w: NAR: %d bytes offered, %d expected", swarm.ErrLie, resp.ContentLength, end-offset)
@@ -289,23 +281,15 @@ func (p *peer) OpenNAR(ctx context.Context, nar swarm.NAR, offset, end int64) (i
 	return resp.Body, nil
 }
 
-// unzstd is a NAR body that came compressed: the NAR bytes, and how many
-// came over the wire (the swarm kit stops reading at the range's end).
-type unzstd struct {
-	zr   *compress.Reader
-	wire *compress.Counter
+// blocksBody is a NAR body in the block format: the NAR bytes, and how
+// many came over the wire (WireBytes; the swarm kit stops reading at the
+// range's end).
+type blocksBody struct {
+	*compress.Reader
 	body io.Closer
 }
 
-func (u *unzstd) Read(p []byte) (int, error) { return u.zr.Read(p) }
-
-// WireBytes is how many bytes came over the wire so far.
-func (u *unzstd) WireBytes() int64 { return u.wire.N }
-
-func (u *unzstd) Close() error {
-	u.zr.Close()
-	return u.body.Close()
-}
+func (b *blocksBody) Close() error { return b.body.Close() }
 
 var (
 	_ store.Store  = (*Store)(nil)

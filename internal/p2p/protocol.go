@@ -237,17 +237,10 @@ func (s *Server) serveNAR(st network.Stream, req NarRequest, v11 bool) {
 	if req.Length > 0 {
 		want = req.Length
 	}
-	var body io.Reader = io.LimitReader(nar, want)
+	body := io.LimitReader(nar, want)
 	enc := EncodingRaw
-	if req.AcceptZstd {
-		var worth bool
-		if body, worth, err = compress.Sample(body); err != nil {
-			s.answerError(st, errors.New("reading the NAR failed"))
-			return
-		}
-		if worth {
-			enc = EncodingZstd
-		}
+	if req.AcceptBlocks {
+		enc = EncodingBlocks
 	}
 	status := binary.BigEndian.AppendUint64([]byte{StatusFound}, uint64(nar.Size))
 	if v11 {
@@ -261,10 +254,11 @@ func (s *Server) serveNAR(st network.Stream, req NarRequest, v11 bool) {
 	// Nothing more is read from the asker.
 	st.CloseRead()
 	var n int64
-	if enc == EncodingZstd {
-		zw := compress.NewWriter(&bodyWriter{st: st, left: math.MaxInt64})
-		n, err = io.Copy(zw, body)
-		if cerr := zw.Close(); err == nil {
+	if enc == EncodingBlocks {
+		// Block by block, compressed when that is faster than raw.
+		bw := compress.NewWriter(&bodyWriter{st: st, left: math.MaxInt64})
+		n, err = io.Copy(bw, body)
+		if cerr := bw.Close(); err == nil {
 			err = cerr
 		}
 	} else {
@@ -392,7 +386,7 @@ func ctxErr(ctx context.Context, err error) error {
 // asked for: a body the peer ends early fails with io.ErrUnexpectedEOF,
 // one that makes no progress for BodyTimeout fails with a timeout. The
 // body must be closed; ctx bounds its whole life.
-func OpenNAR(ctx context.Context, h host.Host, p peer.ID, hash, narHash string, offset, length int64, acceptZstd bool) (size int64, body io.ReadCloser, err error) {
+func OpenNAR(ctx context.Context, h host.Host, p peer.ID, hash, narHash string, offset, length int64, acceptBlocks bool) (size int64, body io.ReadCloser, err error) {
 	if !store.ValidHash(hash) || !validNarHash(narHash) || offset < 0 || length < 0 {
 		return 0, nil, fmt.Errorf("NAR %s-%s at %d: %w", hash, narHash, offset, store.ErrBadRequest)
 	}
@@ -408,7 +402,7 @@ func OpenNAR(ctx context.Context, h host.Host, p peer.ID, hash, narHash string, 
 		}
 	}()
 	v11 := st.Protocol() == NARProtocol11
-	req := NarRequest{Hash: hash, NarHash: narHash, Offset: offset, Length: length, AcceptZstd: acceptZstd}
+	req := NarRequest{Hash: hash, NarHash: narHash, Offset: offset, Length: length, AcceptBlocks: acceptBlocks}
 	frame := EncodeNarRequest(req)
 	if v11 {
 		frame = EncodeNarRequest11(req)
@@ -443,14 +437,9 @@ func OpenNAR(ctx context.Context, h host.Host, p peer.ID, hash, narHash string, 
 		want = length
 	}
 	ok = true
-	if enc == EncodingZstd {
+	if enc == EncodingBlocks {
 		wire := &narBody{st: st, release: release, left: math.MaxInt64, untilEOF: true}
-		zr, err := compress.NewReader(wire)
-		if err != nil {
-			wire.Close()
-			return 0, nil, protocolErrorf("zstd: %v", err)
-		}
-		return size, &unzstd{zr: zr, wire: wire, left: want}, nil
+		return size, &blocksBody{r: compress.NewReader(wire), wire: wire, left: want}, nil
 	}
 	if !v11 {
 		// 1.0.0 sends to the end; the reader stops at want (and resets
@@ -460,21 +449,22 @@ func OpenNAR(ctx context.Context, h host.Host, p peer.ID, hash, narHash string, 
 	return size, &narBody{st: st, release: release, left: want}, nil
 }
 
-// unzstd is a compressed NAR body, decompressed: exactly left bytes.
-type unzstd struct {
-	zr   *compress.Reader
+// blocksBody is a NAR body in the block format, decoded: exactly left
+// bytes.
+type blocksBody struct {
+	r    *compress.Reader
 	wire *narBody
 	left int64
 }
 
-func (u *unzstd) Read(p []byte) (int, error) {
+func (u *blocksBody) Read(p []byte) (int, error) {
 	if u.left == 0 {
 		return 0, io.EOF
 	}
 	if int64(len(p)) > u.left {
 		p = p[:u.left]
 	}
-	n, err := u.zr.Read(p)
+	n, err := u.r.Read(p)
 	u.left -= int64(n)
 	switch {
 	case err == io.EOF && u.left > 0:
@@ -486,15 +476,12 @@ func (u *unzstd) Read(p []byte) (int, error) {
 }
 
 // WireBytes is how many bytes came over the wire so far.
-func (u *unzstd) WireBytes() int64 { return u.wire.read }
+func (u *blocksBody) WireBytes() int64 { return u.wire.read }
 
 // Relayed reports whether the body comes over a relayed connection.
-func (u *unzstd) Relayed() bool { return u.wire.Relayed() }
+func (u *blocksBody) Relayed() bool { return u.wire.Relayed() }
 
-func (u *unzstd) Close() error {
-	u.zr.Close() // closes the wire body too
-	return nil
-}
+func (u *blocksBody) Close() error { return u.wire.Close() }
 
 // narBody is the bytes of an answer's body: left of them (or, untilEOF,
 // all until the responder closes), the last stopAt of which are not read

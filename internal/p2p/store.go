@@ -18,7 +18,6 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 	"github.com/nix-community/go-nix/pkg/narinfo"
 
-	"github.com/peerix/peerix/internal/compress"
 	"github.com/peerix/peerix/internal/store"
 	"github.com/peerix/peerix/internal/summary"
 	"github.com/peerix/peerix/internal/swarm"
@@ -254,10 +253,7 @@ func (p *holder) NarInfo(ctx context.Context, hash string) (*narinfo.NarInfo, er
 // punching made one (open streams do not move by themselves).
 func (p *holder) OpenNAR(ctx context.Context, nar swarm.NAR, offset, end int64) (io.ReadCloser, error) {
 	p.s.waitHolePunch(ctx)
-	// zstd on the wire pays on a link slower than compressing.
-	rate, known := p.s.swarm.Reputation().LinkRate(p.ID())
-	zstd := !known || rate < compress.AcceptBelow
-	b := &upgradingBody{p: p, ctx: ctx, nar: nar, pos: offset, end: end, zstd: zstd}
+	b := &upgradingBody{p: p, ctx: ctx, nar: nar, pos: offset, end: end}
 	if err := b.open(); err != nil {
 		return nil, err
 	}
@@ -274,7 +270,6 @@ type upgradingBody struct {
 	ctx       context.Context
 	nar       swarm.NAR
 	pos, end  int64
-	zstd      bool  // offer zstd
 	wire      int64 // wire bytes of bodies closed so far
 	body      io.ReadCloser
 	relayed   bool
@@ -285,7 +280,7 @@ type upgradingBody struct {
 }
 
 func (b *upgradingBody) open() error {
-	size, body, err := OpenNAR(b.ctx, b.p.s.h, b.p.id, b.nar.Hash, b.nar.NarHash, b.pos, b.end-b.pos, b.zstd)
+	size, body, err := OpenNAR(b.ctx, b.p.s.h, b.p.id, b.nar.Hash, b.nar.NarHash, b.pos, b.end-b.pos, true)
 	if err != nil {
 		return err
 	}

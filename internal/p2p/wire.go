@@ -129,18 +129,19 @@ type NarRequest struct {
 	NarHash string // 52-character Nix base-32 SHA-256
 	Offset  int64
 	// Since /peerix/nar/1.1.0: Length bytes from Offset (0: to the end),
-	// and whether the asker takes a zstd stream.
-	Length     int64
-	AcceptZstd bool
+	// and whether the asker takes the block format (internal/compress:
+	// zstd where it pays).
+	Length       int64
+	AcceptBlocks bool
 }
 
 // Flags of a /peerix/nar/1.1.0 request.
-const flagAcceptZstd = 0x01
+const flagAcceptBlocks = 0x01
 
 // Encodings of a /peerix/nar/1.1.0 body.
 const (
-	EncodingRaw  byte = 0
-	EncodingZstd byte = 1
+	EncodingRaw    byte = 0
+	EncodingBlocks byte = 1 // the block format of internal/compress
 )
 
 // EncodeNarRequest11 is a /peerix/nar/1.1.0 request frame's payload.
@@ -148,8 +149,8 @@ func EncodeNarRequest11(r NarRequest) []byte {
 	b := EncodeNarRequest(r)
 	b = binary.BigEndian.AppendUint64(b, uint64(r.Length))
 	var flags byte
-	if r.AcceptZstd {
-		flags |= flagAcceptZstd
+	if r.AcceptBlocks {
+		flags |= flagAcceptBlocks
 	}
 	return append(b, flags)
 }
@@ -165,10 +166,10 @@ func DecodeNarRequest11(b []byte) (NarRequest, error) {
 	}
 	length := binary.BigEndian.Uint64(b[narRequestLen:])
 	flags := b[narRequestLen+8]
-	if length > 1<<62 || flags&^flagAcceptZstd != 0 {
+	if length > 1<<62 || flags&^flagAcceptBlocks != 0 {
 		return NarRequest{}, protocolErrorf("NAR request length %d, flags %#x", length, flags)
 	}
-	r.Length, r.AcceptZstd = int64(length), flags&flagAcceptZstd != 0
+	r.Length, r.AcceptBlocks = int64(length), flags&flagAcceptBlocks != 0
 	return r, nil
 }
 
@@ -291,7 +292,7 @@ func DecodeNarAnswer11(b []byte) (Answer, int64, byte, error) {
 	if a.Status != StatusFound {
 		return a, 0, 0, nil
 	}
-	if len(a.Payload) != 9 || a.Payload[8] > EncodingZstd {
+	if len(a.Payload) != 9 || a.Payload[8] > EncodingBlocks {
 		return Answer{}, 0, 0, protocolErrorf("NAR status frame of %d bytes", len(b))
 	}
 	enc := a.Payload[8]

@@ -176,53 +176,10 @@ func (t *transfer) run(ctx context.Context) {
 	}
 }
 
-// fill fetches [pos, size) from holders: a large NAR that several
-// holders have from several at once (pieces.go), else from one holder at a
-// time, moving on at each failure.
-func (t *transfer) fill(ctx context.Context) error {
-	if t.pos == 0 && !t.alone && t.nar.Size >= multiSourceMin {
-		if srcs := t.several(); len(srcs) > 1 {
-			err := t.fillPieces(ctx, srcs)
-			if err == nil || ctx.Err() != nil || errors.Is(err, errSpool) {
-				return err
-			}
-			// Every holder broke: what is left, if anything, from one at a
-			// time (the pieces done stay).
-			t.f.log.Debug("NAR from several holders failed; going on with one at a time", "hash", t.nar.Hash, "err", err)
-		}
-	}
-	return t.fillAlone(ctx)
-}
-
-// fillAlone fetches [pos, size) from one holder at a time.
-func (t *transfer) fillAlone(ctx context.Context) error {
-	var errs []error
-	for t.pos < t.nar.Size {
-		src, ok := t.next()
-		if !ok {
-			if len(errs) == 0 {
-				return fmt.Errorf("no holder left for %s: %w", t.nar.Hash, store.ErrNotFound)
-			}
-			return fmt.Errorf("no holder could send %s: %w (%w)", t.nar.Hash, store.ErrNotFound, errors.Join(errs...))
-		}
-		err := t.pull(ctx, src, t.nar.Size)
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		if errors.Is(err, errSpool) {
-			return err // our own disk, not the holder's fault
-		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", src.h.ID(), err))
-			t.f.failed(ctx, src.h.ID(), t.x, err, "NAR")
-		}
-	}
-	return nil
-}
-
-// next picks the next source: holders not under suspicion first, each
-// group in reputation order, none opened more than maxOpensPerHolder times.
-func (t *transfer) next() (candidate, bool) {
+// next picks the next source, not one of busy: holders not under
+// suspicion first, each group in reputation order, none opened more than
+// maxOpensPerHolder times.
+func (t *transfer) next(busy map[string]bool) (candidate, bool) {
 	if t.nOpens >= maxOpens {
 		return candidate{}, false
 	}
@@ -240,7 +197,7 @@ func (t *transfer) next() (candidate, bool) {
 	for _, wantSuspect := range []bool{false, true} {
 		for round := 0; round < maxOpensPerHolder; round++ {
 			for _, id := range ranked {
-				if t.suspect[id] != wantSuspect || t.opens[id] != round {
+				if busy[id] || t.suspect[id] != wantSuspect || t.opens[id] != round {
 					continue
 				}
 				i := slices.IndexFunc(all, func(c candidate) bool { return c.h.ID() == id })
@@ -253,25 +210,11 @@ func (t *transfer) next() (candidate, bool) {
 	return candidate{}, false
 }
 
-// pull copies [pos, end) from one holder into the spool, hashing it, until
-// end or the holder fails, stalls or crawls.
-func (t *transfer) pull(ctx context.Context, c candidate, end int64) error {
-	proven := t.nar.Size >= CutThroughMin && t.f.rep.Proven(c.h.ID())
-	return t.copyRange(ctx, c, t.pos, end, func(p []byte) error {
-		if _, err := t.spool.WriteAt(p, t.pos); err != nil {
-			return fmt.Errorf("%w: %w", errSpool, err)
-		}
-		t.h.Write(p)
-		t.record(c.h.ID(), int64(len(p)))
-		t.publish(proven)
-		return nil
-	})
-}
-
-// copyRange opens [from, to) at holder c and hands what arrives to got, in
-// order, in pieces of at most 256 KiB, until to is reached; a holder that
-// sends nothing for StallTimeout, or less than MinRate, is dropped.
-func (t *transfer) copyRange(ctx context.Context, c candidate, from, to int64, got func([]byte) error) error {
+// copyRange opens [from, to) at holder c and hands what arrives to sink,
+// in order, in pieces of at most 256 KiB, until the sink's range is
+// complete (its end may move closer meanwhile); a holder that sends
+// nothing for StallTimeout, or less than MinRate, is dropped.
+func (t *transfer) copyRange(ctx context.Context, c candidate, from, to int64, sink *segmentSink) error {
 	spec := t.nar
 	if c.ni != nil {
 		spec.URL = c.ni.URL
@@ -295,43 +238,32 @@ func (t *transfer) copyRange(ctx context.Context, c candidate, from, to int64, g
 	})
 	defer body.Close()
 
-	began := time.Now()
-	defer func() {
-		wire := progress.Load()
-		if w, ok := body.(interface{ WireBytes() int64 }); ok {
-			wire = w.WireBytes()
-		}
-		t.f.rep.Carried(id, wire, time.Since(began))
-	}()
 	buf := make([]byte, 256<<10)
-	for pos := from; pos < to; {
-		n := min(int64(len(buf)), to-pos)
-		p := t.spool.direct(pos, n)
-		if p == nil {
-			p = buf[:n]
+	for {
+		p := sink.next(buf)
+		if len(p) == 0 {
+			return nil
 		}
 		m, err := body.Read(p)
 		if m > 0 {
-			if gerr := got(p[:m]); gerr != nil {
-				return gerr
+			if werr := sink.wrote(p[:m]); werr != nil {
+				return werr
 			}
-			pos += int64(m)
 			progress.Add(int64(m))
 		}
 		if err != nil {
 			if e := why.Load(); e != nil {
 				return *e
 			}
-			if pos == to && errors.Is(err, io.EOF) {
-				return nil
-			}
 			if errors.Is(err, io.EOF) {
-				return fmt.Errorf("%w: NAR ended at byte %d of %d", ErrProtocol, pos, to)
+				if sink.complete() {
+					return nil
+				}
+				return fmt.Errorf("%w: NAR ended at byte %d of %d", ErrProtocol, from+progress.Load(), to)
 			}
 			return err
 		}
 	}
-	return nil
 }
 
 // record notes that id sent the next n bytes.

@@ -183,6 +183,7 @@ type Found struct {
 	cands     []candidate      // holders whose narinfo named ni's NarHash, in the order they answered
 	others    []Holder         // holders named but not asked: asked for the NAR by content
 	bad       map[string]bool  // holders caught lying about this path
+	grown     chan struct{}    // closed and replaced when cands or others grow
 }
 
 // candidate is a holder and its own narinfo for the path.
@@ -193,7 +194,7 @@ type candidate struct {
 
 // NewFound starts a lookup of hash; Run does it.
 func (f *Finder) NewFound(hash string) *Found {
-	return &Found{f: f, hash: hash, decided: make(chan struct{}), bad: map[string]bool{}}
+	return &Found{f: f, hash: hash, decided: make(chan struct{}), bad: map[string]bool{}, grown: make(chan struct{})}
 }
 
 // Fresh implements store.Lookup.
@@ -254,7 +255,21 @@ func (x *Found) addOther(h Holder) {
 	defer x.mu.Unlock()
 	if len(x.others) < 16 {
 		x.others = append(x.others, h)
+		x.grew()
 	}
+}
+
+// grew tells a running transfer that another holder may join. x.mu is held.
+func (x *Found) grew() {
+	close(x.grown)
+	x.grown = make(chan struct{})
+}
+
+// holdersChanged is closed when another holder may send the NAR.
+func (x *Found) holdersChanged() <-chan struct{} {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.grown
 }
 
 // AddHolder offers a holder as a source of the NAR by content without
@@ -410,6 +425,7 @@ func (f *Finder) query(ctx context.Context, x *Found, h Holder, timeout time.Dur
 		if same {
 			x.mu.Lock()
 			x.cands = append(x.cands, candidate{h, ni})
+			x.grew()
 			x.mu.Unlock()
 		}
 		return
@@ -428,10 +444,12 @@ func (f *Finder) query(ctx context.Context, x *Found, h Holder, timeout time.Dur
 	case x.ni == nil:
 		x.ni = out
 		x.cands = append(x.cands, candidate{h, ni})
+		x.grew()
 		x.decidedAt = time.Now()
 		close(x.decided)
 	case sameNarHash(ni, x.ni):
 		x.cands = append(x.cands, candidate{h, ni})
+		x.grew()
 	}
 	x.mu.Unlock()
 }

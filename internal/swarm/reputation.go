@@ -94,7 +94,6 @@ type peerRep struct {
 	narsVerified        int
 	narFailures         int // transfers that broke, stalled, crawled or lied
 	bytesVerified       int64
-	linkRate            float64 // EWMA of wire bytes a second of its transfers; 0 unknown
 }
 
 // NewReputation returns an empty table.
@@ -161,34 +160,6 @@ func (r *Reputation) Success(p string, latency time.Duration) {
 			pr.latency = time.Duration(latencyAlpha*float64(latency) + (1-latencyAlpha)*float64(pr.latency))
 		}
 	}
-}
-
-// Carried records that p sent wire bytes in d (one range of a transfer):
-// the link's rate, which decides whether compression pays.
-func (r *Reputation) Carried(p string, wire int64, d time.Duration) {
-	if wire < 256<<10 || d <= 0 {
-		return // too short to tell the link from the round trip
-	}
-	rate := float64(wire) / d.Seconds()
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	pr := r.get(p)
-	if pr.linkRate == 0 {
-		pr.linkRate = rate
-	} else {
-		pr.linkRate = latencyAlpha*rate + (1-latencyAlpha)*pr.linkRate
-	}
-}
-
-// LinkRate is the wire bytes a second p's transfers carried, if known.
-func (r *Reputation) LinkRate(p string) (float64, bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	pr := r.peers[p]
-	if pr == nil || pr.linkRate == 0 {
-		return 0, false
-	}
-	return pr.linkRate, true
 }
 
 // Delivered records a NAR of size bytes from p (alone or with others) that

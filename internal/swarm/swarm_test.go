@@ -58,7 +58,9 @@ type holder struct {
 	stallAt int64         // -1: none; else it stops sending at this offset, forever
 	breakAt int64         // 0: never; else its streams break after this many bytes
 	drip    time.Duration // if set, one byte per drip
+	pace    time.Duration // if set, 64 KiB per pace
 	opens   atomic.Int32
+	sent    atomic.Int64 // NAR bytes it sent
 }
 
 func honest(id string, c content) *holder {
@@ -132,6 +134,14 @@ func (s *stream) Read(p []byte) (int, error) {
 		}
 		p = p[:1]
 	}
+	if s.h.pace > 0 {
+		select {
+		case <-time.After(s.h.pace):
+		case <-s.done:
+			return 0, errors.New("closed")
+		}
+		p = p[:min(len(p), 64<<10)]
+	}
 	end := int64(len(s.b))
 	if s.h.stallAt >= 0 {
 		end = min(end, s.h.stallAt)
@@ -144,6 +154,7 @@ func (s *stream) Read(p []byte) (int, error) {
 	}
 	n := copy(p, s.b[s.pos:end])
 	s.pos += int64(n)
+	s.h.sent.Add(int64(n))
 	return n, nil
 }
 
@@ -450,4 +461,41 @@ func TestNARFromSeveralAtOnce(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Holders that answer the lookup after the transfer started join it, and
+// a faster holder sends more than a slower one.
+func TestHoldersJoinAndFastOnesSendMore(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := newContent(32<<20, 10)
+		fast, slow, late := honest("fast", c), honest("slow", c), honest("late", c)
+		fast.pace = 10 * time.Millisecond // 6.5 MB/s
+		slow.pace = 40 * time.Millisecond // 1.6 MB/s
+		late.pace = 10 * time.Millisecond
+		slow.delay = time.Millisecond
+		late.delay = time.Second // answers once the transfer runs
+		f := swarm.NewFinder(swarm.Options{SpoolDir: t.TempDir(), Spares: 5})
+		x := f.NewFound(testHash)
+		go f.Run(t.Context(), x, holders(fast, slow, late))
+		<-x.Decided()
+		time.Sleep(10 * time.Millisecond) // slow confirms too
+		start := time.Now()
+		got, err := readAll(t, x, c.narHash(), 0)
+		if err != nil || !bytes.Equal(got, c.nar) {
+			t.Fatalf("got %d bytes (equal %v), err %v", len(got), bytes.Equal(got, c.nar), err)
+		}
+		took := time.Since(start)
+		// fast and slow alone: 32 MiB at 8.1 MB/s, 4.1 s; late joins
+		// after a second and adds 6.5 MB/s.
+		if took > 3*time.Second { // ideal: 2.73 s
+			t.Errorf("took %v: the late holder did not help", took)
+		}
+		if late.sent.Load() < 4<<20 {
+			t.Errorf("the late holder sent %d bytes", late.sent.Load())
+		}
+		if fast.sent.Load() < 2*slow.sent.Load() {
+			t.Errorf("fast sent %d bytes, slow %d: the fast one should send about four times as much", fast.sent.Load(), slow.sent.Load())
+		}
+		t.Logf("in %v: fast %d, slow %d, late %d bytes", took, fast.sent.Load(), slow.sent.Load(), late.sent.Load())
+	})
 }
