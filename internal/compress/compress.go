@@ -146,7 +146,7 @@ func (w *Writer) flush() error {
 		e := encoders.Get().(*zstd.Encoder)
 		start := time.Now()
 		w.out = e.EncodeAll(block, w.out)
-		took := time.Now().Sub(start).Seconds()
+		took := time.Since(start).Seconds()
 		encoders.Put(e)
 		z := w.out[headerSize:]
 		w.ratio = ewma(w.ratio, float64(len(z))/float64(len(block)))
@@ -173,7 +173,7 @@ func (w *Writer) flush() error {
 	if err != nil {
 		return err
 	}
-	if took := time.Now().Sub(start).Seconds(); took > 0 {
+	if took := time.Since(start).Seconds(); took > 0 {
 		w.link = ewma(w.link, float64(headerSize+len(payload))/took)
 	}
 	w.nar += int64(len(block))
