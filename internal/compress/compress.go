@@ -70,11 +70,14 @@ type Writer struct {
 	buf []byte // NAR bytes of the next block
 	out []byte // header and wire bytes of a block
 
-	// What the Writer learned: the link's wire bytes a second, the
-	// content's compression speed (NAR bytes a second) and ratio; 0:
-	// not known yet.
-	link, speed, ratio float64
-	sinceProbe         int
+	// What the Writer learned, over the last blocks: the link's wire
+	// bytes and the time writing them took, the NAR bytes compressed and
+	// the time that took, and the ratio (0: not known yet). Rates are
+	// sums over sums, not means of per-block rates: a socket takes most
+	// writes at once and makes one wait for all of them.
+	link, speed rate
+	ratio       float64
+	sinceProbe  int
 
 	nar, wire int64
 }
@@ -150,9 +153,7 @@ func (w *Writer) flush() error {
 		encoders.Put(e)
 		z := w.out[headerSize:]
 		w.ratio = ewma(w.ratio, float64(len(z))/float64(len(block)))
-		if took > 0 {
-			w.speed = ewma(w.speed, float64(len(block))/took)
-		}
+		w.speed.add(len(block), took)
 		if float64(len(z)) < worthRatio*float64(len(block)) {
 			kind, payload = kindZstd, z
 		}
@@ -173,9 +174,7 @@ func (w *Writer) flush() error {
 	if err != nil {
 		return err
 	}
-	if took := time.Since(start).Seconds(); took > 0 {
-		w.link = ewma(w.link, float64(headerSize+len(payload))/took)
-	}
+	w.link.add(headerSize+len(payload), time.Since(start).Seconds())
 	w.nar += int64(len(block))
 	w.wire += int64(headerSize + len(payload))
 	return nil
@@ -188,13 +187,33 @@ func (w *Writer) compressing() bool {
 	if w.ratio == 0 || w.ratio >= worthRatio {
 		return false
 	}
-	if w.link == 0 {
+	link, known := w.link.perSecond()
+	if !known {
 		return true // nothing measured yet: the probe said it shrinks
 	}
-	return w.link < w.speed*(1-w.ratio)
+	speed, _ := w.speed.perSecond()
+	return link < speed*(1-w.ratio)
 }
 
-// ewma folds x into an average that weighs recent blocks most.
+// rate is bytes a second over the last blocks: decayed sums of bytes and
+// of the seconds they took.
+type rate struct{ bytes, seconds float64 }
+
+func (r *rate) add(n int, seconds float64) {
+	const keep = 0.9 // about the last ten blocks count
+	r.bytes = keep*r.bytes + float64(n)
+	r.seconds = keep*r.seconds + seconds
+}
+
+func (r *rate) perSecond() (float64, bool) {
+	if r.seconds <= 0 {
+		return 0, false
+	}
+	return r.bytes / r.seconds, true
+}
+
+// ewma folds x into an average that weighs recent blocks most (0: none
+// yet).
 func ewma(avg, x float64) float64 {
 	if avg == 0 {
 		return x
