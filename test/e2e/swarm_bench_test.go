@@ -36,7 +36,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
-		"github.com/peerix/peerix/internal/nixtest"
+	"github.com/peerix/peerix/internal/nixtest"
 )
 
 func BenchmarkSwarm(b *testing.B) {
