@@ -150,6 +150,7 @@ type Status struct {
 	TopRequested      []TopEntry      `json:"top_requested"`
 	TopServed         []TopEntry      `json:"top_served"`
 	Activity          []ActivityEntry `json:"activity"`
+	History           History         `json:"history"`
 }
 
 // PeerCounts summarises /api/peers.
@@ -184,6 +185,7 @@ func (o *Ops) Status(ctx context.Context) Status {
 		TopRequested:      o.named(ctx, o.stats.requested.top(TopN)),
 		TopServed:         o.named(ctx, o.stats.served.top(TopN)),
 		Activity:          o.recentActivity(activityShown),
+		History:           o.history.snapshot(now),
 	}
 	if o.opts.PeerID != nil {
 		s.PeerID = o.opts.PeerID()
