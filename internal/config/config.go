@@ -63,7 +63,7 @@ type Serve struct {
 	LANTimeout time.Duration // --lan-timeout: how long to wait for LAN answers; default 500ms
 
 	Upstream          string   // --upstream cache URL (no trailing slash); default https://cache.nixos.org
-	Filter            string   // --filter: upstream, patterns or none; default upstream in p2p/lan mode, none in local mode
+	Filter            string   // --filter: upstream, patterns or none; default upstream in p2p/lan mode, patterns in local mode
 	FilterPatterns    []string // --filter-pattern GLOB, repeated: extra names never to share
 	NoVerify          bool     // --no-verify: hand peers' narinfos to Nix unverified
 	TrustedPublicKeys []string // --trusted-public-key KEY, repeated, "name:base64" (checked to parse)
@@ -82,7 +82,7 @@ type Serve struct {
 type Tracker struct {
 	Listen     string        // --listen HOST:PORT; default 0.0.0.0:12305
 	DB         string        // --db: SQLite file path or postgres:// URL; default /var/lib/peerix-tracker/tracker.db
-	RelayPort  int           // --relay-port of the libp2p relay; default 12306, 0 = any free port
+	RelayPort  int           // --relay-port of the libp2p relay; default 12307 (beside a daemon's 12306), 0 = any free port
 	PeerTTL    time.Duration // --peer-ttl: a silent peer is dropped after this; default 2m, must be > 0
 	Verbose    bool          // --verbose: debug logging
 	ConfigFile string        // the config file that was read, "" if none
@@ -99,6 +99,7 @@ const (
 	DefaultServeListen   = "0.0.0.0:12304"
 	DefaultTrackerListen = "0.0.0.0:12305"
 	DefaultP2PPort       = 12306
+	DefaultRelayPort     = 12307 // not DefaultP2PPort: a tracker and a daemon on one machine must not clash
 	DefaultLANPort       = 12304
 	DefaultPriority      = 30
 	DefaultUpstream      = "https://cache.nixos.org"
@@ -128,7 +129,7 @@ func serveFlags(s *Serve) *flag.FlagSet {
 	flags.IntVar(&s.LANPort, "lan-port", DefaultLANPort, "UDP `PORT` of LAN discovery (the original peerix uses 12304)")
 	flags.DurationVar(&s.LANTimeout, "lan-timeout", DefaultLANTimeout, "how long to wait for answers from LAN peers (a `DURATION`)")
 	flags.StringVar(&s.Upstream, "upstream", DefaultUpstream, "upstream binary cache `URL` for the filter and verifier")
-	flags.StringVar(&s.Filter, "filter", "", "`upstream|patterns|none`: which local paths peers may fetch (default upstream in p2p and lan mode, none in local mode)")
+	flags.StringVar(&s.Filter, "filter", "", "`upstream|patterns|none`: which local paths peers may fetch: those the upstream has, all but the deny-list of secret-looking names, or all (default upstream in p2p and lan mode, patterns in local mode)")
 	flags.Var(newStringList(&s.FilterPatterns), "filter-pattern", "never share store paths whose name matches `GLOB` (repeatable)")
 	flags.BoolVar(&s.NoVerify, "no-verify", false, "hand peers' narinfos to Nix without verifying them")
 	flags.Var(newStringList(&s.TrustedPublicKeys), "trusted-public-key", "accept peers' paths signed by `KEY` (name:base64; repeatable)")
@@ -143,7 +144,7 @@ func trackerFlags(t *Tracker) *flag.FlagSet {
 	flags.String("config", "", "read settings from `FILE` (default ~/.config/peerix/tracker.toml, else /etc/peerix/tracker.toml, if present)")
 	flags.StringVar(&t.Listen, "listen", DefaultTrackerListen, "serve the tracker API on `HOST:PORT`")
 	flags.StringVar(&t.DB, "db", DefaultTrackerDB, "a SQLite file path or a postgres:// `URL`")
-	flags.IntVar(&t.RelayPort, "relay-port", DefaultP2PPort, "libp2p relay TCP and QUIC `PORT` (0: any free port)")
+	flags.IntVar(&t.RelayPort, "relay-port", DefaultRelayPort, "libp2p relay TCP and QUIC `PORT` (0: any free port)")
 	flags.DurationVar(&t.PeerTTL, "peer-ttl", DefaultPeerTTL, "forget a peer that has not sent a heartbeat for `DURATION`")
 	flags.BoolVar(&t.Verbose, "verbose", false, "log debug messages")
 	return flags
@@ -177,7 +178,10 @@ func ParseServe(args []string, getenv func(string) string) (*Serve, error) {
 	}
 	if s.Filter == "" && !p.isSet("filter") {
 		if s.Mode == "local" {
-			s.Filter = "none"
+			// Local mode serves whoever reaches --listen (0.0.0.0 by
+			// default) with no upstream to ask: the deny-list at least
+			// keeps secret-looking paths in. --filter none serves all.
+			s.Filter = "patterns"
 		} else {
 			s.Filter = "upstream"
 		}

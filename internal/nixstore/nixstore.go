@@ -9,6 +9,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -70,8 +71,14 @@ FROM ValidPaths p WHERE p.path >= ? ORDER BY p.path LIMIT 1`
 // missing or unreadable database is an error naming its path.
 func Open(root string) (*Local, error) {
 	path := DBPath(root)
-	if _, err := os.Stat(path); err != nil {
-		return nil, fmt.Errorf("nix database %s: %w", path, err)
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		init := "nix-store --init"
+		if root != "" && root != "/" {
+			init = "nix-store --store " + root + " --init"
+		}
+		return nil, fmt.Errorf("no Nix database at %s: is Nix installed? (a new store gets one from %s): %w", path, init, fs.ErrNotExist)
+	} else if err != nil {
+		return nil, fmt.Errorf("nix database: %w", err)
 	}
 	// mode=ro: we never write. busy_timeout: a Nix writer holding a lock
 	// makes us wait briefly instead of failing. query_only is a second guard.

@@ -18,6 +18,7 @@ import (
 
 	"github.com/peerix/peerix/internal/cache"
 	"github.com/peerix/peerix/internal/store"
+	"github.com/peerix/peerix/internal/swarm"
 )
 
 // The peer protocols, versioned: a change an older peer cannot read gets a
@@ -45,6 +46,7 @@ const limitedConnReason = "peerix transfers fit the relay's limits"
 type Server struct {
 	h      host.Host
 	shared store.Store
+	obs    ServerObserver // nil: nobody watches
 	log    *slog.Logger
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -56,8 +58,27 @@ type Server struct {
 // in the filter (its NarInfo and NAR return store.ErrRefused for what must
 // not leave the machine) and the signer. Close unregisters them.
 func Serve(h host.Host, shared store.Store, log *slog.Logger) *Server {
+	return serve(h, shared, nil, log)
+}
+
+// ServerObserver watches what the Server does for peers, so that the
+// daemon can show it to the operator. Its methods must not block.
+type ServerObserver interface {
+	// Answered: a peer's request of kind "narinfo" or "nar" for hash was
+	// answered, found says with the path (a NAR: its body started; how it
+	// ended, the Upload's Progress says), took how long. A refused path is
+	// not found here either.
+	Answered(kind, hash string, found bool, took time.Duration)
+	// Upload: the NAR of hash starts to go to peer, size bytes (from the
+	// offset asked for on), through a relay or not. The Progress follows
+	// the bytes as they leave.
+	Upload(hash, peer string, size int64, relayed bool) swarm.Progress
+}
+
+// serve is Serve with an observer (nil: none).
+func serve(h host.Host, shared store.Store, obs ServerObserver, log *slog.Logger) *Server {
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Server{h: h, shared: shared, log: log, ctx: ctx, cancel: cancel}
+	s := &Server{h: h, shared: shared, obs: obs, log: log, ctx: ctx, cancel: cancel}
 	h.SetStreamHandler(NarInfoProtocol, s.track(s.handleNarInfo))
 	h.SetStreamHandler(NARProtocol, s.track(s.handleNAR))
 	return s
@@ -142,9 +163,11 @@ func (s *Server) handleNarInfo(st network.Stream) {
 		s.answerError(st, err)
 		return
 	}
+	start := time.Now()
 	ctx, cancel := context.WithTimeout(s.ctx, RequestTimeout)
 	ni, err := s.shared.NarInfo(ctx, hash)
 	cancel()
+	defer func() { s.answered("narinfo", hash, err == nil, start) }()
 	var answer []byte
 	if err != nil {
 		status, msg := statusOf(err)
@@ -181,6 +204,8 @@ func (s *Server) handleNAR(st network.Stream) {
 	// The local store's NAR URL: nar/<hash>-<NarHash>.nar. Its NarHash
 	// check makes a path that was rebuilt differently "not found".
 	url := "nar/" + req.Hash + "-" + req.NarHash + ".nar"
+	start, found := time.Now(), false
+	defer func() { s.answered("nar", req.Hash, found, start) }()
 	ctx, cancel := context.WithCancel(s.ctx)
 	defer cancel()
 	nar, err := s.shared.NAR(ctx, url, req.Offset)
@@ -211,12 +236,17 @@ func (s *Server) handleNAR(st network.Stream) {
 		st.Reset()
 		return
 	}
+	found = true
 	// Nothing more is read from the asker.
 	st.CloseRead()
 	want := nar.Size - req.Offset
-	w := &bodyWriter{st: st, left: want}
+	w := &bodyWriter{st: st, left: want, progress: s.upload(st, req.Hash, want)}
 	n, err := io.Copy(w, nar)
-	if err != nil || n != want {
+	if err == nil && n != want {
+		err = fmt.Errorf("NAR ended after %d of %d bytes", n, want)
+	}
+	w.progress.Done(err)
+	if err != nil {
 		// The asker must see a broken transfer, never a clean short one.
 		if !errors.Is(err, errBodyOverflow) && ctx.Err() == nil {
 			s.log.Debug("NAR transfer to a peer broke", "peer", st.Conn().RemotePeer(), "hash", req.Hash, "sent", n, "of", want, "err", err)
@@ -227,6 +257,32 @@ func (s *Server) handleNAR(st network.Stream) {
 	st.Close()
 }
 
+// answered tells the observer about an answered request.
+func (s *Server) answered(kind, hash string, found bool, start time.Time) {
+	if s.obs != nil {
+		s.obs.Answered(kind, hash, found, time.Since(start))
+	}
+}
+
+// upload starts the observed progress of a NAR going to the stream's peer.
+func (s *Server) upload(st network.Stream, hash string, size int64) swarm.Progress {
+	if s.obs == nil {
+		return noProgress{}
+	}
+	conn := st.Conn()
+	p := s.obs.Upload(hash, conn.RemotePeer().String(), size, isCircuit(conn.RemoteMultiaddr()))
+	if p == nil {
+		return noProgress{}
+	}
+	return p
+}
+
+type noProgress struct{}
+
+func (noProgress) SetPeer(string) {}
+func (noProgress) Add(int64)      {}
+func (noProgress) Done(error)     {}
+
 var errBodyOverflow = errors.New("NAR source longer than its size")
 
 // bodyWriter writes a NAR body to a stream with a deadline that moves while
@@ -235,6 +291,7 @@ type bodyWriter struct {
 	st       network.Stream
 	left     int64
 	deadline time.Time
+	progress swarm.Progress // told about the bytes as they leave
 }
 
 func (w *bodyWriter) Write(p []byte) (int, error) {
@@ -244,6 +301,7 @@ func (w *bodyWriter) Write(p []byte) (int, error) {
 	w.refresh()
 	n, err := w.st.Write(p)
 	w.left -= int64(n)
+	w.progress.Add(int64(n))
 	return n, err
 }
 
