@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/peerix/peerix/internal/cache"
@@ -23,6 +24,7 @@ import (
 	"github.com/peerix/peerix/internal/nixstore"
 	"github.com/peerix/peerix/internal/ops"
 	"github.com/peerix/peerix/internal/p2p"
+	"github.com/peerix/peerix/internal/portcheck"
 	"github.com/peerix/peerix/internal/share"
 	"github.com/peerix/peerix/internal/signing"
 	"github.com/peerix/peerix/internal/store"
@@ -159,6 +161,9 @@ func New(cfg *config.Serve, log *slog.Logger) (_ *Daemon, err error) {
 			},
 			Log: log.With("part", "lan"),
 		})
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return nil, fmt.Errorf("--lan-port %d: UDP port %d is taken by another program (another peerix daemon, or the original peerix?): %w", cfg.LANPort, cfg.LANPort, portcheck.ErrInUse)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("--lan-port %d: %w", cfg.LANPort, err)
 		}
@@ -171,6 +176,9 @@ func New(cfg *config.Serve, log *slog.Logger) (_ *Daemon, err error) {
 			Shared: d.shared, Paths: d.local, Shareable: d.filter.Shareable,
 			Lookup: lookup(p2p.Source), Served: served{d}, Log: log.With("part", "p2p"),
 		})
+		if errors.Is(err, portcheck.ErrInUse) {
+			return nil, err // "--p2p-port N: TCP 0.0.0.0:N is taken ..."
+		}
 		if err != nil {
 			return nil, fmt.Errorf("p2p: %w", err)
 		}
