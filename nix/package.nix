@@ -43,6 +43,8 @@ build {
 
   subPackages = [ "cmd/peerix" ];
 
+  env.CGO_ENABLED = 0;
+
   ldflags = [
     "-s"
     "-w"

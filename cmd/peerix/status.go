@@ -26,12 +26,20 @@ const defaultDaemonURL = "http://127.0.0.1:12304"
 // (not synctest: they reach their fake daemon over a real loopback socket).
 var statusNow = time.Now
 
+func statusFlags() (*flag.FlagSet, *string) {
+	fs := newFlagSet("status")
+	return fs, fs.String("url", defaultDaemonURL, "the daemon's `URL`")
+}
+
+const statusAbout = `Shows a running daemon's node, store, counters, the last hour, peers and
+transfers (in flight and just finished), from its /api/status and /api/peers.
+The daemon answers these only on its own machine.`
+
 // status implements `peerix status [--url URL]`: the running daemon's node,
 // peers, transfers and store as tables.
 func status(args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("peerix status", flag.ContinueOnError)
-	base := fs.String("url", defaultDaemonURL, "the daemon's `URL`")
-	if err := fs.Parse(args); err != nil {
+	fs, base := statusFlags()
+	if helped, err := parseFlags(fs, args, stdout, "status [--url URL]", statusAbout); helped || err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {

@@ -286,6 +286,20 @@ func TrackerUsage(w io.Writer) {
 
 func printUsage(w io.Writer, cmd string, flags *flag.FlagSet, file, example string) {
 	fmt.Fprintf(w, "usage: peerix %s [flags]\n\nflags:\n", cmd)
+	WriteFlags(w, flags)
+	fmt.Fprintf(w, `
+Every flag but --config is also a key of the TOML config file, named like the flag
+(e.g. %s).
+Flags win over the file. The file is --config FILE, else
+~/.config/peerix/%s, else %s, if present.
+`, example, file, filepath.Join(systemConfigDir, file))
+}
+
+// WriteFlags lists flags as every peerix subcommand's --help does:
+//
+//	--name PLACEHOLDER
+//	      what it does (default value)
+func WriteFlags(w io.Writer, flags *flag.FlagSet) {
 	flags.VisitAll(func(f *flag.Flag) {
 		placeholder, usage := flag.UnquoteUsage(f)
 		if _, ok := f.Value.(*stringList); ok {
@@ -302,13 +316,14 @@ func printUsage(w io.Writer, cmd string, flags *flag.FlagSet, file, example stri
 		}
 		fmt.Fprintln(w)
 	})
-	fmt.Fprintf(w, `
-Every flag but --config is also a key of the TOML config file, named like the flag
-(e.g. %s).
-Flags win over the file. The file is --config FILE, else
-~/.config/peerix/%s, else %s, if present.
-`, example, file, filepath.Join(systemConfigDir, file))
 }
+
+// ServeFlags and TrackerFlags are the flags of `peerix serve` and `peerix
+// tracker` (for shell completion; parse with ParseServe and ParseTracker).
+func ServeFlags() *flag.FlagSet { return serveFlags(&Serve{}) }
+
+// TrackerFlags: see ServeFlags.
+func TrackerFlags() *flag.FlagSet { return trackerFlags(&Tracker{}) }
 
 func isBool(f *flag.Flag) bool {
 	b, ok := f.Value.(interface{ IsBoolFlag() bool })

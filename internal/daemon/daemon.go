@@ -32,10 +32,6 @@ import (
 	"github.com/peerix/peerix/internal/trust"
 )
 
-// Version is the peerix version, set at build time with
-// -ldflags "-X github.com/peerix/peerix/internal/daemon.Version=...".
-var Version = "0.1.0-dev"
-
 // ShutdownGrace bounds how long in-flight requests may finish after SIGTERM.
 const ShutdownGrace = 4 * time.Second
 
@@ -299,7 +295,7 @@ func (d *Daemon) logStartup() {
 	if configFile == "" {
 		configFile = "none (flags and defaults only)"
 	}
-	d.log.Info("peerix serving", "version", Version, "mode", cfg.Mode,
+	d.log.Info("peerix serving", "version", Version, "commit", BuildCommit(), "mode", cfg.Mode,
 		"listen", addr.String(), "addresses", strings.Join(reachableAt(addr), " "),
 		"dashboard", dashboardURL(addr), "config", configFile,
 		"store", nixstore.DBPath(cfg.StoreRoot), "state_dir", cfg.StateDir)

@@ -51,6 +51,7 @@ func (d *Daemon) newOps() *ops.Ops {
 	return ops.New(ops.Options{
 		Mode:              d.cfg.Mode,
 		Version:           Version,
+		Commit:            BuildCommit(),
 		Listen:            d.ln.Addr().String(),
 		StoreRoot:         d.cfg.StoreRoot,
 		StateDir:          d.cfg.StateDir,

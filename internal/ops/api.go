@@ -132,6 +132,7 @@ type Status struct {
 	PeerID            string          `json:"peer_id"`
 	Mode              string          `json:"mode"`
 	Version           string          `json:"version"`
+	Commit            string          `json:"commit,omitempty"`
 	Started           time.Time       `json:"started"`
 	UptimeS           int64           `json:"uptime_s"`
 	Listen            string          `json:"listen"`
@@ -170,6 +171,7 @@ func (o *Ops) Status(ctx context.Context) Status {
 	s := Status{
 		Mode:              o.opts.Mode,
 		Version:           o.opts.Version,
+		Commit:            o.opts.Commit,
 		Started:           o.started,
 		UptimeS:           int64(now.Sub(o.started).Seconds()),
 		Listen:            o.opts.Listen,

@@ -215,8 +215,8 @@ func newMetrics(o *Ops, reg *prometheus.Registry) *metrics {
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "peerix_build_info",
 		Help: "Always 1; the labels describe the running peerix.",
-	}, []string{"version", "goversion", "mode"})
-	build.WithLabelValues(o.opts.Version, runtime.Version(), o.opts.Mode).Set(1)
+	}, []string{"version", "commit", "goversion", "mode"})
+	build.WithLabelValues(o.opts.Version, o.opts.Commit, runtime.Version(), o.opts.Mode).Set(1)
 
 	inFlight := func(dir int) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{

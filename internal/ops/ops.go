@@ -39,6 +39,7 @@ import (
 type Options struct {
 	Mode    string // p2p, lan or local
 	Version string
+	Commit  string // the git commit of the build, abbreviated
 	// PeerID returns the libp2p peer ID, "" before the host is up or in
 	// modes without one.
 	PeerID func() string

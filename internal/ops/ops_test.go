@@ -535,7 +535,7 @@ func testStatusAndPeers(t *testing.T) {
 	}
 	text := scrape(t, o)
 	for _, want := range []string{"peerix_peers_known 3", "peerix_peers_connected 2", `peerix_transfers_in_flight{direction="down"} 1`,
-		`peerix_build_info{goversion=`, `mode="p2p",version="1.2.3-test"} 1`} {
+		`peerix_build_info{commit="",goversion=`, `mode="p2p",version="1.2.3-test"} 1`} {
 		if !strings.Contains(text, want) {
 			t.Errorf("metrics lack %s", want)
 		}
