@@ -67,6 +67,12 @@ SELECT p.id, p.path, p.hash, p.deriver, p.narSize, p.sigs, p.ca,
          WHERE f.referrer = p.id)
 FROM ValidPaths p WHERE p.path >= ? ORDER BY p.path LIMIT 1`
 
+// missingDB says that the store has no database; it is fs.ErrNotExist.
+type missingDB string
+
+func (e missingDB) Error() string      { return string(e) }
+func (missingDB) Is(target error) bool { return target == fs.ErrNotExist }
+
 // Open opens the store at root ("/" for the machine's own) read-only. A
 // missing or unreadable database is an error naming its path.
 func Open(root string) (*Local, error) {
@@ -76,7 +82,7 @@ func Open(root string) (*Local, error) {
 		if root != "" && root != "/" {
 			init = "nix-store --store " + root + " --init"
 		}
-		return nil, fmt.Errorf("no Nix database at %s: is Nix installed? (a new store gets one from %s): %w", path, init, fs.ErrNotExist)
+		return nil, missingDB("no Nix database at " + path + ": is Nix installed? (a new store gets one from `" + init + "`)")
 	} else if err != nil {
 		return nil, fmt.Errorf("nix database: %w", err)
 	}
