@@ -21,7 +21,8 @@ import (
 const usage = `peerix: a peer-to-peer binary cache for Nix
 
 usage:
-  peerix serve    [flags]   run the daemon (peerix serve --help for flags)
+  peerix serve    [flags]   run the daemon (peerix serve --help for flags;
+                            --check-config prints the effective configuration)
   peerix tracker  [flags]   run the tracker
   peerix status   [--url URL]
   peerix doctor   [--url URL]
@@ -51,9 +52,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 	cmd, args := args[0], args[1:]
 	switch cmd {
 	case "serve":
-		return serve(args)
+		return serve(args, stdout)
 	case "tracker":
-		return runTracker(args)
+		return runTracker(args, stdout)
 	case "status":
 		return status(args, stdout)
 	case "doctor":
@@ -71,14 +72,17 @@ func run(args []string, stdout, stderr io.Writer) error {
 	return fmt.Errorf("unknown command %q", cmd)
 }
 
-func serve(args []string) error {
+func serve(args []string, stdout io.Writer) error {
 	cfg, err := config.ParseServe(args, os.Getenv)
 	if errors.Is(err, flag.ErrHelp) {
-		config.ServeUsage(os.Stdout)
+		config.ServeUsage(stdout)
 		return nil
 	}
 	if err != nil {
 		return err
+	}
+	if cfg.CheckConfig {
+		return cfg.WriteConfig(stdout)
 	}
 	log := newLogger(cfg.Verbose)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
@@ -99,14 +103,17 @@ func serve(args []string) error {
 	return d.Run(ctx)
 }
 
-func runTracker(args []string) error {
+func runTracker(args []string, stdout io.Writer) error {
 	cfg, err := config.ParseTracker(args, os.Getenv)
 	if errors.Is(err, flag.ErrHelp) {
-		config.TrackerUsage(os.Stdout)
+		config.TrackerUsage(stdout)
 		return nil
 	}
 	if err != nil {
 		return err
+	}
+	if cfg.CheckConfig {
+		return cfg.WriteConfig(stdout)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
