@@ -48,13 +48,16 @@ func nixpkgsLib(t *testing.T) string {
 	return ""
 }
 
+// binDir holds the peerix built for the tests; TestMain removes it.
+var binDir string
+
 // peerixBinary builds cmd/peerix once for the tests of this package.
 var peerixBinary = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "peerix-nix-test-")
-	if err != nil {
+	var err error
+	if binDir, err = os.MkdirTemp("", "peerix-nix-test-"); err != nil {
 		return "", err
 	}
-	bin := filepath.Join(dir, "peerix")
+	bin := filepath.Join(binDir, "peerix")
 	out, err := exec.Command("go", "build", "-o", bin, "../cmd/peerix").CombinedOutput()
 	if err != nil {
 		return "", fmt.Errorf("go build ../cmd/peerix: %v\n%s", err, out)

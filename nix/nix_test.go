@@ -23,7 +23,14 @@ import (
 	"github.com/peerix/peerix/internal/nixtest"
 )
 
-func TestMain(m *testing.M) { nixtest.Main(m) }
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	nixtest.Cleanup()
+	os.Exit(code)
+}
 
 // needTool finds a program or skips the test (fails it under CI=true).
 func needTool(t *testing.T, name string) string {
