@@ -33,7 +33,7 @@ type command struct {
 // (A function, not a variable: completion reads the list.)
 func commands() []command {
 	return []command{
-		{"serve", "serve [flags]", "run the daemon: a binary cache for this machine's Nix, fed by peers", func(a []string, o, _ io.Writer) error { return serve(a, o) }},
+		{"serve", "serve [flags]", "run the daemon: a binary cache for this machine's Nix, fed by peers (--check-config: print the effective configuration)", func(a []string, o, _ io.Writer) error { return serve(a, o) }},
 		{"tracker", "tracker [flags]", "run the tracker: who is online, who holds what, a relay", func(a []string, o, _ io.Writer) error { return runTracker(a, o) }},
 		{"status", "status [--url URL]", "a running daemon's peers, transfers and store, as tables", func(a []string, o, _ io.Writer) error { return status(a, o) }},
 		{"doctor", "doctor [--url URL]", "check the setup (Nix config, keys, database, state dir, tracker) and say what to fix", func(a []string, o, _ io.Writer) error { return doctor(a, o) }},
@@ -150,6 +150,9 @@ func serve(args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if cfg.CheckConfig {
+		return cfg.WriteConfig(stdout)
+	}
 	log := newLogger(cfg.Verbose)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
@@ -177,6 +180,9 @@ func runTracker(args []string, stdout io.Writer) error {
 	}
 	if err != nil {
 		return err
+	}
+	if cfg.CheckConfig {
+		return cfg.WriteConfig(stdout)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()

@@ -207,10 +207,10 @@ verbose = true
 		})
 	}
 
-	// The "every key" file really covers every flag but --config.
+	// The "every key" file really covers every key.
 	text := readFile(t, allKeys)
-	for _, name := range config.FlagNames("serve") {
-		if name != "config" && !strings.Contains(text, "\n"+name+" = ") {
+	for _, name := range config.ServeKeys() {
+		if !strings.Contains(text, "\n"+name+" = ") {
 			t.Errorf("flag --%s not covered by the all-keys config file", name)
 		}
 	}
@@ -274,6 +274,7 @@ func TestServeErrors(t *testing.T) {
 		{"unknown far key", func() []string { return file(`zzzzzzzzz = 1`) }, `unknown key "zzzzzzzzz"`},
 		{"unknown table", func() []string { return file("[serve]\nlisten = \"x\"") }, `unknown key "serve"`},
 		{"config key in file", func() []string { return file(`config = "/x"`) }, `key "config" cannot be set`},
+		{"check-config key in file", func() []string { return file(`check-config = true`) }, `key "check-config" cannot be set`},
 		{"wrong type bool", func() []string { return file(`lan = "yes"`) }, `key "lan": want a boolean (true or false), got string "yes"`},
 		{"wrong type int from string", func() []string { return file(`p2p-port = "12306"`) }, `key "p2p-port": want an integer, got string "12306"`},
 		{"wrong type int from float", func() []string { return file(`priority = 1.5`) }, `key "priority": want an integer, got float 1.5`},
@@ -418,8 +419,8 @@ verbose = true
 	}
 
 	text := readFile(t, all)
-	for _, name := range config.FlagNames("tracker") {
-		if name != "config" && !strings.Contains(text, "\n"+name+" = ") {
+	for _, name := range config.TrackerKeys() {
+		if !strings.Contains(text, "\n"+name+" = ") {
 			t.Errorf("flag --%s not covered by the all-keys config file", name)
 		}
 	}
