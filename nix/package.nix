@@ -43,6 +43,8 @@ build {
 
   subPackages = [ "cmd/peerix" ];
 
+  env.CGO_ENABLED = 0;
+
   ldflags = [
     "-s"
     "-w"
@@ -52,6 +54,9 @@ build {
   meta = {
     description = "Peer-to-peer binary cache for Nix: LAN discovery, libp2p, tracker";
     homepage = "https://github.com/peerix/peerix";
+    # The LICENSE file at the root of the repository.
+    license = lib.licenses.mit;
+    maintainers = [ ];
     mainProgram = "peerix";
     platforms = lib.platforms.linux ++ lib.platforms.darwin;
   };

@@ -34,7 +34,14 @@ const (
 	AcceptEncodingHeader = "X-Peerix-Accept-Encoding"
 	EncodingHeader       = "X-Peerix-Encoding"
 	BlocksEncoding       = "zstd-blocks"
+	// LengthHeader: the NAR bytes a body in the block format holds.
+	LengthHeader = "X-Peerix-Length"
 )
+
+// NARCounter is implemented by a ResponseWriter that wants to know how many
+// NAR bytes of a body in the block format went out (it sees only the wire
+// bytes): the ops middleware's, for upload progress.
+type NARCounter interface{ CountNAR(n int64) }
 
 // Server is the binary-cache HTTP handler.
 type Server struct {
@@ -289,6 +296,7 @@ func (s *Server) nar(w http.ResponseWriter, r *http.Request, st store.Store, url
 	h.Set("Accept-Ranges", "bytes")
 	if blocks {
 		h.Set(EncodingHeader, BlocksEncoding)
+		h.Set(LengthHeader, strconv.FormatInt(length, 10))
 	} else {
 		h.Set("Content-Length", strconv.FormatInt(length, 10))
 	}
@@ -302,6 +310,9 @@ func (s *Server) nar(w http.ResponseWriter, r *http.Request, st store.Store, url
 		return status, 0
 	}
 	if blocks {
+		if c, ok := w.(NARCounter); ok {
+			src = &CountingReader{R: src, Count: c.CountNAR}
+		}
 		bw := compress.NewWriter(w)
 		sent, err = io.Copy(bw, src)
 		if cerr := bw.Close(); err == nil {
@@ -436,4 +447,18 @@ func parseRange(h string) (byteRange, error) {
 		}
 	}
 	return byteRange{start: start, end: end}, nil
+}
+
+// CountingReader tells Count how many bytes each Read returned.
+type CountingReader struct {
+	R     io.Reader
+	Count func(n int64)
+}
+
+func (c *CountingReader) Read(p []byte) (int, error) {
+	n, err := c.R.Read(p)
+	if n > 0 {
+		c.Count(int64(n))
+	}
+	return n, err
 }

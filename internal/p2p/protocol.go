@@ -20,6 +20,7 @@ import (
 	"github.com/peerix/peerix/internal/cache"
 	"github.com/peerix/peerix/internal/compress"
 	"github.com/peerix/peerix/internal/store"
+	"github.com/peerix/peerix/internal/swarm"
 )
 
 // The peer protocols, versioned: a change an older peer cannot read gets a
@@ -50,6 +51,7 @@ const limitedConnReason = "peerix transfers fit the relay's limits"
 type Server struct {
 	h      host.Host
 	shared store.Store
+	obs    ServerObserver // nil: nobody watches
 	log    *slog.Logger
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -61,8 +63,27 @@ type Server struct {
 // in the filter (its NarInfo and NAR return store.ErrRefused for what must
 // not leave the machine) and the signer. Close unregisters them.
 func Serve(h host.Host, shared store.Store, log *slog.Logger) *Server {
+	return serve(h, shared, nil, log)
+}
+
+// ServerObserver watches what the Server does for peers, so that the
+// daemon can show it to the operator. Its methods must not block.
+type ServerObserver interface {
+	// Answered: a peer's request of kind "narinfo" or "nar" for hash was
+	// answered, found says with the path (a NAR: its body started; how it
+	// ended, the Upload's Progress says), took how long. A refused path is
+	// not found here either.
+	Answered(kind, hash string, found bool, took time.Duration)
+	// Upload: the NAR of hash starts to go to peer, size bytes (from the
+	// offset asked for on), through a relay or not. The Progress follows
+	// the bytes as they leave.
+	Upload(hash, peer string, size int64, relayed bool) swarm.Progress
+}
+
+// serve is Serve with an observer (nil: none).
+func serve(h host.Host, shared store.Store, obs ServerObserver, log *slog.Logger) *Server {
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Server{h: h, shared: shared, log: log, ctx: ctx, cancel: cancel}
+	s := &Server{h: h, shared: shared, obs: obs, log: log, ctx: ctx, cancel: cancel}
 	h.SetStreamHandler(NarInfoProtocol, s.track(s.handleNarInfo))
 	h.SetStreamHandler(NARProtocol, s.track(s.handleNAR))
 	h.SetStreamHandler(NARProtocol11, s.track(s.handleNAR11))
@@ -149,9 +170,11 @@ func (s *Server) handleNarInfo(st network.Stream) {
 		s.answerError(st, err)
 		return
 	}
+	start := time.Now()
 	ctx, cancel := context.WithTimeout(s.ctx, RequestTimeout)
 	ni, err := s.shared.NarInfo(ctx, hash)
 	cancel()
+	defer func() { s.answered("narinfo", hash, err == nil, start) }()
 	var answer []byte
 	if err != nil {
 		status, msg := statusOf(err)
@@ -208,6 +231,8 @@ func (s *Server) serveNAR(st network.Stream, req NarRequest, v11 bool) {
 	// The local store's NAR URL: nar/<hash>-<NarHash>.nar. Its NarHash
 	// check makes a path that was rebuilt differently "not found".
 	url := store.NarRef{Hash: req.Hash, NarHash: req.NarHash}.URL()
+	start, found := time.Now(), false
+	defer func() { s.answered("nar", req.Hash, found, start) }()
 	ctx, cancel := context.WithCancel(s.ctx)
 	defer cancel()
 	nar, err := s.shared.NAR(ctx, url, req.Offset)
@@ -251,20 +276,29 @@ func (s *Server) serveNAR(st network.Stream, req NarRequest, v11 bool) {
 		st.Reset()
 		return
 	}
+	found = true
 	// Nothing more is read from the asker.
 	st.CloseRead()
+	progress := s.upload(st, req.Hash, want)
+	w := &bodyWriter{st: st, left: want, progress: progress}
+	src := &cache.CountingReader{R: body, Count: func(n int64) { progress.Add("", n, 0) }}
 	var n int64
 	if enc == EncodingBlocks {
 		// Block by block, compressed when that is faster than raw.
-		bw := compress.NewWriter(&bodyWriter{st: st, left: math.MaxInt64})
-		n, err = io.Copy(bw, body)
+		w.left = math.MaxInt64
+		bw := compress.NewWriter(w)
+		n, err = io.Copy(bw, src)
 		if cerr := bw.Close(); err == nil {
 			err = cerr
 		}
 	} else {
-		n, err = io.Copy(&bodyWriter{st: st, left: want}, body)
+		n, err = io.Copy(w, src)
 	}
-	if err != nil || n != want {
+	if err == nil && n != want {
+		err = fmt.Errorf("NAR ended after %d of %d bytes", n, want)
+	}
+	progress.Done(err)
+	if err != nil {
 		// The asker must see a broken transfer, never a clean short one.
 		if !errors.Is(err, errBodyOverflow) && ctx.Err() == nil {
 			s.log.Debug("NAR transfer to a peer broke", "peer", st.Conn().RemotePeer(), "hash", req.Hash, "sent", n, "of", want, "err", err)
@@ -275,6 +309,31 @@ func (s *Server) serveNAR(st network.Stream, req NarRequest, v11 bool) {
 	st.Close()
 }
 
+// answered tells the observer about an answered request.
+func (s *Server) answered(kind, hash string, found bool, start time.Time) {
+	if s.obs != nil {
+		s.obs.Answered(kind, hash, found, time.Since(start))
+	}
+}
+
+// upload starts the observed progress of a NAR going to the stream's peer.
+func (s *Server) upload(st network.Stream, hash string, size int64) swarm.Progress {
+	if s.obs == nil {
+		return noProgress{}
+	}
+	conn := st.Conn()
+	p := s.obs.Upload(hash, conn.RemotePeer().String(), size, isCircuit(conn.RemoteMultiaddr()))
+	if p == nil {
+		return noProgress{}
+	}
+	return p
+}
+
+type noProgress struct{}
+
+func (noProgress) Add(string, int64, int64) {}
+func (noProgress) Done(error)               {}
+
 var errBodyOverflow = errors.New("NAR source longer than its size")
 
 // bodyWriter writes a NAR body to a stream with a deadline that moves while
@@ -283,6 +342,7 @@ type bodyWriter struct {
 	st       network.Stream
 	left     int64
 	deadline time.Time
+	progress swarm.Progress // told about the bytes as they leave
 }
 
 func (w *bodyWriter) Write(p []byte) (int, error) {
@@ -292,6 +352,7 @@ func (w *bodyWriter) Write(p []byte) (int, error) {
 	w.refresh()
 	n, err := w.st.Write(p)
 	w.left -= int64(n)
+	w.progress.Add("", 0, int64(n))
 	return n, err
 }
 

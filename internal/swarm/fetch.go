@@ -59,16 +59,17 @@ func (x *Found) OpenNAR(ctx context.Context, narHash string, offset int64) (*sto
 	tctx, cancel := context.WithCancel(ctx)
 	t := &transfer{
 		f: f, x: x, cancel: cancel,
-		nar:     NAR{Hash: x.hash, NarHash: narHash, Size: size},
-		want:    want.Digest(),
-		spool:   sp,
-		spools:  []spool{sp},
-		h:       sha256.New(),
-		opens:   map[string]int{},
-		suspect: map[string]bool{},
-		through: true,
-		changed: make(chan struct{}),
-		runDone: make(chan struct{}),
+		progress: f.progressOf(x.storePath(), size),
+		nar:      NAR{Hash: x.hash, NarHash: narHash, Size: size},
+		want:     want.Digest(),
+		spool:    sp,
+		spools:   []spool{sp},
+		h:        sha256.New(),
+		opens:    map[string]int{},
+		suspect:  map[string]bool{},
+		through:  true,
+		changed:  make(chan struct{}),
+		runDone:  make(chan struct{}),
 	}
 	go t.run(tctx)
 	if _, _, err := t.wait(ctx, offset); err != nil && !(offset == size && errors.Is(err, io.EOF)) {
@@ -76,6 +77,17 @@ func (x *Found) OpenNAR(ctx context.Context, narHash string, offset int64) (*sto
 		return nil, err
 	}
 	return &store.NAR{Size: size, ReadCloser: &narReader{t: t, pos: offset}}, nil
+}
+
+// storePath is the accepted narinfo's store path, or the hash part when
+// there is none.
+func (x *Found) storePath() string {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.ni != nil && x.ni.StorePath != "" {
+		return x.ni.StorePath
+	}
+	return x.hash
 }
 
 // sizeOf returns the size of the NAR with narHash, if a holder's narinfo
@@ -116,6 +128,8 @@ type transfer struct {
 	cancel context.CancelFunc
 	nar    NAR
 	want   []byte
+	// progress is told about the bytes as they arrive.
+	progress Progress
 
 	// Owned by run.
 	spool   spool
@@ -152,6 +166,12 @@ type span struct {
 // run fetches the NAR until it is verified, or no holder is left.
 func (t *transfer) run(ctx context.Context) {
 	defer close(t.runDone)
+	defer func() {
+		t.mu.Lock()
+		err := t.err
+		t.mu.Unlock()
+		t.progress.Done(err)
+	}()
 	for attempt := 1; ; attempt++ {
 		if err := t.fill(ctx); err != nil {
 			t.fail(err)
@@ -239,6 +259,7 @@ func (t *transfer) copyRange(ctx context.Context, c candidate, from, to int64, s
 	defer body.Close()
 
 	buf := make([]byte, 256<<10)
+	var lastWire int64
 	for {
 		p := sink.next(buf)
 		if len(p) == 0 {
@@ -250,6 +271,12 @@ func (t *transfer) copyRange(ctx context.Context, c candidate, from, to int64, s
 				return werr
 			}
 			progress.Add(int64(m))
+			wire := int64(m)
+			if wb, ok := body.(interface{ WireBytes() int64 }); ok {
+				now := wb.WireBytes()
+				wire, lastWire = now-lastWire, now
+			}
+			t.progress.Add(id, int64(m), wire)
 		}
 		if err != nil {
 			if e := why.Load(); e != nil {

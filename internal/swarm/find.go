@@ -70,7 +70,10 @@ type Options struct {
 	// OnLie, if set, is told about every lie caught: the holder, the
 	// path's hash and what it lied about ("narinfo", "NAR").
 	OnLie func(peer, hash, what string)
-	Log   *slog.Logger
+	// Observer, if set, is told about every NAR transfer: the bytes as
+	// they arrive, the holder sending them, the end.
+	Observer Observer
+	Log      *slog.Logger
 
 	// Parallel: holders asked for a narinfo at once (3).
 	Parallel int

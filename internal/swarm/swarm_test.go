@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -497,5 +499,93 @@ func TestHoldersJoinAndFastOnesSendMore(t *testing.T) {
 			t.Errorf("fast sent %d bytes, slow %d: the fast one should send about four times as much", fast.sent.Load(), slow.sent.Load())
 		}
 		t.Logf("in %v: fast %d, slow %d, late %d bytes", took, fast.sent.Load(), slow.sent.Load(), late.sent.Load())
+	})
+}
+
+// observer records what a Finder tells its Observer.
+type observer struct {
+	mu        sync.Mutex
+	path      string
+	size      int64
+	peers     []string
+	added     int64
+	done      bool
+	err       error
+	doneCalls int
+}
+
+func (o *observer) NARTransfer(storePath string, size int64) swarm.Progress {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.path, o.size = storePath, size
+	return o
+}
+
+func (o *observer) Add(holder string, nar, wire int64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if !slices.Contains(o.peers, holder) {
+		o.peers = append(o.peers, holder)
+	}
+	o.added += nar
+}
+
+func (o *observer) Done(err error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.done, o.err = true, err
+	o.doneCalls++
+}
+
+// TestObserverSeesTheTransfer: the Observer learns the store path and
+// size, each holder the bytes come from, every byte as it arrives, and
+// the end.
+func TestObserverSeesTheTransfer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := newContent(200_000, 5)
+		first, second := honest("first", c), honest("second", c)
+		first.stallAt = 50_000
+		second.delay = 400 * time.Millisecond // ranks first first
+		obs := &observer{}
+		f := swarm.NewFinder(swarm.Options{StallTimeout: 2 * time.Second, Observer: obs})
+		x := find(t, f, first, second)
+		got, err := readAll(t, x, c.narHash(), 0)
+		if err != nil || !bytes.Equal(got, c.nar) {
+			t.Fatalf("NAR: %d bytes, %v", len(got), err)
+		}
+		synctest.Wait()
+		obs.mu.Lock()
+		defer obs.mu.Unlock()
+		if obs.path != c.ni.StorePath || obs.size != int64(len(c.nar)) {
+			t.Errorf("observed %q of %d bytes; want %q of %d", obs.path, obs.size, c.ni.StorePath, len(c.nar))
+		}
+		if fmt.Sprint(obs.peers) != "[first second]" {
+			t.Errorf("holders observed %v, want [first second]", obs.peers)
+		}
+		if obs.added != int64(len(c.nar)) || !obs.done || obs.err != nil || obs.doneCalls != 1 {
+			t.Errorf("observed %d bytes, done %v (%d calls), err %v", obs.added, obs.done, obs.doneCalls, obs.err)
+		}
+	})
+}
+
+// TestObserverSeesAFailure: a transfer no holder can complete ends with
+// its error.
+func TestObserverSeesAFailure(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := newContent(100_000, 6)
+		only := honest("only", c)
+		only.stallAt = 10_000
+		obs := &observer{}
+		f := swarm.NewFinder(swarm.Options{StallTimeout: 2 * time.Second, Observer: obs})
+		x := find(t, f, only)
+		if _, err := readAll(t, x, c.narHash(), 0); err == nil {
+			t.Fatal("a NAR no holder can send was read whole")
+		}
+		synctest.Wait()
+		obs.mu.Lock()
+		defer obs.mu.Unlock()
+		if !obs.done || obs.err == nil || obs.added != 10_000 {
+			t.Errorf("observed %d bytes, done %v, err %v", obs.added, obs.done, obs.err)
+		}
 	})
 }

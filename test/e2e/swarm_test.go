@@ -86,12 +86,29 @@ func TestLANSwarm(t *testing.T) {
 
 	t.Run("all honest", func(t *testing.T) {
 		before := served()
-		realise(t, "four honest holders", nil)
+		d := realise(t, "four honest holders", nil)
 		after := served()
 		for i := range holders {
 			if after[i] == before[i] {
 				t.Errorf("%s sent no piece of the NAR (requests before %v, after %v)", hosts[i], before, after)
 			}
+		}
+		// B's /api/status names the four sources, each with its share
+		// and rate, and the bytes on the wire (random bytes: raw).
+		st := d.transfers(t)
+		if len(st.Recent) != 1 {
+			t.Fatalf("B's recent transfers: %+v, want the NAR", st.Recent)
+		}
+		tr := st.Recent[0]
+		var sum int64
+		for _, src := range tr.Sources {
+			if src.Done <= 0 || src.RateBps <= 0 || src.WireBytes < src.Done {
+				t.Errorf("source %+v of the NAR's transfer", src)
+			}
+			sum += src.Done
+		}
+		if len(tr.Sources) != 4 || sum != tr.Done || tr.Done != facts.narSize || tr.WireRatio < 1 {
+			t.Errorf("the NAR's transfer in B's /api/status: %+v; want %d bytes from 4 sources, raw", tr, facts.narSize)
 		}
 	})
 
