@@ -574,13 +574,13 @@ func testTransfers(t *testing.T) {
 	o := newTestOps(t, Options{})
 	ok := o.StartTransfer("t1", "/nix/store/"+hashA+"-big", "lan", 250<<20)
 	bad := o.StartTransfer("t2", "/nix/store/"+hashB+"-small", "p2p", -1)
-	ok.Add("", 100 << 20, 100 << 20)
+	ok.Add("", 100<<20, 100<<20)
 	time.Sleep(2 * time.Second)
 	inFlight, _ := o.transferInfos()
 	if len(inFlight) != 2 || inFlight[0].ID != "t1" || inFlight[0].RateBps != 50<<20 {
 		t.Fatalf("in flight: %+v", inFlight)
 	}
-	ok.Add("", 150 << 20, 150 << 20)
+	ok.Add("", 150<<20, 150<<20)
 	ok.Done(nil)
 	ok.Done(errors.New("late")) // ignored
 	bad.Done(errors.New("hash mismatch"))
