@@ -16,7 +16,10 @@ package e2e
 //     same NAR straight from A1's /local/, raw) (aim: 2x);
 //   - random-raw: the random NAR from A1 alone through peerix against the
 //     same straight from A1 (aim: 0.95x: compression never costs);
-//   - unshaped: the same pairs with no shaping (veth).
+//   - unshaped: the same pairs with no shaping (veth); with
+//     PEERIX_BASELINE_BINARY (an older build of peerix), also the
+//     random and the binaries NAR from A1 alone through a B daemon of this
+//     build against one of that build (aim: no slower, 1x).
 //
 // Run: CI=true NIX_REMOTE=local flock /tmp/peerix-e2e.lock \
 //   go test ./test/e2e -run '^$' -bench BenchmarkSwarm -benchtime 1x -timeout 60m -v
@@ -77,10 +80,15 @@ func BenchmarkSwarm(b *testing.B) {
 	ratio := zstdRatio(b, binaries)
 	b.Logf("the binaries' NAR: %d bytes, zstd -1 (klauspost, fastest) to %.2f of it", facts[binaries].size, ratio)
 
-	// throughPeerix fetches path's NAR through a fresh daemon on B; it
-	// returns the time from the narinfo request to the NAR's last byte.
-	throughPeerix := func(path string) time.Duration {
-		d := startPeerix(b, lanDaemon(b, B, initStore(b, "b-unused"), "--filter", "none", "--trusted-public-key", key.public))
+	// throughPeerix fetches path's NAR through a fresh daemon on B (of
+	// the peerix binary bin; "": this build); it returns the time from the
+	// narinfo request to the NAR's last byte.
+	var throughPeerixOf func(bin, path string) time.Duration
+	throughPeerix := func(path string) time.Duration { return throughPeerixOf("", path) }
+	throughPeerixOf = func(bin, path string) time.Duration {
+		opts := lanDaemon(b, B, initStore(b, "b-unused"), "--filter", "none", "--trusted-public-key", key.public)
+		opts.bin = bin
+		d := startPeerix(b, opts)
 		defer d.stop(syscall.SIGTERM, 5*time.Second)
 		for _, h := range holders {
 			waitNeighbour(b, d, h.host)
@@ -142,6 +150,14 @@ func BenchmarkSwarm(b *testing.B) {
 			aim = 0.95
 		}
 		report("random-raw", alone, raw, alone, rawLink, aim)
+		if base := os.Getenv("PEERIX_BASELINE_BINARY"); base != "" && !shaped {
+			for _, p := range []struct{ name, path string }{{"random-vs-today", alone}, {"binaries-vs-today", binaries}} {
+				now, today := interleave(rounds,
+					func(int) time.Duration { return throughPeerixOf("", p.path) },
+					func(int) time.Duration { return throughPeerixOf(base, p.path) })
+				report(p.name, p.path, now, p.path, today, 0)
+			}
+		}
 	}
 	b.Run("unshaped", func(b *testing.B) { run(b, false) })
 	for i := range 4 {
