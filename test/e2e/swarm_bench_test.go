@@ -100,6 +100,11 @@ func BenchmarkSwarm(b *testing.B) {
 		if err != nil || got != facts[path].size || digest != facts[path].digest {
 			b.Fatalf("%s through B's peerix: %d bytes sha256 %s, %v", path, got, digest, err)
 		}
+		if bin == "" && os.Getenv("BENCH_VERBOSE") != "" {
+			if st := d.transfers(b); len(st.Recent) > 0 {
+				b.Logf("%s: %v, %.2f of the bytes on the wire, from %d holders", path, took.Round(time.Millisecond), st.Recent[0].WireRatio, len(st.Recent[0].Sources))
+			}
+		}
 		return took
 	}
 	// direct fetches path's NAR straight from A1's /local/, raw.
