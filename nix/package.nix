@@ -39,7 +39,7 @@ build {
     ];
   };
 
-  vendorHash = "sha256-pS/kx2zTlUswfx6b23bN/soAvYFrgQxcwCYv6x1Q5KA=";
+  vendorHash = "sha256-H1lAGd2G+C06kaPLcagH4HCTwln6VhZf3sEjR9Q6Goo=";
 
   subPackages = [ "cmd/peerix" ];
 

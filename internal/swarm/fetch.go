@@ -198,7 +198,8 @@ func (t *transfer) run(ctx context.Context) {
 
 // next picks the next source, not one of busy: holders not under
 // suspicion first, each group in reputation order, none opened more than
-// maxOpensPerHolder times.
+// maxOpensPerHolder times. It counts nothing: opened does, once the
+// source has something to send.
 func (t *transfer) next(busy map[string]bool) (candidate, bool) {
 	if t.nOpens >= maxOpens {
 		return candidate{}, false
@@ -221,13 +222,17 @@ func (t *transfer) next(busy map[string]bool) (candidate, bool) {
 					continue
 				}
 				i := slices.IndexFunc(all, func(c candidate) bool { return c.h.ID() == id })
-				t.opens[id]++
-				t.nOpens++
 				return all[i], true
 			}
 		}
 	}
 	return candidate{}, false
+}
+
+// opened counts a request to holder id against the transfer's bounds.
+func (t *transfer) opened(id string) {
+	t.opens[id]++
+	t.nOpens++
 }
 
 // copyRange opens [from, to) at holder c and hands what arrives to sink,

@@ -165,22 +165,6 @@ func (r *segments) release(s *segment, now time.Time) float64 {
 	return s.rate(now)
 }
 
-// work reports whether a holder that joins now would have something to
-// do: bytes no holder is sending, or (if steal) a segment worth halving.
-func (r *segments) work(steal bool) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, s := range r.segs {
-		switch {
-		case !s.active && s.pos < s.end:
-			return true
-		case steal && s.active && s.end-s.writing >= 2*minSteal:
-			return true
-		}
-	}
-	return false
-}
-
 // arrived returns the spans of contiguous arrived bytes from pos on, with
 // their senders.
 func (r *segments) arrived(pos int64) []span {
@@ -277,19 +261,22 @@ func (t *transfer) fill(ctx context.Context) error {
 	var exitsMu sync.Mutex
 	var exits []exit
 	active := map[string]bool{}
-	start := func(c candidate) {
+	// start sets holder c to work on s, its first segment, then on the
+	// next it can claim, until there is none or it fails.
+	start := func(c candidate, s *segment, from, to int64) {
 		id := c.h.ID()
 		active[id] = true
+		t.opened(id)
 		wg.Go(func() {
 			var err error
 			rate := 0.0
-			for err == nil {
-				s, from, to := r.claim(id, workers > 1, rate, time.Now())
-				if s == nil {
-					break
-				}
+			for s != nil {
 				err = t.copyRange(ctx, c, from, to, &segmentSink{r: r, s: s, spool: t.spool, notify: notify})
 				rate = r.release(s, time.Now())
+				if err != nil {
+					break
+				}
+				s, from, to = r.claim(id, workers > 1, rate, time.Now())
 			}
 			exitsMu.Lock()
 			exits = append(exits, exit{id, err})
@@ -330,12 +317,18 @@ func (t *transfer) fill(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		for len(active) < workers && r.work(len(active) > 0) {
+		// A holder starts only with a segment in hand: one that would
+		// find nothing to do costs no request and none of its opens.
+		for len(active) < workers {
 			c, ok := t.next(active)
 			if !ok {
 				break
 			}
-			start(c)
+			s, from, to := r.claim(c.h.ID(), len(active) > 0, 0, time.Now())
+			if s == nil {
+				break
+			}
+			start(c, s, from, to)
 		}
 		if len(active) == 0 {
 			if len(errs) == 0 {
