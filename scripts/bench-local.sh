@@ -6,13 +6,25 @@
 #   scripts/bench-local.sh                  # 256 MiB NAR
 #   BENCH_BIG=1 scripts/bench-local.sh      # also a 1 GiB NAR (RSS measured on it)
 #   PEERIX=/path/to/peerix scripts/bench-local.sh
+#   PEERIX_BASELINE=/tmp/peerix-old BENCH_STREAM=0 scripts/bench-local.sh
+#                                           # requests/s only, this build and an older one
+#
+# The requests/s rows (narinfo, small NAR) are measured in rounds: in each
+# round wrk runs against nginx, then peerix (then its signing instance, then
+# the baseline's), one after the other; a row reports the median of the
+# rounds and the median of the per-round ratios to nginx, so that load from
+# other work on the machine hits both sides alike.
 #
 # Environment:
 #   PEERIX        peerix binary (default: go build ./cmd/peerix into a temp dir)
+#   PEERIX_BASELINE  another peerix binary (an older build) to measure
+#                 alongside, in the same rounds
 #   BENCH_BIG     1: also build and stream a 1 GiB path
+#   BENCH_STREAM  0: skip the NAR streaming rows and the memory rows
 #   BENCH_SALT    salt for the paths of test/e2e/testdata/bench.nix (default
 #                 peerix-bench-1, fixed, so reruns and the Go benchmarks reuse them)
 #   BENCH_DURATION  wrk duration (default 10s)
+#   BENCH_ROUNDS  rounds of the requests/s rows (default 3)
 #
 # Needs: nix-build, nix, nix-store (NIX_REMOTE=local is used), nginx, wrk, curl.
 set -euo pipefail
@@ -20,11 +32,14 @@ set -euo pipefail
 
 echo "# peerix local benchmark"
 echo
-echo "command: \`$(command_line BENCH_DURATION BENCH_SALT BENCH_BIG PEERIX)\`"
+echo "command: \`$(command_line BENCH_DURATION BENCH_ROUNDS BENCH_SALT BENCH_BIG BENCH_STREAM PEERIX PEERIX_BASELINE)\`"
 echo
 
 BENCH_BIG="${BENCH_BIG:-0}"
+BENCH_STREAM="${BENCH_STREAM:-1}"
 DURATION="${BENCH_DURATION:-10s}"
+ROUNDS="${BENCH_ROUNDS:-3}"
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "BENCH_ROUNDS=$ROUNDS: want a positive number"
 need nix-build nix nix-store nginx wrk curl awk
 bench_tmp
 
@@ -38,15 +53,22 @@ if [[ -z "${PEERIX:-}" ]]; then
 fi
 PEERIX_BIN="${PEERIX:-$TMP/bin/peerix}"
 PEERIX_VERSION="$("$PEERIX_BIN" version 2>&1 | head -n1)"
+if [[ -n "${PEERIX_BASELINE:-}" ]]; then
+	[[ -x "$PEERIX_BASELINE" ]] || die "PEERIX_BASELINE=$PEERIX_BASELINE is not an executable"
+	BASELINE_VERSION="$("$PEERIX_BASELINE" version 2>&1 | head -n1)"
+fi
 
 # --- (a) fixtures: test/e2e/testdata/bench.nix -------------------------------
 log "building fixtures (salt ${BENCH_SALT:-peerix-bench-1})"
 SMALL="$(bench_paths small)"
-BIG="$(bench_paths big)"
-PATHS=("$SMALL" "$BIG")
-if [[ "$BENCH_BIG" == 1 ]]; then
-	HUGE="$(bench_paths huge)"
-	PATHS+=("$HUGE")
+PATHS=("$SMALL")
+if [[ "$BENCH_STREAM" != 0 ]]; then
+	BIG="$(bench_paths big)"
+	PATHS+=("$BIG")
+	if [[ "$BENCH_BIG" == 1 ]]; then
+		HUGE="$(bench_paths huge)"
+		PATHS+=("$HUGE")
+	fi
 fi
 
 CHROOT="$TMP/chroot"
@@ -97,13 +119,14 @@ NGINX_PID=$SPAWNED
 NGINX="http://127.0.0.1:$NGINX_PORT"
 wait_http "$NGINX/nix-cache-info" "$NGINX_PID" nginx "$TMP/nginx/error.log"
 
-# start_peerix NAME [extra flags...]: sets PEERIX_URL and PEERIX_PID
+# start_peerix NAME [extra flags...]: sets PEERIX_URL and PEERIX_PID. The
+# binary is $PEERIX_BIN, or $BIN if set.
 start_peerix() {
 	local name=$1
 	shift
 	local port
 	port="$(free_port)"
-	spawn "$TMP/peerix-$name.log" "$PEERIX_BIN" serve --mode local --store-root "$CHROOT" \
+	spawn "$TMP/peerix-$name.log" "${BIN:-$PEERIX_BIN}" serve --mode local --store-root "$CHROOT" \
 		--listen "127.0.0.1:$port" --state-dir "$TMP/state-$name" "$@"
 	PEERIX_PID=$SPAWNED
 	PEERIX_URL="http://127.0.0.1:$port"
@@ -124,9 +147,11 @@ nar_url() {
 	echo "$u"
 }
 NG_SMALL="$NGINX/$(nar_url "$NGINX" "$SMALL")"
-NG_BIG="$NGINX/$(nar_url "$NGINX" "$BIG")"
 PX_SMALL="$PX/local/$(nar_url "$PX/local" "$SMALL")"
-PX_BIG="$PX/local/$(nar_url "$PX/local" "$BIG")"
+if [[ "$BENCH_STREAM" != 0 ]]; then
+	NG_BIG="$NGINX/$(nar_url "$NGINX" "$BIG")"
+	PX_BIG="$PX/local/$(nar_url "$PX/local" "$BIG")"
+fi
 NG_NARINFO="$NGINX/$(hash_of "$SMALL").narinfo"
 PX_NARINFO="$PX/local/$(hash_of "$SMALL").narinfo"
 
@@ -180,96 +205,178 @@ dump_best() {
 field() { cut -d'|' -f"$2" <<<"$1"; }
 note() { [[ -n "$1" ]] && echo "$1" || true; }
 
-# --- (c) narinfo requests/s --------------------------------------------------
-log "wrk on narinfo"
-W_NG_NI="$(wrk_run "$NG_NARINFO")"
-W_PX_NI="$(wrk_run "$PX_NARINFO")"
-
-# The same with a signing key: peerix signs every narinfo it serves.
+# --- (c) requests/s, interleaved -------------------------------------------
+# The signing instances: peerix signs every narinfo it serves with its key.
 mkdir -p "$TMP/keys"
 "$PEERIX_BIN" keygen bench --out "$TMP/keys" >/dev/null 2>&1 || die "peerix keygen failed"
 start_peerix signed --signing-key-file "$TMP/keys/bench.sec"
 PXS="$PEERIX_URL"
 curl -sf "$PXS/local/$(hash_of "$SMALL").narinfo" | grep -q '^Sig: bench:' || die "signed peerix serves no Sig: bench: line"
-W_PXS_NI="$(wrk_run "$PXS/local/$(hash_of "$SMALL").narinfo")"
-stop_pid "$PEERIX_PID"
+PXS_NARINFO="$PXS/local/$(hash_of "$SMALL").narinfo"
+SMALL_SIZE="$(nar_size "$SMALL")"
 
-# --- (d) NAR throughput ------------------------------------------------------
-BIG_SIZE="$(nar_size "$BIG")"
-log "streaming the 256 MiB NAR ($BIG_SIZE bytes)"
-C_NG_BIG="$(curl_best "$NG_BIG" "$BIG_SIZE" 3)"
-C_PX_BIG="$(curl_best "$PX_BIG" "$BIG_SIZE" 3)"
-D_BIG="$(dump_best "$BIG" 3)"
-
-if [[ "$BENCH_BIG" == 1 ]]; then
-	HUGE_SIZE="$(nar_size "$HUGE")"
-	NG_HUGE="$NGINX/$(nar_url "$NGINX" "$HUGE")"
-	PX_HUGE="$PX/local/$(nar_url "$PX/local" "$HUGE")"
-	log "streaming the 1 GiB NAR ($HUGE_SIZE bytes)"
-	C_NG_HUGE="$(curl_best "$NG_HUGE" "$HUGE_SIZE" 2)"
-	C_PX_HUGE="$(curl_best "$PX_HUGE" "$HUGE_SIZE" 2)"
-	D_HUGE="$(dump_best "$HUGE" 2)"
+# Targets of the rounds: label and URL, nginx first (the ratios' base).
+NI_LABELS=(nginx peerix "peerix signed")
+NI_URLS=("$NG_NARINFO" "$PX_NARINFO" "$PXS_NARINFO")
+SM_LABELS=(nginx peerix)
+SM_URLS=("$NG_SMALL" "$PX_SMALL")
+if [[ -n "${PEERIX_BASELINE:-}" ]]; then
+	BIN="$PEERIX_BASELINE" start_peerix baseline
+	PB="$PEERIX_URL"
+	BIN="$PEERIX_BASELINE" start_peerix baseline-signed --signing-key-file "$TMP/keys/bench.sec"
+	PBS="$PEERIX_URL"
+	NI_LABELS+=(baseline "baseline signed")
+	NI_URLS+=("$PB/local/$(hash_of "$SMALL").narinfo" "$PBS/local/$(hash_of "$SMALL").narinfo")
+	SM_LABELS+=(baseline)
+	SM_URLS+=("$PB/local/$(nar_url "$PB/local" "$SMALL")")
 fi
 
-# --- (e) fixed cost per NAR request ------------------------------------------
-SMALL_SIZE="$(nar_size "$SMALL")"
-log "wrk on the small NAR ($SMALL_SIZE bytes)"
-W_NG_SM="$(wrk_run "$NG_SMALL")"
-W_PX_SM="$(wrk_run "$PX_SMALL")"
+# rounds NAME URL...: ROUNDS rounds of wrk on each URL in turn; the results
+# go to R[NAME,round,index] ("req/s|latency|errors").
+declare -A R
+rounds() {
+	local name=$1 round i
+	shift
+	local urls=("$@")
+	for round in $(seq 1 "$ROUNDS"); do
+		log "$name: round $round of $ROUNDS"
+		for i in "${!urls[@]}"; do
+			R[$name,$round,$i]="$(wrk_run "${urls[$i]}")"
+		done
+	done
+}
+# median NUMBER...: the median (the mean of the middle two of an even count).
+median() {
+	printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
+		if (NR % 2) printf "%.3f", v[(NR + 1) / 2]; else printf "%.3f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+# cell NAME INDEX: "median req/s (median ratio to nginx x)" of a target.
+cell() {
+	local name=$1 i=$2 round rps=() ratios=() base this
+	for round in $(seq 1 "$ROUNDS"); do
+		this="$(field "${R[$name,$round,$i]}" 1)"
+		base="$(field "${R[$name,$round,0]}" 1)"
+		rps+=("$this")
+		ratios+=("$(awk -v a="$this" -v b="$base" 'BEGIN { printf "%.3f", (b > 0) ? a / b : 0 }')")
+	done
+	if [[ "$i" == 0 ]]; then
+		printf '%.0f' "$(median "${rps[@]}")"
+	else
+		printf '%.0f (%.2fx)' "$(median "${rps[@]}")" "$(median "${ratios[@]}")"
+	fi
+}
+# round_rows NAME LABEL...: one table row per round: req/s of each target,
+# ratio to nginx in brackets.
+round_rows() {
+	local name=$1 round i cells base this
+	shift
+	for round in $(seq 1 "$ROUNDS"); do
+		cells=""
+		base="$(field "${R[$name,$round,0]}" 1)"
+		for i in $(seq 0 $(($# - 1))); do
+			this="$(field "${R[$name,$round,$i]}" 1)"
+			if [[ "$i" == 0 ]]; then
+				cells+=" $this |"
+			else
+				cells+=" $this ($(awk -v a="$this" -v b="$base" 'BEGIN { printf "%.2fx", (b > 0) ? a / b : 0 }')) |"
+			fi
+		done
+		echo "| $name $round |$cells"
+	done
+}
+
+log "wrk on narinfo and the small NAR ($SMALL_SIZE bytes), $ROUNDS rounds"
+rounds narinfo "${NI_URLS[@]}"
+rounds small-nar "${SM_URLS[@]}"
+
+# --- (d) fixed cost per NAR request ------------------------------------------
 C_NG_SM="$(curl_best "$NG_SMALL" "$SMALL_SIZE" 5)"
 C_PX_SM="$(curl_best "$PX_SMALL" "$SMALL_SIZE" 5)"
 
-# --- (f) peerix memory while streaming ---------------------------------------
-RSS_BEFORE="$(vm "$PX_PID")"
-if [[ "$BENCH_BIG" == 1 ]]; then
-	log "streaming the 1 GiB NAR from peerix for the RSS measurement"
-	curl_best "$PX_HUGE" "$HUGE_SIZE" 1 >/dev/null
-else
-	curl_best "$PX_BIG" "$BIG_SIZE" 1 >/dev/null
+# --- (e) NAR throughput, and peerix's memory while streaming -----------------
+if [[ "$BENCH_STREAM" != 0 ]]; then
+	BIG_SIZE="$(nar_size "$BIG")"
+	log "streaming the 256 MiB NAR ($BIG_SIZE bytes)"
+	C_NG_BIG="$(curl_best "$NG_BIG" "$BIG_SIZE" 3)"
+	C_PX_BIG="$(curl_best "$PX_BIG" "$BIG_SIZE" 3)"
+	D_BIG="$(dump_best "$BIG" 3)"
+	if [[ "$BENCH_BIG" == 1 ]]; then
+		HUGE_SIZE="$(nar_size "$HUGE")"
+		NG_HUGE="$NGINX/$(nar_url "$NGINX" "$HUGE")"
+		PX_HUGE="$PX/local/$(nar_url "$PX/local" "$HUGE")"
+		log "streaming the 1 GiB NAR ($HUGE_SIZE bytes)"
+		C_NG_HUGE="$(curl_best "$NG_HUGE" "$HUGE_SIZE" 2)"
+		C_PX_HUGE="$(curl_best "$PX_HUGE" "$HUGE_SIZE" 2)"
+		D_HUGE="$(dump_best "$HUGE" 2)"
+	fi
+	RSS_BEFORE="$(vm "$PX_PID")"
+	if [[ "$BENCH_BIG" == 1 ]]; then
+		log "streaming the 1 GiB NAR from peerix for the RSS measurement"
+		curl_best "$PX_HUGE" "$HUGE_SIZE" 1 >/dev/null
+	else
+		curl_best "$PX_BIG" "$BIG_SIZE" 1 >/dev/null
+	fi
+	RSS_AFTER="$(vm "$PX_PID")"
 fi
-RSS_AFTER="$(vm "$PX_PID")"
 kill -0 "$PX_PID" 2>/dev/null || die "peerix died during the benchmark"
 
 # --- report ------------------------------------------------------------------
-read -r _ t_ng_big f_ng_big <<<"$C_NG_BIG"
-read -r _ t_px_big f_px_big <<<"$C_PX_BIG"
 read -r _ _ f_ng_sm <<<"$C_NG_SM"
 read -r _ _ f_px_sm <<<"$C_PX_SM"
 
 echo "- machine: $(machine)"
-echo "- peerix: $PEERIX_VERSION; $(nginx -v 2>&1); $(nix --version); $(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2)"
-echo "- paths: small $SMALL ($SMALL_SIZE-byte NAR); 256 MiB $BIG ($BIG_SIZE-byte NAR)${HUGE:+; 1 GiB $HUGE ($HUGE_SIZE-byte NAR)}"
+echo "- peerix: $PEERIX_VERSION${BASELINE_VERSION:+; baseline: $BASELINE_VERSION ($PEERIX_BASELINE)}; $(nginx -v 2>&1); $(nix --version); $(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2)"
+echo "- paths: small $SMALL ($SMALL_SIZE-byte NAR)${BIG_SIZE:+; 256 MiB $BIG ($BIG_SIZE-byte NAR)}${HUGE_SIZE:+; 1 GiB $HUGE ($HUGE_SIZE-byte NAR)}"
 echo "- nginx serves \`nix copy --to file://…?compression=none\` of the same paths (worker_processes 2, sendfile on, access_log off); peerix serves the chroot store they were copied into"
+echo "- req/s rows: wrk -t2 -c8 -d$DURATION, $ROUNDS rounds, each round every server in turn; median of the rounds, and in brackets the median of the per-round ratios to nginx"
 echo
-echo "| measurement | nginx (static cache) | peerix --mode local | nix-store --dump |"
-echo "| --- | ---: | ---: | ---: |"
-echo "| narinfo, req/s (wrk -t2 -c8 -d$DURATION) | $(field "$W_NG_NI" 1) | $(field "$W_PX_NI" 1) | |"
-echo "| narinfo, latency avg | $(field "$W_NG_NI" 2) | $(field "$W_PX_NI" 2) | |"
-echo "| narinfo signed per request, req/s / latency avg | (signed at copy time) | $(field "$W_PXS_NI" 1) / $(field "$W_PXS_NI" 2) | |"
-echo "| 256 MiB NAR, throughput (best of 3) | $(mibps "$BIG_SIZE" "$t_ng_big") | $(mibps "$BIG_SIZE" "$t_px_big") | $(mibps "$BIG_SIZE" "$D_BIG") |"
-echo "| 256 MiB NAR, total time | $(ms "$t_ng_big") | $(ms "$t_px_big") | $(ms "$D_BIG") |"
-echo "| 256 MiB NAR, time to first byte | $(ms "$f_ng_big") | $(ms "$f_px_big") | |"
-if [[ "$BENCH_BIG" == 1 ]]; then
-	read -r _ t_ng_huge _ <<<"$C_NG_HUGE"
-	read -r _ t_px_huge _ <<<"$C_PX_HUGE"
-	echo "| 1 GiB NAR, throughput (best of 2) | $(mibps "$HUGE_SIZE" "$t_ng_huge") | $(mibps "$HUGE_SIZE" "$t_px_huge") | $(mibps "$HUGE_SIZE" "$D_HUGE") |"
+baseline_head="" baseline_rule=""
+if [[ -n "${PEERIX_BASELINE:-}" ]]; then baseline_head=" peerix baseline |" baseline_rule=" ---: |"; fi
+echo "| measurement | nginx (static cache) | peerix --mode local |$baseline_head nix-store --dump |"
+echo "| --- | ---: | ---: |$baseline_rule ---: |"
+b_ni="" b_nis="" b_sm=""
+if [[ -n "${PEERIX_BASELINE:-}" ]]; then
+	b_ni=" $(cell narinfo 3) |" b_nis=" $(cell narinfo 4) |" b_sm=" $(cell small-nar 2) |"
 fi
-echo "| small NAR ($SMALL_SIZE B), req/s (wrk) | $(field "$W_NG_SM" 1) | $(field "$W_PX_SM" 1) | |"
-echo "| small NAR, latency avg (wrk) | $(field "$W_NG_SM" 2) | $(field "$W_PX_SM" 2) | |"
-echo "| small NAR, time to first byte (best of 5) | $(ms "$f_ng_sm") | $(ms "$f_px_sm") | |"
-echo "| peerix VmRSS / VmHWM: idle after start | | $RSS_IDLE | |"
-echo "| peerix VmRSS / VmHWM: before streaming $( [[ "$BENCH_BIG" == 1 ]] && echo "1 GiB" || echo "256 MiB") | | $RSS_BEFORE | |"
-echo "| peerix VmRSS / VmHWM: after streaming it | | $RSS_AFTER | |"
+echo "| narinfo, req/s | $(cell narinfo 0) | $(cell narinfo 1) |$b_ni |"
+echo "| narinfo with our signature added, req/s | (signed at copy time) | $(cell narinfo 2) |$b_nis |"
+echo "| small NAR ($SMALL_SIZE B), req/s | $(cell small-nar 0) | $(cell small-nar 1) |$b_sm |"
+echo "| small NAR, time to first byte (best of 5) | $(ms "$f_ng_sm") | $(ms "$f_px_sm") |${baseline_head:+ |} |"
+if [[ "$BENCH_STREAM" != 0 ]]; then
+	read -r _ t_ng_big f_ng_big <<<"$C_NG_BIG"
+	read -r _ t_px_big f_px_big <<<"$C_PX_BIG"
+	nb="${baseline_head:+ |}"
+	echo "| 256 MiB NAR, throughput (best of 3) | $(mibps "$BIG_SIZE" "$t_ng_big") | $(mibps "$BIG_SIZE" "$t_px_big") |$nb $(mibps "$BIG_SIZE" "$D_BIG") |"
+	echo "| 256 MiB NAR, total time | $(ms "$t_ng_big") | $(ms "$t_px_big") |$nb $(ms "$D_BIG") |"
+	echo "| 256 MiB NAR, time to first byte | $(ms "$f_ng_big") | $(ms "$f_px_big") |$nb |"
+	if [[ "$BENCH_BIG" == 1 ]]; then
+		read -r _ t_ng_huge _ <<<"$C_NG_HUGE"
+		read -r _ t_px_huge _ <<<"$C_PX_HUGE"
+		echo "| 1 GiB NAR, throughput (best of 2) | $(mibps "$HUGE_SIZE" "$t_ng_huge") | $(mibps "$HUGE_SIZE" "$t_px_huge") |$nb $(mibps "$HUGE_SIZE" "$D_HUGE") |"
+	fi
+	echo "| peerix VmRSS / VmHWM: idle after start | | $RSS_IDLE |$nb |"
+	echo "| peerix VmRSS / VmHWM: before streaming $( [[ "$BENCH_BIG" == 1 ]] && echo "1 GiB" || echo "256 MiB") | | $RSS_BEFORE |$nb |"
+	echo "| peerix VmRSS / VmHWM: after streaming it | | $RSS_AFTER |$nb |"
+fi
+echo
+echo "Rounds (req/s, ratio to nginx in brackets):"
+echo
+echo "| round | $(IFS='|'; echo "${NI_LABELS[*]}" | sed 's/|/ | /g') |"
+echo "|$(printf ' --- |%.0s' $(seq 0 ${#NI_LABELS[@]}))"
+round_rows narinfo "${NI_LABELS[@]}"
+echo
+echo "| round | $(IFS='|'; echo "${SM_LABELS[*]}" | sed 's/|/ | /g') |"
+echo "|$(printf ' --- |%.0s' $(seq 0 ${#SM_LABELS[@]}))"
+round_rows small-nar "${SM_LABELS[@]}"
 echo
 warn=""
-for w in "nginx narinfo:$(field "$W_NG_NI" 3)" "peerix narinfo:$(field "$W_PX_NI" 3)" \
-	"peerix signed narinfo:$(field "$W_PXS_NI" 3)" "nginx small NAR:$(field "$W_NG_SM" 3)" \
-	"peerix small NAR:$(field "$W_PX_SM" 3)"; do
-	if [[ -n "${w#*:}" ]]; then warn+="- wrk errors, ${w%%:*}: ${w#*:}"$'\n'; fi
+for key in "${!R[@]}"; do
+	errs="$(field "${R[$key]}" 3)"
+	if [[ -n "$errs" ]]; then warn+="- wrk errors, $key: $errs"$'\n'; fi
 done
 if [[ -n "$warn" ]]; then
 	echo "$warn"
 fi
 echo "Commands:"
 echo
-cat "$COMMANDS_FILE"
+sort -u "$COMMANDS_FILE"

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/peerix/peerix/internal/cache"
 	"github.com/peerix/peerix/internal/signing"
+	"github.com/peerix/peerix/internal/store"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
@@ -228,5 +230,51 @@ func BenchmarkNarInfoRequest(b *testing.B) {
 	for b.Loop() {
 		w := discardWriter{h: http.Header{}}
 		s.ServeHTTP(&w, r.WithContext(context.Background()))
+	}
+}
+
+// TestLocalNarInfoFollowsStore: a local narinfo is rendered once for as long
+// as the store hands out the same narinfo, but what is served always
+// follows the store: a new narinfo for the path (a signature added), a
+// path that is gone or no longer shared.
+func TestLocalNarInfoFollowsStore(t *testing.T) {
+	st := goldenStore(t)
+	s := &cache.Server{Local: st, Remote: st, StoreDir: "/nix/store", Log: quietLog()}
+	target := "/local/" + hashSigned + ".narinfo"
+	first := st.narinfos[hashSigned]
+	want := string(cache.AppendNarInfo(nil, first))
+	for i := range 3 {
+		if rec := do(t, s, "GET", target, "127.0.0.1:5", nil); rec.Code != 200 || rec.Body.String() != want {
+			t.Fatalf("request %d: %d\n%s", i, rec.Code, rec.Body)
+		}
+	}
+
+	changed := *first
+	changed.Signatures = append(slices.Clone(first.Signatures), first.Signatures[0])
+	changed.Signatures[len(changed.Signatures)-1].Name = "added-later"
+	st.narinfos[hashSigned] = &changed
+	rec := do(t, s, "GET", target, "127.0.0.1:5", nil)
+	if !strings.Contains(rec.Body.String(), "Sig: added-later:") || rec.Body.String() != string(cache.AppendNarInfo(nil, &changed)) {
+		t.Fatalf("after the store's narinfo changed: %d\n%s", rec.Code, rec.Body)
+	}
+	if cl := rec.Header().Get("Content-Length"); cl != strconv.Itoa(rec.Body.Len()) {
+		t.Fatalf("Content-Length %s for %d bytes", cl, rec.Body.Len())
+	}
+
+	for _, err := range []error{store.ErrRefused, store.ErrNotFound} {
+		st.err = err
+		if rec := do(t, s, "GET", target, "127.0.0.1:5", nil); rec.Code != 404 || strings.Contains(rec.Body.String(), "StorePath") {
+			t.Fatalf("store answers %v: %d\n%s", err, rec.Code, rec.Body)
+		}
+	}
+	st.err = nil
+	st.narinfos[hashSigned] = first
+	if rec := do(t, s, "HEAD", target, "127.0.0.1:5", nil); rec.Code != 200 || rec.Body.Len() != 0 ||
+		rec.Header().Get("Content-Length") != strconv.Itoa(len(want)) {
+		t.Fatalf("HEAD: %d, %d bytes, Content-Length %s", rec.Code, rec.Body.Len(), rec.Header().Get("Content-Length"))
+	}
+	// The same narinfo through the peers' route is rendered the same.
+	if rec := do(t, s, "GET", "/"+hashSigned+".narinfo", "127.0.0.1:5", nil); rec.Code != 200 || rec.Body.String() != want {
+		t.Fatalf("remote route: %d\n%s", rec.Code, rec.Body)
 	}
 }

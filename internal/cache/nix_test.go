@@ -20,6 +20,7 @@ import (
 	"github.com/peerix/peerix/internal/nixtest"
 	"github.com/peerix/peerix/internal/signing"
 	"github.com/peerix/peerix/internal/store"
+	"github.com/peerix/peerix/internal/trust"
 )
 
 func TestMain(m *testing.M) { nixtest.Main(m) }
@@ -275,3 +276,80 @@ func TestNixSubstitutes(t *testing.T) {
 		t.Fatalf("nix store verify: %v\n%s", err, out)
 	}
 }
+
+// localChain is the daemon's local serving chain on the sample store: the
+// store, the filter (patterns, the local mode's default), our signature,
+// the HTTP handler.
+func localChain(b *testing.B) (*nixtest.Sample, *cache.Server) {
+	f := nixtest.SharedSample(b)
+	l, err := nixstore.Open(f.Store)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { l.Close() })
+	filter, err := trust.NewFilter(trust.FilterOptions{Mode: trust.ModePatterns})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { filter.Close() })
+	key, err := signing.LoadSecretKeyFile(f.Key.SecretFile)
+	if err != nil {
+		b.Fatal(err)
+	}
+	st := signing.NewStore(filter.Wrap(l), key)
+	return f, &cache.Server{Local: st, StoreDir: nixstore.StoreDir, Log: quietLog()}
+}
+
+// benchmarkRequests serves target over and over in-process and reports
+// requests per second of handler time, as a regression guard for the
+// per-request cost (docs/benchmarks.md, issue 15's local rows).
+func benchmarkRequests(b *testing.B, s *cache.Server, target string, wantBytes int) {
+	r, _ := request(b, "GET", target, "127.0.0.1:5", nil)
+	r = r.WithContext(context.Background())
+	w := &countingWriter{h: http.Header{}}
+	s.ServeHTTP(w, r)
+	if w.code != 0 && w.code != 200 || w.n != wantBytes {
+		b.Fatalf("GET %s: status %d, %d bytes, want 200 and %d", target, w.code, w.n, wantBytes)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		clear(w.h)
+		w.code, w.n = 0, 0
+		s.ServeHTTP(w, r)
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "req/s")
+}
+
+// BenchmarkLocalNarInfo: a signed narinfo of the local store, through the
+// filter and the signing store, as `peerix serve --mode local` answers it.
+func BenchmarkLocalNarInfo(b *testing.B) {
+	f, s := localChain(b)
+	rec := httptest.NewRecorder()
+	s.ServeHTTP(rec, httptest.NewRequest("GET", "/local/"+nixtest.HashPart(f.Leaf)+".narinfo", nil))
+	benchmarkRequests(b, s, "/local/"+nixtest.HashPart(f.Leaf)+".narinfo", rec.Body.Len())
+}
+
+// BenchmarkLocalSmallNAR: the NAR of a small path (a directory and a file).
+func BenchmarkLocalSmallNAR(b *testing.B) {
+	f, s := localChain(b)
+	ni, err := s.Local.NarInfo(context.Background(), nixtest.HashPart(f.Leaf))
+	if err != nil {
+		b.Fatal(err)
+	}
+	benchmarkRequests(b, s, "/local/"+ni.URL, int(ni.NarSize))
+}
+
+// countingWriter is a ResponseWriter that counts the body's bytes.
+type countingWriter struct {
+	h    http.Header
+	code int
+	n    int
+}
+
+func (c *countingWriter) Header() http.Header { return c.h }
+func (c *countingWriter) Write(b []byte) (int, error) {
+	c.n += len(b)
+	return len(b), nil
+}
+func (c *countingWriter) WriteHeader(code int) { c.code = code }

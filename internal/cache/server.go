@@ -13,6 +13,9 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
+
+	"github.com/nix-community/go-nix/pkg/narinfo"
 
 	"github.com/peerix/peerix/internal/compress"
 	"github.com/peerix/peerix/internal/store"
@@ -22,7 +25,13 @@ import (
 // shorter (a NAR URL of a peer is a few hundred bytes at most).
 const MaxURILength = 1024
 
-var narInfoContentType = []string{"text/x-nix-narinfo"}
+// Header values set on every response, shared (net/http only reads them).
+var (
+	narInfoContentType = []string{"text/x-nix-narinfo"}
+	narContentType     = []string{"application/x-nix-nar"}
+	acceptRanges       = []string{"bytes"}
+	blocksEncoding     = []string{BlocksEncoding}
+)
 
 // A peer that takes the block format of internal/compress (zstd block by
 // block where that is faster) says so in AcceptEncodingHeader; a NAR sent
@@ -63,6 +72,9 @@ type Server struct {
 	// Observe, if set, is told about every cache request: which route, the
 	// outcome status and the bytes of NAR sent.
 	Observe func(ev Event)
+
+	renderedOnce sync.Once
+	rendered     *store.NarInfoMemo[renderedNarInfo]
 }
 
 // Route names the kind of cache request, for metrics and logs.
@@ -142,8 +154,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // routes the NAR URL as a narinfo names it ("nar/...").
 func (s *Server) route(p string) (route Route, arg string, ok bool) {
 	local := false
-	if rest, cut := strings.CutPrefix(p, "/local/"); cut {
-		local, p = true, "/"+rest
+	if strings.HasPrefix(p, "/local/") {
+		local, p = true, p[len("/local"):] // keeps the "/", allocates nothing
 	}
 	switch {
 	case p == "/nix-cache-info":
@@ -231,15 +243,51 @@ func (s *Server) narInfo(w http.ResponseWriter, r *http.Request, route Route, st
 		http.Error(w, http.StatusText(status), status)
 		return status
 	}
-	body := AppendNarInfo(make([]byte, 0, 1024), ni)
+	var text renderedNarInfo
+	if route == RouteLocalNarInfo {
+		text = s.renderLocal(hash, ni)
+	} else {
+		text = render(ni)
+	}
 	h := w.Header()
 	h["Content-Type"] = narInfoContentType
-	h["Content-Length"] = []string{strconv.Itoa(len(body))}
+	h["Content-Length"] = text.length
 	if r.Method != http.MethodHead {
-		w.Write(body)
+		w.Write(text.body)
 	}
 	return http.StatusOK
 }
+
+// renderedNarInfo is a narinfo response: the body, and its length as the
+// Content-Length header's value.
+type renderedNarInfo struct {
+	body   []byte
+	length []string
+}
+
+func render(ni *narinfo.NarInfo) renderedNarInfo {
+	body := AppendNarInfo(make([]byte, 0, 1024), ni)
+	return renderedNarInfo{body: body, length: []string{strconv.Itoa(len(body))}}
+}
+
+// renderLocal renders a narinfo of the local store once for as long as the
+// store hands out the same narinfo (store.NarInfoMemo says why that is
+// never stale). The store is still asked on every request, so a path
+// deleted or no longer shared is answered as such; only the rendering is
+// saved. Peers' narinfos are new on every lookup and rendered each time.
+func (s *Server) renderLocal(hash string, ni *narinfo.NarInfo) renderedNarInfo {
+	s.renderedOnce.Do(func() { s.rendered = store.NewNarInfoMemo[renderedNarInfo](maxRendered) })
+	if text, ok := s.rendered.Get(hash, ni); ok {
+		return text
+	}
+	text := render(ni)
+	s.rendered.Put(hash, ni, text)
+	return text
+}
+
+// maxRendered bounds the rendered narinfos remembered: one a path, about
+// 2 KiB each with the narinfo the entry keeps alive.
+const maxRendered = 16 << 10
 
 func (s *Server) serveNAR(w http.ResponseWriter, r *http.Request, route Route, st store.Store, url string) {
 	status, n := s.nar(w, r, st, url)
@@ -292,13 +340,14 @@ func (s *Server) nar(w http.ResponseWriter, r *http.Request, st store.Store, url
 	// compressed block by block where that is faster than raw.
 	blocks := r.Header.Get(AcceptEncodingHeader) == BlocksEncoding && r.Method == http.MethodGet
 	h := w.Header()
-	h.Set("Content-Type", "application/x-nix-nar")
-	h.Set("Accept-Ranges", "bytes")
+	// Canonical keys and shared values: no allocation but the length.
+	h["Content-Type"] = narContentType
+	h["Accept-Ranges"] = acceptRanges
 	if blocks {
-		h.Set(EncodingHeader, BlocksEncoding)
-		h.Set(LengthHeader, strconv.FormatInt(length, 10))
+		h[EncodingHeader] = blocksEncoding
+		h[LengthHeader] = []string{strconv.FormatInt(length, 10)}
 	} else {
-		h.Set("Content-Length", strconv.FormatInt(length, 10))
+		h["Content-Length"] = []string{strconv.FormatInt(length, 10)}
 	}
 	status = http.StatusOK
 	if length < nar.Size {

@@ -56,6 +56,7 @@ type Local struct {
 	allPaths *sql.Stmt
 	since    *sql.Stmt
 	cache    *pathCache
+	nars     *narCache
 }
 
 // queryByHash finds the one valid path with the given hash part, and its
@@ -98,7 +99,7 @@ func Open(root string) (*Local, error) {
 	conns := 2 * runtime.GOMAXPROCS(0)
 	db.SetMaxOpenConns(conns)
 	db.SetMaxIdleConns(conns)
-	l := &Local{root: root, db: db, cache: newPathCache(pathCacheSize)}
+	l := &Local{root: root, db: db, cache: newPathCache(pathCacheSize), nars: newNARCache(narCacheBytes, narCacheMaxNAR)}
 	if l.byHash, err = db.Prepare(queryByHash); err != nil {
 		db.Close()
 		if strings.Contains(err.Error(), "readonly database") {
@@ -147,15 +148,26 @@ func (l *Local) PathInfo(ctx context.Context, hash string) (*PathInfo, error) {
 	if !store.ValidHash(hash) {
 		return nil, fmt.Errorf("hash %q: %w", hash, store.ErrBadRequest)
 	}
-	if pi := l.cache.get(hash, l.FilePath); pi != nil {
-		return pi, nil
-	}
-	pi, err := l.queryPathInfo(ctx, hash)
+	e, err := l.path(ctx, hash)
 	if err != nil {
 		return nil, err
 	}
-	l.cache.put(hash, pi, l.FilePath)
-	return pi, nil
+	return e.info, nil
+}
+
+// path returns the cache entry of the valid path whose hash part is hash,
+// from the database if the cache has none (or a stale one).
+func (l *Local) path(ctx context.Context, hash string) (cachedPath, error) {
+	if e, ok := l.cache.get(hash); ok {
+		return e, nil
+	}
+	pi, err := l.queryPathInfo(ctx, hash)
+	if err != nil {
+		return cachedPath{}, err
+	}
+	e := newCachedPath(pi, l.FilePath(pi.StorePath))
+	l.cache.put(hash, e)
+	return e, nil
 }
 
 func (l *Local) queryPathInfo(ctx context.Context, hash string) (*PathInfo, error) {
@@ -198,13 +210,18 @@ func (l *Local) queryPathInfo(ctx context.Context, hash string) (*PathInfo, erro
 
 // NarInfo renders the path's narinfo as this store serves it: uncompressed,
 // with the NAR at its local URL (store.NarRef: nar/<hash>-<NarHash>.nar),
-// carrying the signatures the database holds.
+// carrying the signatures the database holds. The result is shared and must
+// not be modified; while the path is unchanged (see pathCache) every call
+// returns the same pointer, so callers may memoise on it.
 func (l *Local) NarInfo(ctx context.Context, hash string) (*narinfo.NarInfo, error) {
-	pi, err := l.PathInfo(ctx, hash)
+	if !store.ValidHash(hash) {
+		return nil, fmt.Errorf("hash %q: %w", hash, store.ErrBadRequest)
+	}
+	e, err := l.path(ctx, hash)
 	if err != nil {
 		return nil, err
 	}
-	return pi.NarInfo(), nil
+	return e.ni, nil
 }
 
 // NarInfo converts database path info to a narinfo served by a local store.
@@ -250,21 +267,24 @@ func (l *Local) NAR(ctx context.Context, u string, offset int64) (*store.NAR, er
 	if ref.Source != "" {
 		return nil, fmt.Errorf("NAR URL %q is not a local one: %w", u, store.ErrBadRequest)
 	}
-	hash, narHash := ref.Hash, ref.NarHash
-	pi, err := l.PathInfo(ctx, hash)
+	e, err := l.path(ctx, ref.Hash)
 	if err != nil {
 		return nil, err
 	}
-	if pi.NarHash.Format(nixhash.NixBase32, false) != narHash {
+	if e.narHash != ref.NarHash {
 		return nil, fmt.Errorf("nar url %q: NarHash differs from the store's: %w", u, store.ErrNotFound)
 	}
-	return l.OpenNAR(pi, offset)
+	return l.OpenNAR(e.info, offset)
 }
 
-// OpenNAR streams the NAR of a path from disk, starting at offset.
+// OpenNAR streams the NAR of a path from disk, starting at offset. A small
+// NAR comes from memory (see narCache) while pi is the path's current info.
 func (l *Local) OpenNAR(pi *PathInfo, offset int64) (*store.NAR, error) {
 	if offset < 0 || uint64(offset) > pi.NarSize {
 		return nil, fmt.Errorf("offset %d outside NAR of %d bytes: %w", offset, pi.NarSize, store.ErrOffset)
+	}
+	if b := l.smallNAR(pi); b != nil {
+		return &store.NAR{Size: int64(len(b)), ReadCloser: newMemNAR(b[offset:])}, nil
 	}
 	return &store.NAR{Size: int64(pi.NarSize), ReadCloser: nar.Open(l.FilePath(pi.StorePath), offset)}, nil
 }

@@ -382,7 +382,25 @@ func TestPathCacheGC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if again, err := l.NarInfo(ctx, h); err != nil || again != ni {
+		t.Fatalf("second narinfo lookup: %p %v; want the same %p (layers above memoise on it)", again, err, ni)
+	}
 	url := ni.URL
+	// Read the NAR twice, so that the second comes from memory.
+	for i := range 2 {
+		n, err := l.NAR(ctx, url, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(n)
+		n.Close()
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("NAR %d: %d bytes, %v", i, len(got), err)
+		}
+	}
+	if len(want) <= 64<<10 && l.CachedNARs() == 0 {
+		t.Fatalf("the %d-byte NAR is not held in memory", len(want))
+	}
 
 	nixtest.Must(t, "nix-store", "--store", f.Store, "--delete", f.GC)
 	if _, err := os.Lstat(l.FilePath(f.GC)); !errors.Is(err, os.ErrNotExist) {
@@ -408,6 +426,9 @@ func TestPathCacheGC(t *testing.T) {
 	}
 	if pi2.StorePath != f.GC || pi2.NarHash.Format(nixhash.NixBase32, false) != pi.NarHash.Format(nixhash.NixBase32, false) {
 		t.Fatalf("path info after copying back: %+v", pi2)
+	}
+	if ni2, err := l.NarInfo(ctx, h); err != nil || ni2 == ni {
+		t.Fatalf("narinfo after copying back: %p %v; want a new one, not the old %p", ni2, err, ni)
 	}
 	n, err := l.NAR(ctx, url, 0)
 	if err != nil {

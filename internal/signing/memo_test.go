@@ -241,3 +241,37 @@ func BenchmarkSign(b *testing.B) {
 		}
 	}
 }
+
+// TestNewStoreSameCopy: while the wrapped store hands out the same narinfo
+// for a path, the signed copy is the same too (HTTP memoises its rendering
+// on it); a new narinfo for the path (a signature Nix added) gets a new
+// copy that carries it.
+func TestNewStoreSameCopy(t *testing.T) {
+	sk, err := signing.ParseSecretKey(test1SecretKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := mustPub(t, test1PublicKey)
+	ctx := context.Background()
+	a := variant(t, 0)
+	next := hashStore{"a": a}
+	s := signing.NewStore(next, sk)
+	first, err := s.NarInfo(ctx, "a")
+	if err != nil || !signing.Verify(first, pub) {
+		t.Fatalf("first: %v", err)
+	}
+	if again, err := s.NarInfo(ctx, "a"); err != nil || again != first {
+		t.Fatalf("second lookup: %p %v; want the same copy %p", again, err, first)
+	}
+	if len(a.Signatures) != 0 {
+		t.Fatalf("the wrapped store's narinfo was modified: %v", a.Signatures)
+	}
+
+	changed := *a
+	changed.Signatures = []signature.Signature{{Name: "added-later", Data: make([]byte, 64)}}
+	next["a"] = &changed
+	got, err := s.NarInfo(ctx, "a")
+	if err != nil || got == first || len(got.Signatures) != 2 || got.Signatures[0].Name != "added-later" || !signing.Verify(got, pub) {
+		t.Fatalf("after the path's narinfo changed: %p (first %p) %v %v", got, first, got.Signatures, err)
+	}
+}

@@ -18,6 +18,10 @@ import (
 // at most ~10 MB.
 const maxMemoised = 64 << 10
 
+// maxSigned bounds the signed copies remembered: one a path, which keeps
+// the copy and the narinfo it was made from alive (about 2 KiB).
+const maxSigned = 16 << 10
+
 // signingStore is a Store whose narinfos carry, in addition to the signatures
 // they already have (served as they are), one by the daemon's own key.
 //
@@ -37,6 +41,11 @@ type signingStore struct {
 	mu   sync.RWMutex
 	sigs map[[sha256.Size]byte]signature.Signature
 	max  int
+
+	// signed is the signed copy of each narinfo next handed out, for as
+	// long as next hands out the same one: a request for an unchanged path
+	// costs a map lookup, not a fingerprint, a digest and a copy.
+	signed *store.NarInfoMemo[*narinfo.NarInfo]
 }
 
 // NewStore wraps next so that every narinfo it answers is signed with key
@@ -49,7 +58,8 @@ func NewStore(next store.Store, key signature.SecretKey) store.Store {
 }
 
 func newStore(next store.Store, key signature.SecretKey, max int) *signingStore {
-	s := &signingStore{next: next, key: key, sigs: make(map[[sha256.Size]byte]signature.Signature), max: max}
+	s := &signingStore{next: next, key: key, sigs: make(map[[sha256.Size]byte]signature.Signature), max: max,
+		signed: store.NewNarInfoMemo[*narinfo.NarInfo](maxSigned)}
 	// A zero or malformed key would make go-nix panic; check it once here
 	// rather than on every request (Sign checks it on every call).
 	if name, data, err := decodeKey(key.String()); err == nil && name != "" && len(data) == ed25519.PrivateKeySize {
@@ -64,12 +74,26 @@ func (s *signingStore) NarInfo(ctx context.Context, hash string) (*narinfo.NarIn
 	if err != nil || ni == nil {
 		return ni, err
 	}
-	if !s.keyOK || checkSignable(ni) != nil {
+	if !s.keyOK {
 		return ni, nil
+	}
+	if signed, ok := s.signed.Get(hash, ni); ok {
+		return signed, nil
+	}
+	signed := s.signedCopy(ni)
+	s.signed.Put(hash, ni, signed)
+	return signed, nil
+}
+
+// signedCopy is ni with the store's signature, or ni itself if it cannot
+// be signed.
+func (s *signingStore) signedCopy(ni *narinfo.NarInfo) *narinfo.NarInfo {
+	if checkSignable(ni) != nil {
+		return ni
 	}
 	sig, ok := s.signature(Fingerprint(ni))
 	if !ok {
-		return ni, nil
+		return ni
 	}
 	signed := *ni
 	// What Sign does, without verifying: ed25519 signatures are
@@ -81,11 +105,11 @@ func (s *signingStore) NarInfo(ctx context.Context, hash string) (*narinfo.NarIn
 			signed.Signatures = append(signed.Signatures, s2)
 		} else if slices.Equal(s2.Data, sig.Data) {
 			signed.Signatures = slices.Clone(ni.Signatures)
-			return &signed, nil
+			return &signed
 		}
 	}
 	signed.Signatures = append(signed.Signatures, sig)
-	return &signed, nil
+	return &signed
 }
 
 // signature returns the signature of fingerprint fp by the store's key,

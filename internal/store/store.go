@@ -28,6 +28,9 @@ var (
 type Store interface {
 	// NarInfo returns the path whose 32-character hash part is hash, or an
 	// error wrapping ErrNotFound. hash has been checked with ValidHash.
+	// The narinfo is never modified once returned, by the store or by its
+	// callers; a store may return the same one again while the path is
+	// unchanged, and callers may memoise on that (NarInfoMemo).
 	NarInfo(ctx context.Context, hash string) (*narinfo.NarInfo, error)
 
 	// NAR opens the NAR that a narinfo of this store named in its URL field

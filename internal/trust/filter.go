@@ -37,6 +37,9 @@ const (
 	DefaultSaveInterval    = 5 * time.Minute
 	DefaultUnhealthyAfter  = 3
 	DefaultMaxCacheEntries = 1 << 20
+	// maxVerdicts bounds the memo of verdicts from narinfos alone: one
+	// entry a path, which keeps its narinfo (about 1 KiB) alive.
+	maxVerdicts = 16 << 10
 	// FilterCacheFile is the on-disk cache of upstream answers, in the state dir.
 	FilterCacheFile = "filter-cache"
 )
@@ -163,8 +166,9 @@ type Filter struct {
 	log       *slog.Logger
 	cacheFile string
 
-	answers *memo[answer]
-	health  *healthTracker
+	answers  *memo[answer]
+	verdicts *store.NarInfoMemo[verdict]
+	health   *healthTracker
 
 	mu    sync.Mutex
 	store store.Store // the store Wrap was given, for Shareable
@@ -230,6 +234,7 @@ func NewFilter(opts FilterOptions) (*Filter, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	f.cancel = cancel
 	f.answers = newMemo[answer](ctx, conc, orInt(opts.MaxCacheEntries, DefaultMaxCacheEntries))
+	f.verdicts = store.NewNarInfoMemo[verdict](maxVerdicts)
 	f.health = &healthTracker{upstream: f.upstream, what: "filter", threshold: orInt(opts.UnhealthyAfter, DefaultUnhealthyAfter), log: f.log}
 
 	if f.mode == ModeUpstream && opts.StateDir != "" {
@@ -334,18 +339,18 @@ func (f *Filter) decide(ctx context.Context, hash string, ni *narinfo.NarInfo) (
 	if f.mode == ModeNone {
 		return Shared, "filter none"
 	}
-	if ni == nil || hashOfStorePath(ni.StorePath) != hash {
-		return RefusedUnknown, "narinfo is not for this path"
+	v, ok := f.verdicts.Get(hash, ni)
+	if !ok {
+		v = f.verdictOf(hash, ni)
+		if v.final {
+			f.verdicts.Put(hash, ni, v)
+		}
 	}
-	if g, ok := f.patterns.match(nameOfStorePath(ni.StorePath)); ok {
-		return RefusedPattern, "name matches " + g
-	}
-	if f.mode == ModePatterns {
-		return Shared, "no pattern matches"
-	}
-	if f.key != nil && signing.Verify(ni, []signature.PublicKey{*f.key}) {
+	if v.bySignature {
 		f.bySignature.Add(1)
-		return Shared, "signed by " + f.key.Name
+	}
+	if v.final {
+		return v.d, v.why
 	}
 	switch f.upstreamHas(ctx, hash) {
 	case answerPublic:
@@ -354,6 +359,36 @@ func (f *Filter) decide(ctx context.Context, hash string, ni *narinfo.NarInfo) (
 		return RefusedPrivate, "upstream has it not"
 	}
 	return RefusedUnknown, "upstream could not be asked"
+}
+
+// verdict is what the narinfo alone tells about a path: final unless the
+// upstream must be asked.
+type verdict struct {
+	d           Decision
+	why         string
+	final       bool
+	bySignature bool
+}
+
+// verdictOf decides from the narinfo alone: its name against the
+// deny-list, its signatures against the upstream's key. That costs a
+// pattern match per glob and an ed25519 verification, so the verdict is
+// memoised (f.verdicts) for as long as the store hands out the same
+// narinfo; what the upstream says has its own cache (f.answers).
+func (f *Filter) verdictOf(hash string, ni *narinfo.NarInfo) verdict {
+	if ni == nil || hashOfStorePath(ni.StorePath) != hash {
+		return verdict{d: RefusedUnknown, why: "narinfo is not for this path", final: true}
+	}
+	if g, ok := f.patterns.match(nameOfStorePath(ni.StorePath)); ok {
+		return verdict{d: RefusedPattern, why: "name matches " + g, final: true}
+	}
+	if f.mode == ModePatterns {
+		return verdict{d: Shared, why: "no pattern matches", final: true}
+	}
+	if f.key != nil && signing.Verify(ni, []signature.PublicKey{*f.key}) {
+		return verdict{d: Shared, why: "signed by " + f.key.Name, final: true, bySignature: true}
+	}
+	return verdict{}
 }
 
 // upstreamHas asks the cache, else the upstream, whether it has hash.

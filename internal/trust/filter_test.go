@@ -608,3 +608,47 @@ func TestFilterStatsCount(t *testing.T) {
 		t.Errorf("stats %+v, want %+v", got, want)
 	}
 }
+
+// TestFilterVerdictFollowsNarInfo: what the filter decided from a narinfo
+// alone (its name, its upstream signature) is remembered for that narinfo
+// only; a new narinfo for the path is decided afresh, and decisions that
+// need the upstream are never taken from that memory. Counters count every
+// decision, remembered or not.
+func TestFilterVerdictFollowsNarInfo(t *testing.T) {
+	upKey, upPub := genKey(t, "u-1")
+	up := newUpstream(t)
+	f, err := NewFilter(FilterOptions{Upstream: up.URL, UpstreamPublicKey: upPub, NegativeTTL: time.Nanosecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	ctx := context.Background()
+	p := newPath("a", nil)
+	signed := p.narInfo(localPrefix, upKey)
+	for range 3 {
+		if d := f.Decide(ctx, p.hash, signed); d != Shared {
+			t.Fatalf("signed by the upstream: %v", d)
+		}
+	}
+	// The same path without the signature (a narinfo with other contents):
+	// the upstream, which has it not, is asked, each time its answer expired.
+	unsigned := p.narInfo(localPrefix)
+	up.set(p.hash, 404)
+	for range 2 {
+		if d := f.Decide(ctx, p.hash, unsigned); d != RefusedPrivate {
+			t.Fatalf("unsigned, the upstream has it not: %v", d)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	// A narinfo for the hash naming another path is refused, even though
+	// the hash was shared a moment ago.
+	other := *signed
+	other.StorePath = "/nix/store/" + p.hash + "-id_rsa"
+	if d := f.Decide(ctx, p.hash, &other); d != RefusedPattern {
+		t.Fatalf("renamed to a secret: %v", d)
+	}
+	want := FilterStats{Shared: 3, SharedBySignature: 3, RefusedPattern: 1, RefusedPrivate: 2, UpstreamChecks: 2, CacheEntries: 1}
+	if got := f.Stats(); got != want {
+		t.Errorf("stats %+v, want %+v", got, want)
+	}
+}
