@@ -32,19 +32,15 @@ package tracker
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
 	"errors"
-	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/peerix/peerix/internal/summary"
+	api "github.com/peerix/peerix/internal/tracker/trackerapi"
 )
 
 // HashSource is implemented by registries that can serve /v1/index.
@@ -62,9 +58,6 @@ type HashSource interface {
 type soleWriter interface {
 	soleWriter() bool
 }
-
-// CodeUnavailable (503): the tracker offers no index (yet).
-const CodeUnavailable = "unavailable"
 
 // MaxIndexWait bounds a long poll.
 const MaxIndexWait = summary.MaxWait
@@ -219,15 +212,11 @@ func (x *serverIndex) build() {
 // read builds a filter from the database, sized for the number of rows
 // (an upper bound of the distinct hashes) and folded to what they need.
 func (x *serverIndex) read(ctx context.Context) (*summary.Filter, uint64, error) {
-	peers, err := x.reg.Peers(ctx, time.Time{})
+	rows, err := x.reg.Rows(ctx)
 	if err != nil {
 		return nil, 0, err
 	}
-	var rows uint64
-	for _, p := range peers {
-		rows += uint64(max(p.Packages, 0))
-	}
-	g := summary.NewFilter(summary.Size(rows+1024), summary.DefaultProbes)
+	g := summary.NewFilter(summary.Size(uint64(max(rows, 0))+1024), summary.DefaultProbes)
 	var entries uint64
 	err = x.src.EachHash(ctx, func(b []byte) error {
 		if len(b) == summary.HashBytes && g.AddOwned((*summary.Hash)(b)) > 0 {
@@ -290,11 +279,11 @@ func (s *Server) serveIndex(w http.ResponseWriter, r *http.Request) {
 	x := s.idx
 	epoch, gen, have, wait, err := summary.ParseQuery(r.URL.Query())
 	if err != nil {
-		writeError(w, http.StatusBadRequest, CodeBadRequest, err.Error(), nil)
+		writeError(w, http.StatusBadRequest, api.CodeBadRequest, err.Error(), nil)
 		return
 	}
 	if x.src == nil {
-		writeError(w, http.StatusServiceUnavailable, CodeUnavailable, "this tracker's storage offers no hash index: use /v1/find", nil)
+		writeError(w, http.StatusServiceUnavailable, api.CodeUnavailable, "this tracker's storage offers no hash index: use /v1/find", nil)
 		return
 	}
 	if !x.exclusive {
@@ -316,7 +305,7 @@ func (s *Server) serveIndex(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case errors.Is(err, summary.ErrNotReady):
 		w.Header().Set("Retry-After", "5")
-		writeError(w, http.StatusServiceUnavailable, CodeUnavailable, "the hash index is being built", nil)
+		writeError(w, http.StatusServiceUnavailable, api.CodeUnavailable, "the hash index is being built", nil)
 		return
 	case err != nil:
 		return // the caller went away
@@ -356,56 +345,3 @@ var (
 	_ HashSource = (*SQLite)(nil)
 	_ soleWriter = (*SQLite)(nil)
 )
-
-// Index asks the tracker for its hash index: the whole filter (epoch 0 and
-// have false), or what was added since generation gen of epoch, waiting up
-// to wait for something to be added. An answer of another epoch is a whole
-// filter. A tracker that offers no index answers an *Error with Status 503
-// (CodeUnavailable) or 404 (an older tracker).
-func (c *Client) Index(ctx context.Context, epoch, gen uint64, have bool, wait time.Duration) (*summary.Update, error) {
-	u := c.base + "/v1/index"
-	sep := "?"
-	if have {
-		u += fmt.Sprintf("?epoch=%016x&gen=%d", epoch, gen)
-		sep = "&"
-	}
-	if wait > 0 {
-		u += sep + "wait=" + strconv.FormatInt(wait.Milliseconds(), 10)
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-	if err != nil {
-		return nil, fmt.Errorf("tracker: %w", err)
-	}
-	// The client's own timeout would cut long polls and large filters.
-	hc := &http.Client{Transport: c.http.Transport, Timeout: wait + indexFetchTimeout}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("tracker: %w", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, readError(resp)
-	}
-	up, err := summary.ReadUpdate(resp.Body)
-	if err != nil {
-		return nil, fmt.Errorf("tracker: GET /v1/index: %w", err)
-	}
-	return up, nil
-}
-
-// indexFetchTimeout bounds an index request beyond its wait: time enough
-// for a whole filter (30 MiB at 1 MiB/s).
-const indexFetchTimeout = time.Minute
-
-// readError turns a refusal into an *Error, as Client.do does.
-func readError(resp *http.Response) error {
-	e := &Error{Status: resp.StatusCode}
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	var ej errorJSON
-	if json.Unmarshal(body, &ej) == nil {
-		e.Code, e.Message = ej.Code, ej.Error
-	} else {
-		e.Message = strings.TrimSpace(string(body[:min(len(body), 200)]))
-	}
-	return e
-}

@@ -26,7 +26,7 @@ import (
 // time make it inside a synctest bubble and sleep.
 func newIndexServer(t testing.TB) *Server {
 	t.Helper()
-	return NewServer(openTestDB(t), ServerOptions{TTL: time.Minute, Log: quietLog()})
+	return NewServer(openTestDB(t), ServerOptions{TTL: time.Hour, Log: quietLog()})
 }
 
 // newIndexTracker serves a real-clock Server over a fresh SQLite database.
@@ -462,7 +462,7 @@ func BenchmarkIndexBuild(b *testing.B) {
 	ctx := context.Background()
 	now := time.Now()
 	start := time.Now()
-	if ps, err := db.Peers(ctx, time.Time{}); err != nil {
+	if ps, err := allPeers(ctx, db, time.Time{}); err != nil {
 		b.Fatal(err)
 	} else if len(ps) > 0 {
 		peers = 0
@@ -470,14 +470,14 @@ func BenchmarkIndexBuild(b *testing.B) {
 	}
 	for p := range peers {
 		id := fmt.Sprintf("peer-%d", p)
-		if _, err := db.UpsertPeer(ctx, id, nil, 1, now, now.Add(-time.Hour)); err != nil {
+		if _, err := upsert(ctx, db, id, nil, 1, now, now.Add(-time.Hour)); err != nil {
 			b.Fatal(err)
 		}
 		hs := make([]string, perPeer)
 		for i, h := range randHashes(uint64(p)+100, perPeer) {
 			hs[i] = nixbase32.EncodeToString(h[:])
 		}
-		if _, err := db.SetPackages(ctx, id, 2, now.Add(-time.Hour), true, hs, nil); err != nil {
+		if _, err := setPackages(ctx, db, id, 2, now.Add(-time.Hour), true, hs, nil); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -16,6 +16,8 @@ import (
 
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 	_ "modernc.org/sqlite" // driver "sqlite"
+
+	"github.com/peerix/peerix/internal/tracker/trackerapi"
 )
 
 // SQLite is the Registry in one SQLite file (WAL mode). All writes go
@@ -27,9 +29,13 @@ import (
 //
 //	peers(id INTEGER PRIMARY KEY, peer_id TEXT UNIQUE, addrs TEXT (JSON array),
 //	      last_seen INTEGER (Unix ms; 0 once deregistered), last_ts INTEGER,
-//	      packages INTEGER (how many hashes the peer holds))
+//	      packages INTEGER (how many hashes the peer holds),
+//	      net TEXT (source network of its last announce),
+//	      registered_at INTEGER (Unix ms: when its current registration began)),
+//	      plus an index on (net, last_seen) for the quotas
 //	packages(hash BLOB, peer INTEGER REFERENCES peers(id), PRIMARY KEY(hash, peer))
 //	      WITHOUT ROWID, plus an index on (peer)
+//	tracker(id TEXT): the tracker ID, made with the database
 //
 // A hash is stored as its 20 decoded bytes (nixbase32), not as 32 characters
 // of text: measured with 5 M rows, the file is 31% smaller (60 vs 87 bytes a
@@ -37,8 +43,9 @@ import (
 // integer surrogate, not the 52-character peer ID, for the same reason.
 // find(hash) is one range scan of the primary key.
 type SQLite struct {
-	w *sql.DB // the one writer connection
-	r *sql.DB // read-only pool
+	w  *sql.DB // the one writer connection
+	r  *sql.DB // read-only pool
+	id string  // TrackerID
 }
 
 var _ Registry = (*SQLite)(nil)
@@ -62,6 +69,13 @@ var migrations = []string{
 		PRIMARY KEY (hash, peer)
 	) WITHOUT ROWID;
 	CREATE INDEX packages_peer ON packages(peer);`,
+	// 2: source networks and registration times (holder selection,
+	// quotas), and the tracker ID that writes are signed for.
+	`ALTER TABLE peers ADD COLUMN net TEXT NOT NULL DEFAULT '';
+	ALTER TABLE peers ADD COLUMN registered_at INTEGER NOT NULL DEFAULT 0;
+	CREATE INDEX peers_net ON peers(net, last_seen);
+	CREATE TABLE tracker (id TEXT NOT NULL);
+	INSERT INTO tracker (id) VALUES (lower(hex(randomblob(16))));`,
 }
 
 // sweepChunk bounds how many hash rows one sweep transaction deletes, so a
@@ -93,12 +107,13 @@ func OpenSQLite(path string) (*SQLite, error) {
 	n := min(max(runtime.GOMAXPROCS(0), 2), 8)
 	r.SetMaxOpenConns(n)
 	r.SetMaxIdleConns(n)
-	if err := r.Ping(); err != nil {
+	s := &SQLite{w: w, r: r}
+	if err := r.QueryRow(`SELECT id FROM tracker`).Scan(&s.id); err != nil {
 		w.Close()
 		r.Close()
-		return nil, fmt.Errorf("tracker database %s: %w", path, err)
+		return nil, fmt.Errorf("tracker database %s: reading the tracker ID: %w", path, err)
 	}
-	return &SQLite{w: w, r: r}, nil
+	return s, nil
 }
 
 func migrate(db *sql.DB) error {
@@ -140,19 +155,36 @@ func (s *SQLite) Close() error {
 
 type peerRow struct {
 	id, lastSeen, lastTS, packages int64
+	net                            string
 }
 
 // lookup reads the peer's row inside tx; ok is false if there is none.
 func lookup(ctx context.Context, tx *sql.Tx, peerID string) (row peerRow, ok bool, err error) {
-	err = tx.QueryRowContext(ctx, `SELECT id, last_seen, last_ts, packages FROM peers WHERE peer_id = ?`, peerID).
-		Scan(&row.id, &row.lastSeen, &row.lastTS, &row.packages)
+	err = tx.QueryRowContext(ctx, `SELECT id, last_seen, last_ts, packages, net FROM peers WHERE peer_id = ?`, peerID).
+		Scan(&row.id, &row.lastSeen, &row.lastTS, &row.packages, &row.net)
 	if errors.Is(err, sql.ErrNoRows) {
 		return row, false, nil
 	}
 	return row, err == nil, err
 }
 
-func (s *SQLite) UpsertPeer(ctx context.Context, peerID string, addrs []string, ts int64, now, liveSince time.Time) (bool, error) {
+// netFull reports a *QuotaError when net has max live peers already.
+func netFull(ctx context.Context, tx *sql.Tx, net string, max int, liveSince time.Time) error {
+	if net == "" || max <= 0 {
+		return nil
+	}
+	var n int
+	if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM peers WHERE net = ? AND last_seen >= ?`, net, liveSince.UnixMilli()).Scan(&n); err != nil {
+		return err
+	}
+	if n >= max {
+		return &QuotaError{What: "live peers per source network (" + net + ")", Limit: int64(max)}
+	}
+	return nil
+}
+
+func (s *SQLite) UpsertPeer(ctx context.Context, a Announce) (bool, error) {
+	addrs := a.Addrs
 	if addrs == nil {
 		addrs = []string{}
 	}
@@ -165,28 +197,40 @@ func (s *SQLite) UpsertPeer(ctx context.Context, peerID string, addrs []string, 
 		return false, err
 	}
 	defer tx.Rollback()
-	row, ok, err := lookup(ctx, tx, peerID)
+	row, ok, err := lookup(ctx, tx, a.PeerID)
 	if err != nil {
 		return false, err
 	}
+	now := a.Now.UnixMilli()
 	fresh := true
 	if !ok {
-		_, err = tx.ExecContext(ctx, `INSERT INTO peers (peer_id, addrs, last_seen, last_ts) VALUES (?, ?, ?, ?)`,
-			peerID, string(addrsJSON), now.UnixMilli(), ts)
-	} else {
-		if ts <= row.lastTS {
-			return false, &ReplayError{TS: ts, LastTS: row.lastTS}
+		if err := netFull(ctx, tx, a.Net, a.MaxPeersPerNet, a.LiveSince); err != nil {
+			return false, err
 		}
-		fresh = row.lastSeen < liveSince.UnixMilli()
-		if fresh && row.packages > 0 {
-			// Its old hashes (expired, not yet swept) must not reappear.
-			if _, err := tx.ExecContext(ctx, `DELETE FROM packages WHERE peer = ?`, row.id); err != nil {
+		_, err = tx.ExecContext(ctx, `INSERT INTO peers (peer_id, addrs, last_seen, last_ts, net, registered_at) VALUES (?, ?, ?, ?, ?, ?)`,
+			a.PeerID, string(addrsJSON), now, a.TS, a.Net, now)
+	} else {
+		if a.TS <= row.lastTS {
+			return false, &ReplayError{TS: a.TS, LastTS: row.lastTS}
+		}
+		fresh = row.lastSeen < a.LiveSince.UnixMilli()
+		if fresh {
+			if err := netFull(ctx, tx, a.Net, a.MaxPeersPerNet, a.LiveSince); err != nil {
 				return false, err
 			}
-			row.packages = 0
+			if row.packages > 0 {
+				// Its old hashes (expired, not yet swept) must not reappear.
+				if _, err := tx.ExecContext(ctx, `DELETE FROM packages WHERE peer = ?`, row.id); err != nil {
+					return false, err
+				}
+				row.packages = 0
+			}
+			_, err = tx.ExecContext(ctx, `UPDATE peers SET addrs = ?, last_seen = ?, last_ts = ?, packages = 0, net = ?, registered_at = ? WHERE id = ?`,
+				string(addrsJSON), now, a.TS, a.Net, now, row.id)
+		} else {
+			_, err = tx.ExecContext(ctx, `UPDATE peers SET addrs = ?, last_seen = ?, last_ts = ?, net = ? WHERE id = ?`,
+				string(addrsJSON), now, a.TS, a.Net, row.id)
 		}
-		_, err = tx.ExecContext(ctx, `UPDATE peers SET addrs = ?, last_seen = ?, last_ts = ?, packages = ? WHERE id = ?`,
-			string(addrsJSON), now.UnixMilli(), ts, row.packages, row.id)
 	}
 	if err != nil {
 		return false, err
@@ -194,12 +238,12 @@ func (s *SQLite) UpsertPeer(ctx context.Context, peerID string, addrs []string, 
 	return fresh, tx.Commit()
 }
 
-func (s *SQLite) SetPackages(ctx context.Context, peerID string, ts int64, liveSince time.Time, full bool, add, remove []string) (int64, error) {
-	addB, err := decodeHashes(add)
+func (s *SQLite) SetPackages(ctx context.Context, u PackagesUpdate) (int64, error) {
+	addB, err := decodeHashes(u.Add)
 	if err != nil {
 		return 0, err
 	}
-	removeB, err := decodeHashes(remove)
+	removeB, err := decodeHashes(u.Remove)
 	if err != nil {
 		return 0, err
 	}
@@ -208,30 +252,33 @@ func (s *SQLite) SetPackages(ctx context.Context, peerID string, ts int64, liveS
 		return 0, err
 	}
 	defer tx.Rollback()
-	row, ok, err := lookup(ctx, tx, peerID)
+	row, ok, err := lookup(ctx, tx, u.PeerID)
 	if err != nil {
 		return 0, err
 	}
 	if !ok {
 		return 0, ErrUnknownPeer
 	}
-	if ts <= row.lastTS {
-		return 0, &ReplayError{TS: ts, LastTS: row.lastTS}
+	if u.TS <= row.lastTS {
+		return 0, &ReplayError{TS: u.TS, LastTS: row.lastTS}
 	}
-	if row.lastSeen < liveSince.UnixMilli() {
+	if row.lastSeen < u.LiveSince.UnixMilli() {
 		return 0, ErrUnknownPeer
 	}
 	count := row.packages
-	if full {
+	if u.Full {
 		// Apply the difference to what is stored: a peer resending the same
 		// set costs a read, not a rewrite of its rows.
-		have, err := peerHashes(ctx, tx, row.id)
-		if err != nil {
-			return 0, err
-		}
 		want := make(map[[20]byte]struct{}, len(addB))
 		for _, h := range addB {
 			want[[20]byte(h)] = struct{}{}
+		}
+		if u.MaxHashes > 0 && int64(len(want)) > u.MaxHashes {
+			return 0, &QuotaError{What: "hashes per peer", Limit: u.MaxHashes}
+		}
+		have, err := peerHashes(ctx, tx, row.id)
+		if err != nil {
+			return 0, err
 		}
 		removeB = removeB[:0]
 		for h := range have {
@@ -260,7 +307,20 @@ func (s *SQLite) SetPackages(ctx context.Context, peerID string, ts int64, liveS
 		}
 		count += n
 	}
-	if _, err := tx.ExecContext(ctx, `UPDATE peers SET last_ts = ?, packages = ? WHERE id = ?`, ts, count, row.id); err != nil {
+	if u.MaxHashes > 0 && count > u.MaxHashes && count > row.packages {
+		return 0, &QuotaError{What: "hashes per peer", Limit: u.MaxHashes}
+	}
+	if row.net != "" && u.MaxNetHashes > 0 && count > row.packages {
+		var others int64
+		if err := tx.QueryRowContext(ctx, `SELECT coalesce(sum(packages), 0) FROM peers WHERE net = ? AND last_seen >= ? AND id != ?`,
+			row.net, u.LiveSince.UnixMilli(), row.id).Scan(&others); err != nil {
+			return 0, err
+		}
+		if others+count > u.MaxNetHashes {
+			return 0, &QuotaError{What: "hashes per source network (" + row.net + ")", Limit: u.MaxNetHashes}
+		}
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE peers SET last_ts = ?, packages = ? WHERE id = ?`, u.TS, count, row.id); err != nil {
 		return 0, err
 	}
 	return count, tx.Commit()
@@ -388,34 +448,79 @@ func (s *SQLite) RemovePeer(ctx context.Context, peerID string, ts int64, liveSi
 	return row.lastSeen >= liveSince.UnixMilli(), tx.Commit()
 }
 
-func (s *SQLite) Find(ctx context.Context, hash string, liveSince time.Time, limit int) ([]PeerInfo, error) {
+func (s *SQLite) Holders(ctx context.Context, hash string, liveSince time.Time, max int) ([]Holder, error) {
 	h, err := nixbase32.DecodeString(hash)
 	if err != nil || len(h) != 20 {
 		return nil, fmt.Errorf("invalid hash %q", hash)
 	}
 	// CROSS JOIN keeps packages as the outer loop: a range scan of its
-	// primary key for this hash, then one peers lookup per holder.
-	return queryPeers(ctx, s.r, `SELECT p.peer_id, p.addrs, p.last_seen, p.packages
+	// primary key for this hash, in peer order (no sort), then one peers
+	// lookup per holder.
+	rows, err := s.r.QueryContext(ctx, `SELECT k.peer, p.net, p.registered_at
 		FROM packages k CROSS JOIN peers p ON p.id = k.peer
 		WHERE k.hash = ? AND p.last_seen >= ?
-		ORDER BY p.last_seen DESC, p.id LIMIT ?`, h, liveSince.UnixMilli(), limit)
+		ORDER BY k.peer LIMIT ?`, h, liveSince.UnixMilli(), max)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Holder
+	for rows.Next() {
+		var x Holder
+		if err := rows.Scan(&x.Key, &x.Net, &x.Since); err != nil {
+			return nil, err
+		}
+		out = append(out, x)
+	}
+	return out, rows.Err()
 }
 
-func (s *SQLite) Peers(ctx context.Context, liveSince time.Time) ([]PeerInfo, error) {
+func (s *SQLite) Describe(ctx context.Context, keys []int64, liveSince time.Time) ([]trackerapi.PeerInfo, error) {
+	if len(keys) == 0 {
+		return []trackerapi.PeerInfo{}, nil
+	}
+	args := make([]any, 0, len(keys)+1)
+	args = append(args, liveSince.UnixMilli())
+	for _, k := range keys {
+		args = append(args, k)
+	}
 	return queryPeers(ctx, s.r, `SELECT peer_id, addrs, last_seen, packages FROM peers
-		WHERE last_seen >= ? ORDER BY peer_id`, liveSince.UnixMilli())
+		WHERE last_seen >= ? AND id IN (`+strings.TrimSuffix(strings.Repeat("?,", len(keys)), ",")+`)`, args...)
 }
 
-func queryPeers(ctx context.Context, db *sql.DB, query string, args ...any) ([]PeerInfo, error) {
+func (s *SQLite) Peers(ctx context.Context, liveSince time.Time, after string, limit int) ([]trackerapi.PeerInfo, error) {
+	return queryPeers(ctx, s.r, `SELECT peer_id, addrs, last_seen, packages FROM peers
+		WHERE peer_id > ? AND last_seen >= ? ORDER BY peer_id LIMIT ?`, after, liveSince.UnixMilli(), limit)
+}
+
+func (s *SQLite) Live(ctx context.Context, peerID string, liveSince time.Time) (bool, error) {
+	var lastSeen int64
+	err := s.r.QueryRowContext(ctx, `SELECT last_seen FROM peers WHERE peer_id = ?`, peerID).Scan(&lastSeen)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	return err == nil && lastSeen >= liveSince.UnixMilli(), err
+}
+
+func (s *SQLite) Rows(ctx context.Context) (int64, error) {
+	var n int64
+	err := s.r.QueryRowContext(ctx, `SELECT coalesce(sum(packages), 0) FROM peers`).Scan(&n)
+	return n, err
+}
+
+// TrackerID names the database (made with it: migration 2).
+func (s *SQLite) TrackerID() string { return s.id }
+
+func queryPeers(ctx context.Context, db *sql.DB, query string, args ...any) ([]trackerapi.PeerInfo, error) {
 	rows, err := db.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	peers := []PeerInfo{}
+	peers := []trackerapi.PeerInfo{}
 	for rows.Next() {
 		var (
-			p        PeerInfo
+			p        trackerapi.PeerInfo
 			addrs    string
 			lastSeen int64
 		)

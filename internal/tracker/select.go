@@ -1,0 +1,130 @@
+package tracker
+
+import (
+	"math/rand/v2"
+)
+
+// Choosing the holders /v1/find lists. Identities cost nothing, so a hash
+// can have any number of holders an attacker made up, heartbeating as
+// often as it likes; listing the most recently seen (as the tracker once
+// did) let 120 of them push every honest holder out of the answer. The
+// choice here cannot be filled that way:
+//
+//   - diversity: holders are taken in rounds, one per source network (an
+//     IPv4 /24, an IPv6 /48) per round, so a network contributes its
+//     second holder only once every network has contributed its first;
+//     the quota of live peers per network bounds how many rounds one
+//     network can fill;
+//   - age: within a network, holders that registered earlier (and
+//     stayed live) come first; when a round has more networks than
+//     there is room, half the room goes to the networks whose holder has
+//     stayed longest, so a long-running honest holder is not outnumbered
+//     by a flood of fresh identities;
+//   - chance: the other half goes to networks drawn at random, so a
+//     newcomer is listed too, and no fixed set of identities can be sure
+//     to hold the slots.
+//
+// Holders lists at most maxHolderScan candidates, oldest registrations
+// first, so the work per find is bounded whatever a hash's popularity; the
+// choice is linear in the candidates (no sort of them all).
+
+// maxHolderScan bounds the candidates one find reads.
+const maxHolderScan = 4096
+
+// pickHolders chooses up to limit of hs (in the registry's order: oldest
+// registrations first) and returns their keys in random order.
+func pickHolders(hs []Holder, limit int) []int64 {
+	if limit <= 0 || len(hs) == 0 {
+		return nil
+	}
+	keys := make([]int64, 0, min(limit, len(hs)))
+	if len(hs) <= limit {
+		for _, h := range hs {
+			keys = append(keys, h.Key)
+		}
+		rand.Shuffle(len(keys), func(i, j int) { keys[i], keys[j] = keys[j], keys[i] })
+		return keys
+	}
+	// Each network's holders, in the registry's order.
+	byNet := make(map[string][]int, 64)
+	var nets []string
+	for i, h := range hs {
+		if _, ok := byNet[h.Net]; !ok {
+			nets = append(nets, h.Net)
+		}
+		byNet[h.Net] = append(byNet[h.Net], i)
+	}
+	round := make([]int, 0, len(nets))
+	for r := 0; len(keys) < limit; r++ {
+		round = round[:0]
+		for _, n := range nets {
+			if idx := byNet[n]; r < len(idx) {
+				round = append(round, idx[r])
+			}
+		}
+		if len(round) == 0 {
+			break
+		}
+		room := limit - len(keys)
+		if len(round) <= room {
+			for _, i := range round {
+				keys = append(keys, hs[i].Key)
+			}
+			continue
+		}
+		// More networks than room: the longest-staying half, then a
+		// random draw from the rest.
+		oldest := room - room/2
+		selectOldest(hs, round, oldest)
+		for _, i := range round[:oldest] {
+			keys = append(keys, hs[i].Key)
+		}
+		rest := round[oldest:]
+		for k := 0; k < room-oldest; k++ {
+			j := k + rand.IntN(len(rest)-k)
+			rest[k], rest[j] = rest[j], rest[k]
+			keys = append(keys, hs[rest[k]].Key)
+		}
+		break
+	}
+	rand.Shuffle(len(keys), func(i, j int) { keys[i], keys[j] = keys[j], keys[i] })
+	return keys
+}
+
+// selectOldest reorders idx so that its first k entries are those of the k
+// smallest Since (ties by key): quickselect, linear on average.
+func selectOldest(hs []Holder, idx []int, k int) {
+	less := func(a, b int) bool {
+		if hs[a].Since != hs[b].Since {
+			return hs[a].Since < hs[b].Since
+		}
+		return hs[a].Key < hs[b].Key
+	}
+	lo, hi := 0, len(idx)-1
+	for lo < hi {
+		p := idx[lo+rand.IntN(hi-lo+1)]
+		// Three-way partition around p.
+		lt, i, gt := lo, lo, hi
+		for i <= gt {
+			switch {
+			case less(idx[i], p):
+				idx[lt], idx[i] = idx[i], idx[lt]
+				lt++
+				i++
+			case less(p, idx[i]):
+				idx[i], idx[gt] = idx[gt], idx[i]
+				gt--
+			default:
+				i++
+			}
+		}
+		switch {
+		case k <= lt:
+			hi = lt - 1
+		case k > gt+1:
+			lo = gt + 1
+		default:
+			return
+		}
+	}
+}

@@ -1,0 +1,160 @@
+package tracker
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+)
+
+func TestPickHolders(t *testing.T) {
+	type holders struct {
+		net   string
+		n     int
+		since int64
+	}
+	mk := func(groups ...holders) []Holder {
+		var hs []Holder
+		key := int64(0)
+		for _, g := range groups {
+			for range g.n {
+				key++
+				hs = append(hs, Holder{Key: key, Net: g.net, Since: g.since})
+			}
+		}
+		return hs
+	}
+	count := func(hs []Holder, keys []int64, net string) int {
+		n := 0
+		for _, k := range keys {
+			if hs[k-1].Net == net {
+				n++
+			}
+		}
+		return n
+	}
+	t.Run("fewer than the limit: all", func(t *testing.T) {
+		hs := mk(holders{"a", 3, 1}, holders{"b", 2, 2})
+		got := pickHolders(hs, 10)
+		slices.Sort(got)
+		if !slices.Equal(got, []int64{1, 2, 3, 4, 5}) {
+			t.Fatal(got)
+		}
+	})
+	t.Run("one per network before a second", func(t *testing.T) {
+		hs := mk(holders{"sybil", 500, 5}, holders{"h1", 1, 9}, holders{"h2", 2, 9}, holders{"h3", 1, 9})
+		for range 50 {
+			got := pickHolders(hs, 100)
+			if len(got) != 100 || count(hs, got, "h1") != 1 || count(hs, got, "h2") != 2 || count(hs, got, "h3") != 1 {
+				t.Fatalf("%d picked, h1 %d h2 %d h3 %d", len(got), count(hs, got, "h1"), count(hs, got, "h2"), count(hs, got, "h3"))
+			}
+			if u := slices.Compact(slices.Sorted(slices.Values(got))); len(u) != 100 {
+				t.Fatalf("duplicates: %v", got)
+			}
+		}
+	})
+	t.Run("more networks than room: oldest half, random half", func(t *testing.T) {
+		// 300 fresh networks of one holder each (an attacker with many
+		// addresses) and 10 honest networks that registered earlier.
+		var hs []Holder
+		for i := range 300 {
+			hs = append(hs, Holder{Key: int64(i + 1), Net: fmt.Sprintf("s%d", i), Since: 1000})
+		}
+		for i := range 10 {
+			hs = append(hs, Holder{Key: int64(301 + i), Net: fmt.Sprintf("h%d", i), Since: int64(100 + i)})
+		}
+		seenSybil := map[int64]bool{}
+		for range 50 {
+			got := pickHolders(hs, 20)
+			if len(got) != 20 {
+				t.Fatalf("%d picked", len(got))
+			}
+			for k := int64(301); k <= 310; k++ {
+				if !slices.Contains(got, k) {
+					t.Fatalf("honest holder %d (among the 10 oldest) not picked: %v", k, got)
+				}
+			}
+			for _, k := range got {
+				if k <= 300 {
+					seenSybil[k] = true
+				}
+			}
+		}
+		if len(seenSybil) < 100 {
+			t.Errorf("the random half drew only %d different fresh holders in 50 finds", len(seenSybil))
+		}
+	})
+	t.Run("a newcomer is drawn sometimes", func(t *testing.T) {
+		var hs []Holder
+		for i := range 150 {
+			hs = append(hs, Holder{Key: int64(i + 1), Net: fmt.Sprintf("n%d", i), Since: int64(i)})
+		}
+		newest := int64(150)
+		drawn := 0
+		for range 200 {
+			if slices.Contains(pickHolders(hs, 100), newest) {
+				drawn++
+			}
+		}
+		if drawn < 50 || drawn == 200 {
+			t.Errorf("the newest of 150 holders drawn in %d of 200 finds of 100", drawn)
+		}
+	})
+}
+
+func TestSelectOldest(t *testing.T) {
+	for n := 1; n < 40; n++ {
+		hs := make([]Holder, n)
+		for i := range hs {
+			hs[i] = Holder{Key: int64(i), Since: int64((i * 7919) % 13)}
+		}
+		for k := 0; k <= n; k++ {
+			idx := make([]int, n)
+			for i := range idx {
+				idx[i] = i
+			}
+			selectOldest(hs, idx, k)
+			worst := int64(-1)
+			for _, i := range idx[:k] {
+				worst = max(worst, hs[i].Since)
+			}
+			for _, i := range idx[k:] {
+				if hs[i].Since < worst {
+					t.Fatalf("n %d k %d: %d (since %d) left out, %d taken", n, k, i, hs[i].Since, worst)
+				}
+			}
+		}
+	}
+}
+
+// TestHolders: both registries list holders oldest registration first,
+// with their network and registration time; a peer coming back after
+// expiry registers anew.
+func TestHolders(t *testing.T) { eachBackend(t, testHolders) }
+
+func testHolders(t *testing.T, be backend) {
+	s, reg, clock := newTestServer(t, be, time.Minute)
+	a, b := newSigner(t), newSigner(t)
+	a.announceFrom(t, s, ms(clock.Now()), "198.51.100.7:1")
+	a.packagesFrom(t, s, ms(clock.Now())+1, "198.51.100.7:1", []string{hashN(1)})
+	clock.Advance(time.Second)
+	b.announceFrom(t, s, ms(clock.Now()), "[2001:db8:1:2::3]:1")
+	b.packagesFrom(t, s, ms(clock.Now())+1, "[2001:db8:1:2::3]:1", []string{hashN(1)})
+	hs, err := reg.Holders(t.Context(), hashN(1), clock.Now().Add(-time.Minute), 10)
+	if err != nil || len(hs) != 2 {
+		t.Fatalf("%v %v", hs, err)
+	}
+	if hs[0].Net != "198.51.100.0/24" || hs[0].Since != ms(t0) || hs[1].Net != "2001:db8:1::/48" || hs[1].Since != ms(t0)+1000 {
+		t.Fatalf("holders %+v", hs)
+	}
+	// a heartbeats, b expires and comes back.
+	clock.Advance(50 * time.Second)
+	a.announceFrom(t, s, ms(clock.Now()), "198.51.100.7:1")
+	clock.Advance(20 * time.Second)
+	b.announceFrom(t, s, ms(clock.Now()), "[2001:db8:1:2::3]:1")
+	b.packagesFrom(t, s, ms(clock.Now())+1, "[2001:db8:1:2::3]:1", []string{hashN(1)})
+	hs, _ = reg.Holders(t.Context(), hashN(1), clock.Now().Add(-time.Minute), 10)
+	if len(hs) != 2 || hs[0].Since != ms(t0) || hs[1].Since != ms(clock.Now()) {
+		t.Fatalf("after b's return: %+v", hs)
+	}
+}
