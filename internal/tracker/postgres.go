@@ -503,15 +503,24 @@ func (p *Postgres) Describe(ctx context.Context, keys []int64, liveSince time.Ti
 	if len(keys) == 0 {
 		return []trackerapi.PeerInfo{}, nil
 	}
-	return p.queryPeers(ctx, `SELECT peer_id, addrs, last_seen, packages FROM peers
+	peers, err := p.queryPeers(ctx, `SELECT peer_id, addrs, last_seen, packages, id FROM peers
 		WHERE id = ANY($1) AND last_seen >= $2`, keys, liveSince.UnixMilli())
+	if err != nil {
+		return nil, err
+	}
+	return inKeyOrder(peers, keys), nil
 }
 
 func (p *Postgres) Peers(ctx context.Context, liveSince time.Time, after string, limit int) ([]trackerapi.PeerInfo, error) {
 	// COLLATE "C": peer IDs sort by their bytes, as in SQLite, whatever
 	// the database's collation.
-	return p.queryPeers(ctx, `SELECT peer_id, addrs, last_seen, packages FROM peers
+	peers, err := p.queryPeers(ctx, `SELECT peer_id, addrs, last_seen, packages, id FROM peers
 		WHERE peer_id COLLATE "C" > $1 AND last_seen >= $2 ORDER BY peer_id COLLATE "C" LIMIT $3`, after, liveSince.UnixMilli(), limit)
+	out := make([]trackerapi.PeerInfo, len(peers))
+	for i, p := range peers {
+		out[i] = p.PeerInfo
+	}
+	return out, err
 }
 
 func (p *Postgres) Live(ctx context.Context, peerID string, liveSince time.Time) (bool, error) {
@@ -533,19 +542,20 @@ func (p *Postgres) Rows(ctx context.Context) (int64, error) {
 // trackers sharing it accept each other's peers' writes.
 func (p *Postgres) TrackerID() string { return p.id }
 
-func (p *Postgres) queryPeers(ctx context.Context, query string, args ...any) ([]trackerapi.PeerInfo, error) {
+// queryPeers reads peer_id, addrs, last_seen, packages, id.
+func (p *Postgres) queryPeers(ctx context.Context, query string, args ...any) ([]keyedPeer, error) {
 	rows, err := p.r.Query(ctx, query, args...)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	peers := []trackerapi.PeerInfo{}
+	peers := []keyedPeer{}
 	for rows.Next() {
 		var (
-			pi       trackerapi.PeerInfo
+			pi       keyedPeer
 			lastSeen int64
 		)
-		if err := rows.Scan(&pi.PeerID, &pi.Addrs, &lastSeen, &pi.Packages); err != nil {
+		if err := rows.Scan(&pi.PeerID, &pi.Addrs, &lastSeen, &pi.Packages, &pi.key); err != nil {
 			return nil, err
 		}
 		if pi.Addrs == nil {

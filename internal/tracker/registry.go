@@ -52,7 +52,7 @@ type Registry interface {
 	Holders(ctx context.Context, hash string, liveSince time.Time, max int) ([]Holder, error)
 
 	// Describe returns the peers with the given keys (from Holders) that
-	// are still live, in any order.
+	// are still live, in the order of keys.
 	Describe(ctx context.Context, keys []int64, liveSince time.Time) ([]trackerapi.PeerInfo, error)
 
 	// Peers returns up to limit live peers whose IDs sort after after

@@ -24,6 +24,12 @@ import (
 //     newcomer is listed too, and no fixed set of identities can be sure
 //     to hold the slots.
 //
+// The answer lists round by round, each round in random order (load
+// spreads over the holders), except that in a round with more networks
+// than room the longest-staying half comes first. Clients may look at a
+// prefix only (a daemon considers 16 holders): with holders in fewer
+// networks than that, every network is in the prefix.
+//
 // Holders lists at most maxHolderScan candidates, oldest registrations
 // first, so the work per find is bounded whatever a hash's popularity; the
 // choice is linear in the candidates (no sort of them all).
@@ -32,7 +38,7 @@ import (
 const maxHolderScan = 4096
 
 // pickHolders chooses up to limit of hs (in the registry's order: oldest
-// registrations first) and returns their keys in random order.
+// registrations first) and returns their keys in the answer's order.
 func pickHolders(hs []Holder, limit int) []int64 {
 	if limit <= 0 || len(hs) == 0 {
 		return nil
@@ -67,18 +73,14 @@ func pickHolders(hs []Holder, limit int) []int64 {
 		}
 		room := limit - len(keys)
 		if len(round) <= room {
-			for _, i := range round {
-				keys = append(keys, hs[i].Key)
-			}
+			keys = appendShuffled(keys, hs, round)
 			continue
 		}
 		// More networks than room: the longest-staying half, then a
 		// random draw from the rest.
 		oldest := room - room/2
 		selectOldest(hs, round, oldest)
-		for _, i := range round[:oldest] {
-			keys = append(keys, hs[i].Key)
-		}
+		keys = appendShuffled(keys, hs, round[:oldest])
 		rest := round[oldest:]
 		for k := 0; k < room-oldest; k++ {
 			j := k + rand.IntN(len(rest)-k)
@@ -87,7 +89,15 @@ func pickHolders(hs []Holder, limit int) []int64 {
 		}
 		break
 	}
-	rand.Shuffle(len(keys), func(i, j int) { keys[i], keys[j] = keys[j], keys[i] })
+	return keys
+}
+
+// appendShuffled appends the keys of hs[idx...] in random order.
+func appendShuffled(keys []int64, hs []Holder, idx []int) []int64 {
+	rand.Shuffle(len(idx), func(i, j int) { idx[i], idx[j] = idx[j], idx[i] })
+	for _, i := range idx {
+		keys = append(keys, hs[i].Key)
+	}
 	return keys
 }
 

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net/http"
 	"strconv"
 	"time"
@@ -170,8 +169,8 @@ func limitParam(w http.ResponseWriter, v string, def, most int) (int, bool) {
 	return min(n, most), true
 }
 
-// find is GET /v1/find/<hash>[?limit=N]: up to N live holders, chosen by
-// pickHolders (select.go), in random order.
+// find is GET /v1/find/<hash>[?limit=N]: up to N live holders, chosen and
+// ordered by pickHolders (select.go).
 func (s *Server) find(w http.ResponseWriter, r *http.Request) {
 	hash := r.PathValue("hash")
 	if !store.ValidHash(hash) {
@@ -193,7 +192,6 @@ func (s *Server) find(w http.ResponseWriter, r *http.Request) {
 		s.internal(w, r, err)
 		return
 	}
-	rand.Shuffle(len(peers), func(i, j int) { peers[i], peers[j] = peers[j], peers[i] })
 	writeJSON(w, http.StatusOK, api.PeersAnswer{Peers: peers})
 }
 

@@ -484,13 +484,43 @@ func (s *SQLite) Describe(ctx context.Context, keys []int64, liveSince time.Time
 	for _, k := range keys {
 		args = append(args, k)
 	}
-	return queryPeers(ctx, s.r, `SELECT peer_id, addrs, last_seen, packages FROM peers
+	peers, err := queryPeers(ctx, s.r, `SELECT peer_id, addrs, last_seen, packages, id FROM peers
 		WHERE last_seen >= ? AND id IN (`+strings.TrimSuffix(strings.Repeat("?,", len(keys)), ",")+`)`, args...)
+	if err != nil {
+		return nil, err
+	}
+	return inKeyOrder(peers, keys), nil
+}
+
+// keyedPeer is a PeerInfo with the registry's key, as Describe reads it.
+type keyedPeer struct {
+	trackerapi.PeerInfo
+	key int64
+}
+
+// inKeyOrder returns peers in the order of keys.
+func inKeyOrder(peers []keyedPeer, keys []int64) []trackerapi.PeerInfo {
+	byKey := make(map[int64]int, len(peers))
+	for i, p := range peers {
+		byKey[p.key] = i
+	}
+	out := make([]trackerapi.PeerInfo, 0, len(peers))
+	for _, k := range keys {
+		if i, ok := byKey[k]; ok {
+			out = append(out, peers[i].PeerInfo)
+		}
+	}
+	return out
 }
 
 func (s *SQLite) Peers(ctx context.Context, liveSince time.Time, after string, limit int) ([]trackerapi.PeerInfo, error) {
-	return queryPeers(ctx, s.r, `SELECT peer_id, addrs, last_seen, packages FROM peers
+	peers, err := queryPeers(ctx, s.r, `SELECT peer_id, addrs, last_seen, packages, id FROM peers
 		WHERE peer_id > ? AND last_seen >= ? ORDER BY peer_id LIMIT ?`, after, liveSince.UnixMilli(), limit)
+	out := make([]trackerapi.PeerInfo, len(peers))
+	for i, p := range peers {
+		out[i] = p.PeerInfo
+	}
+	return out, err
 }
 
 func (s *SQLite) Live(ctx context.Context, peerID string, liveSince time.Time) (bool, error) {
@@ -511,20 +541,21 @@ func (s *SQLite) Rows(ctx context.Context) (int64, error) {
 // TrackerID names the database (made with it: migration 2).
 func (s *SQLite) TrackerID() string { return s.id }
 
-func queryPeers(ctx context.Context, db *sql.DB, query string, args ...any) ([]trackerapi.PeerInfo, error) {
+// queryPeers reads peer_id, addrs, last_seen, packages, id.
+func queryPeers(ctx context.Context, db *sql.DB, query string, args ...any) ([]keyedPeer, error) {
 	rows, err := db.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	peers := []trackerapi.PeerInfo{}
+	peers := []keyedPeer{}
 	for rows.Next() {
 		var (
-			p        trackerapi.PeerInfo
+			p        keyedPeer
 			addrs    string
 			lastSeen int64
 		)
-		if err := rows.Scan(&p.PeerID, &addrs, &lastSeen, &p.Packages); err != nil {
+		if err := rows.Scan(&p.PeerID, &addrs, &lastSeen, &p.Packages, &p.key); err != nil {
 			return nil, err
 		}
 		if err := json.Unmarshal([]byte(addrs), &p.Addrs); err != nil || p.Addrs == nil {
