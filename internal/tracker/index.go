@@ -82,6 +82,12 @@ var (
 	// indexMinEpoch: a filter is rebuilt (for being full) at most this
 	// often.
 	indexMinEpoch = time.Minute
+	// indexUrgentFP and indexUrgentEpoch: a filter that has filled up
+	// far past its limit (a burst of new hashes, up to what the quotas
+	// let in) is rebuilt sooner, at most this often, so that it is not
+	// left saturated (every lookup a possible hit) for long.
+	indexUrgentFP    = 0.2
+	indexUrgentEpoch = 10 * time.Second
 )
 
 // serverIndex is the tracker's side of /v1/index: a summary.Publisher fed
@@ -137,19 +143,25 @@ func (x *serverIndex) added(hashes []string) {
 	if x.building {
 		x.pending = append(x.pending, hs...)
 	}
-	if x.pub.Add(hs...) > 0 {
-		x.maybeRebuild()
-	}
+	// Checked after every add, not only after adds that set bits: a
+	// saturated filter gets no new bits, and must not stay saturated.
+	x.pub.Add(hs...)
+	x.maybeRebuild()
 }
 
 // maybeRebuild starts a new epoch once the filter passed its
-// false-positive limit: at most every minute, or ten times the last
-// build's time, so that a filter that cannot grow (MaxBits) or a fleet
-// filling a new tracker does not keep the database busy. x.mu is held.
+// false-positive limit: at most every minute (every indexUrgentEpoch once
+// it is far past), or ten times the last build's time, so that a filter
+// that cannot grow (MaxBits) or a fleet filling a new tracker does not
+// keep the database busy. x.mu is held.
 func (x *serverIndex) maybeRebuild() {
 	fp, bits, entries := x.pub.Fill()
+	every := indexMinEpoch
+	if fp > indexUrgentFP {
+		every = indexUrgentEpoch
+	}
 	if !x.busy && fp > indexRebuildFP && !x.now().Before(x.retryAt) &&
-		x.now().Sub(x.builtAt) >= max(indexMinEpoch, 10*x.buildTook) {
+		x.now().Sub(x.builtAt) >= max(every, 10*x.buildTook) {
 		x.log.Info("hash index full; rebuilding it", "bytes", bits/8, "entries", entries)
 		x.startBuild()
 	}
@@ -165,6 +177,8 @@ func (x *serverIndex) maybeStart() {
 	switch {
 	case !ready:
 		x.startBuild()
+	case x.exclusive:
+		x.maybeRebuild() // a filter that filled up while no one added
 	case !x.exclusive && x.now().Sub(time.Unix(0, x.scannedAt.Load())) >= max(sharedIndexRefresh, 3*x.scanTook):
 		// A slow read (a large database) is repeated less often, so that
 		// the database spends at most a quarter of its time on it.
@@ -260,9 +274,7 @@ func (x *serverIndex) refresh() {
 		x.scannedAt.Store(start.UnixNano())
 		x.scanTook = x.now().Sub(start)
 	}
-	if fresh > 0 {
-		x.maybeRebuild()
-	}
+	x.maybeRebuild()
 	x.log.Debug("hash index reread", "new", fresh, "took", x.now().Sub(start).Round(time.Millisecond))
 }
 

@@ -317,6 +317,38 @@ func testIndexRebuild(t *testing.T) {
 	}
 }
 
+// A burst of new hashes that saturates the filter gets it rebuilt after
+// indexUrgentEpoch, not indexMinEpoch. Time is a synctest bubble's.
+func TestIndexUrgentRebuild(t *testing.T) { synctest.Test(t, testIndexUrgentRebuild) }
+
+func testIndexUrgentRebuild(t *testing.T) {
+	s := newIndexServer(t)
+	me := newSigner(t)
+	now := ms(time.Now())
+	me.announce(t, s, now)
+	me.packages(t, s, now+1, true, hashes(0, 100), nil)
+	full := getIndex(t, s, "")
+	me.packages(t, s, now+2, false, hashes(100, 40000), nil) // 8 KiB filter: saturated
+	if fp, _, _ := s.idx.pub.Fill(); fp < indexUrgentFP {
+		t.Fatalf("fp %.2f after the burst; the test wants it past %.2f", fp, indexUrgentFP)
+	}
+	time.Sleep(indexUrgentEpoch)
+	me.packages(t, s, now+3, false, hashes(50000, 1), nil)
+	var u *summary.Update
+	for range 500 {
+		if u = getIndex(t, s, since(full, "")); u.Full() && u.Epoch != full.Epoch {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !u.Full() || u.Epoch == full.Epoch {
+		t.Fatalf("after the burst and %v: %+v; want a new epoch's whole filter", indexUrgentEpoch, u)
+	}
+	if fp := u.Filter.FalsePositiveRate(); fp > indexRebuildFP {
+		t.Fatalf("rebuilt filter's false-positive rate %.3f", fp)
+	}
+}
+
 // sharedReg is a registry other trackers write to as well (it lacks
 // soleWriter): the index rereads it.
 type sharedReg struct {

@@ -8,6 +8,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
+	"math/bits"
 	"net"
 	"net/http"
 	"net/netip"
@@ -194,10 +196,12 @@ func benchLine(t testing.TB, attack string, before, during findStats, ub, ud usa
 	t.Logf("BENCH %s | without: finds %s; tracker %s | under attack: finds %s; tracker %s", attack, before, ub, during, ud)
 }
 
-// indexEntries reads the header of the tracker's whole hash index (GET
-// /v1/index, docs/protocol.md): how many distinct hashes it holds, and its
-// size in bytes.
-func indexEntries(t testing.TB, c *http.Client, base string) (entries uint32, bytes uint64) {
+// indexFill reads the tracker's whole hash index (GET /v1/index,
+// docs/protocol.md): about how many distinct hashes it holds, its size in
+// bytes, and its false-positive rate (the share of bits set, to the power
+// of its probes): near 1 when it is saturated and answers "may hold" for
+// every hash.
+func indexFill(t testing.TB, c *http.Client, base string) (entries uint32, size uint64, fp float64) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -205,7 +209,13 @@ func indexEntries(t testing.TB, c *http.Client, base string) (entries uint32, by
 	if err != nil || resp.StatusCode != http.StatusOK || len(body) < 40 || string(body[:4]) != "PXIX" || body[5] != 0 {
 		t.Fatalf("GET /v1/index: %v %v %.100q", err, resp, body)
 	}
-	return binary.BigEndian.Uint32(body[36:40]), binary.BigEndian.Uint64(body[24:32]) / 8
+	k := int(body[6])
+	bitsSet := 0
+	for _, b := range body[40:] {
+		bitsSet += bits.OnesCount8(b)
+	}
+	size = uint64(len(body) - 40)
+	return binary.BigEndian.Uint32(body[36:40]), size, math.Pow(float64(bitsSet)/float64(size*8), float64(k))
 }
 
 // junkAddrs are n addresses as long as the tracker takes that lead
