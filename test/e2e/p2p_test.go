@@ -245,10 +245,13 @@ func checkTrackerRefusals(t *testing.T, tr *peerixProc, victim, victimHash strin
 	}
 	key, me := newPeerKey(t)
 	now := func() int64 { return time.Now().UnixMilli() }
-	randomSig := func() string {
+	randomSig := func() string { // well formed, signing nothing
 		b := make([]byte, 64)
 		_, _ = rand.Read(b)
-		return base64.StdEncoding.EncodeToString(b)
+		if tr.trackerID(t) == "" {
+			return base64.StdEncoding.EncodeToString(b)
+		}
+		return "v2 " + base64.StdEncoding.EncodeToString(b)
 	}
 	announce := func(id string, ts int64, addrs ...string) []byte {
 		if addrs == nil {
