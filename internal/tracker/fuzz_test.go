@@ -2,8 +2,10 @@ package tracker
 
 import (
 	"crypto/ed25519"
+	"encoding/json"
 	"fmt"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -86,6 +88,24 @@ func FuzzReadQueries(f *testing.F) {
 			if w.Code >= 500 {
 				t.Fatalf("GET %s%s: %d %s", path, q, w.Code, w.Body)
 			}
+		}
+	})
+}
+
+// FuzzDecodeAddrs: the SQLite addrs column's fast path decodes what
+// encoding/json decodes, for any text.
+func FuzzDecodeAddrs(f *testing.F) {
+	for _, s := range []string{`[]`, `["/ip4/1.2.3.4/tcp/1"]`, `["a","b"]`, `["a\",\"b"]`, `["a","b\"]`, `[""]`, `["",""]`, `["a""b"]`, `["a","b",]`, `null`, `["\u003c"]`, "[\"a\nb\"]"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		got := decodeAddrs(s)
+		var want []string
+		if err := json.Unmarshal([]byte(s), &want); err != nil || want == nil {
+			want = []string{}
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("decodeAddrs(%q) = %q, encoding/json says %q", s, got, want)
 		}
 	})
 }

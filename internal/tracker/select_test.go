@@ -162,3 +162,30 @@ func testHolders(t *testing.T, be backend) {
 		t.Fatalf("after b's return: %+v", hs)
 	}
 }
+
+func TestHolderCache(t *testing.T) {
+	var c holderCache
+	now := t0
+	small := make([]Holder, holderCacheMin-1)
+	big := make([]Holder, holderCacheMin)
+	c.put("small", small, now)
+	c.put("big", big, now)
+	if _, ok := c.get("small", now); ok {
+		t.Fatal("a hash with few holders was cached")
+	}
+	if hs, ok := c.get("big", now.Add(holderCacheTTL-time.Millisecond)); !ok || len(hs) != len(big) {
+		t.Fatal("a popular hash's holders not cached")
+	}
+	if _, ok := c.get("big", now.Add(holderCacheTTL)); ok {
+		t.Fatal("cached past the TTL")
+	}
+	for i := range holderCacheBudget/holderCacheMin + 10 {
+		c.put(fmt.Sprint(i), big, now)
+	}
+	if c.entries > holderCacheBudget || len(c.m) > holderCacheBudget/holderCacheMin {
+		t.Fatalf("%d entries in %d hashes; budget %d", c.entries, len(c.m), holderCacheBudget)
+	}
+	if _, ok := c.get("big", now); ok {
+		t.Fatal("the oldest entry survived the budget")
+	}
+}

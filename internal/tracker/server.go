@@ -50,6 +50,7 @@ type Server struct {
 	log        *slog.Logger
 	mux        *http.ServeMux
 	idx        *serverIndex // GET /v1/index (index.go)
+	holders    holderCache  // candidates of popular hashes (select.go)
 
 	netReads, netWrites, peerWrites *buckets
 	bodies                          *bodyBudget
@@ -181,11 +182,16 @@ func (s *Server) find(w http.ResponseWriter, r *http.Request) {
 	if !ok || !s.allowRead(w, r, 1) {
 		return
 	}
-	liveSince := s.liveSince(s.now())
-	holders, err := s.reg.Holders(r.Context(), hash, liveSince, maxHolderScan)
-	if err != nil {
-		s.internal(w, r, err)
-		return
+	now := s.now()
+	liveSince := s.liveSince(now)
+	holders, ok := s.holders.get(hash, now)
+	if !ok {
+		var err error
+		if holders, err = s.reg.Holders(r.Context(), hash, liveSince, maxHolderScan); err != nil {
+			s.internal(w, r, err)
+			return
+		}
+		s.holders.put(hash, holders, now)
 	}
 	peers, err := s.reg.Describe(r.Context(), pickHolders(holders, limit), liveSince)
 	if err != nil {

@@ -479,13 +479,18 @@ func (s *SQLite) Describe(ctx context.Context, keys []int64, liveSince time.Time
 	if len(keys) == 0 {
 		return []trackerapi.PeerInfo{}, nil
 	}
-	args := make([]any, 0, len(keys)+1)
-	args = append(args, liveSince.UnixMilli())
-	for _, k := range keys {
-		args = append(args, k)
+	// One statement for any number of keys: a JSON array of them.
+	list := make([]byte, 0, 8*len(keys)+2)
+	list = append(list, '[')
+	for i, k := range keys {
+		if i > 0 {
+			list = append(list, ',')
+		}
+		list = strconv.AppendInt(list, k, 10)
 	}
+	list = append(list, ']')
 	peers, err := queryPeers(ctx, s.r, `SELECT peer_id, addrs, last_seen, packages, id FROM peers
-		WHERE last_seen >= ? AND id IN (`+strings.TrimSuffix(strings.Repeat("?,", len(keys)), ",")+`)`, args...)
+		WHERE id IN (SELECT value FROM json_each(?)) AND last_seen >= ?`, string(list), liveSince.UnixMilli())
 	if err != nil {
 		return nil, err
 	}
@@ -558,9 +563,7 @@ func queryPeers(ctx context.Context, db *sql.DB, query string, args ...any) ([]k
 		if err := rows.Scan(&p.PeerID, &addrs, &lastSeen, &p.Packages, &p.key); err != nil {
 			return nil, err
 		}
-		if err := json.Unmarshal([]byte(addrs), &p.Addrs); err != nil || p.Addrs == nil {
-			p.Addrs = []string{}
-		}
+		p.Addrs = decodeAddrs(addrs)
 		p.LastSeen = time.UnixMilli(lastSeen).UTC()
 		peers = append(peers, p)
 	}
@@ -648,4 +651,36 @@ func (s *SQLite) LastTS(ctx context.Context, peerID string) (int64, bool, error)
 		return 0, false, nil
 	}
 	return ts, err == nil, err
+}
+
+// decodeAddrs reads the addrs column, a JSON array of strings. The
+// addresses the tracker stores never need escaping, so the common case is
+// split by hand (a find decodes 100 of these: json.Unmarshal took half its
+// time); anything else goes through encoding/json.
+func decodeAddrs(s string) []string {
+	if s == "[]" {
+		return []string{}
+	}
+	if len(s) >= 4 && s[0] == '[' && s[1] == '"' && s[len(s)-2] == '"' && s[len(s)-1] == ']' && plainASCII(s) {
+		inner := s[2 : len(s)-2]
+		if n := strings.Count(inner, `"`); n%2 == 0 && strings.Count(inner, `","`) == n/2 {
+			return strings.Split(inner, `","`)
+		}
+	}
+	var out []string
+	if err := json.Unmarshal([]byte(s), &out); err != nil || out == nil {
+		return []string{}
+	}
+	return out
+}
+
+// plainASCII: printable ASCII without backslashes, so JSON strings in s
+// need no unescaping.
+func plainASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '\\' {
+			return false
+		}
+	}
+	return true
 }
