@@ -2,6 +2,7 @@ package cache_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/narinfo"
 
 	"github.com/peerix/peerix/internal/cache"
+	"github.com/peerix/peerix/internal/compress"
 	"github.com/peerix/peerix/internal/store"
 )
 
@@ -661,4 +663,57 @@ func FuzzParseRange(f *testing.F) {
 			t.Fatalf("%q accepted", h)
 		}
 	})
+}
+
+// A peer that takes the block format gets it (the first block tried
+// compressed, so text shrinks), with no Content-Length; any other client
+// gets the raw bytes with their Content-Length.
+func TestBlocksForPeers(t *testing.T) {
+	ts := newTestServer()
+	text := bytes.Repeat([]byte("compressible NAR bytes\n"), 20000)
+	ts.local.nars[localNAR] = text
+	ts.local.narinfos[localHash].NarSize = uint64(len(text))
+	for _, tc := range []struct {
+		name, rng  string
+		accept     bool
+		start, end int
+	}{
+		{"whole", "", true, 0, len(text)},
+		{"range", "bytes=1000-300999", true, 1000, 301000},
+		{"not asked", "", false, 0, len(text)},
+		{"tiny range", "bytes=10-99", true, 10, 100},
+	} {
+		req := httptest.NewRequest(http.MethodGet, "/local/"+localNAR, nil)
+		req.RemoteAddr = "192.0.2.7:5000"
+		if tc.rng != "" {
+			req.Header.Set("Range", tc.rng)
+		}
+		if tc.accept {
+			req.Header.Set(cache.AcceptEncodingHeader, cache.BlocksEncoding)
+		}
+		w := httptest.NewRecorder()
+		ts.s.ServeHTTP(w, req)
+		body := w.Body.Bytes()
+		if got := w.Header().Get(cache.EncodingHeader) == cache.BlocksEncoding; got != tc.accept {
+			t.Fatalf("%s: encoding header %q", tc.name, w.Header().Get(cache.EncodingHeader))
+		}
+		if tc.accept {
+			if w.Header().Get("Content-Length") != "" {
+				t.Errorf("%s: Content-Length with the block format", tc.name)
+			}
+			wire := len(body)
+			var err error
+			if body, err = io.ReadAll(compress.NewReader(bytes.NewReader(body))); err != nil {
+				t.Fatal(err)
+			}
+			if len(body) > 4096 && wire >= len(body) {
+				t.Errorf("%s: %d wire bytes for %d of text", tc.name, wire, len(body))
+			}
+		} else if w.Header().Get("Content-Length") != strconv.Itoa(tc.end-tc.start) {
+			t.Errorf("%s: Content-Length %q", tc.name, w.Header().Get("Content-Length"))
+		}
+		if !bytes.Equal(body, text[tc.start:tc.end]) {
+			t.Errorf("%s: %d bytes, want bytes %d-%d of the NAR", tc.name, len(body), tc.start, tc.end)
+		}
+	}
 }

@@ -31,6 +31,9 @@ type Config struct {
 	// Lookup tunes how paths are found and fetched (internal/swarm); its
 	// Accept is the verifier.
 	Lookup swarm.Options
+	// Served, if set, is told about the requests the peer protocols
+	// answer and the NARs they send.
+	Served ServerObserver
 	Log    *slog.Logger
 }
 
@@ -73,7 +76,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("--p2p-port %d: %w", cfg.Port, err)
 	}
 	n := &Node{Host: h, cancel: cancel}
-	n.Server = Serve(h, cfg.Shared, log)
+	n.Server = serve(h, cfg.Shared, cfg.Served, log)
 
 	var finder Finder = noTracker{}
 	if cfg.TrackerURL != "" {

@@ -26,6 +26,7 @@ import (
 // time make it inside a synctest bubble and sleep.
 func newIndexServer(t testing.TB) *Server {
 	t.Helper()
+	// The TTL outlives the tests' sleeps past indexMinEpoch.
 	return NewServer(openTestDB(t), ServerOptions{TTL: time.Hour, Log: quietLog()})
 }
 

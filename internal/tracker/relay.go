@@ -26,6 +26,7 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 	manet "github.com/multiformats/go-multiaddr/net"
 
+	"github.com/peerix/peerix/internal/portcheck"
 	"github.com/peerix/peerix/internal/tracker/trackerapi"
 )
 
@@ -118,6 +119,11 @@ func StartRelay(key crypto.PrivKey, ips []string, port int, o RelayOptions, log 
 		return nil, errors.New("relay: no listen address")
 	}
 	if port != 0 {
+		// libp2p binds with SO_REUSEPORT and would share a taken port
+		// (a daemon's --p2p-port) silently.
+		if err := portcheck.Free(port, ips...); err != nil {
+			return nil, err
+		}
 		return startRelay(key, ips, port, o, log)
 	}
 	// One port number for TCP and QUIC keeps the addresses predictable.

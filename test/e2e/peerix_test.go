@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -71,6 +72,8 @@ type peerixOptions struct {
 	// what is still missing, "" when the process is ready. It may fill in
 	// fields of p (a daemon's peer ID).
 	ready func(p *peerixProc, body []byte) (missing string)
+	// bin is the peerix binary; empty: the one built for the run.
+	bin string
 }
 
 // peerixProc is one running peerix process. It is stopped (SIGTERM, then
@@ -160,12 +163,13 @@ func startOnce(t testing.TB, opts peerixOptions) (*peerixProc, error) {
 	p.hostURL = p.url
 	p.client = &http.Client{Timeout: requestTimeout, Transport: &http.Transport{DisableCompression: true}}
 	args := append(slices.Clone(opts.args), "--listen", opts.listen)
+	bin := cmp.Or(opts.bin, peerixBin)
 	if h := opts.host; h != nil {
 		p.hostURL = "http://" + net.JoinHostPort(h.addr.String(), port)
 		p.client = h.httpClient()
-		p.cmd = h.command(context.Background(), peerixBin, args...)
+		p.cmd = h.command(context.Background(), bin, args...)
 	} else {
-		p.cmd = exec.Command(peerixBin, args...)
+		p.cmd = exec.Command(bin, args...)
 		p.cmd.WaitDelay = 5 * time.Second
 	}
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
