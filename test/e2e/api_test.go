@@ -187,7 +187,7 @@ func signV2(t testing.TB, key crypto.PrivKey, method, route, trackerID string, b
 // trackerID is the tracker's ID from /v1/info ("" if it names none).
 func (tr *peerixProc) trackerID(t testing.TB) string {
 	t.Helper()
-	if v, ok := trackerIDs.Load(tr.url); ok {
+	if v, ok := trackerIDs.Load(tr); ok {
 		return v.(string)
 	}
 	var info trackerInfo
@@ -195,11 +195,12 @@ func (tr *peerixProc) trackerID(t testing.TB) string {
 	if err != nil || code != http.StatusOK {
 		t.Fatalf("GET /v1/info: HTTP %d %v %.300s", code, err, body)
 	}
-	trackerIDs.Store(tr.url, info.TrackerID)
+	trackerIDs.Store(tr, info.TrackerID)
 	return info.TrackerID
 }
 
-// trackerIDs caches trackerID by tracker URL.
+// trackerIDs caches trackerID by tracker process: not by URL, which
+// trackers in different network namespaces share (127.0.0.1 and one port).
 var trackerIDs sync.Map
 
 // trackerAnswer is a tracker's answer to a write.
