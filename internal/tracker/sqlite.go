@@ -46,6 +46,9 @@ type SQLite struct {
 	w  *sql.DB // the one writer connection
 	r  *sql.DB // read-only pool
 	id string  // TrackerID
+
+	group   grouper // small packages updates, committed together (group.go)
+	noGroup bool    // each update its own transaction (benchmarks compare)
 }
 
 var _ Registry = (*SQLite)(nil)
@@ -108,6 +111,7 @@ func OpenSQLite(path string) (*SQLite, error) {
 	r.SetMaxOpenConns(n)
 	r.SetMaxIdleConns(n)
 	s := &SQLite{w: w, r: r}
+	s.group.commit = s.commitGroup
 	if err := r.QueryRow(`SELECT id FROM tracker`).Scan(&s.id); err != nil {
 		w.Close()
 		r.Close()
@@ -247,11 +251,61 @@ func (s *SQLite) SetPackages(ctx context.Context, u PackagesUpdate) (int64, erro
 	if err != nil {
 		return 0, err
 	}
+	if groupable(u) && !s.noGroup {
+		return s.group.do(ctx, u, addB, removeB)
+	}
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return 0, err
 	}
 	defer tx.Rollback()
+	count, err := setPackagesTx(ctx, tx, u, addB, removeB)
+	if err != nil {
+		return 0, err
+	}
+	return count, tx.Commit()
+}
+
+// commitGroup applies a group's updates in one transaction (group.go).
+func (s *SQLite) commitGroup(ctx context.Context, jobs []*pkgJob) {
+	fail := func(err error) {
+		for _, j := range jobs {
+			j.count, j.err = 0, err
+		}
+	}
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		fail(err)
+		return
+	}
+	defer tx.Rollback()
+	for _, j := range sortedByPeer(jobs) {
+		if j.err = j.ctx.Err(); j.err != nil {
+			continue
+		}
+		if _, err := tx.ExecContext(ctx, `SAVEPOINT pkg`); err != nil {
+			fail(err)
+			return
+		}
+		j.count, j.err = setPackagesTx(ctx, tx, j.u, j.add, j.remove)
+		if j.err != nil {
+			if _, err := tx.ExecContext(ctx, `ROLLBACK TO pkg`); err != nil {
+				fail(err)
+				return
+			}
+		}
+		if _, err := tx.ExecContext(ctx, `RELEASE pkg`); err != nil {
+			fail(err)
+			return
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		fail(err)
+	}
+}
+
+// setPackagesTx applies u inside tx (addB, removeB: u's hashes decoded).
+func setPackagesTx(ctx context.Context, tx *sql.Tx, u PackagesUpdate, addB, removeB [][]byte) (int64, error) {
 	row, ok, err := lookup(ctx, tx, u.PeerID)
 	if err != nil {
 		return 0, err
@@ -323,7 +377,7 @@ func (s *SQLite) SetPackages(ctx context.Context, u PackagesUpdate) (int64, erro
 	if _, err := tx.ExecContext(ctx, `UPDATE peers SET last_ts = ?, packages = ? WHERE id = ?`, u.TS, count, row.id); err != nil {
 		return 0, err
 	}
-	return count, tx.Commit()
+	return count, nil
 }
 
 func decodeHashes(hashes []string) ([][]byte, error) {
