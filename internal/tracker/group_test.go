@@ -156,7 +156,10 @@ func TestGroupCommitCanceled(t *testing.T) {
 	var wg sync.WaitGroup
 	errs := make([]error, 4)
 	wg.Add(1)
-	go func() { defer wg.Done(); _, errs[0] = g.do(context.Background(), PackagesUpdate{PeerID: "first"}, nil, nil) }()
+	go func() {
+		defer wg.Done()
+		_, errs[0] = g.do(context.Background(), PackagesUpdate{PeerID: "first"}, nil, nil)
+	}()
 	<-started
 	canceled, cancel := context.WithCancel(context.Background())
 	cancel()
