@@ -39,9 +39,40 @@ import (
 // maxHolderScan bounds the candidates one find reads.
 const maxHolderScan = 4096
 
+// candidates are a hash's holders as Holders listed them, grouped by
+// network once (a popular hash's are cached, and each find draws afresh
+// from them without grouping them again).
+type candidates struct {
+	hs   []Holder
+	nets [][]int32 // each network's holders (indexes into hs), networks in order of first appearance
+}
+
+// groupByNet groups hs (in the registry's order) by network.
+func groupByNet(hs []Holder) *candidates {
+	c := &candidates{hs: hs}
+	byNet := make(map[string]int, 64)
+	for i, h := range hs {
+		n, ok := byNet[h.Net]
+		if !ok {
+			n = len(c.nets)
+			byNet[h.Net] = n
+			c.nets = append(c.nets, nil)
+		}
+		c.nets[n] = append(c.nets[n], int32(i))
+	}
+	return c
+}
+
 // pickHolders chooses up to limit of hs (in the registry's order: oldest
 // registrations first) and returns their keys in the answer's order.
 func pickHolders(hs []Holder, limit int) []int64 {
+	return groupByNet(hs).pick(limit)
+}
+
+// pick chooses up to limit of the candidates and returns their keys in
+// the answer's order. It changes nothing in c (finds share it).
+func (c *candidates) pick(limit int) []int64 {
+	hs := c.hs
 	if limit <= 0 || len(hs) == 0 {
 		return nil
 	}
@@ -53,21 +84,12 @@ func pickHolders(hs []Holder, limit int) []int64 {
 		rand.Shuffle(len(keys), func(i, j int) { keys[i], keys[j] = keys[j], keys[i] })
 		return keys
 	}
-	// Each network's holders, in the registry's order.
-	byNet := make(map[string][]int, 64)
-	var nets []string
-	for i, h := range hs {
-		if _, ok := byNet[h.Net]; !ok {
-			nets = append(nets, h.Net)
-		}
-		byNet[h.Net] = append(byNet[h.Net], i)
-	}
-	round := make([]int, 0, len(nets))
+	round := make([]int, 0, len(c.nets))
 	for r := 0; len(keys) < limit; r++ {
 		round = round[:0]
-		for _, n := range nets {
-			if idx := byNet[n]; r < len(idx) {
-				round = append(round, idx[r])
+		for _, idx := range c.nets {
+			if r < len(idx) {
+				round = append(round, int(idx[r]))
 			}
 		}
 		if len(round) == 0 {
@@ -159,7 +181,7 @@ type holderCache struct {
 
 type cachedHolders struct {
 	at time.Time
-	hs []Holder
+	c  *candidates
 }
 
 const (
@@ -168,18 +190,18 @@ const (
 	holderCacheBudget = 1 << 18 // about 10 MiB
 )
 
-func (c *holderCache) get(hash string, now time.Time) ([]Holder, bool) {
+func (c *holderCache) get(hash string, now time.Time) (*candidates, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.m[hash]
 	if !ok || now.Sub(e.at) >= holderCacheTTL || now.Before(e.at) {
 		return nil, false
 	}
-	return e.hs, true
+	return e.c, true
 }
 
-func (c *holderCache) put(hash string, hs []Holder, now time.Time) {
-	if len(hs) < holderCacheMin {
+func (c *holderCache) put(hash string, cs *candidates, now time.Time) {
+	if len(cs.hs) < holderCacheMin {
 		return
 	}
 	c.mu.Lock()
@@ -188,17 +210,17 @@ func (c *holderCache) put(hash string, hs []Holder, now time.Time) {
 		c.m = make(map[string]cachedHolders)
 	}
 	if old, ok := c.m[hash]; ok {
-		c.entries -= len(old.hs)
+		c.entries -= len(old.c.hs)
 	} else {
 		c.order = append(c.order, hash)
 	}
-	c.m[hash] = cachedHolders{now, hs}
-	c.entries += len(hs)
+	c.m[hash] = cachedHolders{now, cs}
+	c.entries += len(cs.hs)
 	for c.entries > holderCacheBudget && len(c.order) > 0 {
 		k := c.order[0]
 		c.order = c.order[1:]
 		if e, ok := c.m[k]; ok {
-			c.entries -= len(e.hs)
+			c.entries -= len(e.c.hs)
 			delete(c.m, k)
 		}
 	}

@@ -3,6 +3,7 @@ package tracker
 import (
 	"fmt"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 )
@@ -166,14 +167,14 @@ func testHolders(t *testing.T, be backend) {
 func TestHolderCache(t *testing.T) {
 	var c holderCache
 	now := t0
-	small := make([]Holder, holderCacheMin-1)
-	big := make([]Holder, holderCacheMin)
+	small := groupByNet(make([]Holder, holderCacheMin-1))
+	big := groupByNet(make([]Holder, holderCacheMin))
 	c.put("small", small, now)
 	c.put("big", big, now)
 	if _, ok := c.get("small", now); ok {
 		t.Fatal("a hash with few holders was cached")
 	}
-	if hs, ok := c.get("big", now.Add(holderCacheTTL-time.Millisecond)); !ok || len(hs) != len(big) {
+	if hs, ok := c.get("big", now.Add(holderCacheTTL-time.Millisecond)); !ok || len(hs.hs) != len(big.hs) {
 		t.Fatal("a popular hash's holders not cached")
 	}
 	if _, ok := c.get("big", now.Add(holderCacheTTL)); ok {
@@ -187,5 +188,32 @@ func TestHolderCache(t *testing.T) {
 	}
 	if _, ok := c.get("big", now); ok {
 		t.Fatal("the oldest entry survived the budget")
+	}
+}
+
+// TestPickSharesCandidates: finds of a cached hash share its candidates;
+// drawing from them changes nothing in them.
+func TestPickSharesCandidates(t *testing.T) {
+	var hs []Holder
+	for i := range 1000 {
+		hs = append(hs, Holder{Key: int64(i), Net: fmt.Sprint(i % 300), Since: int64(1000 - i)})
+	}
+	c := groupByNet(hs)
+	before := fmt.Sprint(c.hs, c.nets)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 50 {
+				if n := len(c.pick(100)); n != 100 {
+					t.Errorf("%d picked", n)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if fmt.Sprint(c.hs, c.nets) != before {
+		t.Fatal("pick changed the shared candidates")
 	}
 }

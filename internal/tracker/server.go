@@ -184,16 +184,17 @@ func (s *Server) find(w http.ResponseWriter, r *http.Request) {
 	}
 	now := s.now()
 	liveSince := s.liveSince(now)
-	holders, ok := s.holders.get(hash, now)
+	cands, ok := s.holders.get(hash, now)
 	if !ok {
-		var err error
-		if holders, err = s.reg.Holders(r.Context(), hash, liveSince, maxHolderScan); err != nil {
+		hs, err := s.reg.Holders(r.Context(), hash, liveSince, maxHolderScan)
+		if err != nil {
 			s.internal(w, r, err)
 			return
 		}
-		s.holders.put(hash, holders, now)
+		cands = groupByNet(hs)
+		s.holders.put(hash, cands, now)
 	}
-	peers, err := s.reg.Describe(r.Context(), pickHolders(holders, limit), liveSince)
+	peers, err := s.reg.Describe(r.Context(), cands.pick(limit), liveSince)
 	if err != nil {
 		s.internal(w, r, err)
 		return
