@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -194,5 +195,67 @@ func TestGroupCommitCanceled(t *testing.T) {
 	}
 	if g.busy || len(g.queue) != 0 {
 		t.Fatalf("grouper left busy %v with %d queued", g.busy, len(g.queue))
+	}
+}
+
+// TestRunCheckpoints: while RunCheckpoints runs, the writer leaves the
+// WAL to it (its autocheckpoint raised to the valve) and the WAL is
+// copied back within a round or two; once it stops, the writer
+// checkpoints at SQLite's default again.
+func TestRunCheckpoints(t *testing.T) {
+	db := openTestDB(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- db.RunCheckpoints(ctx) }()
+	autockpt := func() int {
+		var n int
+		if err := db.w.QueryRow(`PRAGMA wal_autocheckpoint`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for autockpt() != checkpointValve {
+		if time.Now().After(deadline) {
+			t.Fatal("the writer still checkpoints itself")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	now := t0
+	live := now.Add(-time.Hour)
+	id := newSigner(t).id.String()
+	if _, err := upsert(ctx, db, id, nil, 1, now, live); err != nil {
+		t.Fatal(err)
+	}
+	// The database file grows only when a checkpoint copies the WAL
+	// into it; the writer's own checkpoints wait for 64 MiB of WAL.
+	var seq int
+	var name, path string
+	if err := db.w.QueryRow(`PRAGMA database_list`).Scan(&seq, &name, &path); err != nil {
+		t.Fatal(err)
+	}
+	size := func() int64 {
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Size()
+	}
+	before := size()
+	if _, err := setPackages(ctx, db, id, 3, live, true, hashes(0, 20000), nil); err != nil {
+		t.Fatal(err)
+	}
+	for size() < before+500_000 {
+		if time.Now().After(deadline) {
+			t.Fatalf("database file %d bytes, was %d: the WAL was not checkpointed", size(), before)
+		}
+		time.Sleep(checkpointEvery / 4)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if n := autockpt(); n != 1000 {
+		t.Fatalf("writer's wal_autocheckpoint %d after RunCheckpoints ended", n)
 	}
 }

@@ -22,9 +22,11 @@ import (
 //     peers, no choice, no order), at the same concurrency;
 //   - BenchmarkDeltaP99: delta announcements (10 hashes removed, 10
 //     added) from benchConc peers at once through the whole handler
-//     (signature checked, quotas on), grouped (group.go) and each in its
-//     own transaction as before, against one commit (a one-row UPDATE in
-//     a transaction of its own, nothing else running).
+//     (signature checked, quotas on), as now (grouped, group.go; SQLite
+//     checkpointing beside the writer) and as before (each in its own
+//     transaction; SQLite checkpointing inside commits), against one
+//     commit (a one-row UPDATE in a transaction of its own, nothing else
+//     running).
 //
 //	go test -run '^$' -bench 'P99' -benchtime 300x ./internal/tracker/
 //
@@ -168,14 +170,24 @@ func oneCommit(reg Registry) func(context.Context) error {
 	panic("unknown registry")
 }
 
-// setNoGroup turns group commit off (true) or on; only while no update is
-// in flight.
-func setNoGroup(reg Registry, off bool) {
+// setBefore puts reg in the shape it had before issue 15 (true: each
+// update its own transaction; SQLite's writer checkpoints inside commits)
+// or after (grouped; SQLite checkpoints beside the writer, RunCheckpoints);
+// only while no update is in flight.
+func setBefore(tb testing.TB, reg Registry, before bool) {
 	switch r := reg.(type) {
 	case *SQLite:
-		r.noGroup = off
+		r.noGroup = before
+		r.ckOff.Store(before)
+		pages := checkpointValve
+		if before {
+			pages = 1000
+		}
+		if _, err := r.w.Exec(fmt.Sprintf(`PRAGMA wal_autocheckpoint = %d`, pages)); err != nil {
+			tb.Fatal(err)
+		}
 	case *Postgres:
-		r.noGroup = off
+		r.noGroup = before
 	}
 }
 
@@ -221,8 +233,14 @@ func BenchmarkDeltaP99(b *testing.B) {
 			commit := oneCommit(reg)
 			ctx := context.Background()
 			next := 0
-			round := func(off bool) []time.Duration {
-				setNoGroup(reg, off)
+			if db, ok := reg.(*SQLite); ok {
+				ctx, cancel := context.WithCancel(context.Background())
+				done := make(chan struct{})
+				go func() { defer close(done); db.RunCheckpoints(ctx) }()
+				b.Cleanup(func() { cancel(); <-done })
+			}
+			round := func(before bool) []time.Duration {
+				setBefore(b, reg, before)
 				reqs := make([]*http.Request, benchConc)
 				for i := range reqs {
 					reqs[i] = delta(ps[next%peers])
@@ -246,7 +264,7 @@ func BenchmarkDeltaP99(b *testing.B) {
 					commits = append(commits, time.Since(start))
 				}
 			}
-			setNoGroup(reg, false)
+			setBefore(b, reg, false)
 			b.ReportMetric(p99(grouped), "grouped-p99-ms")
 			b.ReportMetric(p99(single), "single-p99-ms")
 			b.ReportMetric(p99(commits), "commit-p99-ms")

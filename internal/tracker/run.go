@@ -164,6 +164,17 @@ func (t *Tracker) Run(ctx context.Context) error {
 		defer close(swept)
 		t.sweep(sweepCtx)
 	}()
+	checkpointed := make(chan struct{})
+	go func() {
+		defer close(checkpointed)
+		if db, ok := t.reg.(*SQLite); ok {
+			if err := db.RunCheckpoints(sweepCtx); err != nil {
+				// The writer checkpoints again (at its default), as
+				// before.
+				t.log.Warn("background WAL checkpoints stopped", "err", err)
+			}
+		}
+	}()
 
 	served := make(chan error, 1)
 	go func() { served <- t.server.Serve(t.ln) }()
@@ -183,6 +194,7 @@ func (t *Tracker) Run(ctx context.Context) error {
 	}
 	stopSweep()
 	<-swept
+	<-checkpointed
 	return errors.Join(err, t.relay.Close(), t.reg.Close())
 }
 

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nix-community/go-nix/pkg/nixbase32"
@@ -47,8 +48,10 @@ type SQLite struct {
 	r  *sql.DB // read-only pool
 	id string  // TrackerID
 
-	group   grouper // small packages updates, committed together (group.go)
-	noGroup bool    // each update its own transaction (benchmarks compare)
+	group   grouper     // small packages updates, committed together (group.go)
+	noGroup bool        // each update its own transaction (benchmarks compare)
+	base    string      // the database's URL, for RunCheckpoints' connection
+	ckOff   atomic.Bool // RunCheckpoints skips its rounds (benchmarks compare)
 }
 
 var _ Registry = (*SQLite)(nil)
@@ -110,7 +113,7 @@ func OpenSQLite(path string) (*SQLite, error) {
 	n := min(max(runtime.GOMAXPROCS(0), 2), 8)
 	r.SetMaxOpenConns(n)
 	r.SetMaxIdleConns(n)
-	s := &SQLite{w: w, r: r}
+	s := &SQLite{w: w, r: r, base: base}
 	s.group.commit = s.commitGroup
 	if err := r.QueryRow(`SELECT id FROM tracker`).Scan(&s.id); err != nil {
 		w.Close()
@@ -152,9 +155,59 @@ func migrate(db *sql.DB) error {
 	return tx.Commit()
 }
 
-// Close closes both connection pools.
+// Close closes the connection pools.
 func (s *SQLite) Close() error {
 	return errors.Join(s.r.Close(), s.w.Close())
+}
+
+// Checkpoints. SQLite copies its WAL back into the database file when the
+// WAL has grown by 1,000 pages (wal_autocheckpoint), and does it inside
+// the commit that crossed the line: that request waits for the copy and
+// its fsync, tens of milliseconds with a large database (the p99 of delta
+// announcements, docs/benchmarks.md). While RunCheckpoints runs, the
+// writer leaves checkpoints to it (up to checkpointValve pages, a safety
+// valve should it fall behind) and it checkpoints every
+// checkpointEvery on a connection of its own, beside the writer: a
+// PASSIVE checkpoint takes no lock a commit needs.
+const (
+	checkpointEvery = 250 * time.Millisecond
+	checkpointValve = 16384 // pages: 64 MiB of WAL
+)
+
+// RunCheckpoints checkpoints the WAL in the background until ctx ends.
+func (s *SQLite) RunCheckpoints(ctx context.Context) error {
+	ck, err := s.w.Conn(ctx) // the writer pool's one connection: only to set its pragma
+	if err != nil {
+		return err
+	}
+	_, err = ck.ExecContext(ctx, fmt.Sprintf(`PRAGMA wal_autocheckpoint = %d`, checkpointValve))
+	ck.Close()
+	if err != nil {
+		return err
+	}
+	defer s.w.Exec(`PRAGMA wal_autocheckpoint = 1000`)
+	c, err := sql.Open("sqlite", s.base)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetMaxOpenConns(1)
+	tick := time.NewTicker(checkpointEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		if s.ckOff.Load() {
+			continue
+		}
+		var busy, log, done int
+		if err := c.QueryRowContext(ctx, `PRAGMA wal_checkpoint(PASSIVE)`).Scan(&busy, &log, &done); err != nil && ctx.Err() == nil {
+			return fmt.Errorf("checkpoint: %w", err)
+		}
+	}
 }
 
 type peerRow struct {
