@@ -7,11 +7,12 @@ import (
 	"time"
 )
 
-// Group commit of small packages updates. A delta announcement (a few
-// hashes added and removed) costs a transaction of its own: with SQLite
-// the one writer connection takes them one at a time, with PostgreSQL each
-// waits for its own WAL flush, so under load most of a delta's time is
-// spent queued behind other commits. Updates that arrive while a commit is
+// Group commit of small packages updates (SQLite). A delta announcement
+// (a few hashes added and removed) costs a transaction of its own, and the
+// one writer connection takes them one at a time, so under load most of a
+// delta's time is spent queued behind other commits. (PostgreSQL runs
+// transactions side by side and shares WAL flushes among commits itself;
+// grouping there was slower: see pgSetPackagesTx.) Updates that arrive while a commit is
 // under way are applied together in the next transaction, each inside its
 // own savepoint (one refused for a quota or a replay is rolled back alone,
 // the others stand), and one commit makes them all durable.
@@ -111,10 +112,9 @@ func (g *grouper) do(ctx context.Context, u PackagesUpdate, add, remove [][]byte
 	return j.count, j.err
 }
 
-// sortedByPeer orders a group's jobs by peer ID, so that transactions
-// locking the rows of several peers lock them in one order (PostgreSQL:
-// trackers sharing a database cannot deadlock on each other's groups);
-// jobs of one peer keep their order.
+// sortedByPeer orders a group's jobs by peer ID (jobs of one peer keep
+// their order): rows of neighbouring peers are written together, and a
+// registry that locks rows would lock them in one order.
 func sortedByPeer(jobs []*pkgJob) []*pkgJob {
 	s := slices.Clone(jobs)
 	slices.SortStableFunc(s, func(a, b *pkgJob) int {

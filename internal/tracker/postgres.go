@@ -49,9 +49,6 @@ type Postgres struct {
 	w  *pgxpool.Pool // writes and the sweep
 	r  *pgxpool.Pool // reads: finds wait for no write (a commit waiting on a busy disk)
 	id string        // TrackerID
-
-	group   grouper // small packages updates, committed together (group.go)
-	noGroup bool    // each update its own transaction (benchmarks compare)
 }
 
 var _ Registry = (*Postgres)(nil)
@@ -123,7 +120,6 @@ func OpenPostgres(ctx context.Context, url string) (*Postgres, error) {
 		return nil, err
 	}
 	p := &Postgres{w: w, r: r}
-	p.group.commit = p.commitGroup
 	if err := p.migrate(ctx); err != nil {
 		p.Close()
 		return nil, oneLine(err)
@@ -305,9 +301,6 @@ func (p *Postgres) SetPackages(ctx context.Context, u PackagesUpdate) (int64, er
 	if u.Full && u.MaxHashes > 0 && int64(len(addB)) > u.MaxHashes {
 		return 0, &QuotaError{What: "hashes per peer", Limit: u.MaxHashes}
 	}
-	if groupable(u) && !p.noGroup {
-		return p.group.do(ctx, u, addB, removeB)
-	}
 	var count int64
 	err = p.inTx(ctx, func(tx pgx.Tx) error {
 		var err error
@@ -317,46 +310,14 @@ func (p *Postgres) SetPackages(ctx context.Context, u PackagesUpdate) (int64, er
 	return count, err
 }
 
-// commitGroup applies a group's updates in one transaction (group.go),
-// each in a savepoint; the whole group again if PostgreSQL aborted the
-// transaction for a deadlock.
-func (p *Postgres) commitGroup(ctx context.Context, jobs []*pkgJob) {
-	sorted := sortedByPeer(jobs)
-	err := p.inTx(ctx, func(tx pgx.Tx) error {
-		for _, j := range sorted {
-			j.count = 0
-			if j.err = j.ctx.Err(); j.err != nil {
-				continue
-			}
-			sp, err := tx.Begin(ctx) // SAVEPOINT
-			if err != nil {
-				return err
-			}
-			j.count, j.err = pgSetPackagesTx(ctx, sp, j.u, j.add, j.remove)
-			if j.err != nil {
-				var pe *pgconn.PgError
-				if errors.As(j.err, &pe) && (pe.Code == "40P01" || pe.Code == "40001") {
-					return j.err // the whole transaction is lost
-				}
-				err = sp.Rollback(ctx)
-			} else {
-				err = sp.Commit(ctx) // RELEASE SAVEPOINT
-			}
-			if err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		for _, j := range jobs {
-			j.count, j.err = 0, err
-		}
-	}
-}
-
 // pgSetPackagesTx applies u inside tx (addB, removeB: u's hashes
 // decoded, sorted and unique).
+//
+// PostgreSQL updates are not grouped (group.go): a group runs its updates
+// one after another on one connection, a round trip per statement, where
+// separate transactions run side by side on several and PostgreSQL
+// already shares one WAL flush among commits that wait at once. Measured
+// (BenchmarkDeltaP99, 8 deltas at once): p99 19.7 ms grouped, 14.3 ms not.
 func pgSetPackagesTx(ctx context.Context, tx pgx.Tx, u PackagesUpdate, addB, removeB [][]byte) (int64, error) {
 	var count int64
 	err := func() error {
