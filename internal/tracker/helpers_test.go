@@ -345,7 +345,12 @@ func findAll(ctx context.Context, reg Registry, hash string, liveSince time.Time
 	for i, h := range hs {
 		keys[i] = h.Key
 	}
-	return reg.Describe(ctx, keys, liveSince)
+	ds, err := reg.Describe(ctx, keys, liveSince)
+	out := make([]PeerInfo, len(ds))
+	for i, d := range ds {
+		out[i] = d.PeerInfo
+	}
+	return out, err
 }
 
 // allPeers is every live peer.

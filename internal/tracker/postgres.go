@@ -520,9 +520,9 @@ func (p *Postgres) Holders(ctx context.Context, hash string, liveSince time.Time
 	})
 }
 
-func (p *Postgres) Describe(ctx context.Context, keys []int64, liveSince time.Time) ([]trackerapi.PeerInfo, error) {
+func (p *Postgres) Describe(ctx context.Context, keys []int64, liveSince time.Time) ([]Described, error) {
 	if len(keys) == 0 {
-		return []trackerapi.PeerInfo{}, nil
+		return []Described{}, nil
 	}
 	peers, err := p.queryPeers(ctx, `SELECT peer_id, addrs, last_seen, packages, id FROM peers
 		WHERE id = ANY($1) AND last_seen >= $2`, keys, liveSince.UnixMilli())
@@ -564,19 +564,19 @@ func (p *Postgres) Rows(ctx context.Context) (int64, error) {
 func (p *Postgres) TrackerID() string { return p.id }
 
 // queryPeers reads peer_id, addrs, last_seen, packages, id.
-func (p *Postgres) queryPeers(ctx context.Context, query string, args ...any) ([]keyedPeer, error) {
+func (p *Postgres) queryPeers(ctx context.Context, query string, args ...any) ([]Described, error) {
 	rows, err := p.r.Query(ctx, query, args...)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	peers := []keyedPeer{}
+	peers := []Described{}
 	for rows.Next() {
 		var (
-			pi       keyedPeer
+			pi       Described
 			lastSeen int64
 		)
-		if err := rows.Scan(&pi.PeerID, &pi.Addrs, &lastSeen, &pi.Packages, &pi.key); err != nil {
+		if err := rows.Scan(&pi.PeerID, &pi.Addrs, &lastSeen, &pi.Packages, &pi.Key); err != nil {
 			return nil, err
 		}
 		if pi.Addrs == nil {

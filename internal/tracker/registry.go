@@ -53,7 +53,7 @@ type Registry interface {
 
 	// Describe returns the peers with the given keys (from Holders) that
 	// are still live, in the order of keys.
-	Describe(ctx context.Context, keys []int64, liveSince time.Time) ([]trackerapi.PeerInfo, error)
+	Describe(ctx context.Context, keys []int64, liveSince time.Time) ([]Described, error)
 
 	// Peers returns up to limit live peers whose IDs sort after after
 	// ("": from the first), ordered by peer ID.
@@ -116,6 +116,13 @@ type PackagesUpdate struct {
 	// MaxNetHashes bounds the hashes of all live peers of the peer's
 	// network together (0: no limit; none for the network "").
 	MaxNetHashes int64
+}
+
+// Described is a peer as Describe and the listings read it: its
+// description and the registry's key.
+type Described struct {
+	trackerapi.PeerInfo
+	Key int64
 }
 
 // Holder is a live holder of a hash as Holders lists it: what choosing

@@ -1,8 +1,11 @@
 package tracker
 
 import (
+	"context"
+	"encoding/json"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -45,6 +48,27 @@ const maxHolderScan = 4096
 type candidates struct {
 	hs   []Holder
 	nets [][]int32 // each network's holders (indexes into hs), networks in order of first appearance
+
+	// For a cached hash: the candidates described so far in the cache
+	// entry's life (rendered JSON of their PeerInfo; nil: not live when
+	// asked), so that finds of a popular hash ask the registry only about
+	// holders no find has listed yet.
+	mu        sync.Mutex
+	desc      map[int64][]byte
+	descBytes int64         // held in desc, counted in budget
+	budget    *atomic.Int64 // the cache's count of description bytes; nil: not cached
+	released  bool          // left the cache: keeps no more descriptions
+}
+
+// release gives back the bytes of c's descriptions when it leaves the
+// cache.
+func (c *candidates) release() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.budget != nil {
+		c.budget.Add(-c.descBytes)
+	}
+	c.desc, c.descBytes, c.released = nil, 0, true
 }
 
 // groupByNet groups hs (in the registry's order) by network.
@@ -61,6 +85,70 @@ func groupByNet(hs []Holder) *candidates {
 		c.nets[n] = append(c.nets[n], int32(i))
 	}
 	return c
+}
+
+// describe appends to buf the JSON array of the live peers of keys (from
+// pick), in that order, describing through reg only those no find has
+// described yet. Only for cached candidates.
+func (c *candidates) describe(ctx context.Context, reg Registry, keys []int64, liveSince time.Time, buf []byte) ([]byte, error) {
+	c.mu.Lock()
+	var missing []int64
+	for _, k := range keys {
+		if _, ok := c.desc[k]; !ok {
+			missing = append(missing, k)
+		}
+	}
+	c.mu.Unlock()
+	var rendered map[int64][]byte
+	if len(missing) > 0 {
+		ps, err := reg.Describe(ctx, missing, liveSince)
+		if err != nil {
+			return nil, err
+		}
+		rendered = make(map[int64][]byte, len(ps))
+		for _, p := range ps {
+			b, err := json.Marshal(p.PeerInfo)
+			if err != nil {
+				return nil, err
+			}
+			rendered[p.Key] = b
+		}
+		c.mu.Lock()
+		if c.desc == nil && !c.released {
+			c.desc = make(map[int64][]byte, len(c.hs))
+		}
+		for _, k := range missing {
+			b := rendered[k] // nil: not live
+			if c.released || c.budget == nil {
+				continue
+			}
+			if c.budget.Add(int64(len(b))) > holderCacheDescBudget {
+				c.budget.Add(-int64(len(b)))
+				continue
+			}
+			c.desc[k] = b
+			c.descBytes += int64(len(b))
+		}
+	} else {
+		c.mu.Lock()
+	}
+	defer c.mu.Unlock()
+	buf = append(buf, '[')
+	n := 0
+	for _, k := range keys {
+		b, ok := c.desc[k]
+		if !ok {
+			b = rendered[k]
+		}
+		if b != nil {
+			if n > 0 {
+				buf = append(buf, ',')
+			}
+			buf = append(buf, b...)
+			n++
+		}
+	}
+	return append(buf, ']'), nil
 }
 
 // pickHolders chooses up to limit of hs (in the registry's order: oldest
@@ -166,10 +254,12 @@ func selectOldest(hs []Holder, idx []int, k int) {
 // holderCache keeps the candidates of popular hashes (at least
 // holderCacheMin live holders) for holderCacheTTL: reading a thousand
 // holders is most of a find's cost (2 ms of 3 in SQLite), and popular
-// hashes are what peers ask for most. A holder that joined within the
-// TTL may be missing from an answer, one that left is dropped by
-// Describe (it checks liveness again); with hundreds of others listed,
-// neither matters. Hashes with fewer holders, where one holder can be the
+// hashes are what peers ask for most; and, as finds list them, the
+// candidates' descriptions, so that a find of a popular hash is mostly
+// answered from memory. A holder that joined within the TTL may be
+// missing from an answer; one that left or changed its addresses may be
+// listed as it was when a find first listed it, up to the TTL ago; with
+// hundreds of others listed, neither matters. Hashes with fewer holders, where one holder can be the
 // only one, are always read afresh. At most holderCacheBudget candidates
 // are kept in all.
 type holderCache struct {
@@ -177,6 +267,7 @@ type holderCache struct {
 	m       map[string]cachedHolders
 	order   []string // insertion order, for eviction
 	entries int
+	desc    atomic.Int64 // bytes of the cached candidates' descriptions
 }
 
 type cachedHolders struct {
@@ -188,21 +279,33 @@ const (
 	holderCacheMin    = 256
 	holderCacheTTL    = 2 * time.Second
 	holderCacheBudget = 1 << 18 // about 10 MiB
+	// holderCacheDescBudget bounds the descriptions kept, whatever
+	// addresses peers announce (up to 8 KiB a peer); past it, finds
+	// describe through the registry.
+	holderCacheDescBudget = 32 << 20
 )
 
 func (c *holderCache) get(hash string, now time.Time) (*candidates, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.m[hash]
-	if !ok || now.Sub(e.at) >= holderCacheTTL || now.Before(e.at) {
+	if !ok {
+		return nil, false
+	}
+	if now.Sub(e.at) >= holderCacheTTL || now.Before(e.at) {
+		// Out of date: its descriptions' bytes go back at once (the
+		// entry itself is replaced by the next put, or evicted).
+		e.c.release()
 		return nil, false
 	}
 	return e.c, true
 }
 
-func (c *holderCache) put(hash string, cs *candidates, now time.Time) {
+// put caches cs if the hash is popular enough, and reports whether it
+// did.
+func (c *holderCache) put(hash string, cs *candidates, now time.Time) bool {
 	if len(cs.hs) < holderCacheMin {
-		return
+		return false
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -211,9 +314,11 @@ func (c *holderCache) put(hash string, cs *candidates, now time.Time) {
 	}
 	if old, ok := c.m[hash]; ok {
 		c.entries -= len(old.c.hs)
+		old.c.release()
 	} else {
 		c.order = append(c.order, hash)
 	}
+	cs.budget = &c.desc
 	c.m[hash] = cachedHolders{now, cs}
 	c.entries += len(cs.hs)
 	for c.entries > holderCacheBudget && len(c.order) > 0 {
@@ -221,7 +326,9 @@ func (c *holderCache) put(hash string, cs *candidates, now time.Time) {
 		c.order = c.order[1:]
 		if e, ok := c.m[k]; ok {
 			c.entries -= len(e.c.hs)
+			e.c.release()
 			delete(c.m, k)
 		}
 	}
+	return true
 }

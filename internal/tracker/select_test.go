@@ -1,7 +1,9 @@
 package tracker
 
 import (
+	"encoding/json"
 	"fmt"
+	api "github.com/peerix/peerix/internal/tracker/trackerapi"
 	"slices"
 	"sync"
 	"testing"
@@ -216,4 +218,73 @@ func TestPickSharesCandidates(t *testing.T) {
 	if fmt.Sprint(c.hs, c.nets) != before {
 		t.Fatal("pick changed the shared candidates")
 	}
+}
+
+// TestFindFromMemory: finds of a popular hash answer from the cached
+// candidates' descriptions, byte for byte what describing them afresh
+// gives; a holder that deregistered is gone once the entry expires; the
+// descriptions' bytes are given back when their entry goes.
+func TestFindFromMemory(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		s, reg, clock := newTestServer(t, b, time.Hour)
+		h := hashN(7)
+		var first signer
+		for i := range holderCacheMin + 10 {
+			p := newSigner(t)
+			if i == 0 {
+				first = p
+			}
+			from := fmt.Sprintf("10.%d.%d.7:1", i/250, i%250)
+			p.announceFrom(t, s, ms(clock.Now()), from, fmt.Sprintf("/ip4/198.51.100.%d/tcp/%d", i%250+1, 4000+i))
+			p.packagesFrom(t, s, ms(clock.Now())+1, from, []string{h})
+		}
+		find := func() api.PeersAnswer {
+			w := serve(s, request("GET", "/v1/find/"+h+"?limit=1000", nil, ""))
+			if w.Code != 200 || w.Header().Get("Content-Type") != "application/json" {
+				t.Fatalf("find: %d %s", w.Code, w.Body)
+			}
+			var ans api.PeersAnswer
+			if err := json.Unmarshal(w.Body.Bytes(), &ans); err != nil {
+				t.Fatal(err)
+			}
+			return ans
+		}
+		// Every holder is listed (limit 1000), the second time from memory.
+		a1 := find()
+		if s.holders.desc.Load() == 0 {
+			t.Fatal("no descriptions cached")
+		}
+		a2 := find()
+		want, err := findAll(t.Context(), reg, h, clock.Now().Add(-time.Hour), 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		byID := func(ps []PeerInfo) map[string]string {
+			m := map[string]string{}
+			for _, p := range ps {
+				m[p.PeerID] = fmt.Sprint(p)
+			}
+			return m
+		}
+		if w, g1, g2 := byID(want), byID(a1.Peers), byID(a2.Peers); len(g1) != len(w) || fmt.Sprint(g1) != fmt.Sprint(w) || fmt.Sprint(g2) != fmt.Sprint(w) {
+			t.Fatalf("answers differ from the registry's descriptions: %d, %d, %d peers", len(w), len(g1), len(g2))
+		}
+		// The first holder leaves; after the TTL it is no longer listed.
+		r := first.request(t, "DELETE", "/v1/peers/"+first.id.String(), mustJSON(t, map[string]any{"peer_id": first.id.String(), "ts": ms(clock.Now()) + 5}))
+		if w := serve(s, r); w.Code != 200 {
+			t.Fatalf("delete: %d %s", w.Code, w.Body)
+		}
+		clock.Advance(holderCacheTTL)
+		for _, p := range find().Peers {
+			if p.PeerID == first.id.String() {
+				t.Fatal("a holder that left is still listed past the cache's TTL")
+			}
+		}
+		// Expired and evicted, the entries give their bytes back.
+		clock.Advance(holderCacheTTL)
+		s.holders.get(h, clock.Now())
+		if n := s.holders.desc.Load(); n != 0 {
+			t.Fatalf("%d bytes of descriptions counted after the entry expired", n)
+		}
+	})
 }

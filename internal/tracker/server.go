@@ -184,20 +184,37 @@ func (s *Server) find(w http.ResponseWriter, r *http.Request) {
 	}
 	now := s.now()
 	liveSince := s.liveSince(now)
-	cands, ok := s.holders.get(hash, now)
-	if !ok {
+	cands, cached := s.holders.get(hash, now)
+	if !cached {
 		hs, err := s.reg.Holders(r.Context(), hash, liveSince, maxHolderScan)
 		if err != nil {
 			s.internal(w, r, err)
 			return
 		}
 		cands = groupByNet(hs)
-		s.holders.put(hash, cands, now)
+		cached = s.holders.put(hash, cands, now)
 	}
-	peers, err := s.reg.Describe(r.Context(), cands.pick(limit), liveSince)
+	keys := cands.pick(limit)
+	if cached {
+		// A popular hash: its holders' descriptions come from memory
+		// once a find has listed them.
+		buf := append(make([]byte, 0, 16<<10), `{"peers":`...)
+		buf, err := cands.describe(r.Context(), s.reg, keys, liveSince, buf)
+		if err != nil {
+			s.internal(w, r, err)
+			return
+		}
+		writeRaw(w, http.StatusOK, append(buf, "}\n"...))
+		return
+	}
+	ps, err := s.reg.Describe(r.Context(), keys, liveSince)
 	if err != nil {
 		s.internal(w, r, err)
 		return
+	}
+	peers := make([]api.PeerInfo, len(ps))
+	for i, p := range ps {
+		peers[i] = p.PeerInfo
 	}
 	writeJSON(w, http.StatusOK, api.PeersAnswer{Peers: peers})
 }
@@ -504,8 +521,13 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	if err != nil {
 		status, b = http.StatusInternalServerError, []byte(`{"ok":false,"error":"encoding answer","code":"internal"}`)
 	}
+	writeRaw(w, status, append(b, '\n'))
+}
+
+// writeRaw writes b, JSON ending in a newline, as the answer.
+func writeRaw(w http.ResponseWriter, status int, b []byte) {
 	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Content-Length", strconv.Itoa(len(b)+1))
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
 	w.WriteHeader(status)
-	w.Write(append(b, '\n'))
+	w.Write(b)
 }

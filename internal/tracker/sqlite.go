@@ -582,9 +582,9 @@ func (s *SQLite) Holders(ctx context.Context, hash string, liveSince time.Time, 
 	return out, rows.Err()
 }
 
-func (s *SQLite) Describe(ctx context.Context, keys []int64, liveSince time.Time) ([]trackerapi.PeerInfo, error) {
+func (s *SQLite) Describe(ctx context.Context, keys []int64, liveSince time.Time) ([]Described, error) {
 	if len(keys) == 0 {
-		return []trackerapi.PeerInfo{}, nil
+		return []Described{}, nil
 	}
 	// One statement for any number of keys: a JSON array of them.
 	list := make([]byte, 0, 8*len(keys)+2)
@@ -604,22 +604,16 @@ func (s *SQLite) Describe(ctx context.Context, keys []int64, liveSince time.Time
 	return inKeyOrder(peers, keys), nil
 }
 
-// keyedPeer is a PeerInfo with the registry's key, as Describe reads it.
-type keyedPeer struct {
-	trackerapi.PeerInfo
-	key int64
-}
-
 // inKeyOrder returns peers in the order of keys.
-func inKeyOrder(peers []keyedPeer, keys []int64) []trackerapi.PeerInfo {
+func inKeyOrder(peers []Described, keys []int64) []Described {
 	byKey := make(map[int64]int, len(peers))
 	for i, p := range peers {
-		byKey[p.key] = i
+		byKey[p.Key] = i
 	}
-	out := make([]trackerapi.PeerInfo, 0, len(peers))
+	out := make([]Described, 0, len(peers))
 	for _, k := range keys {
 		if i, ok := byKey[k]; ok {
-			out = append(out, peers[i].PeerInfo)
+			out = append(out, peers[i])
 		}
 	}
 	return out
@@ -654,20 +648,20 @@ func (s *SQLite) Rows(ctx context.Context) (int64, error) {
 func (s *SQLite) TrackerID() string { return s.id }
 
 // queryPeers reads peer_id, addrs, last_seen, packages, id.
-func queryPeers(ctx context.Context, db *sql.DB, query string, args ...any) ([]keyedPeer, error) {
+func queryPeers(ctx context.Context, db *sql.DB, query string, args ...any) ([]Described, error) {
 	rows, err := db.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	peers := []keyedPeer{}
+	peers := []Described{}
 	for rows.Next() {
 		var (
-			p        keyedPeer
+			p        Described
 			addrs    string
 			lastSeen int64
 		)
-		if err := rows.Scan(&p.PeerID, &addrs, &lastSeen, &p.Packages, &p.key); err != nil {
+		if err := rows.Scan(&p.PeerID, &addrs, &lastSeen, &p.Packages, &p.Key); err != nil {
 			return nil, err
 		}
 		p.Addrs = decodeAddrs(addrs)
