@@ -3,11 +3,12 @@ package tracker
 import (
 	"encoding/json"
 	"fmt"
-	api "github.com/peerix/peerix/internal/tracker/trackerapi"
 	"slices"
 	"sync"
 	"testing"
 	"time"
+
+	api "github.com/peerix/peerix/internal/tracker/trackerapi"
 )
 
 func TestPickHolders(t *testing.T) {
