@@ -259,3 +259,48 @@ func TestRunCheckpoints(t *testing.T) {
 		t.Fatalf("writer's wal_autocheckpoint %d after RunCheckpoints ended", n)
 	}
 }
+
+// TestDeltaOverlap: a delta's removals go before its additions: a hash in
+// both is held afterwards, whether it was before or not, and the count
+// says so (PostgreSQL's small deltas are one statement: pgSmallDelta).
+func TestDeltaOverlap(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		reg := b.open(t)
+		ctx := context.Background()
+		live := t0.Add(-time.Hour)
+		id := newSigner(t).id.String()
+		if _, err := upsert(ctx, reg, id, nil, 1, t0, live); err != nil {
+			t.Fatal(err)
+		}
+		hs := hashes(0, 4) // A B C D
+		if _, err := setPackages(ctx, reg, id, 2, live, true, hs[:2], nil); err != nil {
+			t.Fatal(err)
+		}
+		// Held {A, B}; remove {A, B, C}, add {B, C, D}: held {B, C, D}.
+		n, err := setPackages(ctx, reg, id, 3, live, false, hs[1:], hs[:3])
+		if err != nil || n != 3 {
+			t.Fatalf("count %d, %v; want 3", n, err)
+		}
+		for i, want := range []bool{false, true, true, true} {
+			got, err := findAll(ctx, reg, hs[i], live, 10)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if (len(got) == 1) != want {
+				t.Errorf("hash %d held: %v, want %v", i, len(got) == 1, want)
+			}
+		}
+		// Over the quota: nothing of the delta stays.
+		_, err = reg.SetPackages(ctx, PackagesUpdate{PeerID: id, TS: 4, LiveSince: live, Add: hashes(10, 3), Remove: hs[1:2], MaxHashes: 4})
+		var qe *QuotaError
+		if !errors.As(err, &qe) {
+			t.Fatalf("%v, want a quota refusal", err)
+		}
+		if got, _ := findAll(ctx, reg, hs[1], live, 10); len(got) != 1 {
+			t.Fatal("a refused delta's removal stayed")
+		}
+		if got, _ := findAll(ctx, reg, hashes(10, 1)[0], live, 10); len(got) != 0 {
+			t.Fatal("a refused delta's addition stayed")
+		}
+	})
+}
