@@ -71,17 +71,32 @@ func (c *candidates) release() {
 	c.desc, c.descBytes, c.released = nil, 0, true
 }
 
-// groupByNet groups hs (in the registry's order) by network.
+// groupByNet groups hs (in the registry's order) by network: one pass to
+// number the networks and count their holders, one to place the holders
+// in a single array (a slice of it per network).
 func groupByNet(hs []Holder) *candidates {
 	c := &candidates{hs: hs}
-	byNet := make(map[string]int, 64)
+	byNet := make(map[string]int32, 64)
+	netOf := make([]int32, len(hs))
+	var counts []int32
 	for i, h := range hs {
 		n, ok := byNet[h.Net]
 		if !ok {
-			n = len(c.nets)
+			n = int32(len(counts))
 			byNet[h.Net] = n
-			c.nets = append(c.nets, nil)
+			counts = append(counts, 0)
 		}
+		netOf[i] = n
+		counts[n]++
+	}
+	flat := make([]int32, len(hs))
+	c.nets = make([][]int32, len(counts))
+	off := int32(0)
+	for n, k := range counts {
+		c.nets[n] = flat[off : off : off+k]
+		off += k
+	}
+	for i, n := range netOf {
 		c.nets[n] = append(c.nets[n], int32(i))
 	}
 	return c

@@ -521,8 +521,14 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	if err != nil {
 		status, b = http.StatusInternalServerError, []byte(`{"ok":false,"error":"encoding answer","code":"internal"}`)
 	}
-	writeRaw(w, status, append(b, '\n'))
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)+1))
+	w.WriteHeader(status)
+	w.Write(b)
+	w.Write(newline) // not append: b has no room, and a large answer would be copied
 }
+
+var newline = []byte{'\n'}
 
 // writeRaw writes b, JSON ending in a newline, as the answer.
 func writeRaw(w http.ResponseWriter, status int, b []byte) {
