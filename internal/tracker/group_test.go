@@ -262,7 +262,7 @@ func TestRunCheckpoints(t *testing.T) {
 
 // TestDeltaOverlap: a delta's removals go before its additions: a hash in
 // both is held afterwards, whether it was before or not, and the count
-// says so (PostgreSQL's small deltas are one statement: pgSmallDelta).
+// says so.
 func TestDeltaOverlap(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b backend) {
 		reg := b.open(t)

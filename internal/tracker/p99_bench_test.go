@@ -173,9 +173,9 @@ func oneCommit(reg Registry) func(context.Context) error {
 
 // setBefore puts reg in the shape it had before issue 15 (true: each
 // update its own transaction; SQLite's writer checkpoints inside commits)
-// or after (grouped; SQLite checkpoints beside the writer, RunCheckpoints;
-// PostgreSQL: a small delta in one statement); only while no update is in
-// flight.
+// or after (grouped; SQLite checkpoints beside the writer,
+// RunCheckpoints); PostgreSQL's deltas are as they were. Only while no
+// update is in flight.
 func setBefore(tb testing.TB, reg Registry, before bool) {
 	switch r := reg.(type) {
 	case *SQLite:
@@ -188,8 +188,6 @@ func setBefore(tb testing.TB, reg Registry, before bool) {
 		if _, err := r.w.Exec(fmt.Sprintf(`PRAGMA wal_autocheckpoint = %d`, pages)); err != nil {
 			tb.Fatal(err)
 		}
-	case *Postgres:
-		r.noSmallDelta = before
 	}
 }
 
