@@ -283,6 +283,60 @@ type holderCache struct {
 	order   []string // insertion order, for eviction
 	entries int
 	desc    atomic.Int64 // bytes of the cached candidates' descriptions
+	loading map[string]*holderLoad
+}
+
+// holderLoad is a read of a hash's candidates under way: finds of the
+// same hash that miss the cache meanwhile wait for it rather than read the
+// same thousand rows again (when a popular hash's entry expires, every
+// find in flight misses at once).
+type holderLoad struct {
+	done   chan struct{}
+	c      *candidates
+	cached bool
+	err    error
+}
+
+// load returns the hash's candidates from read, sharing one read among
+// the finds that ask at once, and caches them if the hash is popular; the
+// bool reports whether they are cached. A find whose shared read failed
+// (its request may have been the one canceled) reads for itself.
+func (c *holderCache) load(ctx context.Context, hash string, now time.Time, read func() ([]Holder, error)) (*candidates, bool, error) {
+	c.mu.Lock()
+	if l, ok := c.loading[hash]; ok {
+		c.mu.Unlock()
+		select {
+		case <-l.done:
+		case <-ctx.Done():
+			return nil, false, ctx.Err()
+		}
+		if l.err == nil {
+			return l.c, l.cached, nil
+		}
+		hs, err := read()
+		if err != nil {
+			return nil, false, err
+		}
+		cs := groupByNet(hs)
+		return cs, c.put(hash, cs, now), nil
+	}
+	l := &holderLoad{done: make(chan struct{})}
+	if c.loading == nil {
+		c.loading = make(map[string]*holderLoad)
+	}
+	c.loading[hash] = l
+	c.mu.Unlock()
+	hs, err := read()
+	if err == nil {
+		l.c = groupByNet(hs)
+		l.cached = c.put(hash, l.c, now)
+	}
+	l.err = err
+	c.mu.Lock()
+	delete(c.loading, hash)
+	c.mu.Unlock()
+	close(l.done)
+	return l.c, l.cached, err
 }
 
 type cachedHolders struct {

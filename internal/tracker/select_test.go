@@ -2,9 +2,11 @@ package tracker
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -288,4 +290,59 @@ func TestFindFromMemory(t *testing.T) {
 			t.Fatalf("%d bytes of descriptions counted after the entry expired", n)
 		}
 	})
+}
+
+// TestHolderLoadShared: finds of one hash that miss the cache at once
+// share one read of its candidates; one whose shared read failed reads
+// for itself.
+func TestHolderLoadShared(t *testing.T) {
+	var c holderCache
+	hs := make([]Holder, holderCacheMin)
+	var reads atomic.Int32
+	release := make(chan struct{})
+	read := func() ([]Holder, error) {
+		reads.Add(1)
+		<-release
+		return hs, nil
+	}
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cs, cached, err := c.load(t.Context(), "h", t0, read)
+			if err != nil || !cached || len(cs.hs) != len(hs) {
+				t.Errorf("load: %v, cached %v", err, cached)
+			}
+		}()
+	}
+	time.Sleep(50 * time.Millisecond) // let them all find the read under way
+	close(release)
+	wg.Wait()
+	if n := reads.Load(); n != 1 {
+		t.Errorf("%d reads for 8 finds at once", n)
+	}
+	// A failed shared read: the waiter reads again.
+	fail := make(chan struct{})
+	var second atomic.Int32
+	go c.load(t.Context(), "g", t0, func() ([]Holder, error) { <-fail; return nil, errors.New("canceled") })
+	for {
+		c.mu.Lock()
+		_, ok := c.loading["g"]
+		c.mu.Unlock()
+		if ok {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	done := make(chan error)
+	go func() {
+		_, _, err := c.load(t.Context(), "g", t0, func() ([]Holder, error) { second.Add(1); return hs, nil })
+		done <- err
+	}()
+	time.Sleep(20 * time.Millisecond)
+	close(fail)
+	if err := <-done; err != nil || second.Load() != 1 {
+		t.Fatalf("after a failed shared read: %v, %d reads of its own", err, second.Load())
+	}
 }

@@ -186,13 +186,14 @@ func (s *Server) find(w http.ResponseWriter, r *http.Request) {
 	liveSince := s.liveSince(now)
 	cands, cached := s.holders.get(hash, now)
 	if !cached {
-		hs, err := s.reg.Holders(r.Context(), hash, liveSince, maxHolderScan)
+		var err error
+		cands, cached, err = s.holders.load(r.Context(), hash, now, func() ([]Holder, error) {
+			return s.reg.Holders(r.Context(), hash, liveSince, maxHolderScan)
+		})
 		if err != nil {
 			s.internal(w, r, err)
 			return
 		}
-		cands = groupByNet(hs)
-		cached = s.holders.put(hash, cands, now)
 	}
 	keys := cands.pick(limit)
 	if cached {
