@@ -93,7 +93,7 @@ const sweepChunk = 10000
 func OpenSQLite(path string) (*SQLite, error) {
 	base := "file:" + (&url.URL{Path: path}).EscapedPath() +
 		"?_pragma=busy_timeout(10000)&_pragma=foreign_keys(1)&_pragma=synchronous(NORMAL)"
-	w, err := sql.Open("sqlite", base+"&_pragma=journal_mode(WAL)&_pragma=cache_size(-65536)&_txlock=immediate")
+	w, err := sql.Open("sqlite", base+"&_pragma=journal_mode(WAL)&_pragma=journal_size_limit(67108864)&_pragma=cache_size(-65536)&_txlock=immediate")
 	if err != nil {
 		return nil, fmt.Errorf("tracker database %s: %w", path, err)
 	}
@@ -168,7 +168,9 @@ func (s *SQLite) Close() error {
 // writer leaves checkpoints to it (up to checkpointValve pages, a safety
 // valve should it fall behind) and it checkpoints every
 // checkpointEvery on a connection of its own, beside the writer: a
-// PASSIVE checkpoint takes no lock a commit needs.
+// PASSIVE checkpoint takes no lock a commit needs. The WAL file is cut
+// back to 64 MiB (journal_size_limit) when it restarts: with readers
+// always busy it may grow past that between restarts.
 const (
 	checkpointEvery = 250 * time.Millisecond
 	checkpointValve = 16384 // pages: 64 MiB of WAL
@@ -186,7 +188,7 @@ func (s *SQLite) RunCheckpoints(ctx context.Context) error {
 		return err
 	}
 	defer s.w.Exec(`PRAGMA wal_autocheckpoint = 1000`)
-	c, err := sql.Open("sqlite", s.base)
+	c, err := sql.Open("sqlite", s.base+"&_pragma=journal_size_limit(67108864)")
 	if err != nil {
 		return err
 	}
