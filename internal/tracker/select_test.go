@@ -346,3 +346,35 @@ func TestHolderLoadShared(t *testing.T) {
 		t.Fatalf("after a failed shared read: %v, %d reads of its own", err, second.Load())
 	}
 }
+
+// TestSybilCached: a popular hash (served from the holder cache) keeps
+// holder selection's defence: 300 fresh identities from three networks
+// announcing it after an honest holder in a fourth do not push the honest
+// one out of the first entries of any find.
+func TestSybilCached(t *testing.T) {
+	s, _, clock := newTestServer(t, sqliteBackend, time.Hour)
+	h := hashN(9)
+	honest := newSigner(t)
+	honest.announceFrom(t, s, ms(clock.Now()), "203.0.113.7:1")
+	honest.packagesFrom(t, s, ms(clock.Now())+1, "203.0.113.7:1", []string{h})
+	clock.Advance(time.Minute)
+	for i := range 300 {
+		p := newSigner(t)
+		from := fmt.Sprintf("10.%d.0.%d:1", i%3, i/3+1)
+		p.announceFrom(t, s, ms(clock.Now()), from)
+		p.packagesFrom(t, s, ms(clock.Now())+1, from, []string{h})
+	}
+	for i := range 50 {
+		clock.Advance(100 * time.Millisecond) // mostly from the cache
+		ids := findIDs(t, s, h)
+		if len(ids) != 100 {
+			t.Fatalf("find %d: %d holders", i, len(ids))
+		}
+		if !slices.Contains(ids[:16], honest.id.String()) {
+			t.Fatalf("find %d: the honest holder is not among the first 16", i)
+		}
+	}
+	if _, ok := s.holders.get(h, clock.Now()); !ok {
+		t.Fatal("the hash's candidates are not cached: the test does not test the cache")
+	}
+}
