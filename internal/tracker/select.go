@@ -280,7 +280,7 @@ func selectOldest(hs []Holder, idx []int, k int) {
 type holderCache struct {
 	mu      sync.Mutex
 	m       map[string]cachedHolders
-	order   []string // insertion order, for eviction
+	order   []cacheRef // in the order of puts: the oldest first, for eviction
 	entries int
 	desc    atomic.Int64 // bytes of the cached candidates' descriptions
 	loading map[string]*holderLoad
@@ -339,6 +339,13 @@ func (c *holderCache) load(ctx context.Context, hash string, now time.Time, read
 	return l.c, l.cached, err
 }
 
+// cacheRef is a put in holderCache.order; a later put of the hash makes
+// it stale (at differs from the entry's).
+type cacheRef struct {
+	hash string
+	at   time.Time
+}
+
 type cachedHolders struct {
 	at time.Time
 	c  *candidates
@@ -384,20 +391,27 @@ func (c *holderCache) put(hash string, cs *candidates, now time.Time) bool {
 	if old, ok := c.m[hash]; ok {
 		c.entries -= len(old.c.hs)
 		old.c.release()
-	} else {
-		c.order = append(c.order, hash)
 	}
+	c.order = append(c.order, cacheRef{hash, now})
 	cs.budget = &c.desc
 	c.m[hash] = cachedHolders{now, cs}
 	c.entries += len(cs.hs)
-	for c.entries > holderCacheBudget && len(c.order) > 0 {
-		k := c.order[0]
-		c.order = c.order[1:]
-		if e, ok := c.m[k]; ok {
+	// Evict from the oldest put: entries past the budget, and expired
+	// ones (an expired hash nobody asks about again would otherwise hold
+	// its candidates and descriptions until the budget pushed it out).
+	for len(c.order) > 0 {
+		ref := c.order[0]
+		e, ok := c.m[ref.hash]
+		if ok && e.at.Equal(ref.at) {
+			if c.entries <= holderCacheBudget && now.Sub(e.at) < holderCacheTTL && !now.Before(e.at) {
+				break
+			}
 			c.entries -= len(e.c.hs)
 			e.c.release()
-			delete(c.m, k)
+			delete(c.m, ref.hash)
 		}
+		c.order[0] = cacheRef{}
+		c.order = c.order[1:]
 	}
 	return true
 }

@@ -194,6 +194,11 @@ func TestHolderCache(t *testing.T) {
 	if _, ok := c.get("big", now); ok {
 		t.Fatal("the oldest entry survived the budget")
 	}
+	// Expired entries go at the next put, asked about again or not.
+	c.put("later", big, now.Add(holderCacheTTL))
+	if len(c.m) != 1 || len(c.order) != 1 {
+		t.Fatalf("%d entries (%d in order) after everything else expired", len(c.m), len(c.order))
+	}
 }
 
 // TestPickSharesCandidates: finds of a cached hash share its candidates;
