@@ -2,7 +2,7 @@
 // this machine and measures how the tracker takes it.
 //
 // Each peer has its own ed25519 libp2p identity and talks through
-// tracker.Client, exactly as `peerix serve` does. The run has two phases:
+// trackerapi.Client, exactly as `peerix serve` does. The run has two phases:
 //
 //  1. announce: every peer registers and sends its full set of -hashes
 //     hashes (-announce-concurrency peers at a time). Part of each set (-shared) is
@@ -47,7 +47,7 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
 
-	"github.com/peerix/peerix/internal/tracker"
+	"github.com/peerix/peerix/internal/tracker/trackerapi"
 )
 
 type options struct {
@@ -221,7 +221,7 @@ func (s Stats) String() string {
 
 // peerState is one played peer.
 type peerState struct {
-	client *tracker.Client
+	client *trackerapi.Client
 	rng    *mrand.Rand // its own: deltas draw new hashes from it
 	// removable are held hashes of its own that deltas remove, in order;
 	// probes are held hashes of its own that no delta removes (finds of
@@ -318,7 +318,7 @@ func (l *load) run(ctx context.Context, out io.Writer) (*Results, error) {
 	}
 	fmt.Fprintln(out)
 
-	info, err := tracker.NewClient(o.tracker, nil).Info(ctx)
+	info, err := trackerapi.NewClient(o.tracker, nil).Info(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("tracker: %w", err)
 	}
@@ -328,7 +328,7 @@ func (l *load) run(ctx context.Context, out io.Writer) (*Results, error) {
 		if err != nil {
 			return nil, err
 		}
-		l.peers[i] = &peerState{client: tracker.NewClient(o.tracker, key), rng: mrand.New(mrand.NewPCG(o.seed, uint64(o.firstPeer+i)+1))}
+		l.peers[i] = &peerState{client: trackerapi.NewClient(o.tracker, key), rng: mrand.New(mrand.NewPCG(o.seed, uint64(o.firstPeer+i)+1))}
 	}
 	addr := ma.StringCast("/ip4/127.0.0.1/udp/12306/quic-v1")
 
@@ -341,7 +341,7 @@ func (l *load) run(ctx context.Context, out io.Writer) (*Results, error) {
 		beatCtx, stopBeats = context.WithCancel(ctx)
 	)
 	defer stopBeats()
-	reader := tracker.NewClient(o.tracker, nil)
+	reader := trackerapi.NewClient(o.tracker, nil)
 	// Keep registered peers alive while the run lasts, whatever the TTL.
 	go func() {
 		tick := time.NewTicker(heartbeatEvery)
@@ -479,7 +479,7 @@ func (l *load) run(ctx context.Context, out io.Writer) (*Results, error) {
 		case 'h':
 			_, err = l.peers[op.peer].client.Announce(ctx, []ma.Multiaddr{addr})
 		default:
-			var peers []tracker.PeerInfo
+			var peers []trackerapi.PeerInfo
 			peers, err = reader.Find(ctx, op.hash)
 			if err == nil && (op.kind == 's' && len(peers) != 1 || op.kind == 'm' && len(peers) != 0) {
 				err = fmt.Errorf("find %s (%c): %d holders", op.hash, op.kind, len(peers))
@@ -514,7 +514,7 @@ func (l *load) run(ctx context.Context, out io.Writer) (*Results, error) {
 // errors.
 func (l *load) finish(ctx context.Context, res *Results, out io.Writer) (*Results, error) {
 	if ctx.Err() == nil {
-		peers, err := tracker.NewClient(l.o.tracker, nil).Peers(ctx)
+		peers, err := trackerapi.NewClient(l.o.tracker, nil).Peers(ctx)
 		if err != nil {
 			l.fail("peers", err)
 		} else {

@@ -23,6 +23,7 @@ import (
 	"github.com/peerix/peerix/internal/summary"
 	"github.com/peerix/peerix/internal/swarm"
 	"github.com/peerix/peerix/internal/tracker"
+	"github.com/peerix/peerix/internal/tracker/trackerapi"
 )
 
 // benchFleet is the scale: 1,000 peers x 20,000 hashes, sharing
@@ -91,7 +92,7 @@ func BenchmarkMiss(b *testing.B) {
 			b.Run(via+"/"+path, func(b *testing.B) {
 				h := newTestHost(b)
 				key, _, _ := crypto.GenerateEd25519Key(rand.Reader)
-				s := NewStore(h, TrackerClient{tracker.NewClient(benchTracker(b), key)}, swarm.Options{}, testLog(b))
+				s := NewStore(h, TrackerClient{trackerapi.NewClient(benchTracker(b), key)}, swarm.Options{}, testLog(b))
 				if via == "index" {
 					ix := summary.NewFollower(foreverIndex{fleetFilter(b)}, summary.FollowerOptions{Log: testLog(b)})
 					ictx, cancel := context.WithCancel(ctx)
@@ -179,7 +180,7 @@ func benchTracker(b *testing.B) string {
 	ctx := context.Background()
 	for i := range 20 {
 		key, _, _ := crypto.GenerateEd25519Key(rand.Reader)
-		c := tracker.NewClient(srv.URL, key)
+		c := trackerapi.NewClient(srv.URL, key)
 		if _, err := c.Announce(ctx, nil); err != nil {
 			b.Fatal(err)
 		}

@@ -19,6 +19,7 @@ import (
 	"github.com/peerix/peerix/internal/summary"
 	"github.com/peerix/peerix/internal/swarm"
 	"github.com/peerix/peerix/internal/tracker"
+	"github.com/peerix/peerix/internal/tracker/trackerapi"
 )
 
 // countingTracker runs a real tracker (SQLite) and counts the requests
@@ -56,7 +57,7 @@ func indexedStore(t *testing.T, url string) (*Store, *summary.Follower, func()) 
 	t.Helper()
 	h := newTestHost(t)
 	key, _, _ := crypto.GenerateEd25519Key(rand.Reader)
-	c := TrackerClient{tracker.NewClient(url, key)}
+	c := TrackerClient{trackerapi.NewClient(url, key)}
 	s := NewStore(h, c, swarm.Options{}, testLog(t))
 	ix := summary.NewFollower(c, summary.FollowerOptions{Log: testLog(t)})
 	s.UseIndex(ix)
@@ -114,9 +115,9 @@ func TestIndexMissWithoutTracker(t *testing.T) {
 
 // announce registers h at the tracker with its loopback addresses and the
 // given hashes, signed with h's own key.
-func announceAt(t *testing.T, url string, h *Host, hashes ...string) *tracker.Client {
+func announceAt(t *testing.T, url string, h *Host, hashes ...string) *trackerapi.Client {
 	t.Helper()
-	c := tracker.NewClient(url, h.Peerstore().PrivKey(h.ID()))
+	c := trackerapi.NewClient(url, h.Peerstore().PrivKey(h.ID()))
 	ctx := context.Background()
 	if _, err := c.Announce(ctx, loopbackInfo(h).Addrs); err != nil {
 		t.Fatal(err)

@@ -12,7 +12,7 @@ import (
 	"github.com/peerix/peerix/internal/store"
 	"github.com/peerix/peerix/internal/summary"
 	"github.com/peerix/peerix/internal/swarm"
-	"github.com/peerix/peerix/internal/tracker"
+	"github.com/peerix/peerix/internal/tracker/trackerapi"
 )
 
 // Config is what the daemon gives the P2P layer.
@@ -44,7 +44,7 @@ type Node struct {
 	Server    *Server
 	Store     *Store
 	Announcer *Announcer // nil without a tracker
-	Tracker   *tracker.Client
+	Tracker   *trackerapi.Client
 	Index     *summary.Follower // the tracker's hash index; nil without a tracker
 
 	cancel context.CancelFunc
@@ -80,7 +80,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 
 	var finder Finder = noTracker{}
 	if cfg.TrackerURL != "" {
-		n.Tracker = tracker.NewClient(cfg.TrackerURL, key)
+		n.Tracker = trackerapi.NewClient(cfg.TrackerURL, key)
 		finder = TrackerClient{n.Tracker}
 		n.wg.Add(1)
 		go func() {

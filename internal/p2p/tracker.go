@@ -8,13 +8,13 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
 
-	"github.com/peerix/peerix/internal/tracker"
+	"github.com/peerix/peerix/internal/tracker/trackerapi"
 )
 
-// TrackerClient adapts a *tracker.Client to the Finder the Store needs and
+// TrackerClient adapts a *trackerapi.Client to the Finder the Store needs and
 // the Registry the Announcer needs.
 type TrackerClient struct {
-	C *tracker.Client
+	C *trackerapi.Client
 }
 
 // Find returns the live holders of hash with their parsed addresses;
@@ -65,13 +65,13 @@ var (
 // retries while the tracker is unreachable (1 s doubling to 1 min), asks
 // again every 5 minutes in case the relay or our address changed, and
 // returns when ctx ends. Run it in a goroutine.
-func (h *Host) FollowTracker(ctx context.Context, c *tracker.Client) {
+func (h *Host) FollowTracker(ctx context.Context, c *trackerapi.Client) {
 	retry := time.Second
 	var lastRelay, lastObserved string
 	for {
 		wait := 5 * time.Minute
 		err := func() error {
-			ictx, cancel := context.WithTimeout(ctx, tracker.RequestTimeout)
+			ictx, cancel := context.WithTimeout(ctx, trackerapi.RequestTimeout)
 			defer cancel()
 			info, err := c.Info(ictx)
 			if err != nil {

@@ -4,19 +4,25 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"errors"
 	"io"
 	"net/http/httptest"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	relayv2 "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
 
 	"github.com/peerix/peerix/internal/store"
 	"github.com/peerix/peerix/internal/swarm"
 	"github.com/peerix/peerix/internal/tracker"
+	"github.com/peerix/peerix/internal/tracker/trackerapi"
 )
 
 // End to end through a real tracker: a peer announces what it shares,
@@ -44,7 +50,7 @@ func TestTrackerEndToEnd(t *testing.T) {
 	shared.add(private, []byte("secret")).refused = true
 	srv := Serve(a, shared, log)
 	t.Cleanup(func() { srv.Close() })
-	clientA := tracker.NewClient(api.URL, keyA)
+	clientA := trackerapi.NewClient(api.URL, keyA)
 	followCtx, stopFollow := context.WithCancel(ctx)
 	defer stopFollow()
 	go a.FollowTracker(followCtx, clientA)
@@ -80,7 +86,7 @@ func TestTrackerEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b.Close() })
-	clientB := tracker.NewClient(api.URL, keyB)
+	clientB := trackerapi.NewClient(api.URL, keyB)
 	for ctx.Err() == nil {
 		if ps, err := clientB.Find(ctx, hash); err == nil && len(ps) == 1 {
 			break
@@ -120,7 +126,7 @@ func TestTrackerEndToEnd(t *testing.T) {
 
 	// Behind NAT, the holder announces a circuit address through the
 	// tracker's relay, and the tracker takes it.
-	relayInfo, err := (&tracker.PeerAddrs{PeerID: relay.ID().String(), Addrs: relayAddrs(relay)}).AddrInfo()
+	relayInfo, err := (&trackerapi.PeerAddrs{PeerID: relay.ID().String(), Addrs: relayAddrs(relay)}).AddrInfo()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,8 +169,15 @@ func relayAddrs(r *tracker.Relay) []string {
 	return out
 }
 
-// startTracker runs a tracker API (SQLite, relay on 127.0.0.1) for a test.
+// startTracker runs a tracker API (SQLite, relay on 127.0.0.1 admitting
+// only registered peers, as `peerix tracker` does) for a test.
 func startTracker(t *testing.T) (*httptest.Server, *tracker.Relay) {
+	return startTrackerWith(t, nil)
+}
+
+// startTrackerWith is startTracker with the relay's resources rc (nil:
+// the tracker's).
+func startTrackerWith(t *testing.T, rc *relayv2.Resources) (*httptest.Server, *tracker.Relay) {
 	t.Helper()
 	log := testLog(t)
 	reg, err := tracker.OpenSQLite(filepath.Join(t.TempDir(), "tracker.db"))
@@ -172,13 +185,16 @@ func startTracker(t *testing.T) (*httptest.Server, *tracker.Relay) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { reg.Close() })
+	var srv *tracker.Server
+	adm := tracker.NewAdmission(func(ctx context.Context, id peer.ID) (bool, error) { return srv.Live(ctx, id) }, log)
 	relayKey, _, _ := crypto.GenerateEd25519Key(rand.Reader)
-	relay, err := tracker.StartRelay(relayKey, []string{"127.0.0.1"}, 0, log)
+	relay, err := tracker.StartRelay(relayKey, []string{"127.0.0.1"}, 0, tracker.RelayOptions{Admission: adm, Resources: rc}, log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { relay.Close() })
-	api := httptest.NewServer(tracker.NewServer(reg, tracker.ServerOptions{TTL: time.Minute, Relay: relay.Info, Log: log}))
+	srv = tracker.NewServer(reg, tracker.ServerOptions{TTL: time.Minute, Relay: relay.Info, Registered: adm.Registered, Log: log})
+	api := httptest.NewServer(srv)
 	t.Cleanup(api.Close)
 	return api, relay
 }
@@ -243,4 +259,71 @@ func TestNode(t *testing.T) {
 	if ps, err := b.Tracker.Find(ctx, hash); err != nil || len(ps) != 0 {
 		t.Errorf("after closing the holder the tracker still names %v (%v)", ps, err)
 	}
+}
+
+// TestRelayLimitResumes: the tracker's relay limits what one relayed
+// connection carries; when the limit ends it in the middle of a NAR, the
+// transfer resumes at the byte it reached over another connection, and
+// the reader gets the whole NAR.
+func TestRelayLimitResumes(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	log := testLog(t)
+	const limit = 2 << 20
+	rc := tracker.RelayResources()
+	rc.Limit = &relayv2.RelayLimit{Duration: time.Minute, Data: limit}
+	api, relay := startTrackerWith(t, &rc)
+	relayInfo, err := (&trackerapi.PeerAddrs{PeerID: relay.ID().String(), Addrs: relayAddrs(relay)}).AddrInfo()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	a, b := newTestHost(t), newTestHost(t)
+	for _, h := range []*Host{a, b} {
+		if _, err := trackerapi.NewClient(api.URL, h.Peerstore().PrivKey(h.ID())).Announce(ctx, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	shared := newMemStore()
+	hash := randomHash(t)
+	e := shared.addGenerated(hash, 3*limit/2, 11)
+	srv := Serve(a, shared, log)
+	t.Cleanup(func() { srv.Close() })
+	if err := a.UseRelay(ctx, relayInfo, "203.0.113.9:4000"); err != nil {
+		t.Fatal(err)
+	}
+
+	// B knows A only by its circuit addresses.
+	var mu sync.Mutex
+	var conns []string
+	b.Network().Notify(&network.NotifyBundle{ConnectedF: func(_ network.Network, c network.Conn) {
+		if c.RemotePeer() == a.ID() {
+			mu.Lock()
+			conns = append(conns, c.RemoteMultiaddr().String())
+			mu.Unlock()
+		}
+	}})
+	finder := newFakeFinder()
+	finder.holders[hash] = []peer.AddrInfo{{ID: a.ID(), Addrs: trackerapi.CircuitAddrs(relayInfo, a.ID())}}
+	s := NewStore(b, finder, swarm.Options{}, log)
+	ni, err := s.NarInfo(ctx, hash)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nar, err := s.NAR(ctx, ni.URL, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := sha256.New()
+	n, err := io.Copy(h, nar)
+	nar.Close()
+	if err != nil || n != e.size || !bytes.Equal(h.Sum(nil), e.ni.NarHash.Digest()) {
+		t.Fatalf("NAR through a relay limited to %d bytes a connection: %d of %d bytes, %v", limit, n, e.size, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(conns) < 2 || !strings.Contains(conns[0], "/p2p-circuit") {
+		t.Fatalf("connections from B to A: %v; want a relayed one that the limit ended, then another", conns)
+	}
+	t.Logf("%d-byte NAR over a relay limited to %d bytes a connection: connections %v", n, limit, conns)
 }

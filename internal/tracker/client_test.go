@@ -14,6 +14,8 @@ import (
 	"time"
 
 	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/peerix/peerix/internal/tracker/trackerapi"
 )
 
 // newTestTracker serves a real-clock Server over HTTP, over a fresh
@@ -178,7 +180,10 @@ type memRegistry struct {
 	sets     map[string]map[string]bool
 }
 
-func (m *memRegistry) UpsertPeer(_ context.Context, id string, _ []string, ts int64, _, _ time.Time) (bool, error) {
+func (m *memRegistry) TrackerID() string { return "memory" }
+
+func (m *memRegistry) UpsertPeer(_ context.Context, a Announce) (bool, error) {
+	id, ts := a.PeerID, a.TS
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if last, ok := m.lastTS[id]; ok && ts <= last {
@@ -192,7 +197,8 @@ func (m *memRegistry) UpsertPeer(_ context.Context, id string, _ []string, ts in
 	return !known, nil
 }
 
-func (m *memRegistry) SetPackages(_ context.Context, id string, ts int64, _ time.Time, full bool, add, remove []string) (int64, error) {
+func (m *memRegistry) SetPackages(_ context.Context, u PackagesUpdate) (int64, error) {
+	id, ts, full, add, remove := u.PeerID, u.TS, u.Full, u.Add, u.Remove
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	set, ok := m.sets[id]
@@ -219,12 +225,12 @@ func (m *memRegistry) SetPackages(_ context.Context, id string, ts int64, _ time
 func TestClientSplitsFullSet(t *testing.T) {
 	reg := &memRegistry{lastTS: map[string]int64{}, sets: map[string]map[string]bool{}}
 	var mu sync.Mutex
-	var parts []packagesRequest
+	var parts []trackerapi.PackagesRequest
 	api := NewServer(reg, ServerOptions{TTL: time.Minute, Log: quietLog()})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/v1/packages" {
 			b, _ := io.ReadAll(r.Body)
-			var req packagesRequest
+			var req trackerapi.PackagesRequest
 			json.Unmarshal(b, &req)
 			mu.Lock()
 			parts = append(parts, req)
@@ -312,7 +318,7 @@ func testLargeSet(t *testing.T, be backend) {
 		t.Fatal(err)
 	}
 	t.Logf("90k-hash delta in %v", time.Since(start))
-	peers, _ := db.Peers(ctx, time.Time{})
+	peers, _ := allPeers(ctx, db, time.Time{})
 	if len(peers) != 1 || peers[0].Packages != 90000 {
 		t.Fatalf("after delta: %+v", peers)
 	}
@@ -325,7 +331,7 @@ func testLargeSet(t *testing.T, be backend) {
 		t.Fatal(err)
 	}
 	t.Logf("50k-hash full set over 90k held in %v", time.Since(start))
-	peers, _ = db.Peers(ctx, time.Time{})
+	peers, _ = allPeers(ctx, db, time.Time{})
 	if peers[0].Packages != 50000 {
 		t.Fatalf("after resend: %d", peers[0].Packages)
 	}
@@ -374,7 +380,7 @@ func testClientRecovers(t *testing.T, be backend) {
 	if _, err := a.Announce(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
-	a.lastTS += 10000 // a ran ahead
+	a.SetClock(func() time.Time { return time.Now().Add(10 * time.Second) }) // a runs ahead
 	if _, err := a.Announce(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -383,7 +389,7 @@ func testClientRecovers(t *testing.T, be backend) {
 	}
 
 	skewed := NewClient(srv.URL, newSigner(t).key)
-	skewed.now = func() time.Time { return time.Now().Add(-10 * time.Minute) }
+	skewed.SetClock(func() time.Time { return time.Now().Add(-10 * time.Minute) })
 	if _, err := skewed.Announce(ctx, nil); err != nil {
 		t.Fatalf("skewed clock: %v", err)
 	}
@@ -409,22 +415,5 @@ func TestClientErrors(t *testing.T) {
 	var te *Error
 	if !errors.As(err, &te) || te.Status != 502 || te.Message != "boom" {
 		t.Fatalf("%#v", err)
-	}
-}
-
-func TestCircuitAddrs(t *testing.T) {
-	relay, target := newSigner(t), newSigner(t)
-	info := PeerAddrs{PeerID: relay.id.String(), Addrs: []string{"/ip4/192.0.2.1/tcp/12306", "garbage", "/ip4/192.0.2.1/udp/12306/quic-v1/p2p/" + relay.id.String()}}
-	ai, err := info.AddrInfo()
-	if err != nil || len(ai.Addrs) != 2 {
-		t.Fatalf("%v %v", ai, err)
-	}
-	got := CircuitAddrs(ai, target.id)
-	want := "/ip4/192.0.2.1/tcp/12306/p2p/" + relay.id.String() + "/p2p-circuit/p2p/" + target.id.String()
-	if len(got) != 2 || got[0].String() != want {
-		t.Fatalf("%v", got)
-	}
-	if _, err := (PeerAddrs{PeerID: "x"}).AddrInfo(); err == nil {
-		t.Fatal("bad peer id accepted")
 	}
 }

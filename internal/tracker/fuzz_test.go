@@ -2,7 +2,11 @@ package tracker
 
 import (
 	"crypto/ed25519"
+	"encoding/json"
 	"fmt"
+	"net/http/httptest"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -60,5 +64,48 @@ func FuzzPackagesBody(f *testing.F) {
 		`{"peer_id":%q,"ts":%d,"full":false,"add":["` + h1 + `"],"remove":["` + h1 + `"]}`,
 		`{"peer_id":%q,"ts":%d,"full":true}`,
 		`{"peer_id":%q,"ts":%d,"add":["zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz"]}`,
+	})
+}
+
+// FuzzReadQueries feeds arbitrary query strings to the read routes (the
+// paging of /v1/peers, the limit of /v1/find): never a panic, never 5xx.
+func FuzzReadQueries(f *testing.F) {
+	for _, s := range []string{"", "limit=5", "limit=0", "limit=-1", "limit=99999999999999999999", "after=12D3KooW", "after=&limit=1", "limit=1&limit=2", "after=%00%ff", "a=%zz"} {
+		f.Add(s)
+	}
+	s, _, clock := newTestServer(f, sqliteBackend, time.Minute)
+	for range 3 {
+		p := newSigner(f)
+		p.announce(f, s, ms(clock.Now()))
+		p.packages(f, s, ms(clock.Now())+1, true, []string{hashN(1)}, nil)
+	}
+	f.Fuzz(func(t *testing.T, q string) {
+		for _, path := range []string{"/v1/peers?", "/v1/find/" + hashN(1) + "?"} {
+			r := httptest.NewRequest("GET", "/", nil)
+			r.URL.Path, r.URL.RawQuery = strings.TrimSuffix(strings.SplitN(path, "?", 2)[0], "?"), q
+			r.RemoteAddr = "198.51.100.7:1"
+			w := serve(s, r)
+			if w.Code >= 500 {
+				t.Fatalf("GET %s%s: %d %s", path, q, w.Code, w.Body)
+			}
+		}
+	})
+}
+
+// FuzzDecodeAddrs: the SQLite addrs column's fast path decodes what
+// encoding/json decodes, for any text.
+func FuzzDecodeAddrs(f *testing.F) {
+	for _, s := range []string{`[]`, `["/ip4/1.2.3.4/tcp/1"]`, `["a","b"]`, `["a\",\"b"]`, `["a","b\"]`, `[""]`, `["",""]`, `["a""b"]`, `["a","b",]`, `null`, `["\u003c"]`, "[\"a\nb\"]"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		got := decodeAddrs(s)
+		var want []string
+		if err := json.Unmarshal([]byte(s), &want); err != nil || want == nil {
+			want = []string{}
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("decodeAddrs(%q) = %q, encoding/json says %q", s, got, want)
+		}
 	})
 }

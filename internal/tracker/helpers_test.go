@@ -2,6 +2,7 @@ package tracker
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
@@ -11,6 +12,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -18,6 +21,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
+
+	api "github.com/peerix/peerix/internal/tracker/trackerapi"
 )
 
 // fakeClock is a settable clock, for ServerOptions.Now. Not synctest: the
@@ -63,11 +68,12 @@ func newTestServer(t testing.TB, b backend, ttl time.Duration) (*Server, Registr
 	db := b.open(t)
 	clock := &fakeClock{t: t0}
 	s := NewServer(db, ServerOptions{
-		TTL: ttl,
-		Now: clock.Now,
-		Log: quietLog(),
-		Relay: func(string) *PeerAddrs {
-			return &PeerAddrs{PeerID: "12D3KooWRelay", Addrs: []string{"/ip4/192.0.2.1/tcp/12306"}}
+		TTL:    ttl,
+		Now:    clock.Now,
+		Log:    quietLog(),
+		Limits: NoLimits(),
+		Relay: func(string) *api.PeerAddrs {
+			return &api.PeerAddrs{PeerID: "12D3KooWRelay", Addrs: []string{"/ip4/192.0.2.1/tcp/12306"}}
 		},
 	})
 	return s, db, clock
@@ -92,7 +98,33 @@ func newSigner(t testing.TB) signer {
 	return signer{k, id}
 }
 
+// sign returns a placeholder for s's signature over body: serve signs
+// (scheme v2) for the request's method and route and the serving
+// tracker's ID, over body as it was here (a test may change the body
+// sent afterwards).
 func (s signer) sign(t testing.TB, body []byte) string {
+	t.Helper()
+	pendingMu.Lock()
+	defer pendingMu.Unlock()
+	pendingN++
+	key := fmt.Sprintf("%s%d", pendingPrefix, pendingN)
+	pending[key] = pendingSig{s, slices.Clone(body)}
+	return key
+}
+
+// signV2 is s's signature over method, route, trackerID and body, as
+// the header value.
+func (s signer) signV2(t testing.TB, method, route, trackerID string, body []byte) string {
+	t.Helper()
+	sig, err := s.key.Sign(api.SignedMessage(method, route, trackerID, body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return api.SignatureValue(sig)
+}
+
+// signV1 is the retired scheme: base64 of a signature over the body alone.
+func (s signer) signV1(t testing.TB, body []byte) string {
 	t.Helper()
 	sig, err := s.key.Sign(body)
 	if err != nil {
@@ -101,7 +133,21 @@ func (s signer) sign(t testing.TB, body []byte) string {
 	return base64.StdEncoding.EncodeToString(sig)
 }
 
-// request builds a request with body signed by s (sig "" = unsigned).
+type pendingSig struct {
+	s    signer
+	body []byte
+}
+
+const pendingPrefix = "sign-in-serve:"
+
+var (
+	pendingMu sync.Mutex
+	pendingN  int
+	pending   = map[string]pendingSig{}
+)
+
+// request builds a request with the signature header sig ("" = unsigned;
+// a placeholder from sign is signed in serve).
 func request(method, path string, body []byte, sig string) *http.Request {
 	r := httptest.NewRequest(method, path, bytes.NewReader(body))
 	r.RemoteAddr = "198.51.100.7:40000"
@@ -115,10 +161,37 @@ func (s signer) request(t testing.TB, method, path string, body []byte) *http.Re
 	return request(method, path, body, s.sign(t, body))
 }
 
+// serve runs r through h, first signing a placeholder signature for the
+// tracker h is.
 func serve(h http.Handler, r *http.Request) *httptest.ResponseRecorder {
+	if v := r.Header.Get(SignatureHeader); strings.HasPrefix(v, pendingPrefix) {
+		pendingMu.Lock()
+		p := pending[v]
+		delete(pending, v)
+		pendingMu.Unlock()
+		sig, err := p.s.key.Sign(api.SignedMessage(r.Method, r.URL.Path, trackerIDOf(h), p.body))
+		if err != nil {
+			panic(err)
+		}
+		r.Header.Set(SignatureHeader, api.SignatureValue(sig))
+	}
 	w := httptest.NewRecorder()
 	h.ServeHTTP(w, r)
 	return w
+}
+
+// trackerIDOf asks h's /v1/info for its tracker ID.
+func trackerIDOf(h http.Handler) string {
+	if s, ok := h.(*Server); ok {
+		return s.id
+	}
+	w := httptest.NewRecorder()
+	r := httptest.NewRequest("GET", "/v1/info", nil)
+	r.RemoteAddr = "127.0.0.1:1"
+	h.ServeHTTP(w, r)
+	var ans api.InfoAnswer
+	json.Unmarshal(w.Body.Bytes(), &ans)
+	return ans.TrackerID
 }
 
 func mustJSON(t testing.TB, v any) []byte {
@@ -132,7 +205,7 @@ func mustJSON(t testing.TB, v any) []byte {
 
 // announce announces s at the clock's time + dt ms and fails the test on
 // anything but 200.
-func (s signer) announce(t testing.TB, h http.Handler, ts int64, addrs ...string) announceJSON {
+func (s signer) announce(t testing.TB, h http.Handler, ts int64, addrs ...string) api.AnnounceAnswer {
 	t.Helper()
 	if addrs == nil {
 		addrs = []string{"/ip4/198.51.100.7/udp/12306/quic-v1"}
@@ -142,14 +215,14 @@ func (s signer) announce(t testing.TB, h http.Handler, ts int64, addrs ...string
 	if w.Code != 200 {
 		t.Fatalf("announce: %d %s", w.Code, w.Body)
 	}
-	var ans announceJSON
+	var ans api.AnnounceAnswer
 	if err := json.Unmarshal(w.Body.Bytes(), &ans); err != nil {
 		t.Fatal(err)
 	}
 	return ans
 }
 
-func (s signer) packages(t testing.TB, h http.Handler, ts int64, full bool, add, remove []string) packagesJSON {
+func (s signer) packages(t testing.TB, h http.Handler, ts int64, full bool, add, remove []string) api.PackagesAnswer {
 	t.Helper()
 	m := map[string]any{"peer_id": s.id.String(), "ts": ts, "full": full, "add": add}
 	if remove != nil {
@@ -159,7 +232,7 @@ func (s signer) packages(t testing.TB, h http.Handler, ts int64, full bool, add,
 	if w.Code != 200 {
 		t.Fatalf("packages: %d %s", w.Code, w.Body)
 	}
-	var ans packagesJSON
+	var ans api.PackagesAnswer
 	if err := json.Unmarshal(w.Body.Bytes(), &ans); err != nil {
 		t.Fatal(err)
 	}
@@ -172,7 +245,7 @@ func findIDs(t testing.TB, h http.Handler, hash string) []string {
 	if w.Code != 200 {
 		t.Fatalf("find: %d %s", w.Code, w.Body)
 	}
-	var ans peersJSON
+	var ans api.PeersAnswer
 	if err := json.Unmarshal(w.Body.Bytes(), &ans); err != nil {
 		t.Fatal(err)
 	}
@@ -189,7 +262,7 @@ func peerIDs(t testing.TB, h http.Handler) []string {
 	if w.Code != 200 {
 		t.Fatalf("peers: %d %s", w.Code, w.Body)
 	}
-	var ans peersJSON
+	var ans api.PeersAnswer
 	if err := json.Unmarshal(w.Body.Bytes(), &ans); err != nil {
 		t.Fatal(err)
 	}
@@ -216,3 +289,108 @@ func hashes(from, n int) []string {
 }
 
 func ms(t time.Time) int64 { return t.UnixMilli() }
+
+// Names the tests use from the API package.
+const (
+	SignatureHeader     = api.SignatureHeader
+	MaxBodySize         = api.MaxBodySize
+	MaxClockSkew        = api.MaxClockSkew
+	MaxAddrs            = api.MaxAddrs
+	MaxHashesPerRequest = api.MaxHashesPerRequest
+	DefaultFindLimit    = api.DefaultFindLimit
+	MaxFindLimit        = api.MaxFindLimit
+	CodeBadRequest      = api.CodeBadRequest
+	CodeClockSkew       = api.CodeClockSkew
+	CodeBadSig          = api.CodeBadSig
+	CodeOldSignature    = api.CodeOldSignature
+	CodeForbidden       = api.CodeForbidden
+	CodeQuota           = api.CodeQuota
+	CodeUnknownPeer     = api.CodeUnknownPeer
+	CodeReplay          = api.CodeReplay
+	CodeTooLarge        = api.CodeTooLarge
+	CodeRateLimited     = api.CodeRateLimited
+	CodeUnavailable     = api.CodeUnavailable
+)
+
+type (
+	Client    = api.Client
+	PeerInfo  = api.PeerInfo
+	PeerAddrs = api.PeerAddrs
+	Error     = api.Error
+)
+
+var (
+	NewClient    = api.NewClient
+	CircuitAddrs = api.CircuitAddrs
+)
+
+// Registry calls in the shape the tests used before announcements and
+// packages requests carried quotas.
+
+func upsert(ctx context.Context, reg Registry, id string, addrs []string, ts int64, now, liveSince time.Time) (bool, error) {
+	return reg.UpsertPeer(ctx, Announce{PeerID: id, Addrs: addrs, Net: "198.51.100.0/24", TS: ts, Now: now, LiveSince: liveSince})
+}
+
+func setPackages(ctx context.Context, reg Registry, id string, ts int64, liveSince time.Time, full bool, add, remove []string) (int64, error) {
+	return reg.SetPackages(ctx, PackagesUpdate{PeerID: id, TS: ts, LiveSince: liveSince, Full: full, Add: add, Remove: remove})
+}
+
+// findAll is up to limit live holders of hash, described.
+func findAll(ctx context.Context, reg Registry, hash string, liveSince time.Time, limit int) ([]PeerInfo, error) {
+	hs, err := reg.Holders(ctx, hash, liveSince, limit)
+	if err != nil {
+		return nil, err
+	}
+	keys := make([]int64, len(hs))
+	for i, h := range hs {
+		keys[i] = h.Key
+	}
+	ds, err := reg.Describe(ctx, keys, liveSince)
+	out := make([]PeerInfo, len(ds))
+	for i, d := range ds {
+		out[i] = d.PeerInfo
+	}
+	return out, err
+}
+
+// allPeers is every live peer.
+func allPeers(ctx context.Context, reg Registry, liveSince time.Time) ([]PeerInfo, error) {
+	return reg.Peers(ctx, liveSince, "", 1<<30)
+}
+
+// announceFrom and packagesFrom are announce and a full set sent from the
+// address from ("ip:port").
+func (s signer) announceFrom(t testing.TB, h http.Handler, ts int64, from string, addrs ...string) api.AnnounceAnswer {
+	t.Helper()
+	if addrs == nil {
+		addrs = []string{"/ip4/198.51.100.7/udp/12306/quic-v1"}
+	}
+	r := s.request(t, "POST", "/v1/announce", mustJSON(t, map[string]any{"peer_id": s.id.String(), "ts": ts, "addrs": addrs}))
+	r.RemoteAddr = from
+	w := serve(h, r)
+	if w.Code != 200 {
+		t.Fatalf("announce from %s: %d %s", from, w.Code, w.Body)
+	}
+	var ans api.AnnounceAnswer
+	if err := json.Unmarshal(w.Body.Bytes(), &ans); err != nil {
+		t.Fatal(err)
+	}
+	return ans
+}
+
+func (s signer) packagesFrom(t testing.TB, h http.Handler, ts int64, from string, add []string) {
+	t.Helper()
+	r := s.request(t, "POST", "/v1/packages", mustJSON(t, map[string]any{"peer_id": s.id.String(), "ts": ts, "full": true, "add": add}))
+	r.RemoteAddr = from
+	if w := serve(h, r); w.Code != 200 {
+		t.Fatalf("packages from %s: %d %s", from, w.Code, w.Body)
+	}
+}
+
+// httptestServer serves h over HTTP for the test and returns its URL.
+func httptestServer(t testing.TB, h http.Handler) string {
+	t.Helper()
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return srv.URL
+}

@@ -32,19 +32,15 @@ package tracker
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
 	"errors"
-	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/peerix/peerix/internal/summary"
+	api "github.com/peerix/peerix/internal/tracker/trackerapi"
 )
 
 // HashSource is implemented by registries that can serve /v1/index.
@@ -62,9 +58,6 @@ type HashSource interface {
 type soleWriter interface {
 	soleWriter() bool
 }
-
-// CodeUnavailable (503): the tracker offers no index (yet).
-const CodeUnavailable = "unavailable"
 
 // MaxIndexWait bounds a long poll.
 const MaxIndexWait = summary.MaxWait
@@ -89,6 +82,12 @@ var (
 	// indexMinEpoch: a filter is rebuilt (for being full) at most this
 	// often.
 	indexMinEpoch = time.Minute
+	// indexUrgentFP and indexUrgentEpoch: a filter that has filled up
+	// far past its limit (a burst of new hashes, up to what the quotas
+	// let in) is rebuilt sooner, at most this often, so that it is not
+	// left saturated (every lookup a possible hit) for long.
+	indexUrgentFP    = 0.2
+	indexUrgentEpoch = 10 * time.Second
 )
 
 // serverIndex is the tracker's side of /v1/index: a summary.Publisher fed
@@ -144,19 +143,25 @@ func (x *serverIndex) added(hashes []string) {
 	if x.building {
 		x.pending = append(x.pending, hs...)
 	}
-	if x.pub.Add(hs...) > 0 {
-		x.maybeRebuild()
-	}
+	// Checked after every add, not only after adds that set bits: a
+	// saturated filter gets no new bits, and must not stay saturated.
+	x.pub.Add(hs...)
+	x.maybeRebuild()
 }
 
 // maybeRebuild starts a new epoch once the filter passed its
-// false-positive limit: at most every minute, or ten times the last
-// build's time, so that a filter that cannot grow (MaxBits) or a fleet
-// filling a new tracker does not keep the database busy. x.mu is held.
+// false-positive limit: at most every minute (every indexUrgentEpoch once
+// it is far past), or ten times the last build's time, so that a filter
+// that cannot grow (MaxBits) or a fleet filling a new tracker does not
+// keep the database busy. x.mu is held.
 func (x *serverIndex) maybeRebuild() {
 	fp, bits, entries := x.pub.Fill()
+	every := indexMinEpoch
+	if fp > indexUrgentFP {
+		every = indexUrgentEpoch
+	}
 	if !x.busy && fp > indexRebuildFP && !x.now().Before(x.retryAt) &&
-		x.now().Sub(x.builtAt) >= max(indexMinEpoch, 10*x.buildTook) {
+		x.now().Sub(x.builtAt) >= max(every, 10*x.buildTook) {
 		x.log.Info("hash index full; rebuilding it", "bytes", bits/8, "entries", entries)
 		x.startBuild()
 	}
@@ -172,6 +177,8 @@ func (x *serverIndex) maybeStart() {
 	switch {
 	case !ready:
 		x.startBuild()
+	case x.exclusive:
+		x.maybeRebuild() // a filter that filled up while no one added
 	case !x.exclusive && x.now().Sub(time.Unix(0, x.scannedAt.Load())) >= max(sharedIndexRefresh, 3*x.scanTook):
 		// A slow read (a large database) is repeated less often, so that
 		// the database spends at most a quarter of its time on it.
@@ -219,15 +226,11 @@ func (x *serverIndex) build() {
 // read builds a filter from the database, sized for the number of rows
 // (an upper bound of the distinct hashes) and folded to what they need.
 func (x *serverIndex) read(ctx context.Context) (*summary.Filter, uint64, error) {
-	peers, err := x.reg.Peers(ctx, time.Time{})
+	rows, err := x.reg.Rows(ctx)
 	if err != nil {
 		return nil, 0, err
 	}
-	var rows uint64
-	for _, p := range peers {
-		rows += uint64(max(p.Packages, 0))
-	}
-	g := summary.NewFilter(summary.Size(rows+1024), summary.DefaultProbes)
+	g := summary.NewFilter(summary.Size(uint64(max(rows, 0))+1024), summary.DefaultProbes)
 	var entries uint64
 	err = x.src.EachHash(ctx, func(b []byte) error {
 		if len(b) == summary.HashBytes && g.AddOwned((*summary.Hash)(b)) > 0 {
@@ -271,9 +274,7 @@ func (x *serverIndex) refresh() {
 		x.scannedAt.Store(start.UnixNano())
 		x.scanTook = x.now().Sub(start)
 	}
-	if fresh > 0 {
-		x.maybeRebuild()
-	}
+	x.maybeRebuild()
 	x.log.Debug("hash index reread", "new", fresh, "took", x.now().Sub(start).Round(time.Millisecond))
 }
 
@@ -290,11 +291,11 @@ func (s *Server) serveIndex(w http.ResponseWriter, r *http.Request) {
 	x := s.idx
 	epoch, gen, have, wait, err := summary.ParseQuery(r.URL.Query())
 	if err != nil {
-		writeError(w, http.StatusBadRequest, CodeBadRequest, err.Error(), nil)
+		writeError(w, http.StatusBadRequest, api.CodeBadRequest, err.Error(), nil)
 		return
 	}
 	if x.src == nil {
-		writeError(w, http.StatusServiceUnavailable, CodeUnavailable, "this tracker's storage offers no hash index: use /v1/find", nil)
+		writeError(w, http.StatusServiceUnavailable, api.CodeUnavailable, "this tracker's storage offers no hash index: use /v1/find", nil)
 		return
 	}
 	if !x.exclusive {
@@ -316,7 +317,7 @@ func (s *Server) serveIndex(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case errors.Is(err, summary.ErrNotReady):
 		w.Header().Set("Retry-After", "5")
-		writeError(w, http.StatusServiceUnavailable, CodeUnavailable, "the hash index is being built", nil)
+		writeError(w, http.StatusServiceUnavailable, api.CodeUnavailable, "the hash index is being built", nil)
 		return
 	case err != nil:
 		return // the caller went away
@@ -356,56 +357,3 @@ var (
 	_ HashSource = (*SQLite)(nil)
 	_ soleWriter = (*SQLite)(nil)
 )
-
-// Index asks the tracker for its hash index: the whole filter (epoch 0 and
-// have false), or what was added since generation gen of epoch, waiting up
-// to wait for something to be added. An answer of another epoch is a whole
-// filter. A tracker that offers no index answers an *Error with Status 503
-// (CodeUnavailable) or 404 (an older tracker).
-func (c *Client) Index(ctx context.Context, epoch, gen uint64, have bool, wait time.Duration) (*summary.Update, error) {
-	u := c.base + "/v1/index"
-	sep := "?"
-	if have {
-		u += fmt.Sprintf("?epoch=%016x&gen=%d", epoch, gen)
-		sep = "&"
-	}
-	if wait > 0 {
-		u += sep + "wait=" + strconv.FormatInt(wait.Milliseconds(), 10)
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-	if err != nil {
-		return nil, fmt.Errorf("tracker: %w", err)
-	}
-	// The client's own timeout would cut long polls and large filters.
-	hc := &http.Client{Transport: c.http.Transport, Timeout: wait + indexFetchTimeout}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("tracker: %w", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, readError(resp)
-	}
-	up, err := summary.ReadUpdate(resp.Body)
-	if err != nil {
-		return nil, fmt.Errorf("tracker: GET /v1/index: %w", err)
-	}
-	return up, nil
-}
-
-// indexFetchTimeout bounds an index request beyond its wait: time enough
-// for a whole filter (30 MiB at 1 MiB/s).
-const indexFetchTimeout = time.Minute
-
-// readError turns a refusal into an *Error, as Client.do does.
-func readError(resp *http.Response) error {
-	e := &Error{Status: resp.StatusCode}
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	var ej errorJSON
-	if json.Unmarshal(body, &ej) == nil {
-		e.Code, e.Message = ej.Code, ej.Error
-	} else {
-		e.Message = strings.TrimSpace(string(body[:min(len(body), 200)]))
-	}
-	return e
-}

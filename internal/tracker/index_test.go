@@ -318,6 +318,38 @@ func testIndexRebuild(t *testing.T) {
 	}
 }
 
+// A burst of new hashes that saturates the filter gets it rebuilt after
+// indexUrgentEpoch, not indexMinEpoch. Time is a synctest bubble's.
+func TestIndexUrgentRebuild(t *testing.T) { synctest.Test(t, testIndexUrgentRebuild) }
+
+func testIndexUrgentRebuild(t *testing.T) {
+	s := newIndexServer(t)
+	me := newSigner(t)
+	now := ms(time.Now())
+	me.announce(t, s, now)
+	me.packages(t, s, now+1, true, hashes(0, 100), nil)
+	full := getIndex(t, s, "")
+	me.packages(t, s, now+2, false, hashes(100, 40000), nil) // 8 KiB filter: saturated
+	if fp, _, _ := s.idx.pub.Fill(); fp < indexUrgentFP {
+		t.Fatalf("fp %.2f after the burst; the test wants it past %.2f", fp, indexUrgentFP)
+	}
+	time.Sleep(indexUrgentEpoch)
+	me.packages(t, s, now+3, false, hashes(50000, 1), nil)
+	var u *summary.Update
+	for range 500 {
+		if u = getIndex(t, s, since(full, "")); u.Full() && u.Epoch != full.Epoch {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !u.Full() || u.Epoch == full.Epoch {
+		t.Fatalf("after the burst and %v: %+v; want a new epoch's whole filter", indexUrgentEpoch, u)
+	}
+	if fp := u.Filter.FalsePositiveRate(); fp > indexRebuildFP {
+		t.Fatalf("rebuilt filter's false-positive rate %.3f", fp)
+	}
+}
+
 // sharedReg is a registry other trackers write to as well (it lacks
 // soleWriter): the index rereads it.
 type sharedReg struct {
@@ -463,7 +495,7 @@ func BenchmarkIndexBuild(b *testing.B) {
 	ctx := context.Background()
 	now := time.Now()
 	start := time.Now()
-	if ps, err := db.Peers(ctx, time.Time{}); err != nil {
+	if ps, err := allPeers(ctx, db, time.Time{}); err != nil {
 		b.Fatal(err)
 	} else if len(ps) > 0 {
 		peers = 0
@@ -471,14 +503,14 @@ func BenchmarkIndexBuild(b *testing.B) {
 	}
 	for p := range peers {
 		id := fmt.Sprintf("peer-%d", p)
-		if _, err := db.UpsertPeer(ctx, id, nil, 1, now, now.Add(-time.Hour)); err != nil {
+		if _, err := upsert(ctx, db, id, nil, 1, now, now.Add(-time.Hour)); err != nil {
 			b.Fatal(err)
 		}
 		hs := make([]string, perPeer)
 		for i, h := range randHashes(uint64(p)+100, perPeer) {
 			hs[i] = nixbase32.EncodeToString(h[:])
 		}
-		if _, err := db.SetPackages(ctx, id, 2, now.Add(-time.Hour), true, hs, nil); err != nil {
+		if _, err := setPackages(ctx, db, id, 2, now.Add(-time.Hour), true, hs, nil); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -14,6 +14,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nix-community/go-nix/pkg/nixbase32"
+
+	"github.com/peerix/peerix/internal/tracker/trackerapi"
 )
 
 // Postgres is the Registry in a PostgreSQL database (--db postgres://...).
@@ -29,9 +31,11 @@ import (
 //
 //	peers(id bigint PRIMARY KEY, peer_id text UNIQUE, addrs text[],
 //	      last_seen bigint (Unix ms; 0 once deregistered), last_ts bigint,
-//	      packages bigint)
+//	      packages bigint,
+//	      net text, registered_at bigint), plus an index on (net, last_seen)
 //	packages(hash bytea, peer bigint, PRIMARY KEY(hash, peer)), plus an
 //	      index on (peer)
+//	tracker(id text): the tracker ID, made with the database
 //
 // packages.peer has no foreign key: PostgreSQL checks one with a trigger
 // call per inserted row, which made bulk inserts three times slower. The
@@ -42,8 +46,9 @@ import (
 // COPY (50k hashes in about 0.1 s), a small delta's with INSERT ... SELECT
 // unnest($1::bytea[]) ON CONFLICT DO NOTHING.
 type Postgres struct {
-	w *pgxpool.Pool // writes and the sweep
-	r *pgxpool.Pool // reads: finds wait for no write (a commit waiting on a busy disk)
+	w  *pgxpool.Pool // writes and the sweep
+	r  *pgxpool.Pool // reads: finds wait for no write (a commit waiting on a busy disk)
+	id string        // TrackerID
 }
 
 var _ Registry = (*Postgres)(nil)
@@ -69,6 +74,14 @@ var pgMigrations = []string{
 		PRIMARY KEY (hash, peer)
 	);
 	CREATE INDEX packages_peer ON packages (peer);`,
+	// 2: source networks and registration times (holder selection,
+	// quotas), and the tracker ID that writes are signed for.
+	`ALTER TABLE peers ADD COLUMN net text NOT NULL DEFAULT '';
+	ALTER TABLE peers ADD COLUMN registered_at bigint NOT NULL DEFAULT 0;
+	CREATE INDEX peers_net ON peers (net, last_seen);
+	CREATE INDEX peers_peer_id_c ON peers (peer_id COLLATE "C");
+	CREATE TABLE tracker (id text NOT NULL);
+	INSERT INTO tracker (id) VALUES (md5(random()::text || clock_timestamp()::text || pg_backend_pid()::text));`,
 }
 
 // pgMigrateLock is the pg_advisory_xact_lock key migrations run under
@@ -110,6 +123,10 @@ func OpenPostgres(ctx context.Context, url string) (*Postgres, error) {
 	if err := p.migrate(ctx); err != nil {
 		p.Close()
 		return nil, oneLine(err)
+	}
+	if err := p.r.QueryRow(ctx, `SELECT id FROM tracker`).Scan(&p.id); err != nil {
+		p.Close()
+		return nil, fmt.Errorf("reading the tracker ID: %w", err)
 	}
 	return p, nil
 }
@@ -184,50 +201,86 @@ func (p *Postgres) inTx(ctx context.Context, fn func(pgx.Tx) error) error {
 // lockPeer reads the peer's row inside tx and locks it until the
 // transaction ends; ok is false if there is none.
 func lockPeer(ctx context.Context, tx pgx.Tx, peerID string) (row peerRow, ok bool, err error) {
-	err = tx.QueryRow(ctx, `SELECT id, last_seen, last_ts, packages FROM peers WHERE peer_id = $1 FOR UPDATE`, peerID).
-		Scan(&row.id, &row.lastSeen, &row.lastTS, &row.packages)
+	err = tx.QueryRow(ctx, `SELECT id, last_seen, last_ts, packages, net FROM peers WHERE peer_id = $1 FOR UPDATE`, peerID).
+		Scan(&row.id, &row.lastSeen, &row.lastTS, &row.packages, &row.net)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return row, false, nil
 	}
 	return row, err == nil, err
 }
 
-func (p *Postgres) UpsertPeer(ctx context.Context, peerID string, addrs []string, ts int64, now, liveSince time.Time) (bool, error) {
+// pgNetFull reports a *QuotaError when net has max live peers already.
+// Registrations from one network are serialised by an advisory lock on
+// it, so trackers sharing the database cannot overshoot together.
+func pgNetFull(ctx context.Context, tx pgx.Tx, net string, max int, liveSince time.Time) error {
+	if net == "" || max <= 0 {
+		return nil
+	}
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1, hashtext($2))`, pgNetLock, net); err != nil {
+		return err
+	}
+	var n int
+	if err := tx.QueryRow(ctx, `SELECT count(*) FROM peers WHERE net = $1 AND last_seen >= $2`, net, liveSince.UnixMilli()).Scan(&n); err != nil {
+		return err
+	}
+	if n >= max {
+		return &QuotaError{What: "live peers per source network (" + net + ")", Limit: int64(max)}
+	}
+	return nil
+}
+
+// pgNetLock is the first key of the advisory locks on source networks
+// ("pxnt" in ASCII).
+const pgNetLock int32 = 0x70786e74
+
+func (p *Postgres) UpsertPeer(ctx context.Context, a Announce) (bool, error) {
+	addrs := a.Addrs
 	if addrs == nil {
 		addrs = []string{}
 	}
+	now := a.Now.UnixMilli()
 	var fresh bool
 	err := p.inTx(ctx, func(tx pgx.Tx) error {
 		// Lock the row, or insert it if there is none; if another
 		// transaction inserts it first, lock it on the next round.
 		for range 3 {
-			row, ok, err := lockPeer(ctx, tx, peerID)
+			row, ok, err := lockPeer(ctx, tx, a.PeerID)
 			if err != nil {
 				return err
 			}
 			if !ok {
+				if err := pgNetFull(ctx, tx, a.Net, a.MaxPeersPerNet, a.LiveSince); err != nil {
+					return err
+				}
 				var id int64
-				err := tx.QueryRow(ctx, `INSERT INTO peers (peer_id, addrs, last_seen, last_ts) VALUES ($1, $2, $3, $4)
-					ON CONFLICT (peer_id) DO NOTHING RETURNING id`, peerID, addrs, now.UnixMilli(), ts).Scan(&id)
+				err := tx.QueryRow(ctx, `INSERT INTO peers (peer_id, addrs, last_seen, last_ts, net, registered_at) VALUES ($1, $2, $3, $4, $5, $3)
+					ON CONFLICT (peer_id) DO NOTHING RETURNING id`, a.PeerID, addrs, now, a.TS, a.Net).Scan(&id)
 				if errors.Is(err, pgx.ErrNoRows) {
 					continue
 				}
 				fresh = err == nil
 				return err
 			}
-			if ts <= row.lastTS {
-				return &ReplayError{TS: ts, LastTS: row.lastTS}
+			if a.TS <= row.lastTS {
+				return &ReplayError{TS: a.TS, LastTS: row.lastTS}
 			}
-			fresh = row.lastSeen < liveSince.UnixMilli()
-			if fresh && row.packages > 0 {
+			fresh = row.lastSeen < a.LiveSince.UnixMilli()
+			if !fresh {
+				_, err = tx.Exec(ctx, `UPDATE peers SET addrs = $1, last_seen = $2, last_ts = $3, net = $4 WHERE id = $5`,
+					addrs, now, a.TS, a.Net, row.id)
+				return err
+			}
+			if err := pgNetFull(ctx, tx, a.Net, a.MaxPeersPerNet, a.LiveSince); err != nil {
+				return err
+			}
+			if row.packages > 0 {
 				// Its old hashes (expired, not yet swept) must not reappear.
 				if _, err := tx.Exec(ctx, `DELETE FROM packages WHERE peer = $1`, row.id); err != nil {
 					return err
 				}
-				row.packages = 0
 			}
-			_, err = tx.Exec(ctx, `UPDATE peers SET addrs = $1, last_seen = $2, last_ts = $3, packages = $4 WHERE id = $5`,
-				addrs, now.UnixMilli(), ts, row.packages, row.id)
+			_, err = tx.Exec(ctx, `UPDATE peers SET addrs = $1, last_seen = $2, last_ts = $3, packages = 0, net = $4, registered_at = $2 WHERE id = $5`,
+				addrs, now, a.TS, a.Net, row.id)
 			return err
 		}
 		return errors.New("peer row inserted and deleted under us three times")
@@ -235,35 +288,59 @@ func (p *Postgres) UpsertPeer(ctx context.Context, peerID string, addrs []string
 	return fresh, err
 }
 
-func (p *Postgres) SetPackages(ctx context.Context, peerID string, ts int64, liveSince time.Time, full bool, add, remove []string) (int64, error) {
-	addB, err := decodeHashes(add)
+func (p *Postgres) SetPackages(ctx context.Context, u PackagesUpdate) (int64, error) {
+	addB, err := decodeHashes(u.Add)
 	if err != nil {
 		return 0, err
 	}
-	removeB, err := decodeHashes(remove)
+	removeB, err := decodeHashes(u.Remove)
 	if err != nil {
 		return 0, err
 	}
 	addB, removeB = sortUnique(addB), sortUnique(removeB)
+	if u.Full && u.MaxHashes > 0 && int64(len(addB)) > u.MaxHashes {
+		return 0, &QuotaError{What: "hashes per peer", Limit: u.MaxHashes}
+	}
 	var count int64
 	err = p.inTx(ctx, func(tx pgx.Tx) error {
-		row, ok, err := lockPeer(ctx, tx, peerID)
+		var err error
+		count, err = pgSetPackagesTx(ctx, tx, u, addB, removeB)
+		return err
+	})
+	return count, err
+}
+
+// pgSetPackagesTx applies u inside tx (addB, removeB: u's hashes
+// decoded, sorted and unique).
+//
+// PostgreSQL updates are not grouped (group.go): a group runs its updates
+// one after another on one connection, a round trip per statement, where
+// separate transactions run side by side on several and PostgreSQL
+// already shares one WAL flush among commits that wait at once. Measured
+// (BenchmarkDeltaP99, 8 deltas at once): p99 19.7 ms grouped, 14.3 ms not.
+// Nor is a small delta one statement (a CTE of the removals, additions
+// and count after the row lock: 4 round trips instead of 7): p99 7.8 and
+// 9.1 ms against 7.8 and 8.9 ms as it is, two interleaved runs.
+func pgSetPackagesTx(ctx context.Context, tx pgx.Tx, u PackagesUpdate, addB, removeB [][]byte) (int64, error) {
+	var count int64
+	err := func() error {
+		row, ok, err := lockPeer(ctx, tx, u.PeerID)
 		if err != nil {
 			return err
 		}
 		if !ok {
 			return ErrUnknownPeer
 		}
-		if ts <= row.lastTS {
-			return &ReplayError{TS: ts, LastTS: row.lastTS}
+		if u.TS <= row.lastTS {
+			return &ReplayError{TS: u.TS, LastTS: row.lastTS}
 		}
-		if row.lastSeen < liveSince.UnixMilli() {
+		if row.lastSeen < u.LiveSince.UnixMilli() {
 			return ErrUnknownPeer
 		}
 		count = row.packages
 		add, remove := addB, removeB
 		allNew := false // add holds no hash the peer has
-		if full {
+		if u.Full {
 			// Apply the difference to what is stored, as SQLite does: a
 			// peer resending the same set costs a read, not a rewrite.
 			remove = nil
@@ -302,6 +379,9 @@ func (p *Postgres) SetPackages(ctx context.Context, peerID string, ts int64, liv
 			}
 			allNew = true
 		}
+		if allNew && u.MaxHashes > 0 && count+int64(len(add)) > u.MaxHashes && len(add) > 0 {
+			return &QuotaError{What: "hashes per peer", Limit: u.MaxHashes}
+		}
 		switch {
 		case len(add) >= copyThreshold && allNew:
 			// COPY cannot skip duplicates; the lock on the peer's row
@@ -320,10 +400,26 @@ func (p *Postgres) SetPackages(ctx context.Context, peerID string, ts int64, liv
 			}
 			count += tag.RowsAffected()
 		}
-		_, err = tx.Exec(ctx, `UPDATE peers SET last_ts = $1, packages = $2 WHERE id = $3`, ts, count, row.id)
+		if u.MaxHashes > 0 && count > u.MaxHashes && count > row.packages {
+			return &QuotaError{What: "hashes per peer", Limit: u.MaxHashes}
+		}
+		if row.net != "" && u.MaxNetHashes > 0 && count > row.packages {
+			var others int64
+			if err := tx.QueryRow(ctx, `SELECT coalesce(sum(packages), 0) FROM peers WHERE net = $1 AND last_seen >= $2 AND id != $3`,
+				row.net, u.LiveSince.UnixMilli(), row.id).Scan(&others); err != nil {
+				return err
+			}
+			if others+count > u.MaxNetHashes {
+				return &QuotaError{What: "hashes per source network (" + row.net + ")", Limit: u.MaxNetHashes}
+			}
+		}
+		_, err = tx.Exec(ctx, `UPDATE peers SET last_ts = $1, packages = $2 WHERE id = $3`, u.TS, count, row.id)
 		return err
-	})
-	return count, err
+	}()
+	if err != nil {
+		return 0, err
+	}
+	return count, nil
 }
 
 // sortUnique sorts hashes and drops duplicates: in key order, inserts go
@@ -408,35 +504,82 @@ func (p *Postgres) RemovePeer(ctx context.Context, peerID string, ts int64, live
 	return removed, err
 }
 
-func (p *Postgres) Find(ctx context.Context, hash string, liveSince time.Time, limit int) ([]PeerInfo, error) {
+func (p *Postgres) Holders(ctx context.Context, hash string, liveSince time.Time, max int) ([]Holder, error) {
 	h, err := nixbase32.DecodeString(hash)
 	if err != nil || len(h) != 20 {
 		return nil, fmt.Errorf("invalid hash %q", hash)
 	}
-	return p.queryPeers(ctx, `SELECT p.peer_id, p.addrs, p.last_seen, p.packages
+	rows, err := p.r.Query(ctx, `SELECT k.peer, p.net, p.registered_at
 		FROM packages k JOIN peers p ON p.id = k.peer
 		WHERE k.hash = $1 AND p.last_seen >= $2
-		ORDER BY p.last_seen DESC, p.id LIMIT $3`, h, liveSince.UnixMilli(), limit)
+		ORDER BY k.peer LIMIT $3`, h, liveSince.UnixMilli(), max)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Holder, error) {
+		var x Holder
+		err := r.Scan(&x.Key, &x.Net, &x.Since)
+		return x, err
+	})
 }
 
-func (p *Postgres) Peers(ctx context.Context, liveSince time.Time) ([]PeerInfo, error) {
-	return p.queryPeers(ctx, `SELECT peer_id, addrs, last_seen, packages FROM peers
-		WHERE last_seen >= $1 ORDER BY peer_id`, liveSince.UnixMilli())
+func (p *Postgres) Describe(ctx context.Context, keys []int64, liveSince time.Time) ([]Described, error) {
+	if len(keys) == 0 {
+		return []Described{}, nil
+	}
+	peers, err := p.queryPeers(ctx, `SELECT peer_id, addrs, last_seen, packages, id FROM peers
+		WHERE id = ANY($1) AND last_seen >= $2`, keys, liveSince.UnixMilli())
+	if err != nil {
+		return nil, err
+	}
+	return inKeyOrder(peers, keys), nil
 }
 
-func (p *Postgres) queryPeers(ctx context.Context, query string, args ...any) ([]PeerInfo, error) {
+func (p *Postgres) Peers(ctx context.Context, liveSince time.Time, after string, limit int) ([]trackerapi.PeerInfo, error) {
+	// COLLATE "C": peer IDs sort by their bytes, as in SQLite, whatever
+	// the database's collation.
+	peers, err := p.queryPeers(ctx, `SELECT peer_id, addrs, last_seen, packages, id FROM peers
+		WHERE peer_id COLLATE "C" > $1 AND last_seen >= $2 ORDER BY peer_id COLLATE "C" LIMIT $3`, after, liveSince.UnixMilli(), limit)
+	out := make([]trackerapi.PeerInfo, len(peers))
+	for i, p := range peers {
+		out[i] = p.PeerInfo
+	}
+	return out, err
+}
+
+func (p *Postgres) Live(ctx context.Context, peerID string, liveSince time.Time) (bool, error) {
+	var lastSeen int64
+	err := p.r.QueryRow(ctx, `SELECT last_seen FROM peers WHERE peer_id = $1`, peerID).Scan(&lastSeen)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil
+	}
+	return err == nil && lastSeen >= liveSince.UnixMilli(), err
+}
+
+func (p *Postgres) Rows(ctx context.Context) (int64, error) {
+	var n int64
+	err := p.r.QueryRow(ctx, `SELECT coalesce(sum(packages), 0)::bigint FROM peers`).Scan(&n)
+	return n, err
+}
+
+// TrackerID names the database (made with it: migration 2), so that
+// trackers sharing it accept each other's peers' writes.
+func (p *Postgres) TrackerID() string { return p.id }
+
+// queryPeers reads peer_id, addrs, last_seen, packages, id.
+func (p *Postgres) queryPeers(ctx context.Context, query string, args ...any) ([]Described, error) {
 	rows, err := p.r.Query(ctx, query, args...)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	peers := []PeerInfo{}
+	peers := []Described{}
 	for rows.Next() {
 		var (
-			pi       PeerInfo
+			pi       Described
 			lastSeen int64
 		)
-		if err := rows.Scan(&pi.PeerID, &pi.Addrs, &lastSeen, &pi.Packages); err != nil {
+		if err := rows.Scan(&pi.PeerID, &pi.Addrs, &lastSeen, &pi.Packages, &pi.Key); err != nil {
 			return nil, err
 		}
 		if pi.Addrs == nil {

@@ -191,18 +191,18 @@ func TestConcurrentSweeps(t *testing.T) {
 	const peers = 16
 	for i := range peers {
 		id := newSigner(t).id.String()
-		if _, err := regs[i%4].UpsertPeer(ctx, id, nil, past.UnixMilli(), past, past.Add(-time.Minute)); err != nil {
+		if _, err := upsert(ctx, regs[i%4], id, nil, past.UnixMilli(), past, past.Add(-time.Minute)); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := regs[i%4].SetPackages(ctx, id, past.UnixMilli()+1, past.Add(-time.Minute), true, hashes(i*sweepChunk, sweepChunk+i), nil); err != nil {
+		if _, err := setPackages(ctx, regs[i%4], id, past.UnixMilli()+1, past.Add(-time.Minute), true, hashes(i*sweepChunk, sweepChunk+i), nil); err != nil {
 			t.Fatal(err)
 		}
 	}
 	live := newSigner(t).id.String()
-	if _, err := regs[0].UpsertPeer(ctx, live, nil, now.UnixMilli(), now, now.Add(-time.Minute)); err != nil {
+	if _, err := upsert(ctx, regs[0], live, nil, now.UnixMilli(), now, now.Add(-time.Minute)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := regs[0].SetPackages(ctx, live, now.UnixMilli()+1, now.Add(-time.Minute), true, hashes(0, 10), nil); err != nil {
+	if _, err := setPackages(ctx, regs[0], live, now.UnixMilli()+1, now.Add(-time.Minute), true, hashes(0, 10), nil); err != nil {
 		t.Fatal(err)
 	}
 	var wg sync.WaitGroup
@@ -233,7 +233,7 @@ func TestConcurrentSweeps(t *testing.T) {
 	if rows != 10 || peerRows != 1 {
 		t.Fatalf("left %d hash rows and %d peers, want 10 and 1", rows, peerRows)
 	}
-	if got, _ := regs[1].Find(ctx, hashN(3), now.Add(-time.Minute), 10); len(got) != 1 || got[0].PeerID != live || got[0].Packages != 10 {
+	if got, _ := findAll(ctx, regs[1], hashN(3), now.Add(-time.Minute), 10); len(got) != 1 || got[0].PeerID != live || got[0].Packages != 10 {
 		t.Fatalf("live peer: %+v", got)
 	}
 }
@@ -286,11 +286,11 @@ func TestPostgresEachHash(t *testing.T) {
 	want := map[string]bool{}
 	for i := range 3 {
 		id := newSigner(t).id.String()
-		if _, err := db.UpsertPeer(ctx, id, nil, 1, now, now.Add(-time.Minute)); err != nil {
+		if _, err := upsert(ctx, db, id, nil, 1, now, now.Add(-time.Minute)); err != nil {
 			t.Fatal(err)
 		}
 		set := hashes(i*100, 150) // overlapping sets
-		if _, err := db.SetPackages(ctx, id, 2, now.Add(-time.Minute), true, set, nil); err != nil {
+		if _, err := setPackages(ctx, db, id, 2, now.Add(-time.Minute), true, set, nil); err != nil {
 			t.Fatal(err)
 		}
 		for _, h := range set {

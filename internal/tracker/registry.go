@@ -1,7 +1,9 @@
 // Package tracker is `peerix tracker`: the registry of peers and of the store
-// hashes they share (HTTP API /v1, docs/protocol.md section 3), its storage,
-// the circuit relay v2 the tracker host runs for peers behind NAT, and the
-// client that peers use to talk to it.
+// hashes they share (HTTP API /v1, docs/protocol.md section 3), its storage
+// (SQLite, PostgreSQL), its defences against abuse (holder selection,
+// quotas, rate limits) and the circuit relay v2 the tracker host runs for
+// peers behind NAT. Peers never import it: what they need (the wire types
+// and the client) is internal/tracker/trackerapi.
 package tracker
 
 import (
@@ -9,6 +11,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/peerix/peerix/internal/tracker/trackerapi"
 )
 
 // Registry stores peers and the hashes they hold. Implementations are safe
@@ -19,29 +23,49 @@ import (
 // *ReplayError unless ts is greater than the last ts accepted from that
 // peer; check and write are one transaction.
 type Registry interface {
-	// UpsertPeer registers the peer or refreshes its addresses, setting its
-	// last_seen to now (a heartbeat). A peer that was not live (unknown,
-	// last seen before liveSince, or deregistered) starts with no hashes;
-	// fresh reports that case, so the peer knows to send its full set.
-	UpsertPeer(ctx context.Context, peerID string, addrs []string, ts int64, now, liveSince time.Time) (fresh bool, err error)
+	// UpsertPeer registers the peer or refreshes its addresses and source
+	// network, setting its last_seen to a.Now (a heartbeat). A peer that
+	// was not live (unknown, last seen before a.LiveSince, or
+	// deregistered) starts with no hashes and a registration time of
+	// a.Now; fresh reports that case, so the peer knows to send its full
+	// set. Registering a new peer from a network that has a.MaxPeersPerNet
+	// live peers already fails with a *QuotaError.
+	UpsertPeer(ctx context.Context, a Announce) (fresh bool, err error)
 
-	// SetPackages replaces the peer's hashes with add (full) or removes
-	// remove and then adds add (delta). It returns how many hashes the
-	// registry holds for the peer afterwards. A peer that is not live gets
-	// ErrUnknownPeer. Hashes are valid store hash parts (store.ValidHash).
-	SetPackages(ctx context.Context, peerID string, ts int64, liveSince time.Time, full bool, add, remove []string) (count int64, err error)
+	// SetPackages replaces the peer's hashes with u.Add (u.Full) or
+	// removes u.Remove and then adds u.Add (a delta). It returns how many
+	// hashes the registry holds for the peer afterwards. A peer that is
+	// not live gets ErrUnknownPeer; a request that would leave the peer
+	// with more than u.MaxHashes, or its network's live peers with more
+	// than u.MaxNetHashes, a *QuotaError (and changes nothing). Hashes
+	// are valid store hash parts (store.ValidHash).
+	SetPackages(ctx context.Context, u PackagesUpdate) (count int64, err error)
 
 	// RemovePeer deregisters the peer: it and its hashes are gone at once.
 	// The replay guard (its last ts) is kept until the sweep. It reports
 	// whether the peer was live.
 	RemovePeer(ctx context.Context, peerID string, ts int64, liveSince time.Time) (removed bool, err error)
 
-	// Find returns up to limit live peers holding hash, most recently seen
-	// first.
-	Find(ctx context.Context, hash string, liveSince time.Time, limit int) ([]PeerInfo, error)
+	// Holders lists up to max live peers holding hash, cheaply (no
+	// addresses), in the order of the registry's peer keys: peers that
+	// registered earlier (and stayed) come first.
+	Holders(ctx context.Context, hash string, liveSince time.Time, max int) ([]Holder, error)
 
-	// Peers returns the live peers, ordered by peer ID.
-	Peers(ctx context.Context, liveSince time.Time) ([]PeerInfo, error)
+	// Describe returns the peers with the given keys (from Holders) that
+	// are still live, in the order of keys.
+	Describe(ctx context.Context, keys []int64, liveSince time.Time) ([]Described, error)
+
+	// Peers returns up to limit live peers whose IDs sort after after
+	// ("": from the first), ordered by peer ID.
+	Peers(ctx context.Context, liveSince time.Time, after string, limit int) ([]trackerapi.PeerInfo, error)
+
+	// Live reports whether the peer is registered and was seen since
+	// liveSince (the relay asks before it takes a reservation).
+	Live(ctx context.Context, peerID string, liveSince time.Time) (bool, error)
+
+	// Rows is how many hash rows the registry holds (of live peers and of
+	// expired ones not yet swept): an upper bound of the distinct hashes.
+	Rows(ctx context.Context) (int64, error)
 
 	// Sweep deletes the hashes of peers not seen since liveSince, and the
 	// peers themselves once their last ts is older than tsBefore (Unix ms;
@@ -53,15 +77,70 @@ type Registry interface {
 	// registry has no record of it.
 	LastTS(ctx context.Context, peerID string) (int64, bool, error)
 
+	// TrackerID names the database: created with it, shared by every
+	// tracker using it. Writes are signed for it (trackerapi.SignedMessage).
+	TrackerID() string
+
 	Close() error
+}
+
+// Announce is a registration or heartbeat (POST /v1/announce) as the
+// registry takes it.
+type Announce struct {
+	PeerID string
+	Addrs  []string // canonical, filtered (trackerapi.CheckAddr)
+	// Net is the source network the announce came from (sourceNet): what
+	// holder selection spreads over and quotas count by. "" for sources
+	// exempt from network quotas (loopback).
+	Net string
+	TS  int64
+	Now time.Time
+	// LiveSince: peers seen before are expired.
+	LiveSince time.Time
+	// MaxPeersPerNet: a new registration from Net when it has this many
+	// live peers already is refused (0: no limit; never for Net "").
+	MaxPeersPerNet int
+}
+
+// PackagesUpdate is a packages request (POST /v1/packages) as the registry
+// takes it.
+type PackagesUpdate struct {
+	PeerID    string
+	TS        int64
+	LiveSince time.Time
+	Full      bool
+	Add       []string
+	Remove    []string
+	// MaxHashes bounds the peer's set (0: no limit).
+	MaxHashes int64
+	// MaxNetHashes bounds the hashes of all live peers of the peer's
+	// network together (0: no limit; none for the network "").
+	MaxNetHashes int64
+}
+
+// Described is a peer as Describe and the listings read it: its
+// description and the registry's key.
+type Described struct {
+	trackerapi.PeerInfo
+	Key int64
+}
+
+// Holder is a live holder of a hash as Holders lists it: what choosing
+// among holders needs, without the addresses.
+type Holder struct {
+	Key int64  // the registry's handle of the peer, for Describe
+	Net string // its source network
+	// Since is when its current registration began (Unix ms): how long
+	// it has stayed.
+	Since int64
 }
 
 // ErrUnknownPeer: a write that needs a registered, live peer came from one
 // that is not (never announced, expired or deregistered).
-var ErrUnknownPeer = errors.New("unknown peer: announce first")
+var ErrUnknownPeer = trackerapi.ErrUnknownPeer
 
 // ErrReplay is what a *ReplayError matches with errors.Is.
-var ErrReplay = errors.New("replayed or out-of-order ts")
+var ErrReplay = trackerapi.ErrReplay
 
 // ReplayError refuses a write whose ts is not greater than the last one
 // accepted from the peer.
@@ -75,3 +154,19 @@ func (e *ReplayError) Error() string {
 
 // Is makes errors.Is(err, ErrReplay) true.
 func (e *ReplayError) Is(target error) bool { return target == ErrReplay }
+
+// ErrQuota is what a *QuotaError matches with errors.Is.
+var ErrQuota = errors.New("over quota")
+
+// QuotaError refuses a write that would exceed a quota.
+type QuotaError struct {
+	What  string // "hashes per peer", "hashes per network", "peers per network"
+	Limit int64
+}
+
+func (e *QuotaError) Error() string {
+	return fmt.Sprintf("over the tracker's quota of %d %s", e.Limit, e.What)
+}
+
+// Is makes errors.Is(err, ErrQuota) true.
+func (e *QuotaError) Is(target error) bool { return target == ErrQuota }

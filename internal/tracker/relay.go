@@ -27,6 +27,7 @@ import (
 	manet "github.com/multiformats/go-multiaddr/net"
 
 	"github.com/peerix/peerix/internal/portcheck"
+	"github.com/peerix/peerix/internal/tracker/trackerapi"
 )
 
 // IdentityFile is the tracker relay's key file, next to the SQLite database.
@@ -40,17 +41,31 @@ type Relay struct {
 	port int
 }
 
+// Relayed connections are limited to RelayMaxDuration and RelayMaxData
+// (each direction): sized for NAR transfers between registered peers
+// (a 4 GiB NAR through a relay at 1 MB/s takes 70 minutes), not for
+// carrying anything for anyone. A peer that meets a limit mid-NAR loses
+// the relayed connection; its transfer resumes at the byte it reached over
+// a new one (a new circuit starts with fresh limits) or from another
+// holder, and DCUtR usually moves the pair to a direct connection long
+// before.
+const (
+	RelayMaxDuration = 2 * time.Hour
+	RelayMaxData     = 8 << 30
+)
+
 // RelayResources are the relay's limits, fit for NAR transfers. The libp2p
 // defaults reset a relayed connection after 128 KiB or 2 minutes, which no
-// NAR survives; here relayed connections are unlimited in data and time
-// (so they are not "limited" connections either, and peers need no
-// WithAllowLimitedConn), and the buffer is 1 MiB per direction, which
-// roughly doubles relayed throughput over the 2 KiB default. What bounds
-// the relay instead is the resource manager's memory for the relay service
+// NAR survives; here a relayed connection may carry RelayMaxData each way
+// for RelayMaxDuration (peers open their streams with
+// network.WithAllowLimitedConn, as relayed connections with limits are
+// "limited" to libp2p), and the buffer is 1 MiB per direction, which
+// roughly doubles relayed throughput over the 2 KiB default. The relay's
+// memory is bounded by the resource manager's budget for the relay service
 // (relayResourceManager): a circuit costs 2 MiB of buffers.
 func RelayResources() relayv2.Resources {
 	rc := relayv2.DefaultResources()
-	rc.Limit = nil
+	rc.Limit = &relayv2.RelayLimit{Duration: RelayMaxDuration, Data: RelayMaxData}
 	rc.BufferSize = 1 << 20
 	rc.ReservationTTL = time.Hour
 	rc.MaxReservations = 1024
@@ -86,10 +101,20 @@ func relayResourceManager() (network.ResourceManager, error) {
 	return rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits.AutoScale()))
 }
 
+// RelayOptions configure a relay.
+type RelayOptions struct {
+	// Admission decides who may reserve a slot and be an end of a
+	// circuit (relayv2.ACLFilter); the tracker passes an *Admission that
+	// admits only peers registered with it. nil admits everyone.
+	Admission relayv2.ACLFilter
+	// Resources; nil: RelayResources().
+	Resources *relayv2.Resources
+}
+
 // StartRelay starts the relay host with identity key, listening on TCP and
 // QUIC at port (0: any port free for both) on each of ips ("0.0.0.0", "::"
 // or specific addresses).
-func StartRelay(key crypto.PrivKey, ips []string, port int, log *slog.Logger) (*Relay, error) {
+func StartRelay(key crypto.PrivKey, ips []string, port int, o RelayOptions, log *slog.Logger) (*Relay, error) {
 	if len(ips) == 0 {
 		return nil, errors.New("relay: no listen address")
 	}
@@ -99,7 +124,7 @@ func StartRelay(key crypto.PrivKey, ips []string, port int, log *slog.Logger) (*
 		if err := portcheck.Free(port, ips...); err != nil {
 			return nil, err
 		}
-		return startRelay(key, ips, port, log)
+		return startRelay(key, ips, port, o, log)
 	}
 	// One port number for TCP and QUIC keeps the addresses predictable.
 	var lastErr error
@@ -108,7 +133,7 @@ func StartRelay(key crypto.PrivKey, ips []string, port int, log *slog.Logger) (*
 		if err != nil {
 			return nil, fmt.Errorf("relay: finding a free port: %w", err)
 		}
-		r, err := startRelay(key, ips, p, log)
+		r, err := startRelay(key, ips, p, o, log)
 		if err == nil {
 			return r, nil
 		}
@@ -132,7 +157,7 @@ func freePort(ip string) (int, error) {
 	return port, nil
 }
 
-func startRelay(key crypto.PrivKey, ips []string, port int, log *slog.Logger) (*Relay, error) {
+func startRelay(key crypto.PrivKey, ips []string, port int, o RelayOptions, log *slog.Logger) (*Relay, error) {
 	var listen []ma.Multiaddr
 	for _, s := range ips {
 		ip := net.ParseIP(s)
@@ -194,7 +219,15 @@ func startRelay(key crypto.PrivKey, ips []string, port int, log *slog.Logger) (*
 	// The service is started here, not by EnableRelayService, so that it
 	// runs as soon as StartRelay returns instead of after a reachability
 	// event.
-	svc, err := relayv2.New(h, relayv2.WithResources(RelayResources()))
+	rc := RelayResources()
+	if o.Resources != nil {
+		rc = *o.Resources
+	}
+	opts := []relayv2.Option{relayv2.WithResources(rc)}
+	if o.Admission != nil {
+		opts = append(opts, relayv2.WithACL(o.Admission))
+	}
+	svc, err := relayv2.New(h, opts...)
 	if err != nil {
 		h.Close()
 		return nil, fmt.Errorf("relay: %w", err)
@@ -235,7 +268,7 @@ func (r *Relay) Addrs() []ma.Multiaddr {
 // addresses it lists that name at the relay's port: a tracker on a cloud
 // machine behind 1:1 NAT knows only its private address, while its peers
 // reach it by a public name or address.
-func (r *Relay) Info(reqHost string) *PeerAddrs {
+func (r *Relay) Info(reqHost string) *trackerapi.PeerAddrs {
 	addrs := r.Addrs()
 	seen := make(map[string]bool, len(addrs))
 	out := make([]string, 0, len(addrs)+2)
@@ -249,7 +282,7 @@ func (r *Relay) Info(reqHost string) *PeerAddrs {
 			out = append(out, s)
 		}
 	}
-	return &PeerAddrs{PeerID: r.host.ID().String(), Addrs: out}
+	return &trackerapi.PeerAddrs{PeerID: r.host.ID().String(), Addrs: out}
 }
 
 // hostAddrs turns an HTTP Host header into relay addresses at port; none

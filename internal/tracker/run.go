@@ -14,8 +14,10 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/peerix/peerix/internal/config"
+	"github.com/peerix/peerix/internal/tracker/trackerapi"
 )
 
 // ShutdownGrace bounds a graceful shutdown after the context ends.
@@ -84,17 +86,22 @@ func New(cfg *config.Tracker, log *slog.Logger) (*Tracker, error) {
 		t.reg.Close()
 		return nil, fmt.Errorf("--listen %s: %w", cfg.Listen, err)
 	}
-	t.relay, err = StartRelay(key, relayIPs(t.ln.Addr()), cfg.RelayPort, log.With("part", "relay"))
+	// The relay admits only peers live in the registry; the API tells it
+	// of new registrations, so a reservation made while its peer's first
+	// announce is under way need not wait for the database.
+	adm := NewAdmission(func(ctx context.Context, id peer.ID) (bool, error) { return t.api.Live(ctx, id) }, log.With("part", "relay"))
+	t.api = NewServer(t.reg, ServerOptions{
+		TTL:        cfg.PeerTTL,
+		Relay:      func(host string) *trackerapi.PeerAddrs { return t.relay.Info(host) },
+		Registered: adm.Registered,
+		Log:        log,
+	})
+	t.relay, err = StartRelay(key, relayIPs(t.ln.Addr()), cfg.RelayPort, RelayOptions{Admission: adm}, log.With("part", "relay"))
 	if err != nil {
 		t.ln.Close()
 		t.reg.Close()
 		return nil, fmt.Errorf("--relay-port %d: %w", cfg.RelayPort, err) // errors say "relay: ..."
 	}
-	t.api = NewServer(t.reg, ServerOptions{
-		TTL:   cfg.PeerTTL,
-		Relay: t.relay.Info,
-		Log:   log,
-	})
 	t.server = &http.Server{
 		Handler:           t.api,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -157,6 +164,17 @@ func (t *Tracker) Run(ctx context.Context) error {
 		defer close(swept)
 		t.sweep(sweepCtx)
 	}()
+	checkpointed := make(chan struct{})
+	go func() {
+		defer close(checkpointed)
+		if db, ok := t.reg.(*SQLite); ok {
+			if err := db.RunCheckpoints(sweepCtx); err != nil {
+				// The writer checkpoints again (at its default), as
+				// before.
+				t.log.Warn("background WAL checkpoints stopped", "err", err)
+			}
+		}
+	}()
 
 	served := make(chan error, 1)
 	go func() { served <- t.server.Serve(t.ln) }()
@@ -176,6 +194,7 @@ func (t *Tracker) Run(ctx context.Context) error {
 	}
 	stopSweep()
 	<-swept
+	<-checkpointed
 	return errors.Join(err, t.relay.Close(), t.reg.Close())
 }
 

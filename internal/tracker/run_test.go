@@ -67,7 +67,7 @@ func TestRun(t *testing.T) {
 	// Silent for longer than the TTL: gone from reads, and swept.
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		all, err := tr.reg.Find(ctx, hashN(3), time.Time{}, 10)
+		all, err := findAll(ctx, tr.reg, hashN(3), time.Time{}, 10)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
@@ -327,9 +328,58 @@ func testFindLimit(t *testing.T, be backend) {
 		clock.Advance(time.Duration(i+1) * time.Millisecond)
 	}
 	got := findIDs(t, s, hashN(7)+"?limit=2")
-	// Most recently seen first.
-	if want := []string{ids[4], ids[3]}; !slices.Equal(got, want) {
+	// One source network: the longest registered first (in any order).
+	slices.Sort(got)
+	want := []string{ids[0], ids[1]}
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
 		t.Fatalf("got %v, want %v", got, want)
+	}
+	if all := findIDs(t, s, hashN(7)); len(all) != 5 {
+		t.Fatalf("find without limit: %d holders, want 5", len(all))
+	}
+}
+
+// TestFindSybils: 150 identities from two networks, registered after the
+// honest holders and heartbeating more often, do not push the honest
+// holders (each from its own network) out of /v1/find.
+func TestFindSybils(t *testing.T) { eachBackend(t, testFindSybils) }
+
+func testFindSybils(t *testing.T, be backend) {
+	s, _, clock := newTestServer(t, be, time.Minute)
+	h := hashN(9)
+	var honest []string
+	for i := range 3 {
+		p := newSigner(t)
+		from := fmt.Sprintf("203.0.%d.5:4000", 113+i)
+		p.announceFrom(t, s, ms(clock.Now()), from)
+		p.packagesFrom(t, s, ms(clock.Now())+1, from, []string{h})
+		honest = append(honest, p.id.String())
+	}
+	clock.Advance(time.Second)
+	junk := []string{"/dns/" + strings.Repeat("x", 200) + ".example/tcp/1"}
+	var sybils []signer
+	for i := range 150 {
+		p := newSigner(t)
+		from := fmt.Sprintf("198.51.%d.%d:5000", 100+i%2, 1+i%200)
+		p.announceFrom(t, s, ms(clock.Now()), from, junk...)
+		p.packagesFrom(t, s, ms(clock.Now())+1, from, []string{h})
+		sybils = append(sybils, p)
+	}
+	for round := range 20 {
+		clock.Advance(2 * time.Second)
+		for _, p := range sybils[round%10*15 : round%10*15+15] { // heartbeats, newest last_seen
+			p.announceFrom(t, s, ms(clock.Now()), "198.51.100.1:5000", junk...)
+		}
+		got := findIDs(t, s, h)
+		if len(got) != DefaultFindLimit {
+			t.Fatalf("round %d: %d holders, want %d", round, len(got), DefaultFindLimit)
+		}
+		for _, id := range honest {
+			if !slices.Contains(got, id) {
+				t.Fatalf("round %d: honest holder %s not among the %d found", round, id, len(got))
+			}
+		}
 	}
 }
 
@@ -413,7 +463,7 @@ func testTTLExpiry(t *testing.T, be backend) {
 	if _, err := s.Sweep(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if all, _ := db.Find(ctx, hashN(1), time.Time{}, 10); len(all) != 1 {
+	if all, _ := findAll(ctx, db, hashN(1), time.Time{}, 10); len(all) != 1 {
 		t.Fatalf("sweep left %d rows for hash 1", len(all))
 	}
 	if ts, ok, _ := db.LastTS(ctx, a.id.String()); !ok || ts != ms(t0)+1 {
@@ -475,7 +525,7 @@ func testDeregister(t *testing.T, be backend) {
 	if got := peerIDs(t, s); !slices.Equal(got, []string{b.id.String()}) {
 		t.Fatalf("peers after delete: %v", got)
 	}
-	if all, _ := db.Find(context.Background(), hashN(1), time.Time{}, 10); len(all) != 1 {
+	if all, _ := findAll(context.Background(), db, hashN(1), time.Time{}, 10); len(all) != 1 {
 		t.Fatalf("delete left hash rows: %v", all)
 	}
 	// A captured announce signed before the DELETE cannot bring a back.

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -35,8 +36,9 @@ type trackerPeers struct {
 }
 
 type trackerInfo struct {
-	OK    bool `json:"ok"`
-	Relay *struct {
+	OK        bool   `json:"ok"`
+	TrackerID string `json:"tracker_id"`
+	Relay     *struct {
 		PeerID string   `json:"peer_id"`
 		Addrs  []string `json:"addrs"`
 	} `json:"relay"`
@@ -136,7 +138,7 @@ func sortedCopy(s []string) []string {
 const signatureHeader = "X-Peerix-Signature"
 
 // newPeerKey makes a libp2p ed25519 identity and returns it with its peer ID.
-func newPeerKey(t *testing.T) (crypto.PrivKey, string) {
+func newPeerKey(t testing.TB) (crypto.PrivKey, string) {
 	t.Helper()
 	key, _, err := crypto.GenerateEd25519Key(rand.Reader)
 	if err != nil {
@@ -149,16 +151,57 @@ func newPeerKey(t *testing.T) (crypto.PrivKey, string) {
 	return key, id.String()
 }
 
-// sign is the X-Peerix-Signature value for body: standard padded base64 of
-// the libp2p signature over the exact bytes.
-func sign(t *testing.T, key crypto.PrivKey, body []byte) string {
+// sign is the X-Peerix-Signature value of a write of body to route with
+// method at the tracker tr: "v2 " and standard padded base64 of the
+// libp2p signature over
+//
+//	"peerix-tracker-write/2\n" METHOD "\n" ROUTE "\n" TRACKER_ID "\n" BODY
+//
+// with TRACKER_ID from the tracker's /v1/info. A tracker that names no
+// tracker_id is older than signature v2: for it, as an attacker would,
+// sign v1 (base64 of a signature over the body alone).
+func (tr *peerixProc) sign(t testing.TB, key crypto.PrivKey, method, route string, body []byte) string {
 	t.Helper()
-	sig, err := key.Sign(body)
+	id := tr.trackerID(t)
+	if id == "" {
+		sig, err := key.Sign(body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return base64.StdEncoding.EncodeToString(sig)
+	}
+	return signV2(t, key, method, route, id, body)
+}
+
+// signV2 is a v2 signature value over method, route, trackerID and body.
+func signV2(t testing.TB, key crypto.PrivKey, method, route, trackerID string, body []byte) string {
+	t.Helper()
+	msg := []byte("peerix-tracker-write/2\n" + method + "\n" + route + "\n" + trackerID + "\n")
+	sig, err := key.Sign(append(msg, body...))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return base64.StdEncoding.EncodeToString(sig)
+	return "v2 " + base64.StdEncoding.EncodeToString(sig)
 }
+
+// trackerID is the tracker's ID from /v1/info ("" if it names none).
+func (tr *peerixProc) trackerID(t testing.TB) string {
+	t.Helper()
+	if v, ok := trackerIDs.Load(tr); ok {
+		return v.(string)
+	}
+	var info trackerInfo
+	code, body, err := getJSON(tr.client, tr.url+"/v1/info", &info)
+	if err != nil || code != http.StatusOK {
+		t.Fatalf("GET /v1/info: HTTP %d %v %.300s", code, err, body)
+	}
+	trackerIDs.Store(tr, info.TrackerID)
+	return info.TrackerID
+}
+
+// trackerIDs caches trackerID by tracker process: not by URL, which
+// trackers in different network namespaces share (127.0.0.1 and one port).
+var trackerIDs sync.Map
 
 // trackerAnswer is a tracker's answer to a write.
 type trackerAnswer struct {
@@ -173,7 +216,7 @@ type trackerAnswer struct {
 
 // write sends one write request with the given signature header value
 // (none if sig is "").
-func (tr *peerixProc) write(t *testing.T, method, route string, body []byte, sig string) trackerAnswer {
+func (tr *peerixProc) write(t testing.TB, method, route string, body []byte, sig string) trackerAnswer {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -199,7 +242,7 @@ func (tr *peerixProc) write(t *testing.T, method, route string, body []byte, sig
 }
 
 // jsonBody marshals v.
-func jsonBody(t *testing.T, v any) []byte {
+func jsonBody(t testing.TB, v any) []byte {
 	t.Helper()
 	b, err := json.Marshal(v)
 	if err != nil {

@@ -245,10 +245,13 @@ func checkTrackerRefusals(t *testing.T, tr *peerixProc, victim, victimHash strin
 	}
 	key, me := newPeerKey(t)
 	now := func() int64 { return time.Now().UnixMilli() }
-	randomSig := func() string {
+	randomSig := func() string { // well formed, signing nothing
 		b := make([]byte, 64)
 		_, _ = rand.Read(b)
-		return base64.StdEncoding.EncodeToString(b)
+		if tr.trackerID(t) == "" {
+			return base64.StdEncoding.EncodeToString(b)
+		}
+		return "v2 " + base64.StdEncoding.EncodeToString(b)
 	}
 	announce := func(id string, ts int64, addrs ...string) []byte {
 		if addrs == nil {
@@ -273,50 +276,50 @@ func checkTrackerRefusals(t *testing.T, tr *peerixProc, victim, victimHash strin
 	want("POST /v1/announce with a signature header that is not base64", tr.write(t, http.MethodPost, "/v1/announce", announce(me, now()), "%%%not base64%%%"), 401, "bad_signature")
 	want("POST /v1/announce with a junk body", tr.write(t, http.MethodPost, "/v1/announce", []byte("junk\x00\xff{"), randomSig()), 400, "bad_request")
 	junk := []byte("{\"peer_id\": \"" + me + "\", \"ts\": 1, \"addrs\": [\"" + strings.Repeat("x", 9<<20) + "\"]}")
-	want("POST /v1/announce with a 9 MiB body", tr.write(t, http.MethodPost, "/v1/announce", junk, sign(t, key, junk)), 413, "too_large")
+	want("POST /v1/announce with a 9 MiB body", tr.write(t, http.MethodPost, "/v1/announce", junk, tr.sign(t, key, http.MethodPost, "/v1/announce", junk)), 413, "too_large")
 	b := jsonBody(t, map[string]any{"peer_id": me, "ts": now(), "addrs": []string{}, "evil": true})
-	want("POST /v1/announce with an unknown field", tr.write(t, http.MethodPost, "/v1/announce", b, sign(t, key, b)), 400, "bad_request")
+	want("POST /v1/announce with an unknown field", tr.write(t, http.MethodPost, "/v1/announce", b, tr.sign(t, key, http.MethodPost, "/v1/announce", b)), 400, "bad_request")
 	b = jsonBody(t, map[string]any{"peer_id": me, "ts": "yesterday", "addrs": []string{}})
-	want("POST /v1/announce with ts of the wrong type", tr.write(t, http.MethodPost, "/v1/announce", b, sign(t, key, b)), 400, "bad_request")
+	want("POST /v1/announce with ts of the wrong type", tr.write(t, http.MethodPost, "/v1/announce", b, tr.sign(t, key, http.MethodPost, "/v1/announce", b)), 400, "bad_request")
 	b = announce(me, now(), "/ip4/1.2.3.4/tcp/not-a-port")
-	want("POST /v1/announce with an address that does not parse", tr.write(t, http.MethodPost, "/v1/announce", b, sign(t, key, b)), 400, "bad_request")
+	want("POST /v1/announce with an address that does not parse", tr.write(t, http.MethodPost, "/v1/announce", b, tr.sign(t, key, http.MethodPost, "/v1/announce", b)), 400, "bad_request")
 	b = announce(me, now()-10*60*1000)
-	want("POST /v1/announce with a ts ten minutes old", tr.write(t, http.MethodPost, "/v1/announce", b, sign(t, key, b)), 400, "clock_skew")
+	want("POST /v1/announce with a ts ten minutes old", tr.write(t, http.MethodPost, "/v1/announce", b, tr.sign(t, key, http.MethodPost, "/v1/announce", b)), 400, "clock_skew")
 	b = announce("not-a-peer-id", now())
-	want("POST /v1/announce for an unparsable peer ID", tr.write(t, http.MethodPost, "/v1/announce", b, sign(t, key, b)), 400, "bad_request")
+	want("POST /v1/announce for an unparsable peer ID", tr.write(t, http.MethodPost, "/v1/announce", b, tr.sign(t, key, http.MethodPost, "/v1/announce", b)), 400, "bad_request")
 
 	// Forged: written in the victim's name, signed by another key.
 	b = announce(victim, now(), "/ip4/203.0.113.66/tcp/4001")
-	want("POST /v1/announce for the victim, signed by another key", tr.write(t, http.MethodPost, "/v1/announce", b, sign(t, key, b)), 401, "bad_signature")
+	want("POST /v1/announce for the victim, signed by another key", tr.write(t, http.MethodPost, "/v1/announce", b, tr.sign(t, key, http.MethodPost, "/v1/announce", b)), 401, "bad_signature")
 	b = jsonBody(t, map[string]any{"peer_id": victim, "ts": now(), "full": true, "add": []string{}})
-	want("POST /v1/packages emptying the victim's set, signed by another key", tr.write(t, http.MethodPost, "/v1/packages", b, sign(t, key, b)), 401, "bad_signature")
+	want("POST /v1/packages emptying the victim's set, signed by another key", tr.write(t, http.MethodPost, "/v1/packages", b, tr.sign(t, key, http.MethodPost, "/v1/packages", b)), 401, "bad_signature")
 	b = jsonBody(t, map[string]any{"peer_id": victim, "ts": now()})
-	want("DELETE /v1/peers/<victim>, signed by another key", tr.write(t, http.MethodDelete, "/v1/peers/"+victim, b, sign(t, key, b)), 401, "bad_signature")
+	want("DELETE /v1/peers/<victim>, signed by another key", tr.write(t, http.MethodDelete, "/v1/peers/"+victim, b, tr.sign(t, key, http.MethodDelete, "/v1/peers/"+victim, b)), 401, "bad_signature")
 	b = jsonBody(t, map[string]any{"peer_id": me, "ts": now()})
-	want("DELETE /v1/peers/<victim> by another peer, correctly signed", tr.write(t, http.MethodDelete, "/v1/peers/"+victim, b, sign(t, key, b)), 403, "forbidden")
+	want("DELETE /v1/peers/<victim> by another peer, correctly signed", tr.write(t, http.MethodDelete, "/v1/peers/"+victim, b, tr.sign(t, key, http.MethodDelete, "/v1/peers/"+victim, b)), 403, "forbidden")
 	b = jsonBody(t, map[string]any{"peer_id": me, "ts": now(), "full": true, "add": []string{victimHash}})
-	want("POST /v1/packages by a peer that never announced", tr.write(t, http.MethodPost, "/v1/packages", b, sign(t, key, b)), 404, "unknown_peer")
+	want("POST /v1/packages by a peer that never announced", tr.write(t, http.MethodPost, "/v1/packages", b, tr.sign(t, key, http.MethodPost, "/v1/packages", b)), 404, "unknown_peer")
 
 	// Replays: a write accepted once is refused when sent again.
 	b = announce(me, now())
-	if a := tr.write(t, http.MethodPost, "/v1/announce", b, sign(t, key, b)); a.status != 200 {
+	if a := tr.write(t, http.MethodPost, "/v1/announce", b, tr.sign(t, key, http.MethodPost, "/v1/announce", b)); a.status != 200 {
 		t.Fatalf("a correctly signed announce of a new peer: HTTP %d %.300s", a.status, a.body)
 	}
-	firstAnnounce, firstSig := b, sign(t, key, b)
+	firstAnnounce, firstSig := b, tr.sign(t, key, http.MethodPost, "/v1/announce", b)
 	want("the same announce sent again (replay)", tr.write(t, http.MethodPost, "/v1/announce", firstAnnounce, firstSig), 409, "replay")
 	time.Sleep(2 * time.Millisecond)
 	p := jsonBody(t, map[string]any{"peer_id": me, "ts": now(), "full": true, "add": []string{victimHash}})
-	if a := tr.write(t, http.MethodPost, "/v1/packages", p, sign(t, key, p)); a.status != 200 {
+	if a := tr.write(t, http.MethodPost, "/v1/packages", p, tr.sign(t, key, http.MethodPost, "/v1/packages", p)); a.status != 200 {
 		t.Fatalf("a correctly signed full package set: HTTP %d %.300s", a.status, a.body)
 	}
-	want("the same package set sent again (replay)", tr.write(t, http.MethodPost, "/v1/packages", p, sign(t, key, p)), 409, "replay")
+	want("the same package set sent again (replay)", tr.write(t, http.MethodPost, "/v1/packages", p, tr.sign(t, key, http.MethodPost, "/v1/packages", p)), 409, "replay")
 	want("an older announce sent after a newer write (replay)", tr.write(t, http.MethodPost, "/v1/announce", firstAnnounce, firstSig), 409, "replay")
 	time.Sleep(2 * time.Millisecond)
 	b = jsonBody(t, map[string]any{"peer_id": me, "ts": now(), "full": false, "add": []string{"not-a-hash"}, "remove": []string{}})
-	want("POST /v1/packages with an invalid hash", tr.write(t, http.MethodPost, "/v1/packages", b, sign(t, key, b)), 400, "bad_request")
+	want("POST /v1/packages with an invalid hash", tr.write(t, http.MethodPost, "/v1/packages", b, tr.sign(t, key, http.MethodPost, "/v1/packages", b)), 400, "bad_request")
 	time.Sleep(2 * time.Millisecond)
 	b = jsonBody(t, map[string]any{"peer_id": me, "ts": now(), "full": true, "add": []string{}, "remove": []string{victimHash}})
-	want("POST /v1/packages, a full set with removals", tr.write(t, http.MethodPost, "/v1/packages", b, sign(t, key, b)), 400, "bad_request")
+	want("POST /v1/packages, a full set with removals", tr.write(t, http.MethodPost, "/v1/packages", b, tr.sign(t, key, http.MethodPost, "/v1/packages", b)), 400, "bad_request")
 	if code, body, _ := getJSON(tr.client, tr.url+"/v1/find/not-a-hash", nil); code != 400 {
 		t.Errorf("GET /v1/find/not-a-hash: HTTP %d, want 400: %.200s", code, body)
 	}
@@ -327,10 +330,10 @@ func checkTrackerRefusals(t *testing.T, tr *peerixProc, victim, victimHash strin
 	}
 	time.Sleep(2 * time.Millisecond)
 	d := jsonBody(t, map[string]any{"peer_id": me, "ts": now()})
-	if a := tr.write(t, http.MethodDelete, "/v1/peers/"+me, d, sign(t, key, d)); a.status != 200 {
+	if a := tr.write(t, http.MethodDelete, "/v1/peers/"+me, d, tr.sign(t, key, http.MethodDelete, "/v1/peers/"+me, d)); a.status != 200 {
 		t.Errorf("DELETE of the test's own peer: HTTP %d %.300s", a.status, a.body)
 	}
-	want("the DELETE sent again (replay)", tr.write(t, http.MethodDelete, "/v1/peers/"+me, d, sign(t, key, d)), 409, "replay")
+	want("the DELETE sent again (replay)", tr.write(t, http.MethodDelete, "/v1/peers/"+me, d, tr.sign(t, key, http.MethodDelete, "/v1/peers/"+me, d)), 409, "replay")
 	// The replay guard outlives the DELETE: the captured first announce
 	// cannot bring the peer back.
 	want("the first announce replayed after the DELETE", tr.write(t, http.MethodPost, "/v1/announce", firstAnnounce, firstSig), 409, "replay")

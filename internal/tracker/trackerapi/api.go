@@ -1,4 +1,4 @@
-package tracker
+package trackerapi
 
 import (
 	"fmt"
@@ -10,8 +10,8 @@ import (
 
 // Limits of the API (docs/protocol.md section 3).
 const (
-	// SignatureHeader carries base64 (standard, padded) of the libp2p
-	// signature over the exact request body.
+	// SignatureHeader carries a write's signature: "v2 " and base64
+	// (standard, padded) of the libp2p signature over SignedMessage.
 	SignatureHeader = "X-Peerix-Signature"
 	// MaxBodySize bounds a signed request body; larger ones get 413.
 	MaxBodySize = 8 << 20
@@ -21,24 +21,32 @@ const (
 	MaxAddrLen = 255
 	// MaxClockSkew is how far a request's ts may be from the tracker's clock.
 	MaxClockSkew = 2 * time.Minute
-	// MaxHashesPerRequest is how many hashes the client puts in one
-	// packages request (50k hashes are about 1.8 MB of JSON).
+	// MaxHashesPerRequest bounds the hashes (add and remove together) of
+	// one packages request; the client sends larger sets in parts (50k
+	// hashes are about 1.8 MB of JSON). The tracker answers 413 beyond it.
 	MaxHashesPerRequest = 50000
 	// DefaultFindLimit and MaxFindLimit bound the peers /v1/find returns.
 	DefaultFindLimit = 100
 	MaxFindLimit     = 1000
+	// DefaultPeersLimit and MaxPeersLimit bound one page of /v1/peers.
+	DefaultPeersLimit = 100
+	MaxPeersLimit     = 1000
 )
 
 // Error codes in the "code" field of error answers.
 const (
-	CodeBadRequest  = "bad_request"   // 400: malformed JSON, unknown field, invalid hash or address
-	CodeClockSkew   = "clock_skew"    // 400: ts too far from the tracker's clock; the answer has now_ms
-	CodeBadSig      = "bad_signature" // 401
-	CodeForbidden   = "forbidden"     // 403: DELETE of another peer
-	CodeUnknownPeer = "unknown_peer"  // 404: packages from a peer that is not registered
-	CodeReplay      = "replay"        // 409: ts not greater than the last accepted; the answer has last_ts
-	CodeTooLarge    = "too_large"     // 413
-	CodeInternal    = "internal"      // 500: the tracker's own fault (database)
+	CodeBadRequest   = "bad_request"   // 400: malformed JSON, unknown field, invalid hash or address
+	CodeClockSkew    = "clock_skew"    // 400: ts too far from the tracker's clock; the answer has now_ms
+	CodeBadSig       = "bad_signature" // 401; the answer has tracker_id
+	CodeOldSignature = "old_signature" // 401: a v1 signature (over the body only), no longer accepted
+	CodeForbidden    = "forbidden"     // 403: DELETE of another peer
+	CodeQuota        = "quota"         // 403: over a quota (hashes per peer or network, peers per network); the answer has limit
+	CodeUnknownPeer  = "unknown_peer"  // 404: packages from a peer that is not registered
+	CodeReplay       = "replay"        // 409: ts not greater than the last accepted; the answer has last_ts
+	CodeTooLarge     = "too_large"     // 413: body over MaxBodySize, or over MaxHashesPerRequest hashes
+	CodeRateLimited  = "rate_limited"  // 429: too many requests; Retry-After and retry_after_ms say when to try again
+	CodeInternal     = "internal"      // 500: the tracker's own fault (database)
+	CodeUnavailable  = "unavailable"   // 503: no hash index (yet), or the tracker is too busy to take a body now
 )
 
 // PeerInfo is a peer as /v1/peers and /v1/find list it.
@@ -101,6 +109,8 @@ func CircuitAddrs(relay peer.AddrInfo, target peer.ID) []ma.Multiaddr {
 
 // Info is the answer of GET /v1/info.
 type Info struct {
+	// TrackerID names the tracker's database: writes are signed for it.
+	TrackerID string
 	// Relay is the tracker's circuit relay; PeerID is empty if it runs none.
 	Relay PeerAddrs
 	// ObservedAddr is "ip:port" as the tracker saw this request come in.
@@ -117,61 +127,7 @@ type AnnounceResult struct {
 	// announce, after expiry, after deregistering, or a new tracker
 	// database) and holds no hashes for it: send the full set.
 	Registered bool
-}
-
-// Wire shapes.
-
-type infoJSON struct {
-	OK           bool       `json:"ok"`
-	Relay        *PeerAddrs `json:"relay"`
-	ObservedAddr string     `json:"observed_addr"`
-	TTLSeconds   float64    `json:"ttl_s"`
-}
-
-type peersJSON struct {
-	Peers []PeerInfo `json:"peers"`
-}
-
-type announceRequest struct {
-	PeerID string   `json:"peer_id"`
-	TS     int64    `json:"ts"`
-	Addrs  []string `json:"addrs"`
-}
-
-type announceJSON struct {
-	OK           bool    `json:"ok"`
-	ObservedAddr string  `json:"observed_addr"`
-	TTLSeconds   float64 `json:"ttl_s"`
-	Registered   bool    `json:"registered"`
-}
-
-type packagesRequest struct {
-	PeerID string   `json:"peer_id"`
-	TS     int64    `json:"ts"`
-	Full   bool     `json:"full"`
-	Add    []string `json:"add"`
-	Remove []string `json:"remove"`
-}
-
-type packagesJSON struct {
-	OK    bool  `json:"ok"`
-	Count int64 `json:"count"`
-}
-
-type deleteRequest struct {
-	PeerID string `json:"peer_id"`
-	TS     int64  `json:"ts"`
-}
-
-type deleteJSON struct {
-	OK      bool `json:"ok"`
-	Removed bool `json:"removed"`
-}
-
-type errorJSON struct {
-	OK     bool   `json:"ok"`
-	Error  string `json:"error"`
-	Code   string `json:"code"`
-	LastTS int64  `json:"last_ts,omitempty"`
-	NowMS  int64  `json:"now_ms,omitempty"`
+	// Addrs are the addresses the tracker stored: those announced, less
+	// the ones its address rule (UsableAddr) leaves out.
+	Addrs []string
 }

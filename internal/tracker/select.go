@@ -1,0 +1,417 @@
+package tracker
+
+import (
+	"context"
+	"encoding/json"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Choosing the holders /v1/find lists. Identities cost nothing, so a hash
+// can have any number of holders an attacker made up, heartbeating as
+// often as it likes; listing the most recently seen (as the tracker once
+// did) let 120 of them push every honest holder out of the answer. The
+// choice here cannot be filled that way:
+//
+//   - diversity: holders are taken in rounds, one per source network (an
+//     IPv4 /24, an IPv6 /48) per round, so a network contributes its
+//     second holder only once every network has contributed its first;
+//     the quota of live peers per network bounds how many rounds one
+//     network can fill;
+//   - age: within a network, holders that registered earlier (and
+//     stayed live) come first; when a round has more networks than
+//     there is room, half the room goes to the networks whose holder has
+//     stayed longest, so a long-running honest holder is not outnumbered
+//     by a flood of fresh identities;
+//   - chance: the other half goes to networks drawn at random, so a
+//     newcomer is listed too, and no fixed set of identities can be sure
+//     to hold the slots.
+//
+// The answer lists round by round, each round in random order (load
+// spreads over the holders), except that in a round with more networks
+// than room the longest-staying half comes first. Clients may look at a
+// prefix only (a daemon considers 16 holders): with holders in fewer
+// networks than that, every network is in the prefix.
+//
+// Holders lists at most maxHolderScan candidates, oldest registrations
+// first, so the work per find is bounded whatever a hash's popularity; the
+// choice is linear in the candidates (no sort of them all).
+
+// maxHolderScan bounds the candidates one find reads.
+const maxHolderScan = 4096
+
+// candidates are a hash's holders as Holders listed them, grouped by
+// network once (a popular hash's are cached, and each find draws afresh
+// from them without grouping them again).
+type candidates struct {
+	hs   []Holder
+	nets [][]int32 // each network's holders (indexes into hs), networks in order of first appearance
+
+	// For a cached hash: the candidates described so far in the cache
+	// entry's life (rendered JSON of their PeerInfo; nil: not live when
+	// asked), so that finds of a popular hash ask the registry only about
+	// holders no find has listed yet.
+	mu        sync.Mutex
+	desc      map[int64][]byte
+	descBytes int64         // held in desc, counted in budget
+	budget    *atomic.Int64 // the cache's count of description bytes; nil: not cached
+	released  bool          // left the cache: keeps no more descriptions
+}
+
+// release gives back the bytes of c's descriptions when it leaves the
+// cache.
+func (c *candidates) release() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.budget != nil {
+		c.budget.Add(-c.descBytes)
+	}
+	c.desc, c.descBytes, c.released = nil, 0, true
+}
+
+// groupByNet groups hs (in the registry's order) by network: one pass to
+// number the networks and count their holders, one to place the holders
+// in a single array (a slice of it per network).
+func groupByNet(hs []Holder) *candidates {
+	c := &candidates{hs: hs}
+	byNet := make(map[string]int32, 64)
+	netOf := make([]int32, len(hs))
+	var counts []int32
+	for i, h := range hs {
+		n, ok := byNet[h.Net]
+		if !ok {
+			n = int32(len(counts))
+			byNet[h.Net] = n
+			counts = append(counts, 0)
+		}
+		netOf[i] = n
+		counts[n]++
+	}
+	flat := make([]int32, len(hs))
+	c.nets = make([][]int32, len(counts))
+	off := int32(0)
+	for n, k := range counts {
+		c.nets[n] = flat[off : off : off+k]
+		off += k
+	}
+	for i, n := range netOf {
+		c.nets[n] = append(c.nets[n], int32(i))
+	}
+	return c
+}
+
+// describe appends to buf the JSON array of the live peers of keys (from
+// pick), in that order, describing through reg only those no find has
+// described yet. Only for cached candidates.
+func (c *candidates) describe(ctx context.Context, reg Registry, keys []int64, liveSince time.Time, buf []byte) ([]byte, error) {
+	c.mu.Lock()
+	var missing []int64
+	for _, k := range keys {
+		if _, ok := c.desc[k]; !ok {
+			missing = append(missing, k)
+		}
+	}
+	c.mu.Unlock()
+	var rendered map[int64][]byte
+	if len(missing) > 0 {
+		ps, err := reg.Describe(ctx, missing, liveSince)
+		if err != nil {
+			return nil, err
+		}
+		rendered = make(map[int64][]byte, len(ps))
+		for _, p := range ps {
+			b, err := json.Marshal(p.PeerInfo)
+			if err != nil {
+				return nil, err
+			}
+			rendered[p.Key] = b
+		}
+		c.mu.Lock()
+		if c.desc == nil && !c.released {
+			c.desc = make(map[int64][]byte, len(c.hs))
+		}
+		for _, k := range missing {
+			b := rendered[k] // nil: not live
+			if c.released || c.budget == nil {
+				continue
+			}
+			if c.budget.Add(int64(len(b))) > holderCacheDescBudget {
+				c.budget.Add(-int64(len(b)))
+				continue
+			}
+			c.desc[k] = b
+			c.descBytes += int64(len(b))
+		}
+	} else {
+		c.mu.Lock()
+	}
+	defer c.mu.Unlock()
+	buf = append(buf, '[')
+	n := 0
+	for _, k := range keys {
+		b, ok := c.desc[k]
+		if !ok {
+			b = rendered[k]
+		}
+		if b != nil {
+			if n > 0 {
+				buf = append(buf, ',')
+			}
+			buf = append(buf, b...)
+			n++
+		}
+	}
+	return append(buf, ']'), nil
+}
+
+// pickHolders chooses up to limit of hs (in the registry's order: oldest
+// registrations first) and returns their keys in the answer's order.
+func pickHolders(hs []Holder, limit int) []int64 {
+	return groupByNet(hs).pick(limit)
+}
+
+// pick chooses up to limit of the candidates and returns their keys in
+// the answer's order. It changes nothing in c (finds share it).
+func (c *candidates) pick(limit int) []int64 {
+	hs := c.hs
+	if limit <= 0 || len(hs) == 0 {
+		return nil
+	}
+	keys := make([]int64, 0, min(limit, len(hs)))
+	if len(hs) <= limit {
+		for _, h := range hs {
+			keys = append(keys, h.Key)
+		}
+		rand.Shuffle(len(keys), func(i, j int) { keys[i], keys[j] = keys[j], keys[i] })
+		return keys
+	}
+	round := make([]int, 0, len(c.nets))
+	for r := 0; len(keys) < limit; r++ {
+		round = round[:0]
+		for _, idx := range c.nets {
+			if r < len(idx) {
+				round = append(round, int(idx[r]))
+			}
+		}
+		if len(round) == 0 {
+			break
+		}
+		room := limit - len(keys)
+		if len(round) <= room {
+			keys = appendShuffled(keys, hs, round)
+			continue
+		}
+		// More networks than room: the longest-staying half, then a
+		// random draw from the rest.
+		oldest := room - room/2
+		selectOldest(hs, round, oldest)
+		keys = appendShuffled(keys, hs, round[:oldest])
+		rest := round[oldest:]
+		for k := 0; k < room-oldest; k++ {
+			j := k + rand.IntN(len(rest)-k)
+			rest[k], rest[j] = rest[j], rest[k]
+			keys = append(keys, hs[rest[k]].Key)
+		}
+		break
+	}
+	return keys
+}
+
+// appendShuffled appends the keys of hs[idx...] in random order.
+func appendShuffled(keys []int64, hs []Holder, idx []int) []int64 {
+	rand.Shuffle(len(idx), func(i, j int) { idx[i], idx[j] = idx[j], idx[i] })
+	for _, i := range idx {
+		keys = append(keys, hs[i].Key)
+	}
+	return keys
+}
+
+// selectOldest reorders idx so that its first k entries are those of the k
+// smallest Since (ties by key): quickselect, linear on average.
+func selectOldest(hs []Holder, idx []int, k int) {
+	less := func(a, b int) bool {
+		if hs[a].Since != hs[b].Since {
+			return hs[a].Since < hs[b].Since
+		}
+		return hs[a].Key < hs[b].Key
+	}
+	lo, hi := 0, len(idx)-1
+	for lo < hi {
+		p := idx[lo+rand.IntN(hi-lo+1)]
+		// Three-way partition around p.
+		lt, i, gt := lo, lo, hi
+		for i <= gt {
+			switch {
+			case less(idx[i], p):
+				idx[lt], idx[i] = idx[i], idx[lt]
+				lt++
+				i++
+			case less(p, idx[i]):
+				idx[i], idx[gt] = idx[gt], idx[i]
+				gt--
+			default:
+				i++
+			}
+		}
+		switch {
+		case k <= lt:
+			hi = lt - 1
+		case k > gt+1:
+			lo = gt + 1
+		default:
+			return
+		}
+	}
+}
+
+// holderCache keeps the candidates of popular hashes (at least
+// holderCacheMin live holders) for holderCacheTTL: reading a thousand
+// holders is most of a find's cost (2 ms of 3 in SQLite), and popular
+// hashes are what peers ask for most; and, as finds list them, the
+// candidates' descriptions, so that a find of a popular hash is mostly
+// answered from memory. A holder that joined within the TTL may be
+// missing from an answer; one that left or changed its addresses may be
+// listed as it was when a find first listed it, up to the TTL ago; with
+// hundreds of others listed, neither matters. Hashes with fewer holders, where one holder can be the
+// only one, are always read afresh. At most holderCacheBudget candidates
+// are kept in all.
+type holderCache struct {
+	mu      sync.Mutex
+	m       map[string]cachedHolders
+	order   []cacheRef // in the order of puts: the oldest first, for eviction
+	entries int
+	desc    atomic.Int64 // bytes of the cached candidates' descriptions
+	loading map[string]*holderLoad
+}
+
+// holderLoad is a read of a hash's candidates under way: finds of the
+// same hash that miss the cache meanwhile wait for it rather than read the
+// same thousand rows again (when a popular hash's entry expires, every
+// find in flight misses at once).
+type holderLoad struct {
+	done   chan struct{}
+	c      *candidates
+	cached bool
+	err    error
+}
+
+// load returns the hash's candidates from read, sharing one read among
+// the finds that ask at once, and caches them if the hash is popular; the
+// bool reports whether they are cached. A find whose shared read failed
+// (its request may have been the one canceled) reads for itself.
+func (c *holderCache) load(ctx context.Context, hash string, now time.Time, read func() ([]Holder, error)) (*candidates, bool, error) {
+	c.mu.Lock()
+	if l, ok := c.loading[hash]; ok {
+		c.mu.Unlock()
+		select {
+		case <-l.done:
+		case <-ctx.Done():
+			return nil, false, ctx.Err()
+		}
+		if l.err == nil {
+			return l.c, l.cached, nil
+		}
+		hs, err := read()
+		if err != nil {
+			return nil, false, err
+		}
+		cs := groupByNet(hs)
+		return cs, c.put(hash, cs, now), nil
+	}
+	l := &holderLoad{done: make(chan struct{})}
+	if c.loading == nil {
+		c.loading = make(map[string]*holderLoad)
+	}
+	c.loading[hash] = l
+	c.mu.Unlock()
+	hs, err := read()
+	if err == nil {
+		l.c = groupByNet(hs)
+		l.cached = c.put(hash, l.c, now)
+	}
+	l.err = err
+	c.mu.Lock()
+	delete(c.loading, hash)
+	c.mu.Unlock()
+	close(l.done)
+	return l.c, l.cached, err
+}
+
+// cacheRef is a put in holderCache.order; a later put of the hash makes
+// it stale (at differs from the entry's).
+type cacheRef struct {
+	hash string
+	at   time.Time
+}
+
+type cachedHolders struct {
+	at time.Time
+	c  *candidates
+}
+
+const (
+	holderCacheMin    = 256
+	holderCacheTTL    = 2 * time.Second
+	holderCacheBudget = 1 << 18 // about 10 MiB
+	// holderCacheDescBudget bounds the descriptions kept, whatever
+	// addresses peers announce (up to 8 KiB a peer); past it, finds
+	// describe through the registry.
+	holderCacheDescBudget = 32 << 20
+)
+
+func (c *holderCache) get(hash string, now time.Time) (*candidates, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.m[hash]
+	if !ok {
+		return nil, false
+	}
+	if now.Sub(e.at) >= holderCacheTTL || now.Before(e.at) {
+		// Out of date: its descriptions' bytes go back at once (the
+		// entry itself is replaced by the next put, or evicted).
+		e.c.release()
+		return nil, false
+	}
+	return e.c, true
+}
+
+// put caches cs if the hash is popular enough, and reports whether it
+// did.
+func (c *holderCache) put(hash string, cs *candidates, now time.Time) bool {
+	if len(cs.hs) < holderCacheMin {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = make(map[string]cachedHolders)
+	}
+	if old, ok := c.m[hash]; ok {
+		c.entries -= len(old.c.hs)
+		old.c.release()
+	}
+	c.order = append(c.order, cacheRef{hash, now})
+	cs.budget = &c.desc
+	c.m[hash] = cachedHolders{now, cs}
+	c.entries += len(cs.hs)
+	// Evict from the oldest put: entries past the budget, and expired
+	// ones (an expired hash nobody asks about again would otherwise hold
+	// its candidates and descriptions until the budget pushed it out).
+	for len(c.order) > 0 {
+		ref := c.order[0]
+		e, ok := c.m[ref.hash]
+		if ok && e.at.Equal(ref.at) {
+			if c.entries <= holderCacheBudget && now.Sub(e.at) < holderCacheTTL && !now.Before(e.at) {
+				break
+			}
+			c.entries -= len(e.c.hs)
+			e.c.release()
+			delete(c.m, ref.hash)
+		}
+		c.order[0] = cacheRef{}
+		c.order = c.order[1:]
+	}
+	return true
+}
