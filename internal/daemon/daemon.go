@@ -66,8 +66,9 @@ func New(cfg *config.Serve, log *slog.Logger) (_ *Daemon, err error) {
 			d.close()
 		}
 	}()
-	if err := os.MkdirAll(cfg.StateDir, 0o755); err != nil {
-		return nil, fmt.Errorf("state dir: %w", err)
+	restrictUmask()
+	if err := prepareStateDir(cfg.StateDir, log); err != nil {
+		return nil, err
 	}
 	if d.local, err = nixstore.Open(cfg.StoreRoot); err != nil {
 		return nil, err

@@ -558,7 +558,7 @@ func (a *Announcer) saveState(set map[string]bool, ttl time.Duration) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(a.cfg.StateDir, AnnouncedFile), b, 0o644)
+	return writeFileAtomic(filepath.Join(a.cfg.StateDir, AnnouncedFile), b, 0o600)
 }
 
 // writeFileAtomic writes b to path through a synced temporary file renamed
