@@ -86,9 +86,15 @@ func New(cfg *config.Serve, log *slog.Logger) (_ *Daemon, err error) {
 	}
 
 	// What may leave: the filter, then our signature on what passes.
+	// Peers of the lan and p2p modes ask only for what the filter let
+	// out (announcements, summaries): their requests are answered from
+	// what it knows, so a refusal takes no longer than a miss. In local
+	// mode the operator chose who connects; Nix there may ask for a path
+	// before anything decided it.
 	d.filter, err = trust.NewFilter(trust.FilterOptions{
 		Mode: cfg.Filter, Patterns: cfg.FilterPatterns, Upstream: cfg.Upstream,
 		TrustedPublicKeys: trusted, StateDir: cfg.StateDir, Log: log.With("part", "filter"),
+		AnswerFromMemory: cfg.Mode != "local",
 	})
 	if err != nil {
 		return nil, err
