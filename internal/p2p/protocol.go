@@ -117,12 +117,12 @@ func (s *Server) readRequest(st network.Stream, n int) ([]byte, bool) {
 }
 
 // statusOf maps a store error to an answer status (and, for errors, a
-// message that reveals nothing of the local machine).
+// message that reveals nothing of the local machine). A path the filter
+// keeps private is answered exactly like one this machine does not hold:
+// not found.
 func statusOf(err error) (byte, string) {
 	switch {
-	case errors.Is(err, store.ErrRefused):
-		return StatusRefused, ""
-	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrBadRequest):
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrRefused), errors.Is(err, store.ErrBadRequest):
 		return StatusNotFound, ""
 	case errors.Is(err, store.ErrOffset):
 		return StatusError, "offset beyond the end of the NAR"
@@ -142,6 +142,7 @@ func (s *Server) handleNarInfo(st network.Stream) {
 		s.answerError(st, err)
 		return
 	}
+	start := time.Now()
 	ctx, cancel := context.WithTimeout(s.ctx, RequestTimeout)
 	ni, err := s.shared.NarInfo(ctx, hash)
 	cancel()
@@ -152,6 +153,7 @@ func (s *Server) handleNarInfo(st network.Stream) {
 			s.log.Warn("narinfo for a peer failed", "peer", st.Conn().RemotePeer(), "hash", hash, "err", err)
 			answer = errorAnswer(msg)
 		} else {
+			cache.PadMiss(s.ctx, start)
 			answer = encodeAnswer(status, nil)
 		}
 	} else {
@@ -181,6 +183,7 @@ func (s *Server) handleNAR(st network.Stream) {
 	// The local store's NAR URL: nar/<hash>-<NarHash>.nar. Its NarHash
 	// check makes a path that was rebuilt differently "not found".
 	url := "nar/" + req.Hash + "-" + req.NarHash + ".nar"
+	start := time.Now()
 	ctx, cancel := context.WithCancel(s.ctx)
 	defer cancel()
 	nar, err := s.shared.NAR(ctx, url, req.Offset)
@@ -192,6 +195,8 @@ func (s *Server) handleNAR(st network.Stream) {
 				s.log.Warn("NAR for a peer failed", "peer", st.Conn().RemotePeer(), "hash", req.Hash, "err", err)
 			}
 			answer = errorAnswer(msg)
+		} else {
+			cache.PadMiss(s.ctx, start)
 		}
 		st.SetWriteDeadline(time.Now().Add(RequestTimeout))
 		if writeFrame(st, answer) != nil {
@@ -279,7 +284,8 @@ func requestDeadline(ctx context.Context) time.Time {
 }
 
 // QueryNarInfo asks peer p for the narinfo of hash. It returns an error
-// wrapping store.ErrNotFound or store.ErrRefused for those answers,
+// wrapping store.ErrNotFound for a not found answer (and an older peer's
+// refused),
 // ErrProtocol for garbage, *RemoteError for an error answer. The narinfo is
 // parsed but not checked beyond that: see CheckNarInfo.
 func QueryNarInfo(ctx context.Context, h host.Host, p peer.ID, hash string) (*narinfo.NarInfo, error) {
