@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p"
@@ -62,6 +63,7 @@ type Host struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	policy atomic.Pointer[AddrPolicy] // nil: every address allowed
 
 	mu       sync.Mutex
 	relays   map[peer.ID]*relayState
@@ -122,6 +124,7 @@ func NewHost(ctx context.Context, key crypto.PrivKey, port int, relays []peer.Ad
 		libp2p.Transport(tcp.NewTCPTransport),
 		libp2p.ConnectionManager(cm),
 		libp2p.ResourceManager(rm),
+		libp2p.ConnectionGater(addrGater{h}),
 		libp2p.EnableRelay(),
 		libp2p.EnableHolePunching(),
 		libp2p.EnableAutoRelayWithPeerSource(h.relaySource,
@@ -151,6 +154,16 @@ func NewHost(ctx context.Context, key crypto.PrivKey, port int, relays []peer.Ad
 // newResourceManager: libp2p's scaled defaults (per-stream memory 16 MiB
 // covers a full yamux window), plus room for our protocols: many narinfo
 // queries, and NAR streams enough for Nix's parallel substitutions.
+// SetAddrPolicy makes p decide which peer addresses the host stores and
+// dials (see AddrPolicy); set it before the host dials anything. Without
+// one every address is allowed.
+func (h *Host) SetAddrPolicy(p *AddrPolicy) { h.policy.Store(p) }
+
+// FilterAddrs returns the addresses the host's policy allows.
+func (h *Host) FilterAddrs(addrs []ma.Multiaddr) []ma.Multiaddr {
+	return h.policy.Load().Filter(addrs)
+}
+
 func newResourceManager() (network.ResourceManager, error) {
 	limits := rcmgr.DefaultLimits
 	libp2p.SetDefaultServiceLimits(&limits)
@@ -219,6 +232,10 @@ func (h *Host) relaySource(ctx context.Context, num int) <-chan peer.AddrInfo {
 func (h *Host) UseRelay(ctx context.Context, relay peer.AddrInfo, observedAddr string) error {
 	if relay.ID == "" || relay.ID == h.ID() {
 		return errors.New("no relay")
+	}
+	relay.Addrs = h.FilterAddrs(relay.Addrs)
+	if len(relay.Addrs) == 0 {
+		return errors.New("the relay has no address this host may dial")
 	}
 	behind := natUnknown
 	if ip, ok := parseObserved(observedAddr); ok {

@@ -72,6 +72,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		cancel()
 		return nil, fmt.Errorf("--p2p-port %d: %w", cfg.Port, err)
 	}
+	h.SetAddrPolicy(NewAddrPolicy(cfg.TrackerURL))
 	n := &Node{Host: h, cancel: cancel}
 	n.Server = Serve(h, cfg.Shared, log)
 
