@@ -17,6 +17,7 @@ import (
 
 	"github.com/peerix/peerix/internal/cache"
 	"github.com/peerix/peerix/internal/config"
+	"github.com/peerix/peerix/internal/connlimit"
 	"github.com/peerix/peerix/internal/lan"
 	"github.com/peerix/peerix/internal/nixstore"
 	"github.com/peerix/peerix/internal/ops"
@@ -43,7 +44,8 @@ type Daemon struct {
 	shared store.Store // the local store as peers see it
 	remote store.Store // peers; nil in local mode
 	server *http.Server
-	ln     net.Listener
+	ln     *connlimit.Listener
+	budget connlimit.Budget
 	lan    *lan.Discovery // nil unless LAN discovery runs
 	p2p    *p2p.Node      // nil unless in p2p mode
 	start  time.Time
@@ -110,10 +112,17 @@ func New(cfg *config.Serve, log *slog.Logger) (_ *Daemon, err error) {
 		log.Info("signing local narinfos", "key", key.ToPublicKey().String())
 	}
 
-	if d.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
 		return nil, fmt.Errorf("--listen %s: %w", cfg.Listen, err)
 	}
+	// What peers may hold of this process, so that serving this machine's
+	// Nix always wins: connections, open files, libp2p's share.
+	d.budget = connlimit.FromRlimit()
+	d.ln = connlimit.NewListener(ln, connlimit.Options{Budget: d.budget, Log: log.With("part", "http")})
 	d.closers = append(d.closers, d.ln.Close)
+	log.Debug("descriptor budget for peers", "limit", d.budget.Limit, "http_conns", d.budget.PeerConns,
+		"per_client", d.budget.PerClient, "p2p_transfers", d.budget.PeerTransfers, "p2p_fds", d.budget.P2PFDs)
 	if cfg.Mode == "local" {
 		return d.finish(), nil
 	}
@@ -166,7 +175,8 @@ func New(cfg *config.Serve, log *slog.Logger) (_ *Daemon, err error) {
 		d.p2p, err = p2p.Start(context.Background(), p2p.Config{
 			StateDir: cfg.StateDir, Port: cfg.P2PPort, TrackerURL: cfg.Tracker,
 			Shared: d.shared, Paths: d.local, Shareable: d.filter.Shareable,
-			Lookup: lookup, Log: log.With("part", "p2p"),
+			Lookup: lookup, FDs: d.budget.P2PFDs, MaxTransfers: d.budget.PeerTransfers,
+			Log: log.With("part", "p2p"),
 		})
 		if err != nil {
 			return nil, fmt.Errorf("p2p: %w", err)
@@ -199,6 +209,9 @@ func (d *Daemon) finish() *Daemon {
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		// Which connections are idle: the listener closes those first when
+		// peers hold all their budget.
+		ConnState: d.ln.ConnState,
 	}
 	if d.inventory != nil {
 		d.server.RegisterOnShutdown(d.inventory.Summary().EndPolls)

@@ -31,7 +31,12 @@ type Config struct {
 	// Lookup tunes how paths are found and fetched (internal/swarm); its
 	// Accept is the verifier.
 	Lookup swarm.Options
-	Log    *slog.Logger
+	// FDs bounds the file descriptors libp2p's connections may use, and
+	// MaxTransfers the NARs sent to peers at once (each holds a file open):
+	// the daemon's budget (internal/connlimit). 0: libp2p's default, and
+	// no bound beyond libp2p's stream limits.
+	FDs, MaxTransfers int
+	Log               *slog.Logger
 }
 
 // Node is the whole P2P layer of a daemon: host, protocol server, the
@@ -67,14 +72,14 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, err
 	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	h, err := NewHost(runCtx, key, cfg.Port, nil, log)
+	h, err := NewHost(runCtx, key, cfg.Port, nil, cfg.FDs, log)
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("--p2p-port %d: %w", cfg.Port, err)
 	}
 	h.SetAddrPolicy(NewAddrPolicy(cfg.TrackerURL))
 	n := &Node{Host: h, cancel: cancel}
-	n.Server = Serve(h, cfg.Shared, log)
+	n.Server = Serve(h, cfg.Shared, cfg.MaxTransfers, log)
 
 	var finder Finder = noTracker{}
 	if cfg.TrackerURL != "" {

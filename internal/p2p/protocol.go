@@ -43,21 +43,32 @@ const limitedConnReason = "peerix transfers fit the relay's limits"
 // Server answers the peer protocols from the local store as it may be
 // shared.
 type Server struct {
-	h      host.Host
-	shared store.Store
-	log    *slog.Logger
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	h         host.Host
+	shared    store.Store
+	log       *slog.Logger
+	ctx       context.Context
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	transfers chan struct{} // a slot per NAR being sent; nil: unbounded
 }
+
+// errBusy answers a NAR request beyond the transfers a server sends at
+// once: the asker tries another holder.
+var errBusy = errors.New("busy: too many transfers")
 
 // Serve registers the handlers of /peerix/narinfo/1.0.0 and
 // /peerix/nar/1.0.0 on h, answering from shared: the local store wrapped
 // in the filter (its NarInfo and NAR return store.ErrRefused for what must
-// not leave the machine) and the signer. Close unregisters them.
-func Serve(h host.Host, shared store.Store, log *slog.Logger) *Server {
+// not leave the machine) and the signer. At most maxTransfers NARs are
+// sent at once (each holds a file open; 0: no bound but libp2p's stream
+// limits); a request beyond is answered with an error, busy. Close
+// unregisters them.
+func Serve(h host.Host, shared store.Store, maxTransfers int, log *slog.Logger) *Server {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{h: h, shared: shared, log: log, ctx: ctx, cancel: cancel}
+	if maxTransfers > 0 {
+		s.transfers = make(chan struct{}, maxTransfers)
+	}
 	h.SetStreamHandler(NarInfoProtocol, s.track(s.handleNarInfo))
 	h.SetStreamHandler(NARProtocol, s.track(s.handleNAR))
 	return s
@@ -179,6 +190,16 @@ func (s *Server) handleNAR(st network.Stream) {
 	if err != nil {
 		s.answerError(st, err)
 		return
+	}
+	if s.transfers != nil {
+		select {
+		case s.transfers <- struct{}{}:
+			defer func() { <-s.transfers }()
+		default:
+			s.log.Debug("NAR request refused: as many transfers as the budget allows", "peer", st.Conn().RemotePeer(), "max", cap(s.transfers))
+			s.answerError(st, errBusy)
+			return
+		}
 	}
 	// The local store's NAR URL: nar/<hash>-<NarHash>.nar. Its NarHash
 	// check makes a path that was rebuilt differently "not found".

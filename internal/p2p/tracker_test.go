@@ -31,7 +31,7 @@ func TestTrackerEndToEnd(t *testing.T) {
 
 	// The holder.
 	keyA, _ := LoadOrCreateIdentity(t.TempDir())
-	a, err := NewHost(ctx, keyA, 0, nil, log)
+	a, err := NewHost(ctx, keyA, 0, nil, 0, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,7 +42,7 @@ func TestTrackerEndToEnd(t *testing.T) {
 	shared.add(hash, data)
 	private := randomHash(t)
 	shared.add(private, []byte("secret")).refused = true
-	srv := Serve(a, shared, log)
+	srv := Serve(a, shared, 0, log)
 	t.Cleanup(func() { srv.Close() })
 	clientA := tracker.NewClient(api.URL, keyA)
 	followCtx, stopFollow := context.WithCancel(ctx)
@@ -75,7 +75,7 @@ func TestTrackerEndToEnd(t *testing.T) {
 
 	// The fetcher.
 	keyB, _, _ := crypto.GenerateEd25519Key(rand.Reader)
-	b, err := NewHost(ctx, keyB, 0, nil, log)
+	b, err := NewHost(ctx, keyB, 0, nil, 0, log)
 	if err != nil {
 		t.Fatal(err)
 	}
