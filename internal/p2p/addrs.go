@@ -27,7 +27,7 @@ import (
 //   - loopback only when the tracker itself is on loopback (a tracker and
 //     its daemons on one machine: tests, single-host setups);
 //   - this machine's own addresses only when they are the tracker's (the
-//     tracker, its relay, on this machine);
+//     tracker, its relay, on this machine), or the tracker is on loopback;
 //   - private ranges (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7)
 //     only when this machine has an address in one of them: then peers on
 //     its LAN or VPN may be reached that way; a machine with public
@@ -129,7 +129,9 @@ func (p *AddrPolicy) allowIP(ip netip.Addr) bool {
 	}
 	own, private := p.ownAddrs()
 	if own[ip] {
-		return false
+		// With the tracker on loopback its peers are on this machine too,
+		// at any of its addresses.
+		return p.loopback
 	}
 	if isPrivateIP(ip) {
 		return private

@@ -46,6 +46,7 @@ func TestAddrPolicy(t *testing.T) {
 		{"ula, public only", "http://tracker.example.org", public, "/ip6/fd00::1/tcp/80", false},
 		{"this machine's own address", "http://tracker.example.org", onLAN, "/ip4/10.1.2.3/tcp/22", false},
 		{"this machine's own public address", "http://tracker.example.org", public, "/ip4/198.51.100.7/tcp/22", false},
+		{"this machine's own address, tracker on loopback", "http://127.0.0.1:12305", onLAN, "/ip4/10.1.2.3/tcp/12306", true},
 		{"the tracker's own address (its relay)", "http://10.1.2.3:12305", onLAN, "/ip4/10.1.2.3/tcp/12307", true},
 		{"circuit through a public relay", "http://tracker.example.org", public, "/ip4/203.0.113.9/tcp/12307/p2p/" + relay + "/p2p-circuit", true},
 		{"circuit through a loopback relay", "http://tracker.example.org", public, "/ip4/127.0.0.1/tcp/12307/p2p/" + relay + "/p2p-circuit", false},
