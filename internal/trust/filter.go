@@ -405,6 +405,11 @@ func (f *Filter) decide(ctx context.Context, hash string, ni *narinfo.NarInfo, w
 	return RefusedUnknown, "upstream could not be asked"
 }
 
+// backgroundPause: a check a peer's request started in the background
+// waits this long, so that the work it costs does not slow the answer to
+// that request (which would tell the peer that the path is here).
+const backgroundPause = 20 * time.Millisecond
+
 // narHashDigest is the SHA-256 a narinfo's NarHash names.
 func narHashDigest(ni *narinfo.NarInfo) (d [sha256.Size]byte, ok bool) {
 	if ni.NarHash == nil || ni.NarHash.Algo() != nixhash.SHA256 || len(ni.NarHash.Digest()) != sha256.Size {
@@ -430,7 +435,7 @@ func (f *Filter) upstreamAnswer(ctx context.Context, hash string, wait bool) (a 
 		return a, f.unkTTL
 	}
 	if !wait {
-		a, known = f.answers.peek(hash, fetch)
+		a, known = f.answers.peek(hash, backgroundPause, fetch)
 		if known {
 			f.cacheHits.Add(1)
 		}

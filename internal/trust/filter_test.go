@@ -707,7 +707,7 @@ func testFilterAnswerFromMemory(t *testing.T, up *upstream) {
 		t.Errorf("answers from memory took %v (the upstream takes %v)", took, up.delay)
 	}
 	synctest.Wait()
-	time.Sleep(up.delay)
+	time.Sleep(backgroundPause + up.delay)
 	synctest.Wait()
 	if got := up.requests(); got != 2 {
 		t.Errorf("background checks: %d upstream requests, want 2", got)
@@ -727,7 +727,7 @@ func testFilterAnswerFromMemory(t *testing.T, up *upstream) {
 	if _, err := shared.NarInfo(ctx, pub.hash); err != nil || time.Since(start) != 0 {
 		t.Errorf("expired answer: err %v after %v, want the old answer at once", err, time.Since(start))
 	}
-	time.Sleep(up.delay)
+	time.Sleep(backgroundPause + up.delay)
 	synctest.Wait()
 	if _, err := shared.NarInfo(ctx, pub.hash); !errors.Is(err, store.ErrRefused) {
 		t.Errorf("after the refresh: %v, want ErrRefused", err)
