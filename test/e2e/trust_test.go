@@ -300,9 +300,25 @@ func TestTrustLAN(t *testing.T) {
 					}
 				}
 			}
-			// A's /local/ is open to peers: that one must be a plain 404.
-			if resp, _ := clientGet(t, bc, http.MethodGet, da.hostURL+"/local/"+h+".narinfo"); resp.StatusCode != http.StatusNotFound {
-				t.Errorf("GET %s/local/%s.narinfo from B: %s, want 404", da.hostURL, h, resp.Status)
+			// A's /local/ and /nar/ are open to peers: there the path must
+			// look exactly like one A does not hold (status, headers, body).
+			absent, absentNH := randomNix32(32), randomNix32(51)
+			absentNH = "1" + absentNH
+			for _, u := range [][2]string{
+				{"/local/" + h + ".narinfo", "/local/" + absent + ".narinfo"},
+				{"/local/nar/" + h + "-" + nh + ".nar", "/local/nar/" + absent + "-" + absentNH + ".nar"},
+				{"/nar/" + h + "-" + nh + ".nar", "/nar/" + absent + "-" + absentNH + ".nar"},
+			} {
+				for _, method := range []string{http.MethodGet, http.MethodHead} {
+					r1, b1 := clientGet(t, bc, method, da.hostURL+u[0])
+					r2, b2 := clientGet(t, bc, method, da.hostURL+u[1])
+					h1, h2 := r1.Header.Clone(), r2.Header.Clone()
+					h1.Del("Date")
+					h2.Del("Date")
+					if r1.StatusCode != http.StatusNotFound || r1.StatusCode != r2.StatusCode || !bytes.Equal(b1, b2) || fmt.Sprint(h1) != fmt.Sprint(h2) {
+						t.Errorf("%s %s from B differs from an absent path's answer:\n%s %v %q\n%s %v %q", method, u[0], r1.Status, h1, b1, r2.Status, h2, b2)
+					}
+				}
 			}
 			if answers := askLAN(t, probe, bcast, h, 600*time.Millisecond); len(answers) != 0 {
 				t.Errorf("LAN request for it was answered: %v", answers)
