@@ -1,7 +1,13 @@
 .PHONY: run test bench bench-net bench-lookups lint build
 
+# A static binary (no cgo: SQLite is pure Go), stamped with its version and
+# commit: `peerix --version` says which build runs.
+VERSION ?= 0.1.0-dev
+COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS  = -X github.com/peerix/peerix/internal/daemon.Version=$(VERSION) -X github.com/peerix/peerix/internal/daemon.Commit=$(COMMIT)
+
 build:
-	go build -o bin/peerix ./cmd/peerix
+	CGO_ENABLED=0 go build -trimpath -ldflags "$(LDFLAGS)" -o bin/peerix ./cmd/peerix
 
 run:
 	scripts/run.sh

@@ -36,13 +36,16 @@
               services.peerix = {
                 enable = true;
                 package = self.packages.${system}.peerix;
-                tracker = "https://tracker.example.org";
-                lan = true;
                 openFirewall = true;
                 signingKeyFile = "/run/keys/peerix.sec";
-                filterPatterns = [ "*-secret*" ];
-                settings.lan-timeout = "300ms";
+                settings = {
+                  tracker = "https://tracker.example.org";
+                  filter-pattern = [ "*-secret*" ];
+                  lan-timeout = "300ms";
+                };
               };
+              # Beside the daemon with the default ports: the relay's
+              # 12307 does not clash with the daemon's 12306.
               services.peerix-tracker = {
                 enable = true;
                 openFirewall = true;
@@ -106,6 +109,14 @@
               udp = c.networking.firewall.allowedUDPPorts;
             }
           );
+          # The units' own command lines (JSON-quoted store paths, which
+          # the shell reads alike) with --check-config: peerix accepts the
+          # config files the module generates. nix/eval_test.go does the
+          # same offline, with nixpkgs' lib alone.
+          nixos-module-config = pkgs.runCommand "peerix-module-check-config" { } ''
+            ${c.systemd.services.peerix.serviceConfig.ExecStart} --check-config > $out
+            ${c.systemd.services.peerix-tracker.serviceConfig.ExecStart} --check-config >> $out
+          '';
         }
       );
 

@@ -1,13 +1,15 @@
 // Package nix_test checks the Nix packaging: flake.nix and the files in
-// nix/ parse, the NixOS module has its options and hardening and passes
-// only flags peerix knows, and the package's vendorHash matches go.mod.
-// Nixpkgs is not available offline, so the module is evaluated against
-// real nixpkgs only by the flake's checks (nix flake check).
+// nix/ parse, the NixOS module has its options and hardening and runs
+// peerix with its config file only, and the package's vendorHash matches
+// go.mod. TestModuleEval evaluates the module with nixpkgs' module system
+// where nixpkgs' lib is at hand (NIXPKGS_LIB); the flake's checks evaluate
+// it as part of a whole NixOS system (nix flake check).
 package nix_test
 
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,7 +23,14 @@ import (
 	"github.com/peerix/peerix/internal/nixtest"
 )
 
-func TestMain(m *testing.M) { nixtest.Main(m) }
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	nixtest.Cleanup()
+	os.Exit(code)
+}
 
 // needTool finds a program or skips the test (fails it under CI=true).
 func needTool(t *testing.T, name string) string {
@@ -47,7 +56,7 @@ func readFile(t *testing.T, name string) string {
 
 func TestNixFilesParse(t *testing.T) {
 	nixtest.Require(t)
-	for _, f := range []string{"../flake.nix", "module.nix", "package.nix", "test.nix"} {
+	for _, f := range []string{"../flake.nix", "module.nix", "package.nix", "test.nix", "testdata/eval-module.nix"} {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		out, err := nixtest.Command(ctx, "nix-instantiate", "--parse", f).CombinedOutput()
 		cancel()
@@ -74,23 +83,31 @@ func optionBlock(t *testing.T, module, name string) string {
 
 func TestModuleOptions(t *testing.T) {
 	module := readFile(t, "module.nix")
-	defined := func(block string) []string {
-		var names []string
-		for _, m := range regexp.MustCompile(`(?m)^    ([A-Za-z0-9]+) = mk(Option|EnableOption)\b`).FindAllStringSubmatch(block, -1) {
-			names = append(names, m[1])
-		}
-		return names
-	}
-	for name, want := range map[string][]string{
-		"peerix": {"enable", "package", "mode", "tracker", "lan", "filter", "upstream", "signingKeyFile", "priority",
-			"openFirewall", "extraArgs", "settings", "port", "p2pPort", "lanPort"},
-		"peerix-tracker": {"enable", "package", "listen", "db", "relayPort", "peerTtl", "openFirewall"},
+	for _, tt := range []struct {
+		service string
+		options []string // declared at the top of the service
+		keys    []string // declared inside its settings
+	}{
+		{"peerix", []string{"enable", "package", "settings", "signingKeyFile", "openFirewall"}, config.ServeKeys()},
+		{"peerix-tracker", []string{"enable", "package", "settings", "openFirewall"}, config.TrackerKeys()},
 	} {
-		have := defined(optionBlock(t, module, name))
-		for _, opt := range want {
-			if !slices.Contains(have, opt) {
-				t.Errorf("services.%s.%s is not defined in module.nix (defined: %v)", name, opt, have)
+		block := optionBlock(t, module, tt.service)
+		var options, keys []string
+		for _, m := range regexp.MustCompile(`(?m)^( +)([A-Za-z0-9-]+) = mk(Option|EnableOption|PackageOption)\b`).FindAllStringSubmatch(block, -1) {
+			if len(m[1]) == 4 {
+				options = append(options, m[2])
+			} else {
+				keys = append(keys, m[2])
 			}
+		}
+		if !slices.Equal(options, tt.options) {
+			t.Errorf("services.%s declares %v, want %v", tt.service, options, tt.options)
+		}
+		// The settings declare every key peerix knows, and no other: the
+		// module's assertion takes the undeclared ones for unknown keys.
+		slices.Sort(keys)
+		if !slices.Equal(keys, tt.keys) {
+			t.Errorf("services.%s.settings declares %v, peerix takes %v", tt.service, keys, tt.keys)
 		}
 	}
 }
@@ -99,6 +116,10 @@ func TestModuleHardening(t *testing.T) {
 	module := readFile(t, "module.nix")
 	for _, want := range []string{
 		`DynamicUser = true;`,
+		`PrivateUsers = true;`,
+		`ProcSubset = "pid";`,
+		`DevicePolicy = "closed";`,
+		`"~@resources"`,
 		`StateDirectory = "peerix";`,
 		`StateDirectory = "peerix-tracker";`,
 		`ProtectSystem = "strict";`,
@@ -111,7 +132,7 @@ func TestModuleHardening(t *testing.T) {
 		`Restart = "on-failure";`,
 		`ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";`,
 		`nix.settings.extra-substituters = [ substituterURL ];`,
-		`substituterURL = "http://${hostPort loopbackHost cfg.port}";`,
+		`meta.maintainers = [ ];`,
 	} {
 		if !strings.Contains(module, want) {
 			t.Errorf("module.nix lacks %s", want)
@@ -132,44 +153,25 @@ func TestModuleHardening(t *testing.T) {
 	}
 }
 
-// TestModuleFlagsExist: every --flag the module passes is a flag of
-// peerix serve or peerix tracker.
-func TestModuleFlagsExist(t *testing.T) {
+// TestModuleExecStart: the units run `peerix serve|tracker --config FILE`
+// and pass no other flag, so nothing overrides the settings. (The
+// evaluation test, TestModuleEval, runs the real commands.)
+func TestModuleExecStart(t *testing.T) {
 	module := readFile(t, "module.nix")
-	known := func(usage func(w *bytes.Buffer)) []string {
-		var b bytes.Buffer
-		usage(&b)
-		var names []string
-		for _, m := range regexp.MustCompile(`(?m)^  --([a-z0-9-]+)`).FindAllStringSubmatch(b.String(), -1) {
-			names = append(names, m[1])
-		}
-		return names
-	}
-	serve := known(func(b *bytes.Buffer) { config.ServeUsage(b) })
-	tracker := known(func(b *bytes.Buffer) { config.TrackerUsage(b) })
-	serve = append(serve, "config")
-	if len(serve) < 10 || len(tracker) < 4 {
-		t.Fatalf("could not read the flags from the usage: serve %v, tracker %v", serve, tracker)
-	}
-	// The tracker's flags are in trackerArgs, the rest are serve's.
-	ts := strings.Index(module, "trackerArgs = [")
-	te := strings.Index(module, "tcfg.extraArgs;")
-	if ts < 0 || te < ts {
-		t.Fatal("module.nix has no trackerArgs = [ ... tcfg.extraArgs;")
-	}
-	flagRE := regexp.MustCompile(`"--([a-z0-9-]+)`)
-	check := func(text, cmd string, flags []string) {
-		for _, m := range flagRE.FindAllStringSubmatch(text, -1) {
-			if !slices.Contains(flags, m[1]) {
-				t.Errorf("module.nix passes --%s to peerix %s, which does not know it", m[1], cmd)
-			}
+	for _, m := range regexp.MustCompile(`"--([a-z0-9-]+)`).FindAllStringSubmatch(module, -1) {
+		if m[1] != "config" {
+			t.Errorf("module.nix passes --%s: the units take everything from the config file", m[1])
 		}
 	}
-	check(module[ts:te], "tracker", tracker)
-	check(module[:ts]+module[te:], "serve", serve)
-	// The signing key goes through a systemd credential.
-	if !strings.Contains(module, `--signing-key-file %d/signing-key`) || !slices.Contains(serve, "signing-key-file") {
-		t.Errorf("%s", "the signing key is not passed as --signing-key-file %d/signing-key (a systemd credential)")
+	for _, cmd := range []string{"serve", "tracker"} {
+		want := "(lib.getExe' %s \"peerix\")\n            \"" + cmd + "\"\n            \"--config\"\n"
+		pkg := "cfg.package"
+		if cmd == "tracker" {
+			pkg = "tcfg.package"
+		}
+		if !strings.Contains(module, fmt.Sprintf(want, pkg)) {
+			t.Errorf("module.nix does not run peerix %s --config FILE", cmd)
+		}
 	}
 }
 

@@ -39,9 +39,11 @@ build {
     ];
   };
 
-  vendorHash = "sha256-pS/kx2zTlUswfx6b23bN/soAvYFrgQxcwCYv6x1Q5KA=";
+  vendorHash = "sha256-H1lAGd2G+C06kaPLcagH4HCTwln6VhZf3sEjR9Q6Goo=";
 
   subPackages = [ "cmd/peerix" ];
+
+  env.CGO_ENABLED = 0;
 
   ldflags = [
     "-s"
@@ -52,6 +54,9 @@ build {
   meta = {
     description = "Peer-to-peer binary cache for Nix: LAN discovery, libp2p, tracker";
     homepage = "https://github.com/peerix/peerix";
+    # The LICENSE file at the root of the repository.
+    license = lib.licenses.mit;
+    maintainers = [ ];
     mainProgram = "peerix";
     platforms = lib.platforms.linux ++ lib.platforms.darwin;
   };

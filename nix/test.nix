@@ -1,6 +1,7 @@
-# NixOS VM test of the module: the hardened daemon reads the Nix database as
-# its dynamic user, serves, reports health and status, reloads and stops
-# cleanly, keeping its stats. Run (needs KVM):
+# NixOS VM test of the module: the hardened daemon (a dynamic user in its
+# own user namespace) reads the Nix database, runs with the settings as
+# given, serves, reports health and status, reloads and stops cleanly,
+# keeping its stats. Run (needs KVM):
 #   nix build .#legacyPackages.x86_64-linux.nixosTests.peerix
 {
   pkgs,
@@ -16,7 +17,10 @@ pkgs.testers.runNixOSTest {
     services.peerix = {
       enable = true;
       inherit package;
-      mode = "local";
+      settings = {
+        mode = "local";
+        priority = 20;
+      };
     };
     environment.systemPackages = [
       pkgs.curl
@@ -31,6 +35,15 @@ pkgs.testers.runNixOSTest {
     machine.wait_for_open_port(12304)
 
     machine.succeed("grep -q 'extra-substituters = http://127.0.0.1:12304' /etc/nix/nix.conf")
+
+    # The unit runs peerix with the generated config file and no flag; the
+    # settings are what it runs with.
+    execstart = machine.succeed("systemctl show -p ExecStart --value peerix")
+    config = execstart.split(" serve --config ")[1].split()[0]
+    effective = machine.succeed(f"peerix serve --check-config --config {config}")
+    for line in ['mode = "local"', "priority = 20", 'listen = "127.0.0.1:12304"', "lan = false"]:
+        assert line in effective.splitlines(), effective
+    assert "Priority: 20" in machine.succeed("curl -sf http://127.0.0.1:12304/nix-cache-info")
 
     health = json.loads(machine.succeed("curl -sf http://127.0.0.1:12304/health"))
     assert health["status"] == "healthy", health

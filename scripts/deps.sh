@@ -2,7 +2,8 @@
 # Installs what peerix and its tests need on a Debian machine, skipping what
 # is already there: Nix (Debian's nix-bin), nginx and wrk (benchmarks),
 # iproute2 and iptables (network-namespace tests), chromium (dashboard test),
-# postgresql (tracker tests and scripts/bench-tracker.sh), jq (benchmarks).
+# postgresql (tracker tests and scripts/bench-tracker.sh), zsh and fish (the
+# completion scripts are run in them), jq (benchmarks).
 # Usage: scripts/deps.sh [run|test|bench]
 set -euo pipefail
 want=${1:-test}
@@ -17,6 +18,8 @@ if [ "$want" != run ]; then
   command -v nginx >/dev/null || pkgs+=(nginx-light)
   command -v curl >/dev/null || pkgs+=(curl)
   command -v chromium >/dev/null || pkgs+=(chromium)
+  command -v zsh >/dev/null || pkgs+=(zsh)
+  command -v fish >/dev/null || pkgs+=(fish)
   # The tracker's tests start a private PostgreSQL server from these binaries.
   compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || pkgs+=(postgresql)
 fi

@@ -112,10 +112,19 @@ func (r *doctorReport) fail(fix string, format string, a ...any) {
 	}
 }
 
+func doctorFlags() (*flag.FlagSet, *string) {
+	fs := newFlagSet("doctor")
+	return fs, fs.String("url", defaultDaemonURL, "the daemon's `URL`, as Nix's substituters name it")
+}
+
+const doctorAbout = `Checks the setup: the daemon and its health, Nix's substituters and
+trusted-public-keys, the store database, the state dir, the tracker and the
+upstream. Prints OK, FAIL or SKIP per check, and for each FAIL what to do;
+exits 1 when something failed.`
+
 func runDoctor(ctx context.Context, args []string, stdout io.Writer, env doctorEnv) error {
-	fs := flag.NewFlagSet("peerix doctor", flag.ContinueOnError)
-	base := fs.String("url", defaultDaemonURL, "the daemon's `URL`, as Nix's substituters name it")
-	if err := fs.Parse(args); err != nil {
+	fs, base := doctorFlags()
+	if helped, err := parseFlags(fs, args, stdout, "doctor [--url URL]", doctorAbout); helped || err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {

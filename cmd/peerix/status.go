@@ -26,12 +26,20 @@ const defaultDaemonURL = "http://127.0.0.1:12304"
 // (not synctest: they reach their fake daemon over a real loopback socket).
 var statusNow = time.Now
 
+func statusFlags() (*flag.FlagSet, *string) {
+	fs := newFlagSet("status")
+	return fs, fs.String("url", defaultDaemonURL, "the daemon's `URL`")
+}
+
+const statusAbout = `Shows a running daemon's node, store, counters, the last hour, peers and
+transfers (in flight and just finished), from its /api/status and /api/peers.
+The daemon answers these only on its own machine.`
+
 // status implements `peerix status [--url URL]`: the running daemon's node,
 // peers, transfers and store as tables.
 func status(args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("peerix status", flag.ContinueOnError)
-	base := fs.String("url", defaultDaemonURL, "the daemon's `URL`")
-	if err := fs.Parse(args); err != nil {
+	fs, base := statusFlags()
+	if helped, err := parseFlags(fs, args, stdout, "status [--url URL]", statusAbout); helped || err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
@@ -166,6 +174,9 @@ func writeStatus(w io.Writer, st *ops.Status, peers []ops.PeerInfo, now time.Tim
 	row("Requests", fmt.Sprintf("%d, sent %s, received %s", c.Requests, sizeString(c.BytesSent), receivedLine(c)))
 	row("Hits", bySource(c.Hits))
 	row("Misses", bySource(c.Misses))
+	if h := st.History; len(h.Hits) > 0 {
+		row("Last hour", historyLine(h))
+	}
 	if c.VerificationFailures > 0 {
 		row("Refused", fmt.Sprintf("%d verification failures", c.VerificationFailures))
 	}
@@ -186,15 +197,19 @@ func writeStatus(w io.Writer, st *ops.Status, peers []ops.PeerInfo, now time.Tim
 		row("  PEER", "SOURCE", "CONNECTION", "SUCCESS", "LATENCY", "BACKOFF", "ADDRESSES")
 		for _, p := range peers {
 			conn := "-"
-			if p.Connected {
+			switch {
+			case p.Connected && p.Source == "lan":
+				conn = "on the LAN"
+			case p.Connected && p.Relayed && !p.Direct:
+				conn = "relayed"
+			case p.Connected:
 				conn = "direct"
-				if p.Relayed {
-					conn = "relayed"
-				}
 			}
 			success, latency, backoff := "-", "-", "-"
 			if r := p.Reputation; r != nil {
-				success = fmt.Sprintf("%.0f%% (%d/%d)", r.SuccessRate*100, r.Successes, r.Successes+r.Failures)
+				if n := r.Successes + r.Failures; n > 0 {
+					success = fmt.Sprintf("%d%% (%d ok, %d failed)", r.Successes*100/n, r.Successes, r.Failures)
+				}
 				if r.LatencyMs > 0 {
 					latency = fmt.Sprintf("%.0f ms", r.LatencyMs)
 				}
@@ -213,24 +228,97 @@ func writeStatus(w io.Writer, st *ops.Status, peers []ops.PeerInfo, now time.Tim
 	}
 
 	fmt.Fprintf(w, "\nTransfers: %d in flight\n", len(st.Transfers))
-	if len(st.Transfers) > 0 {
-		tw = tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
-		row = func(cells ...string) { fmt.Fprintln(tw, strings.Join(cells, "\t")) }
-		for _, t := range st.Transfers {
-			who := "from " + t.Source
-			if t.Peer != "" {
-				who += " " + shortPeer(t.Peer)
-			}
-			if t.Direction == "up" {
-				who = "to " + orDash(shortPeer(t.Peer))
-			}
-			row("  "+pathName(t.StorePath, t.Hash), who, progressBar(t.Done, t.Size, true), sizeString(int64(t.RateBps))+"/s")
-		}
-		if err := tw.Flush(); err != nil {
+	if err := writeTransfers(w, st.Transfers, false); err != nil {
+		return err
+	}
+	if len(st.RecentTransfers) > 0 {
+		recent := st.RecentTransfers[:min(len(st.RecentTransfers), recentShown)]
+		fmt.Fprintf(w, "\nRecently finished: %d of %d\n", len(recent), len(st.RecentTransfers))
+		if err := writeTransfers(w, recent, true); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// recentShown finished transfers are listed.
+const recentShown = 5
+
+// writeTransfers prints one line per transfer: path, direction and peer,
+// progress (or result), rate, time.
+func writeTransfers(w io.Writer, ts []ops.TransferInfo, finished bool) error {
+	if len(ts) == 0 {
+		return nil
+	}
+	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
+	for _, t := range ts {
+		progress := progressBar(t.Done, t.Size, true)
+		if finished {
+			progress = sizeString(t.Done)
+			if t.Error != "" {
+				progress += ", failed: " + t.Error
+			}
+		}
+		cells := []string{"  " + pathName(t.StorePath, t.Hash), transferParty(t), progress,
+			sizeString(int64(t.RateBps)) + "/s", secondsString(t.ElapsedS)}
+		fmt.Fprintln(tw, strings.Join(cells, "\t"))
+		if len(t.Sources) < 2 {
+			continue
+		}
+		// Several holders at once: each one's share and rate.
+		for _, src := range t.Sources {
+			who := "  · " + shortPeer(src.Peer)
+			if src.Relayed {
+				who += " (relayed)"
+			}
+			fmt.Fprintln(tw, strings.Join([]string{"", who, sizeString(src.Done), sizeString(int64(src.RateBps)) + "/s"}, "\t"))
+		}
+	}
+	return tw.Flush()
+}
+
+// transferParty says where a transfer goes or comes from, and how, with
+// the share of the bytes that went over the wire when compression saved
+// some.
+func transferParty(t ops.TransferInfo) string {
+	way := t.Source
+	peer := orDash(shortPeer(t.Peer))
+	if len(t.Sources) > 1 {
+		peer = fmt.Sprintf("%d peers", len(t.Sources))
+	} else if t.Relayed {
+		way += ", relayed"
+	}
+	if t.WireRatio > 0 && t.WireRatio < 0.95 {
+		way += fmt.Sprintf(", %.0f%% on the wire", 100*t.WireRatio)
+	}
+	if t.Direction == "up" {
+		return "↑ to " + peer + " (" + way + ")"
+	}
+	return "↓ from " + peer + " (" + way + ")"
+}
+
+// secondsString prints a duration in seconds: "0.4s", "12s", "3m20s".
+func secondsString(s float64) string {
+	if s < 10 {
+		return fmt.Sprintf("%.1fs", max(s, 0))
+	}
+	return time.Duration(s * float64(time.Second)).Round(time.Second).String()
+}
+
+// historyLine sums the last hour: bytes moved and lookups answered.
+func historyLine(h ops.History) string {
+	sum := func(a []int64) (n int64) {
+		for _, v := range a {
+			n += v
+		}
+		return n
+	}
+	hits, misses := sum(h.Hits), sum(h.Misses)
+	line := fmt.Sprintf("received %s, sent %s, %d found, %d not found", sizeString(sum(h.ReceivedBytes)), sizeString(sum(h.SentBytes)), hits, misses)
+	if hits+misses > 0 {
+		line += fmt.Sprintf(" (%d%% found)", hits*100/(hits+misses))
+	}
+	return line
 }
 
 func orDash(s string) string {

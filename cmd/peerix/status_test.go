@@ -15,9 +15,9 @@ import (
 	"github.com/peerix/peerix/internal/ops"
 )
 
-var updateGolden = flag.Bool("update-golden", false, "rewrite the golden files of status and doctor")
+var updateGolden = flag.Bool("update", false, "rewrite the golden files in testdata (status, doctor, help)")
 
-// golden compares got with testdata/name, or rewrites it with -update-golden.
+// golden compares got with testdata/name, or rewrites it with -update.
 func golden(t *testing.T, name, got string) {
 	t.Helper()
 	file := filepath.Join("testdata", name)
@@ -32,10 +32,10 @@ func golden(t *testing.T, name, got string) {
 	}
 	want, err := os.ReadFile(file)
 	if err != nil {
-		t.Fatalf("%v (run go test -update-golden to create it)", err)
+		t.Fatalf("%v (run go test -update to create it)", err)
 	}
 	if got != string(want) {
-		t.Errorf("output differs from %s (go test -update-golden rewrites it)\n--- got:\n%s\n--- want:\n%s", file, got, want)
+		t.Errorf("output differs from %s (go test -update rewrites it)\n--- got:\n%s\n--- want:\n%s", file, got, want)
 	}
 }
 
@@ -58,9 +58,31 @@ func sampleStatus() ops.Status {
 		Peers:     ops.PeerCounts{Known: 3, Connected: 2, LAN: 1, P2P: 2},
 		Transfers: []ops.TransferInfo{
 			{ID: "t1", Direction: "down", StorePath: "/nix/store/0c0rbkz6fv6z6hkfg8r9cxk6wq1b2d7m-firefox-128.0", Source: "p2p",
-				Peer: "12D3KooWAbCdEfGhIjKlMnOpQrStUvWxYz0123456789abcdefgh", Size: 250 << 20, Done: 130 << 20, RateBps: 3.2 * (1 << 20)},
-			{ID: "t2", Direction: "down", Hash: "1b4sb93wp679q4zx9k1ignby1yna3z7c", Source: "lan", Peer: "192.168.1.20:12304", Size: -1, Done: 700 << 10, RateBps: 350 << 10},
-			{ID: "up-3", Direction: "up", StorePath: "/nix/store/2f3l6s9p5y7xk3d4m8q0ccvzna1b6r9w-glibc-2.39", Source: "local", Peer: "192.168.1.31", Size: 30 << 20, Done: 30 << 20, RateBps: 80 << 20},
+				Peer: "12D3KooWAbCdEfGhIjKlMnOpQrStUvWxYz0123456789abcdefgh", Size: 250 << 20, Done: 130 << 20, RateBps: 3.2 * (1 << 20), ElapsedS: 40.6},
+			{ID: "t2", Direction: "down", Hash: "1b4sb93wp679q4zx9k1ignby1yna3z7c", Source: "lan", Peer: "192.168.1.20:12304", Size: -1, Done: 700 << 10, RateBps: 350 << 10, ElapsedS: 2},
+			{ID: "t5", Direction: "down", StorePath: "/nix/store/6c0rbkz6fv6z6hkfg8r9cxk6wq1b2d7m-llvm-18.1", Source: "lan", Peer: "192.168.1.22:12304",
+				Size: 256 << 20, Done: 96 << 20, WireBytes: 36 << 20, WireRatio: 0.375, RateBps: 24 << 20, ElapsedS: 4,
+				Sources: []ops.SourceInfo{
+					{Peer: "192.168.1.20:12304", Done: 40 << 20, WireBytes: 15 << 20, RateBps: 10 << 20},
+					{Peer: "192.168.1.21:12304", Done: 32 << 20, WireBytes: 12 << 20, RateBps: 8 << 20},
+					{Peer: "192.168.1.22:12304", Done: 24 << 20, WireBytes: 9 << 20, RateBps: 6 << 20},
+				}},
+			{ID: "up-3", Direction: "up", StorePath: "/nix/store/2f3l6s9p5y7xk3d4m8q0ccvzna1b6r9w-glibc-2.39", Source: "http", Peer: "192.168.1.31", Size: 30 << 20, Done: 12 << 20, RateBps: 80 << 20, ElapsedS: 0.15},
+			{ID: "up-4", Direction: "up", StorePath: "/nix/store/3b4sb93wp679q4zx9k1ignby1yna3z7c-openssl-3.0", Source: "p2p", Relayed: true,
+				Peer: "12D3KooWZyXwVuTsRqPoNmLkJiHgFeDcBa9876543210zyxwvuts", Size: 6 << 20, Done: 1 << 20, RateBps: 11.859259840998963, ElapsedS: 88.4},
+		},
+		RecentTransfers: []ops.TransferInfo{
+			{ID: "down-9", Direction: "down", StorePath: "/nix/store/4c0rbkz6fv6z6hkfg8r9cxk6wq1b2d7m-hello-2.12", Source: "lan", Peer: "192.168.1.20:12304",
+				Size: 50 << 10, Done: 50 << 10, RateBps: 2 << 20, ElapsedS: 0.02, Finished: true},
+			{ID: "up-8", Direction: "up", Hash: "5d4sb93wp679q4zx9k1ignby1yna3z7c", Source: "http", Peer: "192.168.1.31",
+				Size: 9 << 20, Done: 3 << 20, RateBps: 1 << 20, ElapsedS: 3, Finished: true, Error: "aborted"},
+		},
+		History: ops.History{
+			Start: testNow.Add(-59 * time.Minute).Truncate(time.Minute), StepS: 60,
+			SentBytes:     append(make([]int64, 58), 30<<20, 12<<20),
+			ReceivedBytes: append(make([]int64, 58), 130<<20, 0),
+			Hits:          append(make([]int64, 58), 40, 2),
+			Misses:        append(make([]int64, 58), 100, 18),
 		},
 		Counters: ops.Counters{
 			Requests:             1234,
@@ -79,6 +101,8 @@ func samplePeers() []ops.PeerInfo {
 		{ID: "12D3KooWAbCdEfGhIjKlMnOpQrStUvWxYz0123456789abcdefgh", Source: "p2p", Connected: true, Relayed: true,
 			Addrs:      []string{"/ip4/203.0.113.7/udp/12306/quic-v1"},
 			Reputation: &ops.Reputation{Successes: 19, Failures: 1, SuccessRate: 0.95, LatencyMs: 42.4}},
+		{ID: "192.168.1.21:12304", Source: "lan", Connected: true, Addrs: []string{"192.168.1.21:12304"},
+			Reputation: &ops.Reputation{}},
 		{ID: "12D3KooWZyXwVuTsRqPoNmLkJiHgFeDcBa9876543210zyxwvuts", Source: "p2p",
 			Reputation: &ops.Reputation{Successes: 1, Failures: 4, SuccessRate: 0.25,
 				BackoffUntil: testNow.Add(90 * time.Second), LastFailure: "hash mismatch"}},

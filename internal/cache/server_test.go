@@ -2,6 +2,7 @@ package cache_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 	"github.com/nix-community/go-nix/pkg/narinfo"
 
 	"github.com/peerix/peerix/internal/cache"
+	"github.com/peerix/peerix/internal/compress"
 	"github.com/peerix/peerix/internal/store"
 )
 
@@ -256,20 +258,27 @@ func TestErrorMapping(t *testing.T) {
 	}
 
 	// ErrRefused looks exactly like ErrNotFound from outside, on every
-	// route a peer may use, with and without a Range.
+	// route a peer may use, with and without a Range, with and without the
+	// block format asked for.
 	for _, target := range []string{"/local/" + localHash + ".narinfo", "/" + localNAR, "/local/" + localNAR} {
 		for _, method := range []string{"GET", "HEAD"} {
 			for _, rng := range []string{"", "bytes=10-", "bytes=-10", "bytes=5000-"} {
-				answer := func(err error) (int, string, http.Header) {
-					ts := newTestServer()
-					ts.local.err = err
-					rec := do(t, ts.s, method, target, "192.0.2.1:1", http.Header{"Range": {rng}})
-					return rec.Code, rec.Body.String(), rec.Header()
-				}
-				c1, b1, h1 := answer(store.ErrNotFound)
-				c2, b2, h2 := answer(fmt.Errorf("path is private: %w", store.ErrRefused))
-				if c1 != 404 || c1 != c2 || b1 != b2 || fmt.Sprint(h1) != fmt.Sprint(h2) {
-					t.Errorf("%s %s (Range %q): refused differs from not found:\n%d %q %v\n%d %q %v", method, target, rng, c1, b1, h1, c2, b2, h2)
+				for _, enc := range []string{"", cache.BlocksEncoding} {
+					answer := func(err error) (int, string, http.Header) {
+						ts := newTestServer()
+						ts.local.err = err
+						hdr := http.Header{"Range": {rng}}
+						if enc != "" {
+							hdr.Set(cache.AcceptEncodingHeader, enc)
+						}
+						rec := do(t, ts.s, method, target, "192.0.2.1:1", hdr)
+						return rec.Code, rec.Body.String(), rec.Header()
+					}
+					c1, b1, h1 := answer(store.ErrNotFound)
+					c2, b2, h2 := answer(fmt.Errorf("path is private: %w", store.ErrRefused))
+					if c1 != 404 || c1 != c2 || b1 != b2 || fmt.Sprint(h1) != fmt.Sprint(h2) {
+						t.Errorf("%s %s (Range %q, encoding %q): refused differs from not found:\n%d %q %v\n%d %q %v", method, target, rng, enc, c1, b1, h1, c2, b2, h2)
+					}
 				}
 			}
 		}
@@ -700,5 +709,58 @@ func TestMissPadding(t *testing.T) {
 	start := time.Now()
 	if rec := do(t, ts.s, "GET", "/local/"+localHash+".narinfo", "192.0.2.1:1", nil); rec.Code != 200 || time.Since(start) >= cache.MissFloor {
 		t.Errorf("a hit: %d after %v", rec.Code, time.Since(start))
+	}
+}
+
+// A peer that takes the block format gets it (the first block tried
+// compressed, so text shrinks), with no Content-Length; any other client
+// gets the raw bytes with their Content-Length.
+func TestBlocksForPeers(t *testing.T) {
+	ts := newTestServer()
+	text := bytes.Repeat([]byte("compressible NAR bytes\n"), 20000)
+	ts.local.nars[localNAR] = text
+	ts.local.narinfos[localHash].NarSize = uint64(len(text))
+	for _, tc := range []struct {
+		name, rng  string
+		accept     bool
+		start, end int
+	}{
+		{"whole", "", true, 0, len(text)},
+		{"range", "bytes=1000-300999", true, 1000, 301000},
+		{"not asked", "", false, 0, len(text)},
+		{"tiny range", "bytes=10-99", true, 10, 100},
+	} {
+		req := httptest.NewRequest(http.MethodGet, "/local/"+localNAR, nil)
+		req.RemoteAddr = "192.0.2.7:5000"
+		if tc.rng != "" {
+			req.Header.Set("Range", tc.rng)
+		}
+		if tc.accept {
+			req.Header.Set(cache.AcceptEncodingHeader, cache.BlocksEncoding)
+		}
+		w := httptest.NewRecorder()
+		ts.s.ServeHTTP(w, req)
+		body := w.Body.Bytes()
+		if got := w.Header().Get(cache.EncodingHeader) == cache.BlocksEncoding; got != tc.accept {
+			t.Fatalf("%s: encoding header %q", tc.name, w.Header().Get(cache.EncodingHeader))
+		}
+		if tc.accept {
+			if w.Header().Get("Content-Length") != "" {
+				t.Errorf("%s: Content-Length with the block format", tc.name)
+			}
+			wire := len(body)
+			var err error
+			if body, err = io.ReadAll(compress.NewReader(bytes.NewReader(body))); err != nil {
+				t.Fatal(err)
+			}
+			if len(body) > 4096 && wire >= len(body) {
+				t.Errorf("%s: %d wire bytes for %d of text", tc.name, wire, len(body))
+			}
+		} else if w.Header().Get("Content-Length") != strconv.Itoa(tc.end-tc.start) {
+			t.Errorf("%s: Content-Length %q", tc.name, w.Header().Get("Content-Length"))
+		}
+		if !bytes.Equal(body, text[tc.start:tc.end]) {
+			t.Errorf("%s: %d bytes, want bytes %d-%d of the NAR", tc.name, len(body), tc.start, tc.end)
+		}
 	}
 }

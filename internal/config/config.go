@@ -24,6 +24,11 @@
 // none. NAME is config.toml for `serve` and tracker.toml for `tracker` (the
 // two take different keys, some of the same name, e.g. listen).
 //
+// --check-config is a flag of both commands but not a key of the file: the
+// caller prints the effective configuration (WriteConfig) and exits instead
+// of running, so that an operator or a package build can check a file and
+// its flags without starting anything.
+//
 // -h/--help makes ParseServe and ParseTracker return flag.ErrHelp; the caller
 // prints ServeUsage or TrackerUsage (to stdout) and exits 0. Every other error
 // is one line, ready to print after "peerix: ".
@@ -63,7 +68,7 @@ type Serve struct {
 	LANTimeout time.Duration // --lan-timeout: how long to wait for LAN answers; default 500ms
 
 	Upstream          string   // --upstream cache URL (no trailing slash); default https://cache.nixos.org
-	Filter            string   // --filter: upstream, patterns or none; default upstream in p2p/lan mode, none in local mode
+	Filter            string   // --filter: upstream, patterns or none; default upstream in p2p/lan mode, patterns in local mode
 	FilterPatterns    []string // --filter-pattern GLOB, repeated: extra names never to share
 	NoVerify          bool     // --no-verify: hand peers' narinfos to Nix unverified
 	TrustedPublicKeys []string // --trusted-public-key KEY, repeated, "name:base64" (checked to parse)
@@ -76,16 +81,18 @@ type Serve struct {
 	SigningKeyFile string // --signing-key-file, else $NIX_SECRET_KEY_FILE; "" = do not sign
 	Verbose        bool   // --verbose: debug logging
 	ConfigFile     string // the config file that was read, "" if none
+	CheckConfig    bool   // --check-config: print the effective configuration and exit
 }
 
 // Tracker is the configuration of `peerix tracker`.
 type Tracker struct {
-	Listen     string        // --listen HOST:PORT; default 0.0.0.0:12305
-	DB         string        // --db: SQLite file path or postgres:// URL; default /var/lib/peerix-tracker/tracker.db
-	RelayPort  int           // --relay-port of the libp2p relay; default 12306, 0 = any free port
-	PeerTTL    time.Duration // --peer-ttl: a silent peer is dropped after this; default 2m, must be > 0
-	Verbose    bool          // --verbose: debug logging
-	ConfigFile string        // the config file that was read, "" if none
+	Listen      string        // --listen HOST:PORT; default 0.0.0.0:12305
+	DB          string        // --db: SQLite file path or postgres:// URL; default /var/lib/peerix-tracker/tracker.db
+	RelayPort   int           // --relay-port of the libp2p relay; default 12307, 0 = any free port
+	PeerTTL     time.Duration // --peer-ttl: a silent peer is dropped after this; default 2m, must be > 0
+	Verbose     bool          // --verbose: debug logging
+	ConfigFile  string        // the config file that was read, "" if none
+	CheckConfig bool          // --check-config: print the effective configuration and exit
 }
 
 // Modes and filters --mode and --filter accept.
@@ -108,6 +115,10 @@ const (
 	DefaultLANTimeout    = 500 * time.Millisecond
 )
 
+// DefaultRelayPort, the tracker's, differs from DefaultP2PPort so that a
+// daemon and a tracker on one machine do not clash with their defaults.
+const DefaultRelayPort = 12307
+
 // systemConfigDir holds the system-wide config files; a variable so tests
 // need not depend on the machine's /etc.
 var systemConfigDir = "/etc/peerix"
@@ -128,13 +139,14 @@ func serveFlags(s *Serve) *flag.FlagSet {
 	flags.IntVar(&s.LANPort, "lan-port", DefaultLANPort, "UDP `PORT` of LAN discovery (the original peerix uses 12304)")
 	flags.DurationVar(&s.LANTimeout, "lan-timeout", DefaultLANTimeout, "how long to wait for answers from LAN peers (a `DURATION`)")
 	flags.StringVar(&s.Upstream, "upstream", DefaultUpstream, "upstream binary cache `URL` for the filter and verifier")
-	flags.StringVar(&s.Filter, "filter", "", "`upstream|patterns|none`: which local paths peers may fetch (default upstream in p2p and lan mode, none in local mode)")
+	flags.StringVar(&s.Filter, "filter", "", "`upstream|patterns|none`: which local paths peers may fetch: those the upstream has, all but the deny-list of secret-looking names, or all (default upstream in p2p and lan mode, patterns in local mode)")
 	flags.Var(newStringList(&s.FilterPatterns), "filter-pattern", "never share store paths whose name matches `GLOB` (repeatable)")
 	flags.BoolVar(&s.NoVerify, "no-verify", false, "hand peers' narinfos to Nix without verifying them")
 	flags.Var(newStringList(&s.TrustedPublicKeys), "trusted-public-key", "accept peers' paths signed by `KEY` (name:base64; repeatable)")
 	flags.IntVar(&s.Priority, "priority", DefaultPriority, "nix-cache-info `PRIORITY` (lower is asked first; cache.nixos.org is 40)")
 	flags.StringVar(&s.SigningKeyFile, "signing-key-file", "", "sign local narinfos with the Nix secret key in `FILE` (default $NIX_SECRET_KEY_FILE)")
 	flags.BoolVar(&s.Verbose, "verbose", false, "log debug messages")
+	flags.BoolVar(&s.CheckConfig, "check-config", false, "print the effective configuration (flags, config file, defaults) as TOML and exit: 0 if it is valid")
 	return flags
 }
 
@@ -143,10 +155,31 @@ func trackerFlags(t *Tracker) *flag.FlagSet {
 	flags.String("config", "", "read settings from `FILE` (default ~/.config/peerix/tracker.toml, else /etc/peerix/tracker.toml, if present)")
 	flags.StringVar(&t.Listen, "listen", DefaultTrackerListen, "serve the tracker API on `HOST:PORT`")
 	flags.StringVar(&t.DB, "db", DefaultTrackerDB, "a SQLite file path or a postgres:// `URL`")
-	flags.IntVar(&t.RelayPort, "relay-port", DefaultP2PPort, "libp2p relay TCP and QUIC `PORT` (0: any free port)")
+	flags.IntVar(&t.RelayPort, "relay-port", DefaultRelayPort, "libp2p relay TCP and QUIC `PORT` (0: any free port)")
 	flags.DurationVar(&t.PeerTTL, "peer-ttl", DefaultPeerTTL, "forget a peer that has not sent a heartbeat for `DURATION`")
 	flags.BoolVar(&t.Verbose, "verbose", false, "log debug messages")
+	flags.BoolVar(&t.CheckConfig, "check-config", false, "print the effective configuration (flags, config file, defaults) as TOML and exit: 0 if it is valid")
 	return flags
+}
+
+// commandLineOnly are the flags that are not keys of the config file.
+var commandLineOnly = map[string]bool{"config": true, "check-config": true}
+
+// ServeKeys lists the keys of the config file of `peerix serve`, sorted:
+// its flags but --config and --check-config.
+func ServeKeys() []string { return fileKeys(serveFlags(&Serve{})) }
+
+// TrackerKeys lists the keys of the config file of `peerix tracker`, sorted.
+func TrackerKeys() []string { return fileKeys(trackerFlags(&Tracker{})) }
+
+func fileKeys(flags *flag.FlagSet) []string {
+	var keys []string
+	flags.VisitAll(func(f *flag.Flag) {
+		if !commandLineOnly[f.Name] {
+			keys = append(keys, f.Name)
+		}
+	})
+	return keys
 }
 
 func newFlagSet(name string) *flag.FlagSet {
@@ -177,7 +210,10 @@ func ParseServe(args []string, getenv func(string) string) (*Serve, error) {
 	}
 	if s.Filter == "" && !p.isSet("filter") {
 		if s.Mode == "local" {
-			s.Filter = "none"
+			// Local mode serves whoever reaches --listen (0.0.0.0 by
+			// default) with no upstream to ask: the deny-list at least
+			// keeps secret-looking paths in. --filter none serves all.
+			s.Filter = "patterns"
 		} else {
 			s.Filter = "upstream"
 		}
@@ -282,6 +318,20 @@ func TrackerUsage(w io.Writer) {
 
 func printUsage(w io.Writer, cmd string, flags *flag.FlagSet, file, example string) {
 	fmt.Fprintf(w, "usage: peerix %s [flags]\n\nflags:\n", cmd)
+	WriteFlags(w, flags)
+	fmt.Fprintf(w, `
+Every flag but --config and --check-config is also a key of the TOML config
+file, named like the flag (e.g. %s).
+Flags win over the file. The file is --config FILE, else
+~/.config/peerix/%s, else %s, if present.
+`, example, file, filepath.Join(systemConfigDir, file))
+}
+
+// WriteFlags lists flags as every peerix subcommand's --help does:
+//
+//	--name PLACEHOLDER
+//	      what it does (default value)
+func WriteFlags(w io.Writer, flags *flag.FlagSet) {
 	flags.VisitAll(func(f *flag.Flag) {
 		placeholder, usage := flag.UnquoteUsage(f)
 		if _, ok := f.Value.(*stringList); ok {
@@ -298,13 +348,14 @@ func printUsage(w io.Writer, cmd string, flags *flag.FlagSet, file, example stri
 		}
 		fmt.Fprintln(w)
 	})
-	fmt.Fprintf(w, `
-Every flag but --config is also a key of the TOML config file, named like the flag
-(e.g. %s).
-Flags win over the file. The file is --config FILE, else
-~/.config/peerix/%s, else %s, if present.
-`, example, file, filepath.Join(systemConfigDir, file))
 }
+
+// ServeFlags and TrackerFlags are the flags of `peerix serve` and `peerix
+// tracker` (for shell completion; parse with ParseServe and ParseTracker).
+func ServeFlags() *flag.FlagSet { return serveFlags(&Serve{}) }
+
+// TrackerFlags: see ServeFlags.
+func TrackerFlags() *flag.FlagSet { return trackerFlags(&Tracker{}) }
 
 func isBool(f *flag.Flag) bool {
 	b, ok := f.Value.(interface{ IsBoolFlag() bool })
@@ -481,8 +532,8 @@ func (p *parsed) apply(data []byte) error {
 		if f == nil {
 			return fmt.Errorf("config %s: unknown key %q%s", p.file, key, p.suggest(key))
 		}
-		if key == "config" {
-			return fmt.Errorf("config %s: key \"config\" cannot be set in a config file", p.file)
+		if commandLineOnly[key] {
+			return fmt.Errorf("config %s: key %q cannot be set in a config file", p.file, key)
 		}
 		// Type-check even a key the command line overrides: the file is
 		// wrong either way, and would break once the flag is dropped.
@@ -510,7 +561,7 @@ func (p *parsed) apply(data []byte) error {
 func (p *parsed) suggest(key string) string {
 	best, bestDist := "", 3
 	p.flags.VisitAll(func(f *flag.Flag) {
-		if f.Name == "config" {
+		if commandLineOnly[f.Name] {
 			return
 		}
 		if d := editDistance(key, f.Name); d < bestDist {

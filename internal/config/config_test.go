@@ -145,7 +145,9 @@ verbose = true
 			},
 		},
 		{"single dash and = forms", []string{"-mode=local", "--lan-port=5", "--verbose=true", "--no-verify=false"}, nil,
-			func(s *config.Serve) { s.Mode, s.LAN, s.Filter, s.LANPort, s.Verbose = "local", false, "none", 5, true }},
+			func(s *config.Serve) {
+				s.Mode, s.LAN, s.Filter, s.LANPort, s.Verbose = "local", false, "patterns", 5, true
+			}},
 		{"every key in the file", []string{"--config", allKeys}, nil, func(s *config.Serve) { *s = fromAllKeys }},
 		{
 			"flags beat the file",
@@ -161,7 +163,7 @@ verbose = true
 				s.FilterPatterns = []string{"a*", "b*"}
 				s.TrustedPublicKeys = []string{pubKey1, pubKey2}
 			}},
-		{"filter default local", []string{"--mode", "local"}, nil, func(s *config.Serve) { s.Mode, s.LAN, s.Filter = "local", false, "none" }},
+		{"filter default local", []string{"--mode", "local"}, nil, func(s *config.Serve) { s.Mode, s.LAN, s.Filter = "local", false, "patterns" }},
 		{"LAN off in p2p mode", []string{"--lan=false"}, nil, func(s *config.Serve) { s.LAN = false }},
 		{"filter default lan", []string{"--mode", "lan"}, nil, func(s *config.Serve) { s.Mode, s.Filter = "lan", "upstream" }},
 		{"filter default p2p with lan", []string{"--lan"}, nil, func(s *config.Serve) { s.LAN = true }},
@@ -169,7 +171,7 @@ verbose = true
 		{"filter explicit wins in p2p", []string{"--filter", "none"}, nil, func(s *config.Serve) { s.Filter = "none" }},
 		{"filter default follows mode from file", []string{"--config", modeLocal}, nil,
 			func(s *config.Serve) {
-				s.Mode, s.LAN, s.Filter, s.FilterPatterns, s.SigningKeyFile, s.ConfigFile = "local", false, "none", []string{"*-a"}, "/from/file", modeLocal
+				s.Mode, s.LAN, s.Filter, s.FilterPatterns, s.SigningKeyFile, s.ConfigFile = "local", false, "patterns", []string{"*-a"}, "/from/file", modeLocal
 			}},
 		{"filter default follows flag over file", []string{"--config", modeLocal, "--mode", "lan"}, nil,
 			func(s *config.Serve) {
@@ -179,14 +181,14 @@ verbose = true
 		{"signing key flag beats env", []string{"--signing-key-file", "/flag/key"}, env{"NIX_SECRET_KEY_FILE": "/env/key"}, func(s *config.Serve) { s.SigningKeyFile = "/flag/key" }},
 		{"signing key file key beats env", []string{"--config", modeLocal}, env{"NIX_SECRET_KEY_FILE": "/env/key"},
 			func(s *config.Serve) {
-				s.Mode, s.LAN, s.Filter, s.FilterPatterns, s.SigningKeyFile, s.ConfigFile = "local", false, "none", []string{"*-a"}, "/from/file", modeLocal
+				s.Mode, s.LAN, s.Filter, s.FilterPatterns, s.SigningKeyFile, s.ConfigFile = "local", false, "patterns", []string{"*-a"}, "/from/file", modeLocal
 			}},
 		{"HOME config picked up", nil, env{"HOME": home}, func(s *config.Serve) { s.Priority, s.ConfigFile = 7, homeFile }},
 		{"XDG_CONFIG_HOME preferred over HOME", nil, env{"HOME": home, "XDG_CONFIG_HOME": xdg}, func(s *config.Serve) { s.Priority, s.ConfigFile = 8, xdgFile }},
 		{"relative XDG_CONFIG_HOME ignored", nil, env{"HOME": home, "XDG_CONFIG_HOME": "rel"}, func(s *config.Serve) { s.Priority, s.ConfigFile = 7, homeFile }},
 		{"--config overrides HOME", []string{"--config", modeLocal}, env{"HOME": home},
 			func(s *config.Serve) {
-				s.Mode, s.LAN, s.Filter, s.FilterPatterns, s.SigningKeyFile, s.ConfigFile = "local", false, "none", []string{"*-a"}, "/from/file", modeLocal
+				s.Mode, s.LAN, s.Filter, s.FilterPatterns, s.SigningKeyFile, s.ConfigFile = "local", false, "patterns", []string{"*-a"}, "/from/file", modeLocal
 			}},
 		{"HOME without config file", nil, env{"HOME": emptyHome}, func(*config.Serve) {}},
 		{"flag beats HOME file", []string{"--priority", "1"}, env{"HOME": home}, func(s *config.Serve) { s.Priority, s.ConfigFile = 1, homeFile }},
@@ -205,10 +207,10 @@ verbose = true
 		})
 	}
 
-	// The "every key" file really covers every flag but --config.
+	// The "every key" file really covers every key.
 	text := readFile(t, allKeys)
-	for _, name := range config.FlagNames("serve") {
-		if name != "config" && !strings.Contains(text, "\n"+name+" = ") {
+	for _, name := range config.ServeKeys() {
+		if !strings.Contains(text, "\n"+name+" = ") {
 			t.Errorf("flag --%s not covered by the all-keys config file", name)
 		}
 	}
@@ -272,6 +274,7 @@ func TestServeErrors(t *testing.T) {
 		{"unknown far key", func() []string { return file(`zzzzzzzzz = 1`) }, `unknown key "zzzzzzzzz"`},
 		{"unknown table", func() []string { return file("[serve]\nlisten = \"x\"") }, `unknown key "serve"`},
 		{"config key in file", func() []string { return file(`config = "/x"`) }, `key "config" cannot be set`},
+		{"check-config key in file", func() []string { return file(`check-config = true`) }, `key "check-config" cannot be set`},
 		{"wrong type bool", func() []string { return file(`lan = "yes"`) }, `key "lan": want a boolean (true or false), got string "yes"`},
 		{"wrong type int from string", func() []string { return file(`p2p-port = "12306"`) }, `key "p2p-port": want an integer, got string "12306"`},
 		{"wrong type int from float", func() []string { return file(`priority = 1.5`) }, `key "priority": want an integer, got float 1.5`},
@@ -378,7 +381,7 @@ verbose = true
 	homeFile := writeFile(t, home, ".config/peerix/tracker.toml", "peer-ttl = \"1m\"\n")
 	writeFile(t, home, ".config/peerix/config.toml", "mode = \"lan\"\n") // serve's; must be ignored
 
-	def := config.Tracker{Listen: "0.0.0.0:12305", DB: "/var/lib/peerix-tracker/tracker.db", RelayPort: 12306, PeerTTL: 2 * time.Minute}
+	def := config.Tracker{Listen: "0.0.0.0:12305", DB: "/var/lib/peerix-tracker/tracker.db", RelayPort: 12307, PeerTTL: 2 * time.Minute}
 	tests := []struct {
 		name string
 		args []string
@@ -416,8 +419,8 @@ verbose = true
 	}
 
 	text := readFile(t, all)
-	for _, name := range config.FlagNames("tracker") {
-		if name != "config" && !strings.Contains(text, "\n"+name+" = ") {
+	for _, name := range config.TrackerKeys() {
+		if !strings.Contains(text, "\n"+name+" = ") {
 			t.Errorf("flag --%s not covered by the all-keys config file", name)
 		}
 	}
@@ -507,7 +510,7 @@ func FuzzServeConfigFile(f *testing.F) {
 
 func TestNilGetenv(t *testing.T) {
 	s, err := config.ParseServe([]string{"--mode", "local"}, nil)
-	if err != nil || s.Filter != "none" || s.SigningKeyFile != "" {
+	if err != nil || s.Filter != "patterns" || s.SigningKeyFile != "" {
 		t.Fatalf("%+v %v", s, err)
 	}
 }

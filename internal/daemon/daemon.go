@@ -12,7 +12,10 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/peerix/peerix/internal/cache"
@@ -22,16 +25,13 @@ import (
 	"github.com/peerix/peerix/internal/nixstore"
 	"github.com/peerix/peerix/internal/ops"
 	"github.com/peerix/peerix/internal/p2p"
+	"github.com/peerix/peerix/internal/portcheck"
 	"github.com/peerix/peerix/internal/share"
 	"github.com/peerix/peerix/internal/signing"
 	"github.com/peerix/peerix/internal/store"
 	"github.com/peerix/peerix/internal/swarm"
 	"github.com/peerix/peerix/internal/trust"
 )
-
-// Version is the peerix version, set at build time with
-// -ldflags "-X github.com/peerix/peerix/internal/daemon.Version=...".
-var Version = "0.1.0-dev"
 
 // ShutdownGrace bounds how long in-flight requests may finish after SIGTERM.
 const ShutdownGrace = 4 * time.Second
@@ -51,7 +51,8 @@ type Daemon struct {
 	start  time.Time
 
 	lanStore  *lan.Store       // nil without LAN discovery
-	inventory *share.Inventory // what this machine shares; nil without LAN discovery
+	inventory *share.Inventory // what this machine shares (its summary is served only with LAN discovery)
+	publicKey string           // the signing key's public half, "" when not signing
 
 	filter   *trust.Filter
 	verifier *trust.Verifier // nil without peer sources
@@ -109,8 +110,15 @@ func New(cfg *config.Serve, log *slog.Logger) (_ *Daemon, err error) {
 			return nil, err
 		}
 		d.shared = signing.NewStore(d.shared, key)
-		log.Info("signing local narinfos", "key", key.ToPublicKey().String())
+		d.publicKey = key.ToPublicKey().String()
+		log.Info("signing local narinfos", "key", d.publicKey)
 	}
+	// What this machine shares: the filter's verdict on every local path,
+	// kept current; its count is shown to the operator, its summary
+	// followed by LAN neighbours.
+	d.inventory = share.New(share.Options{
+		Paths: d.local, Shareable: d.filter.Shareable, Log: log.With("part", "share"),
+	})
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -145,17 +153,17 @@ func New(cfg *config.Serve, log *slog.Logger) (_ *Daemon, err error) {
 	if err := os.MkdirAll(spool, 0o700); err != nil {
 		return nil, fmt.Errorf("state dir: %w", err)
 	}
-	lookup := swarm.Options{
-		Accept:   d.verifier.Accept,
-		SpoolDir: spool,
-		OnLie:    func(peer, hash, what string) { d.ops.VerificationFailure(peer, what+" of "+hash) },
+	// Each source's transfers are shown to the operator as they run.
+	lookup := func(source string) swarm.Options {
+		return swarm.Options{
+			Accept:   d.verifier.Accept,
+			SpoolDir: spool,
+			OnLie:    func(peer, hash, what string) { d.ops.VerificationFailure(peer, what+" of "+hash) },
+			Observer: downloads{d: d, source: source},
+		}
 	}
 	var sources []store.Store
 	if cfg.LAN {
-		// What this machine shares, as a summary its LAN neighbours follow.
-		d.inventory = share.New(share.Options{
-			Paths: d.local, Shareable: d.filter.Shareable, Log: log.With("part", "share"),
-		})
 		httpPort := uint16(d.ln.Addr().(*net.TCPAddr).Port)
 		d.lan, err = lan.Listen(lan.Options{
 			Port: cfg.LANPort, HTTPPort: httpPort, Holds: d.filter.Shareable,
@@ -165,19 +173,26 @@ func New(cfg *config.Serve, log *slog.Logger) (_ *Daemon, err error) {
 			},
 			Log: log.With("part", "lan"),
 		})
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return nil, fmt.Errorf("--lan-port %d: UDP port %d is taken by another program (another peerix daemon, or the original peerix?): %w", cfg.LANPort, cfg.LANPort, portcheck.ErrInUse)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("--lan-port %d: %w", cfg.LANPort, err)
 		}
-		d.lanStore = lan.NewStore(d.lan, cfg.LANTimeout, lookup, log.With("part", "lan"))
+		d.lanStore = lan.NewStore(d.lan, cfg.LANTimeout, lookup(lan.Source), log.With("part", "lan"))
 		sources = append(sources, d.lanStore)
 	}
 	if cfg.Mode == "p2p" {
 		d.p2p, err = p2p.Start(context.Background(), p2p.Config{
 			StateDir: cfg.StateDir, Port: cfg.P2PPort, TrackerURL: cfg.Tracker,
 			Shared: d.shared, Paths: d.local, Shareable: d.filter.Shareable,
-			Lookup: lookup, FDs: d.budget.P2PFDs, MaxTransfers: d.budget.PeerTransfers,
+			Lookup: lookup(p2p.Source), Served: served{d},
+			FDs: d.budget.P2PFDs, MaxTransfers: d.budget.PeerTransfers,
 			Log: log.With("part", "p2p"),
 		})
+		if errors.Is(err, portcheck.ErrInUse) {
+			return nil, err // "--p2p-port N: TCP 0.0.0.0:N is taken ..."
+		}
 		if err != nil {
 			return nil, fmt.Errorf("p2p: %w", err)
 		}
@@ -213,7 +228,7 @@ func (d *Daemon) finish() *Daemon {
 		// peers hold all their budget.
 		ConnState: d.ln.ConnState,
 	}
-	if d.inventory != nil {
+	if d.lan != nil {
 		d.server.RegisterOnShutdown(d.inventory.Summary().EndPolls)
 	}
 	return d
@@ -221,7 +236,7 @@ func (d *Daemon) finish() *Daemon {
 
 // summaryHandler serves /local/summary, or nil without LAN discovery.
 func (d *Daemon) summaryHandler() http.Handler {
-	if d.inventory == nil {
+	if d.lan == nil {
 		return nil
 	}
 	return d.inventory.Summary()
@@ -252,8 +267,7 @@ func (d *Daemon) Addr() net.Addr { return d.ln.Addr() }
 // Run serves until ctx ends, then shuts down gracefully.
 func (d *Daemon) Run(ctx context.Context) error {
 	defer d.close()
-	d.log.Info("peerix serving", "listen", d.ln.Addr().String(), "mode", d.cfg.Mode,
-		"store", nixstore.DBPath(d.cfg.StoreRoot), "version", Version)
+	d.logStartup()
 	if err := d.ops.Load(); err != nil {
 		d.log.Warn("loading stats", "err", err)
 	}
@@ -267,9 +281,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	var parts sync.WaitGroup
 	partsCtx, stopParts := context.WithCancel(context.Background())
 	defer func() { stopParts(); parts.Wait() }()
-	if d.inventory != nil {
-		parts.Go(func() { d.inventory.Run(partsCtx) })
-	}
+	parts.Go(func() { d.inventory.Run(partsCtx) })
+	parts.Go(func() { d.watchActivity(partsCtx) })
 	if d.lan != nil {
 		parts.Go(func() {
 			if err := d.lan.Run(partsCtx); err != nil {
@@ -291,4 +304,98 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.server.Close()
 	d.log.Info("peerix stopped")
 	return nil
+}
+
+// logStartup says in a few lines what the daemon does: where it listens
+// and on which addresses, where the dashboard is, which config file was
+// read, what it shares and with whom.
+func (d *Daemon) logStartup() {
+	cfg := d.cfg
+	addr := d.ln.Addr().(*net.TCPAddr)
+	configFile := cfg.ConfigFile
+	if configFile == "" {
+		configFile = "none (flags and defaults only)"
+	}
+	d.log.Info("peerix serving", "version", Version, "commit", BuildCommit(), "mode", cfg.Mode,
+		"listen", addr.String(), "addresses", strings.Join(reachableAt(addr), " "),
+		"dashboard", dashboardURL(addr), "config", configFile,
+		"store", nixstore.DBPath(cfg.StoreRoot), "state_dir", cfg.StateDir)
+
+	audience := "anyone who can reach " + strings.Join(reachableAt(addr), " ") + " (HTTP /local/ and /nar/)"
+	if addr.IP.IsLoopback() {
+		audience = "this machine only (--listen is a loopback address)"
+	}
+	if d.lan != nil {
+		audience += ", LAN peers (UDP port " + strconv.Itoa(d.lan.Port()) + ")"
+	}
+	if d.p2p != nil {
+		audience += ", P2P peers over libp2p"
+		if cfg.Tracker != "" {
+			audience += " (found through " + cfg.Tracker + ")"
+		}
+	}
+	args := []any{"filter", cfg.Filter, "shares", shareRule(cfg), "to", audience}
+	if cfg.Mode == "local" && cfg.Filter == "patterns" {
+		args = append(args, "why", "local mode applies the deny-list by default (it serves whoever reaches --listen); --filter none shares every path, --listen 127.0.0.1:PORT keeps the cache to this machine")
+	}
+	d.log.Info("sharing the local store; how many paths is logged once the filter has seen them all", args...)
+	if cfg.Filter == "none" && !addr.IP.IsLoopback() {
+		d.log.Warn("--filter none on a non-loopback address: every store path, secret-looking ones included, goes to anyone who can reach " +
+			addr.String() + "; use --filter patterns, or --listen 127.0.0.1:" + strconv.Itoa(addr.Port))
+	}
+}
+
+// shareRule says in words which paths the filter lets out.
+func shareRule(cfg *config.Serve) string {
+	denied := fmt.Sprintf("names on the deny-list (%d built-in patterns: secrets, keys, NixOS system and home-manager files, .drv", len(trust.DefaultPatterns))
+	if n := len(cfg.FilterPatterns); n > 0 {
+		denied += fmt.Sprintf(", plus %d of --filter-pattern", n)
+	}
+	denied += ")"
+	switch cfg.Filter {
+	case "none":
+		return "every valid path (no filter, no deny-list)"
+	case "patterns":
+		return "every valid path but " + denied
+	}
+	return "paths the upstream " + cfg.Upstream + " has, but " + denied
+}
+
+// reachableAt lists the addresses the HTTP listener answers on: the
+// machine's interface addresses when it listens on all of them.
+func reachableAt(addr *net.TCPAddr) []string {
+	port := strconv.Itoa(addr.Port)
+	if !addr.IP.IsUnspecified() {
+		return []string{net.JoinHostPort(addr.IP.String(), port)}
+	}
+	ifaddrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return []string{addr.String()}
+	}
+	v4only := addr.IP.To4() != nil
+	var out []string
+	for _, a := range ifaddrs {
+		ipn, ok := a.(*net.IPNet)
+		if !ok || ipn.IP.IsLinkLocalUnicast() || (v4only && ipn.IP.To4() == nil) {
+			continue
+		}
+		out = append(out, net.JoinHostPort(ipn.IP.String(), port))
+	}
+	if len(out) == 0 {
+		return []string{addr.String()}
+	}
+	return out
+}
+
+// dashboardURL is where this machine's browser finds the dashboard (it
+// answers loopback callers only).
+func dashboardURL(addr *net.TCPAddr) string {
+	port := strconv.Itoa(addr.Port)
+	switch {
+	case addr.IP.IsUnspecified():
+		return "http://127.0.0.1:" + port + "/dashboard"
+	case addr.IP.IsLoopback():
+		return "http://" + net.JoinHostPort(addr.IP.String(), port) + "/dashboard"
+	}
+	return "none: it answers only loopback callers, and --listen " + addr.String() + " is not a loopback address"
 }

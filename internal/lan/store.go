@@ -12,6 +12,8 @@ import (
 
 	"github.com/nix-community/go-nix/pkg/narinfo"
 
+	"github.com/peerix/peerix/internal/cache"
+	"github.com/peerix/peerix/internal/compress"
 	"github.com/peerix/peerix/internal/store"
 	"github.com/peerix/peerix/internal/swarm"
 )
@@ -240,7 +242,7 @@ func (p *peer) NarInfo(ctx context.Context, hash string) (*narinfo.NarInfo, erro
 	return ni, nil
 }
 
-func (p *peer) OpenNAR(ctx context.Context, nar swarm.NAR, offset int64) (io.ReadCloser, error) {
+func (p *peer) OpenNAR(ctx context.Context, nar swarm.NAR, offset, end int64) (io.ReadCloser, error) {
 	u := nar.URL
 	if u == "" {
 		u = store.NarRef{Hash: nar.Hash, NarHash: nar.NarHash}.URL()
@@ -249,15 +251,18 @@ func (p *peer) OpenNAR(ctx context.Context, nar swarm.NAR, offset int64) (io.Rea
 	if err != nil {
 		return nil, err
 	}
-	if offset > 0 {
-		req.Header.Set("Range", "bytes="+strconv.FormatInt(offset, 10)+"-")
+	ranged := offset > 0 || end < nar.Size
+	if ranged {
+		req.Header.Set("Range", "bytes="+strconv.FormatInt(offset, 10)+"-"+strconv.FormatInt(end-1, 10))
 	}
+	// The holder compresses block by block where that is faster.
+	req.Header.Set(cache.AcceptEncodingHeader, cache.BlocksEncoding)
 	resp, err := p.s.client.Do(req)
 	if err != nil {
 		return nil, err
 	}
 	want := http.StatusOK
-	if offset > 0 {
+	if ranged {
 		want = http.StatusPartialContent
 	}
 	switch {
@@ -267,12 +272,24 @@ func (p *peer) OpenNAR(ctx context.Context, nar swarm.NAR, offset int64) (io.Rea
 	case resp.StatusCode != want:
 		resp.Body.Close()
 		return nil, fmt.Errorf("%w: NAR: HTTP %d", swarm.ErrRemote, resp.StatusCode)
-	case resp.ContentLength >= 0 && resp.ContentLength != nar.Size-offset:
+	case resp.Header.Get(cache.EncodingHeader) == cache.BlocksEncoding:
+		return &blocksBody{Reader: compress.NewReader(resp.Body), body: resp.Body}, nil
+	case resp.ContentLength >= 0 && resp.ContentLength != end-offset:
 		resp.Body.Close()
-		return nil, fmt.Errorf("%w: NAR: %d bytes offered, %d expected", swarm.ErrLie, resp.ContentLength, nar.Size-offset)
+		return nil, fmt.Errorf("%w: NAR: %d bytes offered, %d expected", swarm.ErrLie, resp.ContentLength, end-offset)
 	}
 	return resp.Body, nil
 }
+
+// blocksBody is a NAR body in the block format: the NAR bytes, and how
+// many came over the wire (WireBytes; the swarm kit stops reading at the
+// range's end).
+type blocksBody struct {
+	*compress.Reader
+	body io.Closer
+}
+
+func (b *blocksBody) Close() error { return b.body.Close() }
 
 var (
 	_ store.Store  = (*Store)(nil)

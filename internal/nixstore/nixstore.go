@@ -9,6 +9,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -66,12 +67,24 @@ SELECT p.id, p.path, p.hash, p.deriver, p.narSize, p.sigs, p.ca,
          WHERE f.referrer = p.id)
 FROM ValidPaths p WHERE p.path >= ? ORDER BY p.path LIMIT 1`
 
+// missingDB says that the store has no database; it is fs.ErrNotExist.
+type missingDB string
+
+func (e missingDB) Error() string      { return string(e) }
+func (missingDB) Is(target error) bool { return target == fs.ErrNotExist }
+
 // Open opens the store at root ("/" for the machine's own) read-only. A
 // missing or unreadable database is an error naming its path.
 func Open(root string) (*Local, error) {
 	path := DBPath(root)
-	if _, err := os.Stat(path); err != nil {
-		return nil, fmt.Errorf("nix database %s: %w", path, err)
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		init := "nix-store --init"
+		if root != "" && root != "/" {
+			init = "nix-store --store " + root + " --init"
+		}
+		return nil, missingDB("no Nix database at " + path + ": is Nix installed? (a new store gets one from `" + init + "`)")
+	} else if err != nil {
+		return nil, fmt.Errorf("nix database: %w", err)
 	}
 	// mode=ro: we never write. busy_timeout: a Nix writer holding a lock
 	// makes us wait briefly instead of failing. query_only is a second guard.

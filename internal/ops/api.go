@@ -132,6 +132,7 @@ type Status struct {
 	PeerID            string          `json:"peer_id"`
 	Mode              string          `json:"mode"`
 	Version           string          `json:"version"`
+	Commit            string          `json:"commit,omitempty"`
 	Started           time.Time       `json:"started"`
 	UptimeS           int64           `json:"uptime_s"`
 	Listen            string          `json:"listen"`
@@ -150,6 +151,7 @@ type Status struct {
 	TopRequested      []TopEntry      `json:"top_requested"`
 	TopServed         []TopEntry      `json:"top_served"`
 	Activity          []ActivityEntry `json:"activity"`
+	History           History         `json:"history"`
 }
 
 // PeerCounts summarises /api/peers.
@@ -169,6 +171,7 @@ func (o *Ops) Status(ctx context.Context) Status {
 	s := Status{
 		Mode:              o.opts.Mode,
 		Version:           o.opts.Version,
+		Commit:            o.opts.Commit,
 		Started:           o.started,
 		UptimeS:           int64(now.Sub(o.started).Seconds()),
 		Listen:            o.opts.Listen,
@@ -184,6 +187,7 @@ func (o *Ops) Status(ctx context.Context) Status {
 		TopRequested:      o.named(ctx, o.stats.requested.top(TopN)),
 		TopServed:         o.named(ctx, o.stats.served.top(TopN)),
 		Activity:          o.recentActivity(activityShown),
+		History:           o.history.snapshot(now),
 	}
 	if o.opts.PeerID != nil {
 		s.PeerID = o.opts.PeerID()

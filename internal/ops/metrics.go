@@ -26,6 +26,8 @@ const (
 	rRemoteNarInfo
 	rLocalNAR
 	rRemoteNAR
+	rP2PNarInfo // a peer's narinfo query over libp2p (never an HTTP path)
+	rP2PNAR     // a peer's NAR request over libp2p
 	rHealth
 	rMetrics
 	rAPI
@@ -40,6 +42,8 @@ var routeNames = [nRoutes]string{
 	rRemoteNarInfo: string(cache.RouteRemoteNarInfo),
 	rLocalNAR:      string(cache.RouteLocalNAR),
 	rRemoteNAR:     string(cache.RouteRemoteNAR),
+	rP2PNarInfo:    "p2p-narinfo",
+	rP2PNAR:        "p2p-nar",
 	rHealth:        "health",
 	rMetrics:       "metrics",
 	rAPI:           "api",
@@ -82,8 +86,9 @@ func classify(p string) int {
 	return rOther
 }
 
-// isCacheRoute: the binary-cache protocol, as opposed to the operator's routes.
-func isCacheRoute(rc int) bool { return rc <= rRemoteNAR }
+// isCacheRoute: the binary-cache protocol (over HTTP or libp2p), as opposed
+// to the operator's routes.
+func isCacheRoute(rc int) bool { return rc <= rP2PNAR }
 
 // Sources of hits, misses and bytes.
 const (
@@ -95,6 +100,25 @@ const (
 )
 
 var sourceNames = [nSources]string{"local", "peers", "lan", "p2p"}
+
+// Ways NARs leave this machine: over HTTP (LAN peers, anyone using
+// /local/ as a cache) and over libp2p.
+const (
+	viaHTTP = iota
+	viaP2P
+	nVias
+)
+
+var viaNames = [nVias]string{"http", "p2p"}
+
+// Directions of transfers.
+const (
+	dirDown = iota // from a peer
+	dirUp          // to a peer
+	nDirs
+)
+
+var dirNames = [nDirs]string{"down", "up"}
 
 // sourceIndex maps a source name to its index, -1 if unknown.
 func sourceIndex(s string) int {
@@ -118,12 +142,12 @@ type metrics struct {
 	requestsByCode   [nRoutes][600]atomic.Pointer[prometheus.Counter]
 	durations        [nRoutes]prometheus.Observer
 	hits, misses     [nSources]prometheus.Counter
-	bytesSent        prometheus.Counter
-	bytesReceived    [nSources]prometheus.Counter
+	bytesSent        [nVias]prometheus.Counter
+	bytesReceived    [nSources]prometheus.Counter // lan and p2p only
 	verifyFailures   prometheus.Counter
 	filterDecisions  *prometheus.CounterVec
-	transfersStarted prometheus.Counter
-	transfersFailed  prometheus.Counter
+	transfersStarted [nDirs]prometheus.Counter
+	transfersFailed  [nDirs]prometheus.Counter
 }
 
 func newMetrics(o *Ops, reg *prometheus.Registry) *metrics {
@@ -151,46 +175,58 @@ func newMetrics(o *Ops, reg *prometheus.Registry) *metrics {
 		Help: "Paths not found (404), by source, as for peerix_cache_hits_total.",
 	}, []string{"source"})
 	received := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "peerix_bytes_received_total",
-		Help: "NAR bytes received from peers and passed on to Nix, by source.",
+		Name: "peerix_received_bytes_total",
+		Help: "NAR bytes received from peers as they arrive (retries included), by source: lan (HTTP) or p2p (libp2p).",
 	}, []string{"source"})
-	m.bytesSent = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "peerix_bytes_sent_total",
-		Help: "NAR bytes sent, to peers and to this machine's Nix.",
-	})
+	sent := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "peerix_sent_bytes_total",
+		Help: "NAR bytes of the local store sent to peers as they leave, by way: http (LAN peers and /local/ clients) or p2p (libp2p).",
+	}, []string{"via"})
 	m.verifyFailures = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "peerix_verification_failures_total",
 		Help: "Narinfos or NARs from peers refused by the verifier.",
 	})
-	m.transfersStarted = prometheus.NewCounter(prometheus.CounterOpts{
+	started := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "peerix_transfers_total",
-		Help: "NAR transfers started (from peers, and large ones to peers).",
-	})
-	m.transfersFailed = prometheus.NewCounter(prometheus.CounterOpts{
+		Help: "NAR transfers started, by direction: down (from a peer), up (to a peer).",
+	}, []string{"direction"})
+	failed := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "peerix_transfers_failed_total",
-		Help: "NAR transfers that ended in an error.",
-	})
+		Help: "NAR transfers that ended in an error, by direction.",
+	}, []string{"direction"})
+	for d := range nDirs {
+		m.transfersStarted[d] = started.WithLabelValues(dirNames[d])
+		m.transfersFailed[d] = failed.WithLabelValues(dirNames[d])
+	}
+	for v := range nVias {
+		m.bytesSent[v] = sent.WithLabelValues(viaNames[v])
+	}
 	for rc := range nRoutes {
 		m.durations[rc] = durations.WithLabelValues(routeNames[rc])
 	}
 	for s := range nSources {
 		m.hits[s] = hits.WithLabelValues(sourceNames[s])
 		m.misses[s] = misses.WithLabelValues(sourceNames[s])
-		if s != srcPeers {
+		if s == srcLAN || s == srcP2P {
 			m.bytesReceived[s] = received.WithLabelValues(sourceNames[s])
 		}
 	}
-	// Remove the series that cannot happen: "local" bytes are never received.
-	received.DeleteLabelValues(sourceNames[srcLocal])
 
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "peerix_build_info",
 		Help: "Always 1; the labels describe the running peerix.",
-	}, []string{"version", "goversion", "mode"})
-	build.WithLabelValues(o.opts.Version, runtime.Version(), o.opts.Mode).Set(1)
+	}, []string{"version", "commit", "goversion", "mode"})
+	build.WithLabelValues(o.opts.Version, o.opts.Commit, runtime.Version(), o.opts.Mode).Set(1)
 
-	reg.MustRegister(m.requests, durations, hits, misses, received, m.bytesSent, m.verifyFailures,
-		m.filterDecisions, m.transfersStarted, m.transfersFailed, build,
+	inFlight := func(dir int) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "peerix_transfers_in_flight",
+			Help:        "NAR transfers in progress, by direction.",
+			ConstLabels: prometheus.Labels{"direction": dirNames[dir]},
+		}, func() float64 { return float64(o.transfersInFlight(dir)) })
+	}
+	reg.MustRegister(m.requests, durations, hits, misses, received, sent, m.verifyFailures,
+		m.filterDecisions, started, failed, build, inFlight(dirDown), inFlight(dirUp),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "peerix_peers_known",
 			Help: "Peers known now (LAN and P2P).",
@@ -207,18 +243,6 @@ func newMetrics(o *Ops, reg *prometheus.Registry) *metrics {
 			}
 			return float64(n)
 		}),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "peerix_transfers_in_flight",
-			Help: "NAR transfers in progress.",
-		}, func() float64 {
-			o.tmu.Lock()
-			defer o.tmu.Unlock()
-			return float64(len(o.transfers))
-		}),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "peerix_uptime_seconds",
-			Help: "Seconds since the daemon started.",
-		}, func() float64 { return time.Since(o.started).Seconds() }),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -318,9 +342,10 @@ func (o *Ops) finishRequest(rc, status int, d time.Duration) {
 
 var writerPool = sync.Pool{New: func() any { return new(respWriter) }}
 
-// uploadMinSize: NARs served to peers are shown as transfers from this
-// size on; smaller ones come and go too fast to watch.
-const uploadMinSize = 1 << 20
+// readFromChunk: NAR bodies sent with ReadFrom (sendfile) go out in pieces
+// of this size, so that an upload's progress moves while a large file is
+// sent, not only once it is all gone.
+const readFromChunk = 512 << 10
 
 // respWriter records the status and, for NARs served to peers, the
 // progress. It keeps io.ReaderFrom so that file bodies still go out with
@@ -332,7 +357,10 @@ type respWriter struct {
 	rc       int
 	status   int
 	transfer *Transfer
+	blocks   bool // the body is in the block format
 }
+
+var _ cache.NARCounter = (*respWriter)(nil)
 
 func (w *respWriter) WriteHeader(code int) {
 	if w.status == 0 && code >= 200 {
@@ -344,14 +372,37 @@ func (w *respWriter) WriteHeader(code int) {
 	w.ResponseWriter.WriteHeader(code)
 }
 
+// startUpload shows every NAR of the local store sent over HTTP as a
+// transfer: its bytes are counted as they are written.
 func (w *respWriter) startUpload() {
 	size, err := strconv.ParseInt(w.Header().Get("Content-Length"), 10, 64)
-	if err != nil || size < uploadMinSize {
-		return
+	if err != nil {
+		size = -1
+	}
+	// In the block format the body's bytes are wire bytes; the cache
+	// server tells the NAR bytes (CountNAR) and their number.
+	w.blocks = w.Header().Get(cache.EncodingHeader) == cache.BlocksEncoding
+	if w.blocks {
+		if size, err = strconv.ParseInt(w.Header().Get(cache.LengthHeader), 10, 64); err != nil {
+			size = -1
+		}
 	}
 	url := strings.TrimPrefix(strings.TrimPrefix(w.r.URL.Path, "/local"), "/")
 	peer, _, _ := net.SplitHostPort(w.r.RemoteAddr)
-	w.transfer = w.o.startTransfer("up", "", hashOfNarURL(url), "local", peer, size)
+	w.transfer = w.o.StartUpload(hashOfNarURL(url), "http", peer, size, false)
+}
+
+// CountNAR implements cache.NARCounter: n NAR bytes of a body in the
+// block format went out.
+func (w *respWriter) CountNAR(n int64) { w.transfer.Add("", n, 0) }
+
+// count records n bytes of the body written.
+func (w *respWriter) count(n int64) {
+	if w.blocks {
+		w.transfer.Add("", 0, n)
+	} else {
+		w.transfer.Add("", n, n)
+	}
 }
 
 func (w *respWriter) Write(p []byte) (int, error) {
@@ -359,24 +410,44 @@ func (w *respWriter) Write(p []byte) (int, error) {
 		w.WriteHeader(http.StatusOK)
 	}
 	n, err := w.ResponseWriter.Write(p)
-	w.transfer.Add(int64(n))
+	w.count(int64(n))
 	return n, err
 }
 
-// ReadFrom keeps sendfile: net/http's own ReadFrom sees the *os.File.
+// ReadFrom keeps sendfile: net/http's own ReadFrom sees the *os.File (or
+// the *io.LimitedReader over it that the NAR writer hands out). During an
+// upload it is called a chunk at a time, so progress moves as the file goes.
 func (w *respWriter) ReadFrom(src io.Reader) (int64, error) {
 	if w.status == 0 {
 		w.WriteHeader(http.StatusOK)
 	}
-	var n int64
-	var err error
-	if rf, ok := w.ResponseWriter.(io.ReaderFrom); ok {
-		n, err = rf.ReadFrom(src)
-	} else {
-		n, err = io.Copy(writerOnly{w.ResponseWriter}, src)
+	rf, ok := w.ResponseWriter.(io.ReaderFrom)
+	if !ok {
+		n, err := io.Copy(writerOnly{w}, src)
+		return n, err
 	}
-	w.transfer.Add(n)
-	return n, err
+	if w.transfer == nil {
+		return rf.ReadFrom(src)
+	}
+	// sendfile looks through one *io.LimitedReader only: chunk the one we
+	// were given rather than wrap it in another.
+	lr, limited := src.(*io.LimitedReader)
+	if !limited {
+		lr = &io.LimitedReader{R: src, N: 1<<63 - 1}
+	}
+	var total int64
+	for lr.N > 0 {
+		part := &io.LimitedReader{R: lr.R, N: min(readFromChunk, lr.N)}
+		want := part.N
+		n, err := rf.ReadFrom(part)
+		lr.N -= n
+		total += n
+		w.count(n)
+		if err != nil || n < want {
+			return total, err
+		}
+	}
+	return total, nil
 }
 
 func (w *respWriter) Flush() {

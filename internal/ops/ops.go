@@ -12,7 +12,9 @@
 //     /dashboard (cache.Server.Next),
 //   - calls Load before serving and runs Run(ctx) until shutdown, which saves
 //     the counters every minute and once more when ctx ends,
-//   - lets the peer layers report StartTransfer, VerificationFailure,
+//   - lets the peer layers report transfers (StartTransfer from peers,
+//     StartUpload to them; Instrument starts those of HTTP itself), the
+//     P2P server's requests (PeerRequest), VerificationFailure,
 //     FilterDecision and Activity.
 //
 // Every method is safe for concurrent use, and every method of a nil *Ops
@@ -37,6 +39,7 @@ import (
 type Options struct {
 	Mode    string // p2p, lan or local
 	Version string
+	Commit  string // the git commit of the build, abbreviated
 	// PeerID returns the libp2p peer ID, "" before the host is up or in
 	// modes without one.
 	PeerID func() string
@@ -141,6 +144,7 @@ type Ops struct {
 	reg     *prometheus.Registry
 
 	activity activityRing
+	history  history
 
 	tmu       sync.Mutex
 	transfers map[*Transfer]struct{}

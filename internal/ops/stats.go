@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -55,8 +56,8 @@ type Counters struct {
 	Requests             int64            `json:"requests"` // binary-cache requests (not the operator's routes)
 	Hits                 map[string]int64 `json:"hits"`     // by source, as peerix_cache_hits_total
 	Misses               map[string]int64 `json:"misses"`
-	BytesSent            int64            `json:"bytes_sent"`
-	BytesReceived        map[string]int64 `json:"bytes_received"` // by source: lan, p2p
+	BytesSent            int64            `json:"bytes_sent"`     // NAR bytes sent to peers, over HTTP and libp2p
+	BytesReceived        map[string]int64 `json:"bytes_received"` // NAR bytes received from peers, by source: lan, p2p
 	VerificationFailures int64            `json:"verification_failures"`
 	FilterDecisions      map[string]int64 `json:"filter_decisions"`
 	Transfers            int64            `json:"transfers"`
@@ -142,17 +143,10 @@ func (o *Ops) ObserveCache(ev cache.Event) {
 		o.stats.requested.add(ev.Hash, 0)
 		o.hitOrMiss(src, ok, ev.Status)
 	case cache.RouteLocalNAR, cache.RouteRemoteNAR:
-		if ev.Bytes > 0 {
-			o.stats.bytesSent.Add(ev.Bytes)
-			o.metrics.bytesSent.Add(float64(ev.Bytes))
-		}
+		// The bytes themselves were counted as they moved: sent by the
+		// upload's Transfer (Instrument), received by the swarm's.
 		if ev.Route == cache.RouteRemoteNAR {
-			src := narSource(ev.URL)
-			o.hitOrMiss(src, ok, ev.Status)
-			if ev.Bytes > 0 && src != srcPeers {
-				o.stats.bytesReceived[src].Add(ev.Bytes)
-				o.metrics.bytesReceived[src].Add(float64(ev.Bytes))
-			}
+			o.hitOrMiss(narSource(ev.URL), ok, ev.Status)
 		}
 		if ok && ev.Bytes > 0 {
 			if h := hashOfNarURL(ev.URL); h != "" {
@@ -162,14 +156,59 @@ func (o *Ops) ObserveCache(ev cache.Event) {
 	}
 }
 
+// PeerRequest takes the P2P server's report of one request of a peer: kind
+// "narinfo" or "nar", the hash asked for, whether the path was found (and,
+// for a NAR, sent whole), and how long the answer took. A narinfo counts as
+// a hit or miss of this store, like one asked over HTTP at /local/.
+func (o *Ops) PeerRequest(kind, hash string, found bool, took time.Duration) {
+	if o == nil {
+		return
+	}
+	rc, status := rP2PNAR, http.StatusOK
+	if kind == "narinfo" {
+		rc = rP2PNarInfo
+	}
+	if !found {
+		status = http.StatusNotFound
+	}
+	o.finishRequest(rc, status, took)
+	if rc == rP2PNarInfo && store.ValidHash(hash) {
+		o.stats.requested.add(hash, 0)
+		o.hitOrMiss(srcLocal, found, status)
+	}
+}
+
+// countBytes counts n bytes of a transfer as sent (way: viaHTTP, viaP2P)
+// or received (way: srcLAN, srcP2P), in the totals, /metrics and the
+// history.
+func (o *Ops) countBytes(direction, way int, n int64) {
+	if direction == dirUp {
+		o.stats.bytesSent.Add(n)
+		o.metrics.bytesSent[way].Add(float64(n))
+		o.history.add(time.Now(), seriesSent, n)
+		return
+	}
+	o.stats.bytesReceived[way].Add(n)
+	o.metrics.bytesReceived[way].Add(float64(n))
+	o.history.add(time.Now(), seriesReceived, n)
+}
+
 func (o *Ops) hitOrMiss(src int, ok bool, status int) {
+	// The history counts lookups (narinfos), not the NARs that follow them.
+	lookup := src == srcLocal || src == srcPeers
 	switch {
 	case ok:
 		o.stats.hits[src].Add(1)
 		o.metrics.hits[src].Inc()
+		if lookup {
+			o.history.add(time.Now(), seriesHits, 1)
+		}
 	case status == 404:
 		o.stats.misses[src].Add(1)
 		o.metrics.misses[src].Inc()
+		if lookup {
+			o.history.add(time.Now(), seriesMisses, 1)
+		}
 	}
 }
 

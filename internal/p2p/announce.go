@@ -255,6 +255,11 @@ func (a *Announcer) Run(ctx context.Context) error {
 		} else {
 			add, remove := diff(current, announced)
 			if len(add)+len(remove) == 0 {
+				// After a restart the tracker may know everything already
+				// (announced.json): that is still what it knows from us.
+				a.mu.Lock()
+				a.stats.Announced = len(announced)
+				a.mu.Unlock()
 				return
 			}
 			err = a.sendDelta(ctx, add, remove)

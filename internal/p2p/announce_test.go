@@ -253,3 +253,32 @@ func TestAnnouncerStaleState(t *testing.T) {
 		t.Error("garbage state was used")
 	}
 }
+
+// TestAnnouncerRestartUnchanged: after a restart with nothing new, the
+// tracker is sent nothing, and the announcer still says what it knows
+// from us (the dashboard's "announced").
+func TestAnnouncerRestartUnchanged(t *testing.T) {
+	dir := t.TempDir()
+	paths := &fakePaths{}
+	paths.set("00000000000000000000000000000000", "11111111111111111111111111111111")
+	reg := newFakeRegistry()
+	reg.failDereg = true
+	run := startAnnouncer(t, reg, paths, dir, nil)
+	if c := reg.next(t, "packages"); !c.full {
+		t.Fatalf("first packages %+v", c)
+	}
+	run.stop()
+
+	reg = newFakeRegistry()
+	reg.registered = false
+	reg.failDereg = true
+	run = startAnnouncer(t, reg, paths, dir, nil)
+	defer run.stop()
+	deadline := time.Now().Add(5 * time.Second)
+	for run.a.Stats().Announced != 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("after a restart with nothing new: %+v, want announced 2", run.a.Stats())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

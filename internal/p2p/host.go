@@ -29,6 +29,8 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 	manet "github.com/multiformats/go-multiaddr/net"
 	"github.com/pbnjay/memory"
+
+	"github.com/peerix/peerix/internal/portcheck"
 )
 
 // Connection manager water marks: peerix talks to few peers at a time (a
@@ -108,8 +110,15 @@ func NewHost(ctx context.Context, key crypto.PrivKey, port int, relays []peer.Ad
 
 	p := strconv.Itoa(port)
 	listen := []string{"/ip4/0.0.0.0/tcp/" + p, "/ip4/0.0.0.0/udp/" + p + "/quic-v1"}
+	ips := []string{"0.0.0.0"}
 	if hasIPv6() {
 		listen = append(listen, "/ip6/::/tcp/"+p, "/ip6/::/udp/"+p+"/quic-v1")
+		ips = append(ips, "::")
+	}
+	// libp2p binds with SO_REUSEPORT and would share a taken port silently.
+	if err := portcheck.Free(port, ips...); err != nil {
+		h.cancel()
+		return nil, err
 	}
 	cm, err := connmgr.NewConnManager(connLowWater, connHighWater, connmgr.WithGracePeriod(connGrace))
 	if err != nil {

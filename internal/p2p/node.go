@@ -36,7 +36,10 @@ type Config struct {
 	// the daemon's budget (internal/connlimit). 0: libp2p's default, and
 	// no bound beyond libp2p's stream limits.
 	FDs, MaxTransfers int
-	Log               *slog.Logger
+	// Served, if set, is told about the requests the peer protocols
+	// answer and the NARs they send.
+	Served ServerObserver
+	Log    *slog.Logger
 }
 
 // Node is the whole P2P layer of a daemon: host, protocol server, the
@@ -79,7 +82,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	h.SetAddrPolicy(NewAddrPolicy(cfg.TrackerURL))
 	n := &Node{Host: h, cancel: cancel}
-	n.Server = Serve(h, cfg.Shared, cfg.MaxTransfers, log)
+	n.Server = serve(h, cfg.Shared, cfg.MaxTransfers, cfg.Served, log)
 
 	var finder Finder = noTracker{}
 	if cfg.TrackerURL != "" {

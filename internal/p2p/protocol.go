@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"sync"
 	"time"
 
@@ -17,7 +18,9 @@ import (
 	"github.com/nix-community/go-nix/pkg/narinfo"
 
 	"github.com/peerix/peerix/internal/cache"
+	"github.com/peerix/peerix/internal/compress"
 	"github.com/peerix/peerix/internal/store"
+	"github.com/peerix/peerix/internal/swarm"
 )
 
 // The peer protocols, versioned: a change an older peer cannot read gets a
@@ -25,6 +28,9 @@ import (
 const (
 	NarInfoProtocol protocol.ID = "/peerix/narinfo/1.0.0"
 	NARProtocol     protocol.ID = "/peerix/nar/1.0.0"
+	// NARProtocol11 adds a length (byte ranges, for fetching pieces from
+	// several holders) and zstd on the wire.
+	NARProtocol11 protocol.ID = "/peerix/nar/1.1.0"
 )
 
 // Deadlines of docs/protocol.md: requests and status frames must arrive
@@ -45,6 +51,7 @@ const limitedConnReason = "peerix transfers fit the relay's limits"
 type Server struct {
 	h         host.Host
 	shared    store.Store
+	obs       ServerObserver // nil: nobody watches
 	log       *slog.Logger
 	ctx       context.Context
 	cancel    context.CancelFunc
@@ -57,20 +64,40 @@ type Server struct {
 var errBusy = errors.New("busy: too many transfers")
 
 // Serve registers the handlers of /peerix/narinfo/1.0.0 and
-// /peerix/nar/1.0.0 on h, answering from shared: the local store wrapped
+// /peerix/nar/1.0.0 and 1.1.0 on h, answering from shared: the local store wrapped
 // in the filter (its NarInfo and NAR return store.ErrRefused for what must
 // not leave the machine) and the signer. At most maxTransfers NARs are
 // sent at once (each holds a file open; 0: no bound but libp2p's stream
 // limits); a request beyond is answered with an error, busy. Close
 // unregisters them.
 func Serve(h host.Host, shared store.Store, maxTransfers int, log *slog.Logger) *Server {
+	return serve(h, shared, maxTransfers, nil, log)
+}
+
+// ServerObserver watches what the Server does for peers, so that the
+// daemon can show it to the operator. Its methods must not block.
+type ServerObserver interface {
+	// Answered: a peer's request of kind "narinfo" or "nar" for hash was
+	// answered, found says with the path (a NAR: its body started; how it
+	// ended, the Upload's Progress says), took how long. A refused path is
+	// not found here either.
+	Answered(kind, hash string, found bool, took time.Duration)
+	// Upload: the NAR of hash starts to go to peer, size bytes (from the
+	// offset asked for on), through a relay or not. The Progress follows
+	// the bytes as they leave.
+	Upload(hash, peer string, size int64, relayed bool) swarm.Progress
+}
+
+// serve is Serve with an observer (nil: none).
+func serve(h host.Host, shared store.Store, maxTransfers int, obs ServerObserver, log *slog.Logger) *Server {
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Server{h: h, shared: shared, log: log, ctx: ctx, cancel: cancel}
+	s := &Server{h: h, shared: shared, obs: obs, log: log, ctx: ctx, cancel: cancel}
 	if maxTransfers > 0 {
 		s.transfers = make(chan struct{}, maxTransfers)
 	}
 	h.SetStreamHandler(NarInfoProtocol, s.track(s.handleNarInfo))
 	h.SetStreamHandler(NARProtocol, s.track(s.handleNAR))
+	h.SetStreamHandler(NARProtocol11, s.track(s.handleNAR11))
 	return s
 }
 
@@ -78,6 +105,7 @@ func Serve(h host.Host, shared store.Store, maxTransfers int, log *slog.Logger) 
 func (s *Server) Close() error {
 	s.h.RemoveStreamHandler(NarInfoProtocol)
 	s.h.RemoveStreamHandler(NARProtocol)
+	s.h.RemoveStreamHandler(NARProtocol11)
 	s.cancel()
 	s.wg.Wait()
 	return nil
@@ -157,6 +185,7 @@ func (s *Server) handleNarInfo(st network.Stream) {
 	ctx, cancel := context.WithTimeout(s.ctx, RequestTimeout)
 	ni, err := s.shared.NarInfo(ctx, hash)
 	cancel()
+	defer func() { s.answered("narinfo", hash, err == nil, start) }()
 	var answer []byte
 	if err != nil {
 		status, msg := statusOf(err)
@@ -191,6 +220,29 @@ func (s *Server) handleNAR(st network.Stream) {
 		s.answerError(st, err)
 		return
 	}
+	s.serveNAR(st, req, false)
+}
+
+func (s *Server) handleNAR11(st network.Stream) {
+	b, ok := s.readRequest(st, narRequestLen11)
+	if !ok {
+		return
+	}
+	req, err := DecodeNarRequest11(b)
+	if err != nil {
+		s.answerError(st, err)
+		return
+	}
+	s.serveNAR(st, req, true)
+}
+
+// serveNAR answers a NAR request of either version: a status frame, then
+// the bytes asked for (1.1.0: zstd-compressed when the asker takes it and
+// a sample shows it pays).
+func (s *Server) serveNAR(st network.Stream, req NarRequest, v11 bool) {
+	// The local store's NAR URL: nar/<hash>-<NarHash>.nar. Its NarHash
+	// check makes a path that was rebuilt differently "not found".
+	url := store.NarRef{Hash: req.Hash, NarHash: req.NarHash}.URL()
 	if s.transfers != nil {
 		select {
 		case s.transfers <- struct{}{}:
@@ -201,10 +253,8 @@ func (s *Server) handleNAR(st network.Stream) {
 			return
 		}
 	}
-	// The local store's NAR URL: nar/<hash>-<NarHash>.nar. Its NarHash
-	// check makes a path that was rebuilt differently "not found".
-	url := "nar/" + req.Hash + "-" + req.NarHash + ".nar"
-	start := time.Now()
+	start, found := time.Now(), false
+	defer func() { s.answered("nar", req.Hash, found, start) }()
 	ctx, cancel := context.WithCancel(s.ctx)
 	defer cancel()
 	nar, err := s.shared.NAR(ctx, url, req.Offset)
@@ -228,21 +278,51 @@ func (s *Server) handleNAR(st network.Stream) {
 		return
 	}
 	defer nar.Close()
-	if req.Offset > nar.Size {
+	want := nar.Size - req.Offset
+	if req.Offset > nar.Size || req.Length > want {
 		s.answerError(st, store.ErrOffset)
 		return
 	}
+	if req.Length > 0 {
+		want = req.Length
+	}
+	body := io.LimitReader(nar, want)
+	enc := EncodingRaw
+	if req.AcceptBlocks {
+		enc = EncodingBlocks
+	}
+	status := binary.BigEndian.AppendUint64([]byte{StatusFound}, uint64(nar.Size))
+	if v11 {
+		status = append(status, enc)
+	}
 	st.SetWriteDeadline(time.Now().Add(RequestTimeout))
-	if err := writeFrame(st, binary.BigEndian.AppendUint64([]byte{StatusFound}, uint64(nar.Size))); err != nil {
+	if err := writeFrame(st, status); err != nil {
 		st.Reset()
 		return
 	}
+	found = true
 	// Nothing more is read from the asker.
 	st.CloseRead()
-	want := nar.Size - req.Offset
-	w := &bodyWriter{st: st, left: want}
-	n, err := io.Copy(w, nar)
-	if err != nil || n != want {
+	progress := s.upload(st, req.Hash, want)
+	w := &bodyWriter{st: st, left: want, progress: progress}
+	src := &cache.CountingReader{R: body, Count: func(n int64) { progress.Add("", n, 0) }}
+	var n int64
+	if enc == EncodingBlocks {
+		// Block by block, compressed when that is faster than raw.
+		w.left = math.MaxInt64
+		bw := compress.NewWriter(w)
+		n, err = io.Copy(bw, src)
+		if cerr := bw.Close(); err == nil {
+			err = cerr
+		}
+	} else {
+		n, err = io.Copy(w, src)
+	}
+	if err == nil && n != want {
+		err = fmt.Errorf("NAR ended after %d of %d bytes", n, want)
+	}
+	progress.Done(err)
+	if err != nil {
 		// The asker must see a broken transfer, never a clean short one.
 		if !errors.Is(err, errBodyOverflow) && ctx.Err() == nil {
 			s.log.Debug("NAR transfer to a peer broke", "peer", st.Conn().RemotePeer(), "hash", req.Hash, "sent", n, "of", want, "err", err)
@@ -253,6 +333,31 @@ func (s *Server) handleNAR(st network.Stream) {
 	st.Close()
 }
 
+// answered tells the observer about an answered request.
+func (s *Server) answered(kind, hash string, found bool, start time.Time) {
+	if s.obs != nil {
+		s.obs.Answered(kind, hash, found, time.Since(start))
+	}
+}
+
+// upload starts the observed progress of a NAR going to the stream's peer.
+func (s *Server) upload(st network.Stream, hash string, size int64) swarm.Progress {
+	if s.obs == nil {
+		return noProgress{}
+	}
+	conn := st.Conn()
+	p := s.obs.Upload(hash, conn.RemotePeer().String(), size, isCircuit(conn.RemoteMultiaddr()))
+	if p == nil {
+		return noProgress{}
+	}
+	return p
+}
+
+type noProgress struct{}
+
+func (noProgress) Add(string, int64, int64) {}
+func (noProgress) Done(error)               {}
+
 var errBodyOverflow = errors.New("NAR source longer than its size")
 
 // bodyWriter writes a NAR body to a stream with a deadline that moves while
@@ -261,6 +366,7 @@ type bodyWriter struct {
 	st       network.Stream
 	left     int64
 	deadline time.Time
+	progress swarm.Progress // told about the bytes as they leave
 }
 
 func (w *bodyWriter) Write(p []byte) (int, error) {
@@ -270,6 +376,7 @@ func (w *bodyWriter) Write(p []byte) (int, error) {
 	w.refresh()
 	n, err := w.st.Write(p)
 	w.left -= int64(n)
+	w.progress.Add("", 0, int64(n))
 	return n, err
 }
 
@@ -283,11 +390,11 @@ func (w *bodyWriter) refresh() {
 	}
 }
 
-// openStream opens a stream of proto to p, over a relayed connection if no
+// openStream opens a stream of the first of protos p speaks to p, over a relayed connection if no
 // direct one exists. The stream is reset when ctx ends before release is
 // called.
-func openStream(ctx context.Context, h host.Host, p peer.ID, proto protocol.ID) (network.Stream, func() bool, error) {
-	st, err := h.NewStream(network.WithAllowLimitedConn(ctx, limitedConnReason), p, proto)
+func openStream(ctx context.Context, h host.Host, p peer.ID, protos ...protocol.ID) (network.Stream, func() bool, error) {
+	st, err := h.NewStream(network.WithAllowLimitedConn(ctx, limitedConnReason), p, protos...)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -357,16 +464,19 @@ func ctxErr(ctx context.Context, err error) error {
 	return err
 }
 
-// OpenNAR asks peer p for the NAR of hash with NarHash narHash (Nix
-// base-32), from offset on. It returns the whole NAR's size and a body of
-// exactly size-offset bytes: a body the peer ends early fails with
-// io.ErrUnexpectedEOF, one that makes no progress for BodyTimeout fails
-// with a timeout. The body must be closed; ctx bounds its whole life.
-func OpenNAR(ctx context.Context, h host.Host, p peer.ID, hash, narHash string, offset int64) (size int64, body io.ReadCloser, err error) {
-	if !store.ValidHash(hash) || !validNarHash(narHash) || offset < 0 {
+// OpenNAR asks peer p for length bytes (0: all) of the NAR of hash with
+// NarHash narHash (Nix base-32), from offset on; over /peerix/nar/1.1.0 if
+// p speaks it (then zstd on the wire if acceptZstd and p finds it pays),
+// else over 1.0.0 (the reader then stops after length bytes and resets the
+// stream). It returns the whole NAR's size and a body of exactly the bytes
+// asked for: a body the peer ends early fails with io.ErrUnexpectedEOF,
+// one that makes no progress for BodyTimeout fails with a timeout. The
+// body must be closed; ctx bounds its whole life.
+func OpenNAR(ctx context.Context, h host.Host, p peer.ID, hash, narHash string, offset, length int64, acceptBlocks bool) (size int64, body io.ReadCloser, err error) {
+	if !store.ValidHash(hash) || !validNarHash(narHash) || offset < 0 || length < 0 {
 		return 0, nil, fmt.Errorf("NAR %s-%s at %d: %w", hash, narHash, offset, store.ErrBadRequest)
 	}
-	st, release, err := openStream(ctx, h, p, NARProtocol)
+	st, release, err := openStream(ctx, h, p, NARProtocol11, NARProtocol)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -377,8 +487,14 @@ func OpenNAR(ctx context.Context, h host.Host, p peer.ID, hash, narHash string, 
 			st.Reset()
 		}
 	}()
+	v11 := st.Protocol() == NARProtocol11
+	req := NarRequest{Hash: hash, NarHash: narHash, Offset: offset, Length: length, AcceptBlocks: acceptBlocks}
+	frame := EncodeNarRequest(req)
+	if v11 {
+		frame = EncodeNarRequest11(req)
+	}
 	st.SetDeadline(requestDeadline(ctx))
-	if err := writeFrame(st, EncodeNarRequest(NarRequest{Hash: hash, NarHash: narHash, Offset: offset})); err != nil {
+	if err := writeFrame(st, frame); err != nil {
 		return 0, nil, ctxErr(ctx, err)
 	}
 	st.CloseWrite()
@@ -386,32 +502,94 @@ func OpenNAR(ctx context.Context, h host.Host, p peer.ID, hash, narHash string, 
 	if err != nil {
 		return 0, nil, ctxErr(ctx, err)
 	}
-	a, size, err := DecodeNarAnswer(b)
+	var a Answer
+	enc := EncodingRaw
+	if v11 {
+		a, size, enc, err = DecodeNarAnswer11(b)
+	} else {
+		a, size, err = DecodeNarAnswer(b)
+	}
 	if err != nil {
 		return 0, nil, err
 	}
 	if a.Status != StatusFound {
 		return 0, nil, a.Err("NAR " + hash)
 	}
-	if offset > size {
-		return 0, nil, protocolErrorf("NAR of %d bytes sent for offset %d", size, offset)
+	if offset > size || offset+length > size {
+		return 0, nil, protocolErrorf("NAR of %d bytes sent for offset %d, length %d", size, offset, length)
+	}
+	want := size - offset
+	if length > 0 {
+		want = length
 	}
 	ok = true
-	return size, &narBody{st: st, release: release, left: size - offset}, nil
+	if enc == EncodingBlocks {
+		wire := &narBody{st: st, release: release, left: math.MaxInt64, untilEOF: true}
+		return size, &blocksBody{r: compress.NewReader(wire), wire: wire, left: want}, nil
+	}
+	if !v11 {
+		// 1.0.0 sends to the end; the reader stops at want (and resets
+		// the stream when closed before its end).
+		return size, &narBody{st: st, release: release, left: size - offset, stopAt: size - offset - want}, nil
+	}
+	return size, &narBody{st: st, release: release, left: want}, nil
 }
 
-// narBody is the raw NAR bytes of an answer.
+// blocksBody is a NAR body in the block format, decoded: exactly left
+// bytes.
+type blocksBody struct {
+	r    *compress.Reader
+	wire *narBody
+	left int64
+}
+
+func (u *blocksBody) Read(p []byte) (int, error) {
+	if u.left == 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > u.left {
+		p = p[:u.left]
+	}
+	n, err := u.r.Read(p)
+	u.left -= int64(n)
+	switch {
+	case err == io.EOF && u.left > 0:
+		err = io.ErrUnexpectedEOF
+	case err == nil && u.left == 0:
+		err = io.EOF
+	}
+	return n, err
+}
+
+// WireBytes is how many bytes came over the wire so far.
+func (u *blocksBody) WireBytes() int64 { return u.wire.read }
+
+// Relayed reports whether the body comes over a relayed connection.
+func (u *blocksBody) Relayed() bool { return u.wire.Relayed() }
+
+func (u *blocksBody) Close() error { return u.wire.Close() }
+
+// narBody is the bytes of an answer's body: left of them (or, untilEOF,
+// all until the responder closes), the last stopAt of which are not read
+// (a 1.0.0 responder sends to the NAR's end).
 type narBody struct {
 	st       network.Stream
 	release  func() bool
 	left     int64
+	stopAt   int64
+	untilEOF bool
+	read     int64
+	eof      bool // the responder closed its side
 	deadline time.Time
 	closed   bool
 }
 
 func (b *narBody) Read(p []byte) (int, error) {
-	if b.left == 0 {
+	if b.left == b.stopAt {
 		return 0, io.EOF
+	}
+	if int64(len(p)) > b.left-b.stopAt {
+		p = p[:b.left-b.stopAt]
 	}
 	if int64(len(p)) > b.left {
 		p = p[:b.left]
@@ -423,14 +601,23 @@ func (b *narBody) Read(p []byte) (int, error) {
 	}
 	n, err := b.st.Read(p)
 	b.left -= int64(n)
-	if err == io.EOF && b.left > 0 {
+	b.read += int64(n)
+	b.eof = b.eof || err == io.EOF
+	switch {
+	case b.untilEOF:
+	case err == io.EOF && b.left > b.stopAt:
 		err = io.ErrUnexpectedEOF
-	}
-	if err == nil && b.left == 0 {
+	case err == nil && b.left == b.stopAt:
 		err = io.EOF
 	}
 	return n, err
 }
+
+// WireBytes is how many bytes came over the wire so far.
+func (b *narBody) WireBytes() int64 { return b.read }
+
+// Relayed reports whether the body comes over a relayed connection.
+func (b *narBody) Relayed() bool { return isCircuit(b.st.Conn().RemoteMultiaddr()) }
 
 func (b *narBody) Close() error {
 	if b.closed {
@@ -438,8 +625,8 @@ func (b *narBody) Close() error {
 	}
 	b.closed = true
 	b.release()
-	if b.left > 0 {
-		return b.st.Reset()
+	if b.eof || !b.untilEOF && b.left == 0 {
+		return b.st.Close()
 	}
-	return b.st.Close()
+	return b.st.Reset()
 }

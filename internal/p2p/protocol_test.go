@@ -3,6 +3,7 @@ package p2p
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
@@ -75,7 +76,7 @@ func TestOpenNAROffsets(t *testing.T) {
 	hash := randomHash(t)
 	e := st.add(hash, data)
 	for _, off := range []int64{0, 1, int64(len(data)) / 2, int64(len(data)) - 1, int64(len(data))} {
-		size, body, err := OpenNAR(ctx, client, server.ID(), hash, narHashOf(e), off)
+		size, body, err := OpenNAR(ctx, client, server.ID(), hash, narHashOf(e), off, 0, false)
 		if err != nil {
 			t.Fatalf("offset %d: %v", off, err)
 		}
@@ -89,7 +90,7 @@ func TestOpenNAROffsets(t *testing.T) {
 		}
 	}
 	// Beyond the end: an error answer, not a dropped stream.
-	_, _, err := OpenNAR(ctx, client, server.ID(), hash, narHashOf(e), int64(len(data))+1)
+	_, _, err := OpenNAR(ctx, client, server.ID(), hash, narHashOf(e), int64(len(data))+1, 0, false)
 	var re *RemoteError
 	if !errors.As(err, &re) {
 		t.Errorf("offset beyond the end: %v, want a RemoteError", err)
@@ -99,7 +100,7 @@ func TestOpenNAROffsets(t *testing.T) {
 	if other == narHashOf(e) {
 		other = "0" + narHashOf(e)[1:]
 	}
-	if _, _, err := OpenNAR(ctx, client, server.ID(), hash, other, 0); !errors.Is(err, store.ErrNotFound) {
+	if _, _, err := OpenNAR(ctx, client, server.ID(), hash, other, 0, 0, false); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("other NarHash: %v, want ErrNotFound", err)
 	}
 }
@@ -139,7 +140,7 @@ func TestOpenNARLargeBoundedMemory(t *testing.T) {
 	}()
 
 	start := time.Now()
-	gotSize, body, err := OpenNAR(ctx, client, server.ID(), hash, narHashOf(e), 0)
+	gotSize, body, err := OpenNAR(ctx, client, server.ID(), hash, narHashOf(e), 0, 0, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -225,7 +226,7 @@ func TestGarbage(t *testing.T) {
 	if _, err := QueryNarInfo(ctx, client, liar.ID(), randomHash(t)); !errors.Is(err, ErrProtocol) {
 		t.Errorf("garbage narinfo answer: %v, want ErrProtocol", err)
 	}
-	if _, _, err := OpenNAR(ctx, client, liar.ID(), randomHash(t), validNarHashString(), 0); !errors.Is(err, ErrProtocol) {
+	if _, _, err := OpenNAR(ctx, client, liar.ID(), randomHash(t), validNarHashString(), 0, 0, false); !errors.Is(err, ErrProtocol) {
 		t.Errorf("garbage NAR answer: %v, want ErrProtocol", err)
 	}
 }
@@ -259,7 +260,7 @@ func TestDeadlines(t *testing.T) {
 		t.Errorf("mute narinfo peer: %v after %v", err, time.Since(start))
 	}
 	start = time.Now()
-	_, _, err = OpenNAR(ctx, client, mute.ID(), randomHash(t), validNarHashString(), 0)
+	_, _, err = OpenNAR(ctx, client, mute.ID(), randomHash(t), validNarHashString(), 0, 0, false)
 	if err == nil || time.Since(start) > 3*time.Second {
 		t.Errorf("mute NAR peer: %v after %v", err, time.Since(start))
 	}
@@ -275,7 +276,7 @@ func TestDeadlines(t *testing.T) {
 	hash := randomHash(t)
 	e := st.add(hash, []byte("some bytes"))
 	e.hang = true
-	_, body, err := OpenNAR(ctx, client, server.ID(), hash, narHashOf(e), 0)
+	_, body, err := OpenNAR(ctx, client, server.ID(), hash, narHashOf(e), 0, 0, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -305,14 +306,14 @@ func TestServerSlowReaders(t *testing.T) {
 	e := st.addGenerated(hash, 64<<20, 7) // beyond any stream window
 
 	// The slow reader: never reads its body.
-	_, stalled, err := OpenNAR(ctx, client, server.ID(), hash, narHashOf(e), 0)
+	_, stalled, err := OpenNAR(ctx, client, server.ID(), hash, narHashOf(e), 0, 0, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer stalled.Close()
 	// The one slot is taken: busy, at once.
 	start := time.Now()
-	_, _, err = OpenNAR(ctx, client, server.ID(), hash, narHashOf(e), 0)
+	_, _, err = OpenNAR(ctx, client, server.ID(), hash, narHashOf(e), 0, 0, false)
 	var re *RemoteError
 	if !errors.As(err, &re) || !strings.Contains(re.Msg, "busy") || time.Since(start) > time.Second {
 		t.Fatalf("a request beyond the transfers: %v after %v, want busy at once", err, time.Since(start))
@@ -322,7 +323,7 @@ func TestServerSlowReaders(t *testing.T) {
 	var size int64
 	var body io.ReadCloser
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		size, body, err = OpenNAR(ctx, client, server.ID(), hash, narHashOf(e), 64<<20-10)
+		size, body, err = OpenNAR(ctx, client, server.ID(), hash, narHashOf(e), 64<<20-10, 0, false)
 		if err == nil {
 			break
 		}
@@ -338,5 +339,59 @@ func TestServerSlowReaders(t *testing.T) {
 	}
 	if _, err := io.ReadAll(stalled); err == nil {
 		t.Error("the stalled transfer ended cleanly; it must have been cut")
+	}
+}
+
+// /peerix/nar/1.1.0: byte ranges, and the block format when the asker
+// takes it (the first block is always tried compressed; later ones only on
+// a link slower than compressing, which loopback is not); an asker of a
+// server that speaks only 1.0.0 gets the same bytes.
+func TestOpenNARRangesAndBlocks(t *testing.T) {
+	server, client, st := servedPair(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	text := bytes.Repeat([]byte("a NAR of text compresses well enough\n"), 40000)
+	random := make([]byte, 1<<20)
+	rand.Read(random)
+	for name, data := range map[string][]byte{"text": text, "random": random} {
+		hash := randomHash(t)
+		e := st.add(hash, data)
+		for _, tc := range []struct{ off, length int64 }{{0, 0}, {0, 300 << 10}, {12345, 500 << 10}, {int64(len(data)) - 10, 10}} {
+			for _, blocks := range []bool{false, true} {
+				size, body, err := OpenNAR(ctx, client, server.ID(), hash, narHashOf(e), tc.off, tc.length, blocks)
+				if err != nil {
+					t.Fatalf("%s %+v blocks %v: %v", name, tc, blocks, err)
+				}
+				got, err := io.ReadAll(body)
+				wire := body.(interface{ WireBytes() int64 }).WireBytes()
+				body.Close()
+				want := data[tc.off:]
+				if tc.length > 0 {
+					want = data[tc.off : tc.off+tc.length]
+				}
+				if err != nil || size != int64(len(data)) || !bytes.Equal(got, want) {
+					t.Fatalf("%s %+v blocks %v: %d bytes (want %d), %v", name, tc, blocks, len(got), len(want), err)
+				}
+				compressed := wire < int64(len(want))
+				if wantCompressed := blocks && name == "text" && len(want) > 64<<10; compressed != wantCompressed {
+					t.Errorf("%s %+v blocks %v: %d wire bytes for %d", name, tc, blocks, wire, len(want))
+				}
+			}
+		}
+	}
+
+	// A server of 1.0.0 only: ranges are cut by the reader.
+	server.RemoveStreamHandler(NARProtocol11)
+	client.Peerstore().RemoveProtocols(server.ID(), NARProtocol11) // as if it never spoke it
+	hash := randomHash(t)
+	e := st.add(hash, text)
+	_, body, err := OpenNAR(ctx, client, server.ID(), hash, narHashOf(e), 100, 1000, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(body)
+	body.Close()
+	if err != nil || !bytes.Equal(got, text[100:1100]) {
+		t.Fatalf("range from a 1.0.0 server: %d bytes, %v", len(got), err)
 	}
 }

@@ -261,9 +261,9 @@ func (p *holder) NarInfo(ctx context.Context, hash string) (*narinfo.NarInfo, er
 // OpenNAR opens the NAR by content, on the best connection to the peer;
 // a stream on a relayed connection moves to a direct one as soon as hole
 // punching made one (open streams do not move by themselves).
-func (p *holder) OpenNAR(ctx context.Context, nar swarm.NAR, offset int64) (io.ReadCloser, error) {
+func (p *holder) OpenNAR(ctx context.Context, nar swarm.NAR, offset, end int64) (io.ReadCloser, error) {
 	p.s.waitHolePunch(ctx)
-	b := &upgradingBody{p: p, ctx: ctx, nar: nar, pos: offset}
+	b := &upgradingBody{p: p, ctx: ctx, nar: nar, pos: offset, end: end}
 	if err := b.open(); err != nil {
 		return nil, err
 	}
@@ -279,7 +279,8 @@ type upgradingBody struct {
 	p         *holder
 	ctx       context.Context
 	nar       swarm.NAR
-	pos       int64
+	pos, end  int64
+	wire      int64 // wire bytes of bodies closed so far
 	body      io.ReadCloser
 	relayed   bool
 	lastCheck time.Time
@@ -289,7 +290,7 @@ type upgradingBody struct {
 }
 
 func (b *upgradingBody) open() error {
-	size, body, err := OpenNAR(b.ctx, b.p.s.h, b.p.id, b.nar.Hash, b.nar.NarHash, b.pos)
+	size, body, err := OpenNAR(b.ctx, b.p.s.h, b.p.id, b.nar.Hash, b.nar.NarHash, b.pos, b.end-b.pos, true)
 	if err != nil {
 		return err
 	}
@@ -305,8 +306,8 @@ func (b *upgradingBody) open() error {
 	}
 	b.body = body
 	b.relayed = false
-	if nb, ok := body.(*narBody); ok {
-		b.relayed = isCircuit(nb.st.Conn().RemoteMultiaddr())
+	if r, ok := body.(interface{ Relayed() bool }); ok {
+		b.relayed = r.Relayed()
 	}
 	return nil
 }
@@ -320,6 +321,7 @@ func (b *upgradingBody) Read(p []byte) (int, error) {
 				b.mu.Lock()
 				old := b.body
 				b.mu.Unlock()
+				b.wire += wireBytes(old)
 				old.Close()
 				if err := b.open(); err != nil {
 					return 0, err
@@ -333,6 +335,20 @@ func (b *upgradingBody) Read(p []byte) (int, error) {
 	n, err := body.Read(p)
 	b.pos += int64(n)
 	return n, err
+}
+
+// WireBytes is how many bytes came over the wire so far.
+func (b *upgradingBody) WireBytes() int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.wire + wireBytes(b.body)
+}
+
+func wireBytes(r io.Reader) int64 {
+	if w, ok := r.(interface{ WireBytes() int64 }); ok {
+		return w.WireBytes()
+	}
+	return 0
 }
 
 func (b *upgradingBody) Close() error {

@@ -30,6 +30,8 @@ const (
 	narHashLen        = 52 // Nix base-32 of a SHA-256
 	narInfoRequestLen = store.HashLen
 	narRequestLen     = store.HashLen + narHashLen + 8
+	// A /peerix/nar/1.1.0 request adds u64 length and u8 flags.
+	narRequestLen11 = narRequestLen + 8 + 1
 	// MaxNarInfoFrame bounds a narinfo answer frame, status byte included.
 	MaxNarInfoFrame = 64 << 10
 	// MaxErrorMessage bounds the message of an error answer.
@@ -129,6 +131,49 @@ type NarRequest struct {
 	Hash    string // 32-character hash part
 	NarHash string // 52-character Nix base-32 SHA-256
 	Offset  int64
+	// Since /peerix/nar/1.1.0: Length bytes from Offset (0: to the end),
+	// and whether the asker takes the block format (internal/compress:
+	// zstd where it pays).
+	Length       int64
+	AcceptBlocks bool
+}
+
+// Flags of a /peerix/nar/1.1.0 request.
+const flagAcceptBlocks = 0x01
+
+// Encodings of a /peerix/nar/1.1.0 body.
+const (
+	EncodingRaw    byte = 0
+	EncodingBlocks byte = 1 // the block format of internal/compress
+)
+
+// EncodeNarRequest11 is a /peerix/nar/1.1.0 request frame's payload.
+func EncodeNarRequest11(r NarRequest) []byte {
+	b := EncodeNarRequest(r)
+	b = binary.BigEndian.AppendUint64(b, uint64(r.Length))
+	var flags byte
+	if r.AcceptBlocks {
+		flags |= flagAcceptBlocks
+	}
+	return append(b, flags)
+}
+
+// DecodeNarRequest11 checks a /peerix/nar/1.1.0 request payload.
+func DecodeNarRequest11(b []byte) (NarRequest, error) {
+	if len(b) != narRequestLen11 {
+		return NarRequest{}, protocolErrorf("NAR request of %d bytes, want %d", len(b), narRequestLen11)
+	}
+	r, err := DecodeNarRequest(b[:narRequestLen])
+	if err != nil {
+		return NarRequest{}, err
+	}
+	length := binary.BigEndian.Uint64(b[narRequestLen:])
+	flags := b[narRequestLen+8]
+	if length > 1<<62 || flags&^flagAcceptBlocks != 0 {
+		return NarRequest{}, protocolErrorf("NAR request length %d, flags %#x", length, flags)
+	}
+	r.Length, r.AcceptBlocks = int64(length), flags&flagAcceptBlocks != 0
+	return r, nil
 }
 
 // EncodeNarRequest is the request frame's payload.
@@ -237,6 +282,30 @@ func DecodeNarAnswer(b []byte) (Answer, int64, error) {
 	if len(a.Payload) != 8 {
 		return Answer{}, 0, protocolErrorf("NAR status frame of %d bytes", len(b))
 	}
+	return decodeSize(a)
+}
+
+// DecodeNarAnswer11 checks a /peerix/nar/1.1.0 status frame's payload; for
+// found it returns the NAR's size and the body's encoding.
+func DecodeNarAnswer11(b []byte) (Answer, int64, byte, error) {
+	a, err := decodeStatus(b)
+	if err != nil {
+		return Answer{}, 0, 0, err
+	}
+	if a.Status != StatusFound {
+		return a, 0, 0, nil
+	}
+	if len(a.Payload) != 9 || a.Payload[8] > EncodingBlocks {
+		return Answer{}, 0, 0, protocolErrorf("NAR status frame of %d bytes", len(b))
+	}
+	enc := a.Payload[8]
+	a.Payload = a.Payload[:8]
+	a, size, err := decodeSize(a)
+	return a, size, enc, err
+}
+
+// decodeSize reads a found answer's u64 NAR size.
+func decodeSize(a Answer) (Answer, int64, error) {
 	size := binary.BigEndian.Uint64(a.Payload)
 	if size == 0 || size > 1<<62 {
 		return Answer{}, 0, protocolErrorf("NAR size %d", size)

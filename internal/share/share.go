@@ -58,6 +58,9 @@ type Inventory struct {
 	lastID int64 // owned by Run
 
 	scans, polls atomic.Uint64
+	// checked of total paths of the running (or last) full scan have been
+	// decided by the filter.
+	checked, total atomic.Int64
 }
 
 // New returns an inventory; nothing happens until Run.
@@ -102,6 +105,12 @@ func (inv *Inventory) Has(hash string) bool {
 	defer inv.mu.Unlock()
 	_, ok := inv.hashes[hash]
 	return ok
+}
+
+// Progress is how far the running (or last) full scan got: checked of
+// total paths decided by the filter. Both are 0 before the first scan.
+func (inv *Inventory) Progress() (checked, total int64) {
+	return inv.checked.Load(), inv.total.Load()
 }
 
 // Ready is closed after the first scan.
@@ -233,6 +242,11 @@ func (inv *Inventory) check(ctx context.Context, after int64, last *int64, share
 	if err != nil {
 		return fmt.Errorf("reading the store: %w", err)
 	}
+	full := after == 0
+	if full {
+		inv.checked.Store(0)
+		inv.total.Store(int64(len(hashes)))
+	}
 	jobs := make(chan string)
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -245,6 +259,9 @@ func (inv *Inventory) check(ctx context.Context, after int64, last *int64, share
 					mu.Lock()
 					shared(h)
 					mu.Unlock()
+				}
+				if full {
+					inv.checked.Add(1)
 				}
 			}
 		}()

@@ -59,16 +59,17 @@ func (x *Found) OpenNAR(ctx context.Context, narHash string, offset int64) (*sto
 	tctx, cancel := context.WithCancel(ctx)
 	t := &transfer{
 		f: f, x: x, cancel: cancel,
-		nar:     NAR{Hash: x.hash, NarHash: narHash, Size: size},
-		want:    want.Digest(),
-		spool:   sp,
-		spools:  []spool{sp},
-		h:       sha256.New(),
-		opens:   map[string]int{},
-		suspect: map[string]bool{},
-		through: true,
-		changed: make(chan struct{}),
-		runDone: make(chan struct{}),
+		progress: f.progressOf(x.storePath(), size),
+		nar:      NAR{Hash: x.hash, NarHash: narHash, Size: size},
+		want:     want.Digest(),
+		spool:    sp,
+		spools:   []spool{sp},
+		h:        sha256.New(),
+		opens:    map[string]int{},
+		suspect:  map[string]bool{},
+		through:  true,
+		changed:  make(chan struct{}),
+		runDone:  make(chan struct{}),
 	}
 	go t.run(tctx)
 	if _, _, err := t.wait(ctx, offset); err != nil && !(offset == size && errors.Is(err, io.EOF)) {
@@ -76,6 +77,17 @@ func (x *Found) OpenNAR(ctx context.Context, narHash string, offset int64) (*sto
 		return nil, err
 	}
 	return &store.NAR{Size: size, ReadCloser: &narReader{t: t, pos: offset}}, nil
+}
+
+// storePath is the accepted narinfo's store path, or the hash part when
+// there is none.
+func (x *Found) storePath() string {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.ni != nil && x.ni.StorePath != "" {
+		return x.ni.StorePath
+	}
+	return x.hash
 }
 
 // sizeOf returns the size of the NAR with narHash, if a holder's narinfo
@@ -116,6 +128,8 @@ type transfer struct {
 	cancel context.CancelFunc
 	nar    NAR
 	want   []byte
+	// progress is told about the bytes as they arrive.
+	progress Progress
 
 	// Owned by run.
 	spool   spool
@@ -127,6 +141,9 @@ type transfer struct {
 	suspect map[string]bool // holders that sent part of a NAR that failed its hash
 	old     spool           // the failed attempt, kept to find the liar
 	oldSpan []span
+	// alone: a NAR from several holders at once failed its hash; from now
+	// on one holder at a time, so that each attempt blames its sender.
+	alone bool
 
 	mu        sync.Mutex
 	spools    []spool // every spool of the transfer, closed by Close (a reader may still read an old one)
@@ -149,6 +166,12 @@ type span struct {
 // run fetches the NAR until it is verified, or no holder is left.
 func (t *transfer) run(ctx context.Context) {
 	defer close(t.runDone)
+	defer func() {
+		t.mu.Lock()
+		err := t.err
+		t.mu.Unlock()
+		t.progress.Done(err)
+	}()
 	for attempt := 1; ; attempt++ {
 		if err := t.fill(ctx); err != nil {
 			t.fail(err)
@@ -159,6 +182,9 @@ func (t *transfer) run(ctx context.Context) {
 			return
 		}
 		t.mismatch()
+		if len(spanIDs(t.spans)) > 1 {
+			t.alone = true
+		}
 		if attempt == maxAttempts {
 			t.fail(fmt.Errorf("%s: %w after %d attempts", t.nar.Hash, ErrBadNAR, attempt))
 			return
@@ -170,35 +196,11 @@ func (t *transfer) run(ctx context.Context) {
 	}
 }
 
-// fill fetches [pos, size) from holders, moving on at each failure.
-func (t *transfer) fill(ctx context.Context) error {
-	var errs []error
-	for t.pos < t.nar.Size {
-		src, ok := t.next()
-		if !ok {
-			if len(errs) == 0 {
-				return fmt.Errorf("no holder left for %s: %w", t.nar.Hash, store.ErrNotFound)
-			}
-			return fmt.Errorf("no holder could send %s: %w (%w)", t.nar.Hash, store.ErrNotFound, errors.Join(errs...))
-		}
-		err := t.pull(ctx, src)
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		if errors.Is(err, errSpool) {
-			return err // our own disk, not the holder's fault
-		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", src.h.ID(), err))
-			t.f.failed(ctx, src.h.ID(), t.x, err, "NAR")
-		}
-	}
-	return nil
-}
-
-// next picks the next source: holders not under suspicion first, each
-// group in reputation order, none opened more than maxOpensPerHolder times.
-func (t *transfer) next() (candidate, bool) {
+// next picks the next source, not one of busy: holders not under
+// suspicion first, each group in reputation order, none opened more than
+// maxOpensPerHolder times. It counts nothing: opened does, once the
+// source has something to send.
+func (t *transfer) next(busy map[string]bool) (candidate, bool) {
 	if t.nOpens >= maxOpens {
 		return candidate{}, false
 	}
@@ -216,12 +218,10 @@ func (t *transfer) next() (candidate, bool) {
 	for _, wantSuspect := range []bool{false, true} {
 		for round := 0; round < maxOpensPerHolder; round++ {
 			for _, id := range ranked {
-				if t.suspect[id] != wantSuspect || t.opens[id] != round {
+				if busy[id] || t.suspect[id] != wantSuspect || t.opens[id] != round {
 					continue
 				}
 				i := slices.IndexFunc(all, func(c candidate) bool { return c.h.ID() == id })
-				t.opens[id]++
-				t.nOpens++
 				return all[i], true
 			}
 		}
@@ -229,16 +229,24 @@ func (t *transfer) next() (candidate, bool) {
 	return candidate{}, false
 }
 
-// pull copies from one holder into the spool until the NAR is complete or
-// the holder fails, stalls or crawls.
-func (t *transfer) pull(ctx context.Context, c candidate) error {
+// opened counts a request to holder id against the transfer's bounds.
+func (t *transfer) opened(id string) {
+	t.opens[id]++
+	t.nOpens++
+}
+
+// copyRange opens [from, to) at holder c and hands what arrives to sink,
+// in order, in pieces of at most 256 KiB, until the sink's range is
+// complete (its end may move closer meanwhile); a holder that sends
+// nothing for StallTimeout, or less than MinRate, is dropped.
+func (t *transfer) copyRange(ctx context.Context, c candidate, from, to int64, sink *segmentSink) error {
 	spec := t.nar
 	if c.ni != nil {
 		spec.URL = c.ni.URL
 	}
 	id := c.h.ID()
 	start := time.Now()
-	body, err := c.h.OpenNAR(ctx, spec, t.pos)
+	body, err := c.h.OpenNAR(ctx, spec, from, to)
 	if err != nil {
 		return err
 	}
@@ -255,41 +263,39 @@ func (t *transfer) pull(ctx context.Context, c candidate) error {
 	})
 	defer body.Close()
 
-	proven := t.nar.Size >= CutThroughMin && t.f.rep.Proven(id)
-	var scratch []byte
-	for t.pos < t.nar.Size {
-		n := min(int64(256<<10), t.nar.Size-t.pos)
-		p := t.spool.direct(t.pos, n)
-		if p == nil {
-			if scratch == nil {
-				scratch = make([]byte, 256<<10)
-			}
-			p = scratch[:n]
+	buf := make([]byte, 256<<10)
+	var lastWire int64
+	for {
+		p := sink.next(buf)
+		if len(p) == 0 {
+			return nil
 		}
-		got, err := body.Read(p)
-		if got > 0 {
-			if _, werr := t.spool.WriteAt(p[:got], t.pos); werr != nil {
-				return fmt.Errorf("%w: %w", errSpool, werr)
+		m, err := body.Read(p)
+		if m > 0 {
+			if werr := sink.wrote(p[:m]); werr != nil {
+				return werr
 			}
-			t.h.Write(p[:got])
-			t.record(id, int64(got))
-			progress.Add(int64(got))
-			t.publish(proven)
+			progress.Add(int64(m))
+			wire := int64(m)
+			if wb, ok := body.(interface{ WireBytes() int64 }); ok {
+				now := wb.WireBytes()
+				wire, lastWire = now-lastWire, now
+			}
+			t.progress.Add(id, int64(m), wire)
 		}
 		if err != nil {
 			if e := why.Load(); e != nil {
 				return *e
 			}
-			if errors.Is(err, io.EOF) && t.pos < t.nar.Size {
-				return fmt.Errorf("%w: NAR ended after %d of %d bytes", ErrProtocol, t.pos, t.nar.Size)
-			}
-			if t.pos == t.nar.Size && errors.Is(err, io.EOF) {
-				return nil
+			if errors.Is(err, io.EOF) {
+				if sink.complete() {
+					return nil
+				}
+				return fmt.Errorf("%w: NAR ended at byte %d of %d", ErrProtocol, from+progress.Load(), to)
 			}
 			return err
 		}
 	}
-	return nil
 }
 
 // record notes that id sent the next n bytes.

@@ -25,8 +25,10 @@ type Holder interface {
 	// hash. An honest "I do not have it" is an error wrapping
 	// store.ErrNotFound.
 	NarInfo(ctx context.Context, hash string) (*narinfo.NarInfo, error)
-	// OpenNAR opens the bytes [offset, nar.Size) of the NAR.
-	OpenNAR(ctx context.Context, nar NAR, offset int64) (io.ReadCloser, error)
+	// OpenNAR opens the bytes [offset, end) of the NAR, end <= nar.Size.
+	// A holder whose protocol cannot stop at end may send more: the
+	// reader is closed once end is reached.
+	OpenNAR(ctx context.Context, nar NAR, offset, end int64) (io.ReadCloser, error)
 }
 
 // NAR names the NAR a holder is asked for.
@@ -68,7 +70,10 @@ type Options struct {
 	// OnLie, if set, is told about every lie caught: the holder, the
 	// path's hash and what it lied about ("narinfo", "NAR").
 	OnLie func(peer, hash, what string)
-	Log   *slog.Logger
+	// Observer, if set, is told about every NAR transfer: the bytes as
+	// they arrive, the holder sending them, the end.
+	Observer Observer
+	Log      *slog.Logger
 
 	// Parallel: holders asked for a narinfo at once (3).
 	Parallel int
@@ -120,8 +125,9 @@ const (
 	maxOpens          = 12
 	maxOpensPerHolder = 2
 	// maxAttempts bounds how often a NAR is fetched whole again after a
-	// hash mismatch.
-	maxAttempts = 3
+	// hash mismatch: after one from several holders at once, each holder
+	// may be tried alone.
+	maxAttempts = 2 + maxSources
 )
 
 // Finder finds paths among holders and fetches their NARs. One Finder
@@ -180,6 +186,7 @@ type Found struct {
 	cands     []candidate      // holders whose narinfo named ni's NarHash, in the order they answered
 	others    []Holder         // holders named but not asked: asked for the NAR by content
 	bad       map[string]bool  // holders caught lying about this path
+	grown     chan struct{}    // closed and replaced when cands or others grow
 }
 
 // candidate is a holder and its own narinfo for the path.
@@ -190,7 +197,7 @@ type candidate struct {
 
 // NewFound starts a lookup of hash; Run does it.
 func (f *Finder) NewFound(hash string) *Found {
-	return &Found{f: f, hash: hash, decided: make(chan struct{}), bad: map[string]bool{}}
+	return &Found{f: f, hash: hash, decided: make(chan struct{}), bad: map[string]bool{}, grown: make(chan struct{})}
 }
 
 // Fresh implements store.Lookup.
@@ -251,7 +258,21 @@ func (x *Found) addOther(h Holder) {
 	defer x.mu.Unlock()
 	if len(x.others) < 16 {
 		x.others = append(x.others, h)
+		x.grew()
 	}
+}
+
+// grew tells a running transfer that another holder may join. x.mu is held.
+func (x *Found) grew() {
+	close(x.grown)
+	x.grown = make(chan struct{})
+}
+
+// holdersChanged is closed when another holder may send the NAR.
+func (x *Found) holdersChanged() <-chan struct{} {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.grown
 }
 
 // AddHolder offers a holder as a source of the NAR by content without
@@ -407,6 +428,7 @@ func (f *Finder) query(ctx context.Context, x *Found, h Holder, timeout time.Dur
 		if same {
 			x.mu.Lock()
 			x.cands = append(x.cands, candidate{h, ni})
+			x.grew()
 			x.mu.Unlock()
 		}
 		return
@@ -425,10 +447,12 @@ func (f *Finder) query(ctx context.Context, x *Found, h Holder, timeout time.Dur
 	case x.ni == nil:
 		x.ni = out
 		x.cands = append(x.cands, candidate{h, ni})
+		x.grew()
 		x.decidedAt = time.Now()
 		close(x.decided)
 	case sameNarHash(ni, x.ni):
 		x.cands = append(x.cands, candidate{h, ni})
+		x.grew()
 	}
 	x.mu.Unlock()
 }

@@ -84,7 +84,8 @@ type Reputation struct {
 }
 
 type peerRep struct {
-	successes, failures int
+	successes, failures int // failures weighted by kind
+	failed              int // failures, each counted once
 	consecutive         int // weighted failures since the last success
 	latency             time.Duration
 	backoffUntil        time.Time
@@ -183,6 +184,7 @@ func (r *Reputation) Fail(p string, kind Failure) {
 	pr := r.get(p)
 	w := kind.weight()
 	pr.failures += w
+	pr.failed++
 	pr.consecutive += w
 	pr.lastFailure = kind
 	if kind == FailSlow || kind == FailLie {
@@ -303,8 +305,11 @@ func (r *Reputation) Rank(ids []string) []string {
 
 // PeerReputation is what the table knows about a peer, for /api/peers.
 type PeerReputation struct {
-	Successes   int       `json:"successes"`
+	Successes int `json:"successes"`
+	// Failures are weighted by kind, as Rank weighs them (a lie counts 5);
+	// Failed counts each failure once.
 	Failures    int       `json:"failures"`
+	Failed      int       `json:"failed"`
 	SuccessRate float64   `json:"success_rate"` // with the prior of Rank
 	LatencyMs   float64   `json:"latency_ms"`   // EWMA; 0 when never measured
 	BackoffEnds time.Time `json:"backoff_until,omitzero"`
@@ -325,6 +330,7 @@ func (r *Reputation) Get(p string) (PeerReputation, bool) {
 	out := PeerReputation{
 		Successes:   pr.successes,
 		Failures:    pr.failures,
+		Failed:      pr.failed,
 		SuccessRate: float64(pr.successes+1) / float64(pr.successes+pr.failures+2),
 		LatencyMs:   float64(pr.latency) / float64(time.Millisecond),
 		Lies:        pr.lies,

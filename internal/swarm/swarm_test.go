@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -54,9 +56,13 @@ type holder struct {
 	absent  bool
 	delay   time.Duration // before the narinfo answer
 	corrupt int64         // -1: none; else the offset of a flipped byte in its NAR
+	flipAll bool          // every byte it sends is wrong
 	stallAt int64         // -1: none; else it stops sending at this offset, forever
+	breakAt int64         // 0: never; else its streams break after this many bytes
 	drip    time.Duration // if set, one byte per drip
+	pace    time.Duration // if set, 64 KiB per pace
 	opens   atomic.Int32
+	sent    atomic.Int64 // NAR bytes it sent
 }
 
 func honest(id string, c content) *holder {
@@ -80,7 +86,7 @@ func (h *holder) NarInfo(ctx context.Context, hash string) (*narinfo.NarInfo, er
 	return &ni, nil
 }
 
-func (h *holder) OpenNAR(ctx context.Context, nar swarm.NAR, offset int64) (io.ReadCloser, error) {
+func (h *holder) OpenNAR(ctx context.Context, nar swarm.NAR, offset, end int64) (io.ReadCloser, error) {
 	h.opens.Add(1)
 	if h.absent || nar.NarHash != h.c.narHash() {
 		return nil, store.ErrNotFound
@@ -89,7 +95,12 @@ func (h *holder) OpenNAR(ctx context.Context, nar swarm.NAR, offset int64) (io.R
 	if h.corrupt >= 0 {
 		b[h.corrupt] ^= 0xff
 	}
-	return &stream{ctx: ctx, h: h, b: b, pos: offset, done: make(chan struct{})}, nil
+	if h.flipAll {
+		for i := range b {
+			b[i] ^= 0x5a
+		}
+	}
+	return &stream{ctx: ctx, h: h, b: b, pos: offset, start: offset, done: make(chan struct{})}, nil
 }
 
 type stream struct {
@@ -97,6 +108,7 @@ type stream struct {
 	h      *holder
 	b      []byte
 	pos    int64
+	start  int64
 	done   chan struct{}
 	closed atomic.Bool
 }
@@ -124,12 +136,27 @@ func (s *stream) Read(p []byte) (int, error) {
 		}
 		p = p[:1]
 	}
+	if s.h.pace > 0 {
+		select {
+		case <-time.After(s.h.pace):
+		case <-s.done:
+			return 0, errors.New("closed")
+		}
+		p = p[:min(len(p), 64<<10)]
+	}
 	end := int64(len(s.b))
 	if s.h.stallAt >= 0 {
 		end = min(end, s.h.stallAt)
 	}
+	if s.h.breakAt > 0 {
+		if s.pos >= s.start+s.h.breakAt {
+			return 0, errors.New("connection reset")
+		}
+		end = min(end, s.start+s.h.breakAt)
+	}
 	n := copy(p, s.b[s.pos:end])
 	s.pos += int64(n)
+	s.h.sent.Add(int64(n))
 	return n, nil
 }
 
@@ -244,8 +271,10 @@ func TestMissWhenNobodyHasIt(t *testing.T) {
 	}
 }
 
-func TestNARFromSeveralHolders(t *testing.T) {
-	c := newContent(3*swarm.MemorySpoolMax/2, 3) // file spool
+// One holder at a time (the NAR is too small for several at once): the
+// first breaks or lies, the second finishes; a liar is blamed.
+func TestNARFromOneHolderAtATime(t *testing.T) {
+	c := newContent(3<<20, 3)
 	tests := []struct {
 		name    string
 		first   func(*holder)
@@ -391,6 +420,172 @@ func TestSilentHolderCostsLittle(t *testing.T) {
 			if took := time.Since(start); took > want {
 				t.Errorf("lookup %d took %v, want at most %v", i, took, want)
 			}
+		}
+	})
+}
+
+// A large NAR from four holders at once: every one sends a share, a holder
+// that lies in every byte it sends is found and blamed and the NAR still
+// arrives whole, a holder that breaks leaves its pieces to the others.
+func TestNARFromSeveralAtOnce(t *testing.T) {
+	c := newContent(24<<20, 9) // a file spool, pieces of 1 MiB
+	tests := []struct {
+		name   string
+		third  func(*holder)
+		blamed bool
+	}{
+		{name: "all honest", third: func(*holder) {}},
+		{name: "one lies in every byte", third: func(h *holder) { h.flipAll = true }, blamed: true},
+		{name: "one breaks after 3 MiB", third: func(h *holder) { h.breakAt = 3 << 20 }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			hs := []*holder{honest("a", c), honest("b", c), honest("c", c), honest("d", c)}
+			tt.third(hs[2])
+			rep := swarm.NewReputation()
+			f := swarm.NewFinder(swarm.Options{Rep: rep, SpoolDir: t.TempDir()})
+			x := find(t, f, hs...)
+			got, err := readAll(t, x, c.narHash(), 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, c.nar) {
+				t.Fatal("the NAR from several holders differs from the original")
+			}
+			for _, h := range hs {
+				r, _ := rep.Get(h.id)
+				if h.opens.Load() == 0 {
+					t.Errorf("%s was never asked for a piece", h.id)
+				}
+				if (r.Lies > 0) != (tt.blamed && h == hs[2]) {
+					t.Errorf("%s: %d lies", h.id, r.Lies)
+				}
+			}
+		})
+	}
+}
+
+// Holders that answer the lookup after the transfer started join it, and
+// a faster holder sends more than a slower one.
+func TestHoldersJoinAndFastOnesSendMore(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := newContent(32<<20, 10)
+		fast, slow, late := honest("fast", c), honest("slow", c), honest("late", c)
+		fast.pace = 10 * time.Millisecond // 6.5 MB/s
+		slow.pace = 40 * time.Millisecond // 1.6 MB/s
+		late.pace = 10 * time.Millisecond
+		slow.delay = time.Millisecond
+		late.delay = time.Second // answers once the transfer runs
+		f := swarm.NewFinder(swarm.Options{SpoolDir: t.TempDir(), Spares: 5})
+		x := f.NewFound(testHash)
+		go f.Run(t.Context(), x, holders(fast, slow, late))
+		<-x.Decided()
+		time.Sleep(10 * time.Millisecond) // slow confirms too
+		start := time.Now()
+		got, err := readAll(t, x, c.narHash(), 0)
+		if err != nil || !bytes.Equal(got, c.nar) {
+			t.Fatalf("got %d bytes (equal %v), err %v", len(got), bytes.Equal(got, c.nar), err)
+		}
+		took := time.Since(start)
+		// fast and slow alone: 32 MiB at 8.1 MB/s, 4.1 s; late joins
+		// after a second and adds 6.5 MB/s.
+		if took > 3*time.Second { // ideal: 2.73 s
+			t.Errorf("took %v: the late holder did not help", took)
+		}
+		if late.sent.Load() < 4<<20 {
+			t.Errorf("the late holder sent %d bytes", late.sent.Load())
+		}
+		if fast.sent.Load() < 2*slow.sent.Load() {
+			t.Errorf("fast sent %d bytes, slow %d: the fast one should send about four times as much", fast.sent.Load(), slow.sent.Load())
+		}
+		t.Logf("in %v: fast %d, slow %d, late %d bytes", took, fast.sent.Load(), slow.sent.Load(), late.sent.Load())
+	})
+}
+
+// observer records what a Finder tells its Observer.
+type observer struct {
+	mu        sync.Mutex
+	path      string
+	size      int64
+	peers     []string
+	added     int64
+	done      bool
+	err       error
+	doneCalls int
+}
+
+func (o *observer) NARTransfer(storePath string, size int64) swarm.Progress {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.path, o.size = storePath, size
+	return o
+}
+
+func (o *observer) Add(holder string, nar, wire int64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if !slices.Contains(o.peers, holder) {
+		o.peers = append(o.peers, holder)
+	}
+	o.added += nar
+}
+
+func (o *observer) Done(err error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.done, o.err = true, err
+	o.doneCalls++
+}
+
+// TestObserverSeesTheTransfer: the Observer learns the store path and
+// size, each holder the bytes come from, every byte as it arrives, and
+// the end.
+func TestObserverSeesTheTransfer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := newContent(200_000, 5)
+		first, second := honest("first", c), honest("second", c)
+		first.stallAt = 50_000
+		second.delay = 400 * time.Millisecond // ranks first first
+		obs := &observer{}
+		f := swarm.NewFinder(swarm.Options{StallTimeout: 2 * time.Second, Observer: obs})
+		x := find(t, f, first, second)
+		got, err := readAll(t, x, c.narHash(), 0)
+		if err != nil || !bytes.Equal(got, c.nar) {
+			t.Fatalf("NAR: %d bytes, %v", len(got), err)
+		}
+		synctest.Wait()
+		obs.mu.Lock()
+		defer obs.mu.Unlock()
+		if obs.path != c.ni.StorePath || obs.size != int64(len(c.nar)) {
+			t.Errorf("observed %q of %d bytes; want %q of %d", obs.path, obs.size, c.ni.StorePath, len(c.nar))
+		}
+		if fmt.Sprint(obs.peers) != "[first second]" {
+			t.Errorf("holders observed %v, want [first second]", obs.peers)
+		}
+		if obs.added != int64(len(c.nar)) || !obs.done || obs.err != nil || obs.doneCalls != 1 {
+			t.Errorf("observed %d bytes, done %v (%d calls), err %v", obs.added, obs.done, obs.doneCalls, obs.err)
+		}
+	})
+}
+
+// TestObserverSeesAFailure: a transfer no holder can complete ends with
+// its error.
+func TestObserverSeesAFailure(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := newContent(100_000, 6)
+		only := honest("only", c)
+		only.stallAt = 10_000
+		obs := &observer{}
+		f := swarm.NewFinder(swarm.Options{StallTimeout: 2 * time.Second, Observer: obs})
+		x := find(t, f, only)
+		if _, err := readAll(t, x, c.narHash(), 0); err == nil {
+			t.Fatal("a NAR no holder can send was read whole")
+		}
+		synctest.Wait()
+		obs.mu.Lock()
+		defer obs.mu.Unlock()
+		if !obs.done || obs.err == nil || obs.added != 10_000 {
+			t.Errorf("observed %d bytes, done %v, err %v", obs.added, obs.done, obs.err)
 		}
 	})
 }

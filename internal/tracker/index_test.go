@@ -26,7 +26,8 @@ import (
 // time make it inside a synctest bubble and sleep.
 func newIndexServer(t testing.TB) *Server {
 	t.Helper()
-	return NewServer(openTestDB(t), ServerOptions{TTL: time.Minute, Log: quietLog()})
+	// The TTL outlives the tests' sleeps past indexMinEpoch.
+	return NewServer(openTestDB(t), ServerOptions{TTL: time.Hour, Log: quietLog()})
 }
 
 // newIndexTracker serves a real-clock Server over a fresh SQLite database.

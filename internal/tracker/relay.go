@@ -25,6 +25,8 @@ import (
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	ma "github.com/multiformats/go-multiaddr"
 	manet "github.com/multiformats/go-multiaddr/net"
+
+	"github.com/peerix/peerix/internal/portcheck"
 )
 
 // IdentityFile is the tracker relay's key file, next to the SQLite database.
@@ -92,6 +94,11 @@ func StartRelay(key crypto.PrivKey, ips []string, port int, log *slog.Logger) (*
 		return nil, errors.New("relay: no listen address")
 	}
 	if port != 0 {
+		// libp2p binds with SO_REUSEPORT and would share a taken port
+		// (a daemon's --p2p-port) silently.
+		if err := portcheck.Free(port, ips...); err != nil {
+			return nil, err
+		}
 		return startRelay(key, ips, port, log)
 	}
 	// One port number for TCP and QUIC keeps the addresses predictable.

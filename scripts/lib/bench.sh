@@ -111,10 +111,11 @@ wait_http() {
 	die "$name did not serve $url within 30s"
 }
 
-# go_build PACKAGE...: builds the commands into $TMP/bin/.
+# go_build PACKAGE...: builds the commands into $TMP/bin/, static as
+# the Makefile builds them.
 go_build() {
 	log "building $*"
-	(cd "$REPO" && go build -o "$TMP/bin/" "$@")
+	(cd "$REPO" && CGO_ENABLED=0 go build -o "$TMP/bin/" "$@")
 }
 
 # bench_paths ATTR...: builds those attributes of test/e2e/testdata/bench.nix

@@ -21,9 +21,9 @@ import (
 	"time"
 )
 
-// runPeerix runs the peerix binary with args and extra environment
+// runPeerixEnv runs the peerix binary with args and extra environment
 // (bounded to 30 s) and returns its exit code and output.
-func runPeerix(t *testing.T, env []string, args ...string) (int, string) {
+func runPeerixEnv(t *testing.T, env []string, args ...string) (int, string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -61,7 +61,7 @@ func TestSigningKeyMode(t *testing.T) {
 	listen := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	serve := []string{"serve", "--mode", "local", "--store-root", fx.src,
 		"--state-dir", filepath.Join(t.TempDir(), "state"), "--listen", listen, "--signing-key-file", key.secretFile}
-	code, out := runPeerix(t, nil, serve...)
+	code, out := runPeerixEnv(t, nil, serve...)
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	t.Logf("serve with a 0644 signing key: exit %d:\n%s", code, out)
 	if code == 0 {
@@ -72,7 +72,7 @@ func TestSigningKeyMode(t *testing.T) {
 	}
 	// The same through $NIX_SECRET_KEY_FILE.
 	envServe := append([]string(nil), serve[:len(serve)-2]...)
-	if code, out := runPeerix(t, []string{"NIX_SECRET_KEY_FILE=" + key.secretFile}, envServe...); code == 0 || !strings.Contains(out, "chmod 600 "+key.secretFile) {
+	if code, out := runPeerixEnv(t, []string{"NIX_SECRET_KEY_FILE=" + key.secretFile}, envServe...); code == 0 || !strings.Contains(out, "chmod 600 "+key.secretFile) {
 		t.Errorf("serve with NIX_SECRET_KEY_FILE readable by others: exit %d\n%s", code, out)
 	}
 
@@ -80,7 +80,7 @@ func TestSigningKeyMode(t *testing.T) {
 	// with the key named by $NIX_SECRET_KEY_FILE and no config file.
 	home := t.TempDir()
 	env := []string{"NIX_SECRET_KEY_FILE=" + key.secretFile, "HOME=" + home, "XDG_CONFIG_HOME=" + filepath.Join(home, "config")}
-	code, out = runPeerix(t, env, "doctor", "--url", "http://"+listen)
+	code, out = runPeerixEnv(t, env, "doctor", "--url", "http://"+listen)
 	want := fmt.Sprintf("FAIL  signing key: secret key file %s: mode 0644", key.secretFile)
 	if code != 1 || !strings.Contains(out, want) || !strings.Contains(out, "fix: chmod 600 "+key.secretFile) {
 		t.Errorf("doctor with a 0644 signing key: exit %d, want 1 and %q with its fix:\n%s", code, want, out)
@@ -88,7 +88,7 @@ func TestSigningKeyMode(t *testing.T) {
 	if err := os.Chmod(key.secretFile, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	_, out = runPeerix(t, env, "doctor", "--url", "http://"+listen)
+	_, out = runPeerixEnv(t, env, "doctor", "--url", "http://"+listen)
 	if want := "OK    signing key: " + key.secretFile + " (peerix-mode-test) is readable by its owner only"; !strings.Contains(out, want) {
 		t.Errorf("doctor with a 0600 signing key lacks %q:\n%s", want, out)
 	}

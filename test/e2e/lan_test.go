@@ -646,8 +646,10 @@ func TestLANResume(t *testing.T) {
 	if !slices.ContainsFunc(broken.requests(), func(s string) bool { return strings.HasPrefix(s, "GET /local/nar/") }) {
 		t.Errorf("the first peer was never asked for the NAR: %q", broken.requests())
 	}
+	// The rest of the broken peer's part, from where it broke (the good
+	// peer may have taken the tail meanwhile: then the range has an end).
 	wantRange := fmt.Sprintf("bytes=%d-", half)
-	if rr := good.rangeRequests(); !slices.ContainsFunc(rr, func(s string) bool { return strings.HasSuffix(s, " "+wantRange) }) {
+	if rr := good.rangeRequests(); !slices.ContainsFunc(rr, func(s string) bool { return strings.Contains(s, " "+wantRange) }) {
 		t.Errorf("the second peer got no request for %s; its Range requests: %q, all: %q", wantRange, rr, good.requests())
 	}
 

@@ -66,6 +66,7 @@ func buildPeerix(dir string) (string, error) {
 	defer cancel()
 	out := filepath.Join(dir, "peerix")
 	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "github.com/peerix/peerix/cmd/peerix")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0") // static, as the Makefile and the Nix package build it
 	cmd.WaitDelay = 10 * time.Second
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go build github.com/peerix/peerix/cmd/peerix: %w\n%s", err, b)

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -74,6 +75,8 @@ type peerixOptions struct {
 	// nofile, if set, is the process's limit of open files (soft and hard,
 	// set with prlimit before peerix starts).
 	nofile int
+	// bin is the peerix binary; empty: the one built for the run.
+	bin string
 }
 
 // peerixProc is one running peerix process. It is stopped (SIGTERM, then
@@ -163,10 +166,10 @@ func startOnce(t testing.TB, opts peerixOptions) (*peerixProc, error) {
 	p.hostURL = p.url
 	p.client = &http.Client{Timeout: requestTimeout, Transport: &http.Transport{DisableCompression: true}}
 	args := append(slices.Clone(opts.args), "--listen", opts.listen)
-	bin := peerixBin
+	bin := cmp.Or(opts.bin, peerixBin)
 	if opts.nofile > 0 {
 		// prlimit execs peerix: the process (and its pid) is peerix's.
-		args = append([]string{fmt.Sprintf("--nofile=%d:%d", opts.nofile, opts.nofile), "--", peerixBin}, args...)
+		args = append([]string{fmt.Sprintf("--nofile=%d:%d", opts.nofile, opts.nofile), "--", bin}, args...)
 		bin = "prlimit"
 	}
 	if h := opts.host; h != nil {

@@ -22,5 +22,19 @@ in {
     /bin/chmod +x $out/bin/hello
   '';
   big = mk "256m" "/bin/dd if=/dev/urandom of=$out bs=1048576 count=256 status=none";
+  # Another 256 MiB of random bytes (a path only one holder has).
+  big2 = mk "256m-2" "/bin/dd if=/dev/urandom of=$out bs=1048576 count=256 status=none";
+  # Real binaries, which compress: the machine's shared objects, up to
+  # 256 MiB (what a closure of Nix packages mostly is).
+  binaries = mk "binaries" ''
+    /bin/mkdir $out
+    total=0
+    for f in $(/usr/bin/find /usr/lib -type f -name '*.so*' | /usr/bin/sort); do
+      s=$(/usr/bin/stat -c %s "$f")
+      [ $((total + s)) -gt 268435456 ] && continue
+      /bin/cp "$f" "$out/$(echo "$f" | /usr/bin/tr / _)"
+      total=$((total + s))
+    done
+  '';
   huge = mk "1g" "/bin/dd if=/dev/urandom of=$out bs=1048576 count=1024 status=none";
 }

@@ -1,0 +1,165 @@
+package compress
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"testing"
+	"testing/iotest"
+	"time"
+)
+
+// binaryLike is content that compresses about as well as binaries do.
+func binaryLike(n int) []byte {
+	r := rand.New(rand.NewPCG(1, 2))
+	words := [][]byte{[]byte("\x00\x00\x00\x00"), []byte("libc.so.6"), []byte("GLIBC_2.34"), []byte("\x48\x89\xe5"), []byte("__cxa_finalize")}
+	var b bytes.Buffer
+	for b.Len() < n {
+		if r.IntN(3) == 0 {
+			b.WriteByte(byte(r.Uint32()))
+		} else {
+			b.Write(words[r.IntN(len(words))])
+		}
+	}
+	return b.Bytes()[:n]
+}
+
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	r := rand.New(rand.NewPCG(3, 4))
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+// link is a writer that takes as long as a link of rate bytes a second
+// would (0: instant).
+type link struct {
+	bytes.Buffer
+	rate float64
+}
+
+func (l *link) Write(p []byte) (int, error) {
+	if l.rate > 0 {
+		time.Sleep(time.Duration(float64(len(p)) / l.rate * float64(time.Second)))
+	}
+	return l.Buffer.Write(p)
+}
+
+// The Writer compresses what shrinks on a slow link, sends raw on a fast
+// one and random bytes always raw; the Reader gives back the NAR bytes.
+// (The slow link is 4 MB/s; zstd's fastest level runs at hundreds of
+// MB/s even on a busy machine.)
+func TestWriterChoosesAndReaderRestores(t *testing.T) {
+	bins, random := binaryLike(4<<20), randomBytes(4<<20)
+	for _, tt := range []struct {
+		name  string
+		data  []byte
+		rate  float64 // the link's bytes a second
+		small bool    // want fewer wire bytes than half the NAR
+	}{
+		{"binaries on a slow link", bins, 4e6, true},
+		{"binaries on memory", bins, 0, false},
+		{"random on a slow link", random, 4e6, false},
+		{"tiny", []byte("x"), 16e6, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			l := &link{rate: tt.rate}
+			w := NewWriter(l)
+			if _, err := io.Copy(w, bytes.NewReader(tt.data)); err != nil {
+				t.Fatal(err)
+			}
+			if err := w.Close(); err != nil {
+				t.Fatal(err)
+			}
+			nar, wire := w.Counts()
+			if nar != int64(len(tt.data)) || wire != int64(l.Len()) {
+				t.Fatalf("counts %d, %d; want %d, %d", nar, wire, len(tt.data), l.Len())
+			}
+			if small := wire < nar/2; small != tt.small {
+				t.Errorf("%d NAR bytes took %d on the wire; want compressed %v", nar, wire, tt.small)
+			}
+			if !tt.small && wire > nar+nar/50+headerSize {
+				t.Errorf("%d NAR bytes took %d on the wire: raw blocks cost too much", nar, wire)
+			}
+			// DataErrReader: the last bytes come with io.EOF, as from a
+			// stream the holder closed.
+			r := NewReader(iotest.DataErrReader(bytes.NewReader(l.Bytes())))
+			got, err := io.ReadAll(r)
+			if err != nil || !bytes.Equal(got, tt.data) {
+				t.Fatalf("read back %d bytes, %v", len(got), err)
+			}
+			if r.WireBytes() != wire {
+				t.Errorf("the reader counted %d wire bytes, want %d", r.WireBytes(), wire)
+			}
+			t.Logf("%d NAR bytes, %d on the wire", nar, wire)
+		})
+	}
+}
+
+func block(kind byte, nar, wire uint32, payload []byte) []byte {
+	b := []byte{kind}
+	b = binary.BigEndian.AppendUint32(b, nar)
+	b = binary.BigEndian.AppendUint32(b, wire)
+	return append(b, payload...)
+}
+
+func TestReaderRefusesMalformed(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		body []byte
+		want error
+	}{
+		{"empty block", block(0, 0, 0, nil), ErrFormat},
+		{"block too large", block(0, MaxBlock+1, MaxBlock+1, nil), ErrFormat},
+		{"raw with other wire size", block(0, 10, 9, make([]byte, 9)), ErrFormat},
+		{"unknown kind", block(2, 10, 5, make([]byte, 5)), ErrFormat},
+		{"zstd not smaller", block(1, 10, 10, make([]byte, 10)), ErrFormat},
+		{"zstd garbage", block(1, 100, 10, make([]byte, 10)), ErrFormat},
+		{"cut in a header", block(0, 10, 10, nil)[:5], io.ErrUnexpectedEOF},
+		{"cut in a raw block", block(0, 10, 10, make([]byte, 4)), io.ErrUnexpectedEOF},
+		{"cut in a zstd block", block(1, 100, 10, make([]byte, 4)), io.ErrUnexpectedEOF},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := io.ReadAll(NewReader(bytes.NewReader(tt.body)))
+			if !errors.Is(err, tt.want) {
+				t.Errorf("err %v, want %v", err, tt.want)
+			}
+		})
+	}
+}
+
+// FuzzReader: compressed bodies come from peers. Garbage is an error,
+// never a panic or more than MaxBlock of memory per block.
+func FuzzReader(f *testing.F) {
+	var b bytes.Buffer
+	w := NewWriter(&b)
+	w.Write(bytes.Repeat([]byte("hello "), 1000))
+	w.Close()
+	f.Add(b.Bytes())
+	f.Add(block(0, 3, 3, []byte("abc")))
+	f.Add(block(1, 100, 4, []byte{0x28, 0xb5, 0x2f, 0xfd}))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r := NewReader(bytes.NewReader(data))
+		buf := make([]byte, 4096)
+		for range 1 << 12 {
+			if _, err := r.Read(buf); err != nil {
+				return
+			}
+		}
+	})
+}
+
+func BenchmarkWriter(b *testing.B) {
+	data := binaryLike(16 << 20)
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		w := NewWriter(io.Discard)
+		w.link = rate{bytes: 1, seconds: 1} // slow: every block compressed
+		w.Write(data)
+		w.Close()
+	}
+}
