@@ -3,8 +3,9 @@ package e2e
 // Refused is not found: a peer asks a daemon, over the peer protocols as
 // docs/protocol.md describes them, about paths it guesses the daemon might
 // hold privately. The attacker is a libp2p host written here from the
-// protocol description: framed requests on /peerix/narinfo/1.0.0 and
-// /peerix/nar/1.0.0. Neither the answer nor its timing may tell a private
+// protocol description: framed requests on /peerix/narinfo/1.0.0,
+// /peerix/nar/1.0.0 and /peerix/nar/1.1.0 (with a range and the block
+// format asked for). Neither the answer nor its timing may tell a private
 // path from an absent one.
 
 import (
@@ -19,7 +20,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync/atomic"
+	"sync"
 	"testing"
 	"time"
 
@@ -35,13 +36,14 @@ import (
 // slowUpstream is a binary cache that serves the narinfos in dir at once
 // and answers 404 for anything else only after delay: the filter of a
 // daemon that waits for it on a peer's request gives its private paths
-// away by the time they take.
-func slowUpstream(t *testing.T, dir string, delay time.Duration) (url string, gets *atomic.Int64) {
+// away by the time they take. asked reports whether a file was requested
+// and answered.
+func slowUpstream(t *testing.T, dir string, delay time.Duration) (url string, asked func(name string) bool) {
 	t.Helper()
-	gets = &atomic.Int64{}
+	var answered sync.Map
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		gets.Add(1)
 		name := filepath.Base(r.URL.Path)
+		defer answered.Store(name, true)
 		if b, err := os.ReadFile(filepath.Join(dir, name)); err == nil && strings.HasSuffix(name, ".narinfo") {
 			w.Header().Set("Content-Type", "text/x-nix-narinfo")
 			w.Write(b)
@@ -54,7 +56,7 @@ func slowUpstream(t *testing.T, dir string, delay time.Duration) (url string, ge
 		http.NotFound(w, r)
 	}))
 	t.Cleanup(srv.Close)
-	return srv.URL, gets
+	return srv.URL, func(name string) bool { _, ok := answered.Load(name); return ok }
 }
 
 // p2pProbe is the attacker: a libp2p host of its own, connected to the
@@ -126,23 +128,39 @@ func (p *p2pProbe) nar(t *testing.T, hash, narHash string) ([]byte, time.Duratio
 	return p.ask(t, "/peerix/nar/1.0.0", req)
 }
 
+// nar11 asks /peerix/nar/1.1.0 for length bytes from offset, taking the
+// block format.
+func (p *p2pProbe) nar11(t *testing.T, hash, narHash string, offset, length uint64) ([]byte, time.Duration) {
+	req := binary.BigEndian.AppendUint64([]byte(hash+narHash), offset)
+	req = binary.BigEndian.AppendUint64(req, length)
+	req = append(req, 0x01) // flags: the block format
+	return p.ask(t, "/peerix/nar/1.1.0", req)
+}
+
 // TestRefusedLooksAbsent: a p2p daemon A whose filter asks an upstream
-// that takes 300 ms to say "not here"; A holds private paths (the upstream
+// that takes 3 s to say "not here"; A holds private paths (the upstream
 // lacks them), a deny-listed one and a public one. An attacker asks A, over
-// the peer protocols, for each private path (the first ask of each: what
-// the filter has not decided yet) and for absent ones: every answer is the
-// same frame, "not found", and the private ones come no later than the
-// absent ones (no upstream round trip shows). The public path is found
-// (the attacker does speak the protocol).
+// the peer protocols, for each private path (while the filter has not
+// decided it yet) and for absent ones: every answer is the same frame,
+// "not found", and the private ones come no later than the absent ones (no
+// upstream round trip shows). Asked again once the filter has decided,
+// the same. The public path is found (the attacker does speak the
+// protocol).
 func TestRefusedLooksAbsent(t *testing.T) {
 	requireEnv(t)
 	t.Parallel()
 	const (
 		nPrivate = 8
-		delay    = 300 * time.Millisecond
+		delay    = 3 * time.Second
 	)
 	ctx := t.Context()
 	aStore := initStore(t, "a-store")
+	// The public path first: A's inventory decides paths in the order they
+	// were registered, so it is shared before the private ones' 3 s end.
+	public, err := nixtest.AddFile(ctx, aStore, "peerix-public-"+randomNix32(6), []byte("public"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	var private []string
 	for i := range nPrivate {
 		p, err := nixtest.AddFile(ctx, aStore, fmt.Sprintf("peerix-private-%d-%s", i, randomNix32(6)), []byte("private "+randomNix32(20)))
@@ -155,17 +173,14 @@ func TestRefusedLooksAbsent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	public, err := nixtest.AddFile(ctx, aStore, "peerix-public-"+randomNix32(6), []byte("public"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	cacheDir := filepath.Join(t.TempDir(), "cache")
 	copyPaths(t, aStore, "file://"+cacheDir+"?compression=none", public)
-	upstream, gets := slowUpstream(t, cacheDir, delay)
+	upstream, asked := slowUpstream(t, cacheDir, delay)
 
-	// No tracker and no LAN: nothing asks A's filter about its paths in
-	// the background (no announcements, no summary), so the attacker's
-	// requests are the first anybody makes about them.
+	// No tracker and no LAN. A's inventory asks the filter about every
+	// local path at start, in the background; the upstream takes 3 s to
+	// answer each private one, so the attacker's first requests (well
+	// within those 3 s) find them undecided.
 	port, err := freePort()
 	if err != nil {
 		t.Fatal(err)
@@ -174,7 +189,7 @@ func TestRefusedLooksAbsent(t *testing.T) {
 		"--filter", "upstream", "--upstream", upstream, "--p2p-port", strconv.Itoa(port), "--verbose")
 	o.label = "A"
 	da := startPeerix(t, o)
-	asked := gets.Load()
+	started := time.Now()
 
 	probe := newP2PProbe(t, da.peerID, port)
 	notFound := []byte{0, 0, 0, 1, 0x01}
@@ -184,6 +199,11 @@ func TestRefusedLooksAbsent(t *testing.T) {
 		b, _ := probe.narInfo(t, hashPart(public))
 		return len(b) > 5 && b[4] == 0x00, fmt.Sprintf("answer %q", b)
 	})
+
+	pubNH := strings.TrimPrefix(nixtest.MustInfo(t, aStore, public).NarHash, "sha256:")
+	if b, _ := probe.nar11(t, hashPart(public), pubNH, 0, 10); len(b) != 4+1+8+1 || b[4] != 0x00 {
+		t.Fatalf("NAR 1.1.0 of the public path: answer %x, want found (the attacker speaks 1.1.0 right)", b)
+	}
 
 	var tPrivate, tAbsent []time.Duration
 	for i, p := range private {
@@ -207,14 +227,29 @@ func TestRefusedLooksAbsent(t *testing.T) {
 		if !slices.Equal(b, notFound) {
 			t.Errorf("NAR of an absent path: answer %x, want %x", b, notFound)
 		}
+		// 1.1.0: a range, in the block format, and a range beyond the
+		// NAR (a held path's would be an error).
+		for _, r := range [][2]uint64{{0, 0}, {10, 100}, {1 << 40, 1}} {
+			b, _ = probe.nar11(t, hashPart(p), nh, r[0], r[1])
+			if !slices.Equal(b, notFound) {
+				t.Errorf("NAR 1.1.0 of private path %s, offset %d length %d: answer %x, want %x", p, r[0], r[1], b, notFound)
+			}
+			b, _ = probe.nar11(t, randomNix32(32), nh, r[0], r[1])
+			if !slices.Equal(b, notFound) {
+				t.Errorf("NAR 1.1.0 of an absent path, offset %d length %d: answer %x, want %x", r[0], r[1], b, notFound)
+			}
+		}
 	}
 	nh := strings.TrimPrefix(nixtest.MustInfo(t, aStore, denied).NarHash, "sha256:")
-	for _, what := range []string{"narinfo", "NAR"} {
+	for _, what := range []string{"narinfo", "NAR", "NAR 1.1.0"} {
 		var b []byte
-		if what == "narinfo" {
+		switch what {
+		case "narinfo":
 			b, _ = probe.narInfo(t, hashPart(denied))
-		} else {
+		case "NAR":
 			b, _ = probe.nar(t, hashPart(denied), nh)
+		default:
+			b, _ = probe.nar11(t, hashPart(denied), nh, 1, 2)
 		}
 		if !slices.Equal(b, notFound) {
 			t.Errorf("%s of the deny-listed path: answer %x, want %x", what, b, notFound)
@@ -228,11 +263,19 @@ func TestRefusedLooksAbsent(t *testing.T) {
 		t.Errorf("private paths are answered later than absent ones (median %v against %v, slowest %v): the upstream's %v shows",
 			med(tPrivate), med(tAbsent), slices.Max(tPrivate), delay)
 	}
+	if undecided := time.Since(started); undecided >= delay {
+		t.Logf("the first requests took %v: some private paths may have been decided already", undecided)
+	}
 	// The private paths were decided in the background meanwhile: asked
 	// again, still the same answer, as fast.
-	waitFor(t, "A's filter to ask the upstream about the private paths", 10*time.Second, func() (bool, string) {
-		n := gets.Load() - asked
-		return n >= nPrivate, fmt.Sprintf("%d upstream requests since the restart", n)
+	waitFor(t, "A's filter to hear the upstream on the private paths", 20*time.Second, func() (bool, string) {
+		n := 0
+		for _, p := range private {
+			if asked(hashPart(p) + ".narinfo") {
+				n++
+			}
+		}
+		return n == nPrivate, fmt.Sprintf("%d of %d answered", n, nPrivate)
 	})
 	var again, absentAgain []time.Duration
 	for _, p := range private {
