@@ -5,9 +5,10 @@ package e2e
 // limited to 256 as on a small box) and an attacker X holding 40 addresses.
 // The attacker, written from docs/protocol.md's HTTP routes (anyone may
 // fetch /local/nar/...), opens hundreds of connections that ask for a
-// 32 MiB NAR and never read a byte. This machine's Nix, played by a client
-// on T's loopback, must keep being served, and T's descriptors stay
-// bounded; a transfer that makes no progress is cut.
+// 32 MiB NAR and never read a byte (half of them taking the block format,
+// X-Peerix-Accept-Encoding). This machine's Nix, played by a client on T's
+// loopback, must keep being served, and T's descriptors stay bounded; a
+// transfer that makes no progress is cut.
 
 import (
 	"context"
@@ -18,8 +19,10 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -37,15 +40,19 @@ const (
 
 // attackWorld is a LAN with the daemon T and the attacker X.
 type attackWorld struct {
-	lan     *lanNet
-	T, X    *nsHost
-	d       *peerixProc
-	narPath string // /local/nar/... of a 32 MiB NAR
-	small   string // hash part of a small path T holds
-	srcs    []netip.Addr
+	lan       *lanNet
+	T, X      *nsHost
+	d         *peerixProc
+	narPath   string // /local/nar/... of a 32 MiB NAR
+	small     string // hash part of a small path T holds
+	secret    string // hash part of a path T keeps private (deny-listed)
+	secretNAR string // /local/nar/... of it
+	srcs      []netip.Addr
 }
 
-func newAttackWorld(t testing.TB) *attackWorld {
+// newAttackWorld makes the LAN and starts T with the peerix binary bin
+// ("": the one built for the run).
+func newAttackWorld(t testing.TB, bin string) *attackWorld {
 	t.Helper()
 	w := &attackWorld{lan: newLAN(t, "T", "X")}
 	w.T, w.X = w.lan.host("T"), w.lan.host("X")
@@ -67,9 +74,18 @@ func newAttackWorld(t testing.TB) *attackWorld {
 		t.Fatal(err)
 	}
 	w.small = hashPart(smallPath)
-	o := lanDaemon(t, w.T, tStore, "--filter", "none")
+	secretPath, err := nixtest.AddFile(ctx, tStore, "peerix-attack-secret", []byte("private "+randomNix32(20)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.secret = hashPart(secretPath)
+	w.secretNAR = "/local/nar/" + w.secret + "-" + strings.TrimPrefix(nixtest.MustInfo(t, tStore, secretPath).NarHash, "sha256:") + ".nar"
+	// The deny-list alone: the secret path is refused, the rest shared
+	// without asking an upstream.
+	o := lanDaemon(t, w.T, tStore, "--filter", "patterns")
 	o.args = slices.DeleteFunc(o.args, func(s string) bool { return s == "--verbose" })
 	o.nofile = attackNofile
+	o.bin = bin
 	w.d = startPeerix(t, o)
 	resp, body := clientGet(t, w.d.client, http.MethodGet, w.d.url+"/local/"+hashPart(bigPath)+".narinfo")
 	if resp.StatusCode != http.StatusOK {
@@ -190,6 +206,17 @@ type attacker struct {
 	conns    []net.Conn
 	opened   int
 	dialErrs int
+	// refusedProbes: requests answered, and those answered other than 404.
+	probes, probesOdd int
+}
+
+func (a *attacker) probed(notFound bool) {
+	a.mu.Lock()
+	a.probes++
+	if !notFound {
+		a.probesOdd++
+	}
+	a.mu.Unlock()
 }
 
 // open makes n connections from X, round-robin over its addresses, each
@@ -254,12 +281,17 @@ func (a *attacker) keep(n int) {
 	}
 }
 
-// slowReaders: 400 connections that ask for the big NAR and never read,
+// slowReaders: 400 connections that ask for the big NAR (every other one
+// in the block format) and never read,
 // then, each second, 40 new ones (the oldest closed beyond 400), until ctx
 // ends. The connections stay open (never read) when it returns.
 func (w *attackWorld) slowReaders(ctx context.Context, a *attacker) {
-	req := func(int) string {
-		return "GET " + w.narPath + " HTTP/1.1\r\nHost: " + w.T.addr.String() + "\r\n\r\n"
+	req := func(i int) string {
+		blocks := ""
+		if i%2 == 1 {
+			blocks = "X-Peerix-Accept-Encoding: zstd-blocks\r\n"
+		}
+		return "GET " + w.narPath + " HTTP/1.1\r\nHost: " + w.T.addr.String() + "\r\n" + blocks + "\r\n"
 	}
 	a.open(400, req)
 	for ctx.Err() == nil {
@@ -316,6 +348,59 @@ func (w *attackWorld) idleFlood(ctx context.Context, a *attacker) {
 	}
 }
 
+// refusedProbes: 40 clients, one per attacker address, each asking T as
+// fast as it answers (keep-alive) for its private path's narinfo and NAR
+// (with a Range, in the block format) and for absent paths, until ctx
+// ends. Every answer must be 404; the attacker counts them.
+func (w *attackWorld) refusedProbes(ctx context.Context, a *attacker) {
+	targets := []struct{ path, rng string }{
+		{"/local/" + w.secret + ".narinfo", ""},
+		{"/local/" + randomNix32(32) + ".narinfo", ""},
+		{w.secretNAR, "bytes=10-99"},
+		{"/nar/" + randomNix32(32) + "-" + randomNix32(52) + ".nar", "bytes=10-99"},
+	}
+	var wg sync.WaitGroup
+	for _, src := range w.srcs {
+		tr := &http.Transport{
+			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				var c net.Conn
+				err := w.X.do(func() (err error) {
+					d := net.Dialer{Timeout: 2 * time.Second, LocalAddr: &net.TCPAddr{IP: src.AsSlice()}}
+					c, err = d.DialContext(ctx, network, addr)
+					return err
+				})
+				return c, err
+			},
+			DisableCompression:  true,
+			MaxIdleConnsPerHost: 1,
+		}
+		c := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+		base := "http://" + net.JoinHostPort(w.T.addr.String(), strconv.Itoa(lanPort))
+		wg.Go(func() {
+			defer tr.CloseIdleConnections()
+			for i := 0; ctx.Err() == nil; i++ {
+				tg := targets[i%len(targets)]
+				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+tg.path, nil)
+				if tg.rng != "" {
+					req.Header.Set("Range", tg.rng)
+					req.Header.Set("X-Peerix-Accept-Encoding", "zstd-blocks")
+				}
+				resp, err := c.Do(req)
+				if err != nil {
+					if ctx.Err() == nil {
+						a.probed(false)
+					}
+					continue
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				a.probed(resp.StatusCode == http.StatusNotFound)
+			}
+		})
+	}
+	wg.Wait()
+}
+
 // attackRun is what one run measured.
 type attackRun struct {
 	name         string
@@ -326,6 +411,7 @@ type attackRun struct {
 	rss          float64
 	lastErr      error
 	opened, errs int
+	probes, odd  int
 }
 
 // run measures the honest client for d while attack (nil: none) runs.
@@ -349,10 +435,10 @@ func (w *attackWorld) run(t testing.TB, name string, d time.Duration, attack fun
 	<-l.done
 	<-u.done
 	<-attackDone
-	r := attackRun{name: name, maxFDs: u.maxFDs(), rss: u.rss, lastErr: l.lastErr, opened: a.opened, errs: a.dialErrs}
+	r := attackRun{name: name, maxFDs: u.maxFDs(), rss: u.rss, lastErr: l.lastErr, opened: a.opened, errs: a.dialErrs, probes: a.probes, odd: a.probesOdd}
 	r.p50, r.p99, r.success, r.requests = l.summary()
-	t.Logf("%-14s honest client: %d requests, p50 %v, p99 %v, %.1f%% answered right (last error: %v); T: at most %d open files, RSS %.0f MiB; attacker: %d connections opened, %d refused at connect",
-		name, r.requests, r.p50.Round(10*time.Microsecond), r.p99.Round(10*time.Microsecond), 100*r.success, r.lastErr, r.maxFDs, r.rss, r.opened, r.errs)
+	t.Logf("%-14s honest client: %d requests, p50 %v, p99 %v, %.1f%% answered right (last error: %v); T: at most %d open files, RSS %.0f MiB; attacker: %d connections opened, %d refused at connect, %d probes (%d not answered 404)",
+		name, r.requests, r.p50.Round(10*time.Microsecond), r.p99.Round(10*time.Microsecond), 100*r.success, r.lastErr, r.maxFDs, r.rss, r.opened, r.errs, r.probes, r.odd)
 	return r, a
 }
 
@@ -367,7 +453,7 @@ func TestSlowReaders(t *testing.T) {
 	requireEnv(t)
 	requireNetns(t)
 	t.Parallel()
-	w := newAttackWorld(t)
+	w := newAttackWorld(t, "")
 	before, err := w.d.openFiles()
 	if err != nil {
 		t.Fatal(err)
@@ -401,35 +487,49 @@ func TestSlowReaders(t *testing.T) {
 
 // BenchmarkDaemonUnderAttack measures this machine's Nix (a loopback
 // client) against T under a 256-file limit, without an attack and under
-// each: slow readers of a NAR, slowloris requests, idle connections.
-// docs/benchmarks.md, "The daemon under attack".
+// each: slow readers of a NAR, slowloris requests, idle connections,
+// probes for a private path. With PEERIX_BASELINE_BINARY (an older build
+// of peerix), the same against a T of that build, on a LAN of its own,
+// interleaved. docs/benchmarks.md, "The daemon under attack".
 func BenchmarkDaemonUnderAttack(b *testing.B) {
 	if skipReason != "" {
 		b.Skip(skipReason)
 	}
 	requireNetns(b)
-	w := newAttackWorld(b)
+	builds := []struct {
+		name string
+		w    *attackWorld
+	}{{"this build", newAttackWorld(b, "")}}
+	if base := os.Getenv("PEERIX_BASELINE_BINARY"); base != "" {
+		builds = append(builds, struct {
+			name string
+			w    *attackWorld
+		}{"baseline", newAttackWorld(b, base)})
+	}
 	var runs []attackRun
 	for range b.N {
 		for _, c := range []struct {
 			name   string
-			attack func(context.Context, *attacker)
+			attack func(*attackWorld) func(context.Context, *attacker)
 		}{
-			{"none", nil},
-			{"slow readers", w.slowReaders},
-			{"slowloris", w.slowloris},
-			{"idle flood", w.idleFlood},
+			{"none", func(*attackWorld) func(context.Context, *attacker) { return nil }},
+			{"slow readers", func(w *attackWorld) func(context.Context, *attacker) { return w.slowReaders }},
+			{"slowloris", func(w *attackWorld) func(context.Context, *attacker) { return w.slowloris }},
+			{"idle flood", func(w *attackWorld) func(context.Context, *attacker) { return w.idleFlood }},
+			{"refused probes", func(w *attackWorld) func(context.Context, *attacker) { return w.refusedProbes }},
 		} {
-			r, a := w.run(b, c.name, 15*time.Second, c.attack)
-			a.close()
-			runs = append(runs, r)
-			// Let T settle: stalled transfers cut, connections gone.
-			time.Sleep(time.Second)
+			for _, bd := range builds {
+				r, a := bd.w.run(b, bd.name+": "+c.name, 15*time.Second, c.attack(bd.w))
+				a.close()
+				runs = append(runs, r)
+				// Let T settle: stalled transfers cut, connections gone.
+				time.Sleep(time.Second)
+			}
 		}
 	}
-	b.Logf("| attack | honest p50 | honest p99 | answered right | T's open files (max) | T's RSS (max) |")
-	b.Logf("| --- | --- | --- | --- | --- | --- |")
+	b.Logf("| attack | honest p50 | honest p99 | answered right | T's open files (max) | T's RSS (max) | attacker's probes (not 404) |")
+	b.Logf("| --- | --- | --- | --- | --- | --- | --- |")
 	for _, r := range runs {
-		b.Logf("| %s | %v | %v | %.1f%% | %d | %.0f MiB |", r.name, r.p50.Round(10*time.Microsecond), r.p99.Round(10*time.Microsecond), 100*r.success, r.maxFDs, r.rss)
+		b.Logf("| %s | %v | %v | %.1f%% | %d | %.0f MiB | %d (%d) |", r.name, r.p50.Round(10*time.Microsecond), r.p99.Round(10*time.Microsecond), 100*r.success, r.maxFDs, r.rss, r.probes, r.odd)
 	}
 }
