@@ -9,7 +9,7 @@
 //	ln := connlimit.NewListener(tcpListener, connlimit.Options{Budget: budget, Log: log})
 //	srv := &http.Server{Handler: h, ConnState: ln.ConnState}
 //	srv.Serve(ln)
-//	p2p.Start(ctx, p2p.Config{FDs: budget.P2PFDs, MaxTransfers: budget.PeerTransfers, ...})
+//	p2p.New(p2p.Config{FDs: budget.P2PFDs, MaxTransfers: budget.PeerTransfers, ...})
 package connlimit
 
 // Budget is how much of the process's file descriptors peers may hold.

@@ -14,9 +14,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/peerix/peerix/internal/cache"
 	"github.com/peerix/peerix/internal/config"
@@ -183,7 +184,7 @@ func New(cfg *config.Serve, log *slog.Logger) (_ *Daemon, err error) {
 		sources = append(sources, d.lanStore)
 	}
 	if cfg.Mode == "p2p" {
-		d.p2p, err = p2p.Start(context.Background(), p2p.Config{
+		d.p2p, err = p2p.New(p2p.Config{
 			StateDir: cfg.StateDir, Port: cfg.P2PPort, TrackerURL: cfg.Tracker,
 			Shared: d.shared, Paths: d.local, Shareable: d.filter.Shareable,
 			Lookup: lookup(p2p.Source), Served: served{d},
@@ -264,7 +265,11 @@ func (d *Daemon) Rescan() {
 // Addr is the address the HTTP server listens on.
 func (d *Daemon) Addr() net.Addr { return d.ln.Addr() }
 
-// Run serves until ctx ends, then shuts down gracefully.
+// Run serves until ctx ends, then shuts down gracefully. Its long-lived
+// parts (the HTTP server, the inventory, the activity watch, LAN discovery,
+// the P2P node) run in one errgroup: the first to fail stops the others,
+// and Run returns its error once all have stopped; the operator's stats
+// stop last, so they count everything.
 func (d *Daemon) Run(ctx context.Context) error {
 	defer d.close()
 	d.logStartup()
@@ -276,32 +281,47 @@ func (d *Daemon) Run(ctx context.Context) error {
 	opsDone := make(chan struct{})
 	go func() { d.ops.Run(opsCtx); close(opsDone) }()
 	defer func() { stopOps(); <-opsDone }()
-	errc := make(chan error, 2)
-	go func() { errc <- fmt.Errorf("http server: %w", d.server.Serve(d.ln)) }()
-	var parts sync.WaitGroup
-	partsCtx, stopParts := context.WithCancel(context.Background())
-	defer func() { stopParts(); parts.Wait() }()
-	parts.Go(func() { d.inventory.Run(partsCtx) })
-	parts.Go(func() { d.watchActivity(partsCtx) })
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := d.server.Serve(d.ln); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("http server: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), ShutdownGrace)
+		defer cancel()
+		err := d.server.Shutdown(shutdownCtx)
+		d.server.Close()
+		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("http shutdown: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error { return d.inventory.Run(gctx) })
+	g.Go(func() error { d.watchActivity(gctx); return nil })
 	if d.lan != nil {
-		parts.Go(func() {
-			if err := d.lan.Run(partsCtx); err != nil {
-				errc <- fmt.Errorf("LAN discovery: %w", err)
+		g.Go(func() error {
+			if err := d.lan.Run(gctx); err != nil {
+				return fmt.Errorf("LAN discovery: %w", err)
 			}
+			return nil
 		})
 		d.log.Info("LAN discovery on", "udp-port", d.lan.Port(), "original-format-wait", d.cfg.LANTimeout)
 	}
-	select {
-	case err := <-errc:
+	if d.p2p != nil {
+		g.Go(func() error {
+			if err := d.p2p.Run(gctx); err != nil {
+				return fmt.Errorf("p2p: %w", err)
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
 		return err
-	case <-ctx.Done():
 	}
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), ShutdownGrace)
-	defer cancel()
-	if err := d.server.Shutdown(shutdownCtx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("http shutdown: %w", err)
-	}
-	d.server.Close()
 	d.log.Info("peerix stopped")
 	return nil
 }
