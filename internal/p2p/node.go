@@ -129,6 +129,8 @@ func (n *Node) Run(ctx context.Context) error {
 	n.Server = serve(n.Host, n.cfg.Shared, n.cfg.MaxTransfers, n.cfg.Served, n.log)
 	n.log.Info("p2p host started", "peer_id", n.Host.ID(), "addrs", n.Host.Addrs())
 	g, gctx := errgroup.WithContext(ctx)
+	// Serving peers lasts until ctx ends, with or without a tracker.
+	g.Go(func() error { <-gctx.Done(); return nil })
 	if n.Tracker != nil {
 		g.Go(func() error {
 			n.Host.FollowTracker(gctx, n.Tracker)

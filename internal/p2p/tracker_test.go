@@ -244,3 +244,42 @@ func TestNode(t *testing.T) {
 		t.Errorf("after closing the holder the tracker still names %v (%v)", ps, err)
 	}
 }
+
+// A Node without a tracker serves the peer protocols until Close, and New
+// alone serves nothing.
+func TestNodeLifecycleWithoutTracker(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	st := newMemStore()
+	hash := randomHash(t)
+	st.add(hash, []byte("served"))
+	client := newTestHost(t)
+
+	idle, err := New(Config{StateDir: t.TempDir(), Shared: st, Log: testLog(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	know(client, idle.Host)
+	if _, err := QueryNarInfo(ctx, client, idle.ID(), hash); err == nil {
+		t.Error("a Node that was only made answered a peer")
+	}
+	if err := idle.Close(); err != nil {
+		t.Errorf("closing a Node that never ran: %v", err)
+	}
+
+	n, err := Start(ctx, Config{StateDir: t.TempDir(), Shared: st, Log: testLog(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	know(client, n.Host)
+	time.Sleep(100 * time.Millisecond) // whatever Run would end early does
+	if _, err := QueryNarInfo(ctx, client, n.ID(), hash); err != nil {
+		t.Errorf("a running Node without a tracker: %v", err)
+	}
+	if err := n.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	if _, err := QueryNarInfo(ctx, client, n.ID(), hash); err == nil {
+		t.Error("a closed Node answered a peer")
+	}
+}

@@ -351,9 +351,16 @@ func TestLANLookups(t *testing.T) {
 			ni := parseNarInfo(t, body)
 			sizes["/"+ni["URL"]] = ni["NarSize"]
 		}
+		// S takes A's narinfos from A itself, as a neighbour of A would:
+		// from S's address, over at most 8 connections. (A new client per
+		// request from B's address opened a connection per request, and
+		// with B's peerix's own requests more at once than A allows one
+		// client, 32: A reset the newest.)
+		fromS := w.lan.host("S").httpClient()
+		fromS.Transport.(*http.Transport).MaxConnsPerHost = 8
 		staller := startFakePeer(t, w.lan.host("S"), &fakePeer{
 			narInfo: func(hash string) string {
-				resp, body := clientGet(t, w.B.httpClient(), http.MethodGet, w.daemonA.hostURL+"/local/"+hash+".narinfo")
+				resp, body := clientGet(t, fromS, http.MethodGet, w.daemonA.hostURL+"/local/"+hash+".narinfo")
 				if resp.StatusCode != http.StatusOK {
 					return ""
 				}
