@@ -40,14 +40,15 @@ const (
 
 // attackWorld is a LAN with the daemon T and the attacker X.
 type attackWorld struct {
-	lan       *lanNet
-	T, X      *nsHost
-	d         *peerixProc
-	narPath   string // /local/nar/... of a 32 MiB NAR
-	small     string // hash part of a small path T holds
-	secret    string // hash part of a path T keeps private (deny-listed)
-	secretNAR string // /local/nar/... of it
-	srcs      []netip.Addr
+	lan           *lanNet
+	T, X          *nsHost
+	d             *peerixProc
+	narPath       string // /local/nar/... of a 32 MiB NAR
+	small         string // hash part of a small path T holds
+	secret        string // hash part of a path T keeps private (deny-listed)
+	secretNAR     string // /local/nar/... of it
+	secretNarHash string
+	srcs          []netip.Addr
 }
 
 // newAttackWorld makes the LAN and starts T with the peerix binary bin
@@ -79,7 +80,8 @@ func newAttackWorld(t testing.TB, bin string) *attackWorld {
 		t.Fatal(err)
 	}
 	w.secret = hashPart(secretPath)
-	w.secretNAR = "/local/nar/" + w.secret + "-" + strings.TrimPrefix(nixtest.MustInfo(t, tStore, secretPath).NarHash, "sha256:") + ".nar"
+	w.secretNarHash = strings.TrimPrefix(nixtest.MustInfo(t, tStore, secretPath).NarHash, "sha256:")
+	w.secretNAR = "/local/nar/" + w.secret + "-" + w.secretNarHash + ".nar"
 	// The deny-list alone: the secret path is refused, the rest shared
 	// without asking an upstream.
 	o := lanDaemon(t, w.T, tStore, "--filter", "patterns")
@@ -357,7 +359,9 @@ func (w *attackWorld) refusedProbes(ctx context.Context, a *attacker) {
 		{"/local/" + w.secret + ".narinfo", ""},
 		{"/local/" + randomNix32(32) + ".narinfo", ""},
 		{w.secretNAR, "bytes=10-99"},
-		{"/nar/" + randomNix32(32) + "-" + randomNix32(52) + ".nar", "bytes=10-99"},
+		// An absent path with a well-formed NarHash (the secret's): a
+		// random one is malformed, answered 400.
+		{"/nar/" + randomNix32(32) + "-" + w.secretNarHash + ".nar", "bytes=10-99"},
 	}
 	var wg sync.WaitGroup
 	for _, src := range w.srcs {
