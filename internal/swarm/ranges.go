@@ -324,6 +324,12 @@ func (t *transfer) fill(ctx context.Context) error {
 			if !ok {
 				break
 			}
+			// Only healthy holders join one under way: one that just
+			// failed, here or elsewhere, sends only when no one else can
+			// (next ranks them last, so no later one is healthier).
+			if len(active) > 0 && (t.suspect[c.h.ID()] || !t.f.rep.Healthy(c.h.ID())) {
+				break
+			}
 			s, from, to := r.claim(c.h.ID(), len(active) > 0, 0, time.Now())
 			if s == nil {
 				break

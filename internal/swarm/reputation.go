@@ -226,6 +226,15 @@ func (r *Reputation) Available(p string) bool {
 	return pr == nil || !time.Now().Before(pr.backoffUntil)
 }
 
+// Healthy reports whether p is not backed off and its last outcome was
+// not a failure: a holder worth adding to a transfer that has one already.
+func (r *Reputation) Healthy(p string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	pr := r.peers[p]
+	return pr == nil || (pr.consecutive == 0 && !time.Now().Before(pr.backoffUntil))
+}
+
 // lied reports whether p is shunned for a lie.
 func (r *Reputation) lied(p string) bool {
 	r.mu.Lock()

@@ -238,17 +238,6 @@ type apiReputation struct {
 	Lies         int       `json:"lies"`
 }
 
-// status reads /api/status.
-func (d *peerixProc) status(t testing.TB) apiStatus {
-	t.Helper()
-	var st apiStatus
-	code, body, err := getJSON(d.client, d.url+"/api/status", &st)
-	if err != nil || code != http.StatusOK {
-		t.Fatalf("GET /api/status of %s: HTTP %d, %v: %.300s", d.label, code, err, body)
-	}
-	return st
-}
-
 // apiPeers reads /api/peers.
 func (d *peerixProc) apiPeers(t testing.TB) []apiPeer {
 	t.Helper()

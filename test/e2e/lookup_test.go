@@ -23,6 +23,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -341,35 +342,43 @@ func TestLANLookups(t *testing.T) {
 	})
 
 	t.Run("a peer that sends a wrong byte and stalls does not stop substitution", func(t *testing.T) {
-		// Right narinfos (A's own), wrong NARs: one wrong byte, then nothing.
-		sizes := map[string]string{} // NAR URL path -> NarSize, from A's narinfos
+		// Right narinfos (A's own, fetched beforehand so that it answers
+		// as fast as A and is often the first holder a transfer asks),
+		// wrong NARs: one wrong byte where the asked range starts, then
+		// nothing.
+		narinfos := map[string]string{} // hash part -> A's narinfo
+		sizes := map[string]int64{}     // NAR URL path -> NarSize
 		for _, p := range append(slices.Collect(maps.Keys(w.narHashes)), slices.Collect(maps.Keys(w.secondHashes))...) {
 			resp, body := clientGet(t, w.B.httpClient(), http.MethodGet, w.daemonA.hostURL+"/local/"+hashPart(p)+".narinfo")
 			if resp.StatusCode != http.StatusOK {
 				t.Fatalf("A's narinfo of %s: %s", p, resp.Status)
 			}
 			ni := parseNarInfo(t, body)
-			sizes["/"+ni["URL"]] = ni["NarSize"]
+			narinfos[hashPart(p)] = string(body)
+			size, err := strconv.ParseInt(ni["NarSize"], 10, 64)
+			if err != nil {
+				t.Fatalf("A's narinfo of %s: NarSize %q", p, ni["NarSize"])
+			}
+			sizes["/"+ni["URL"]] = size
 		}
-		// S takes A's narinfos from A itself, as a neighbour of A would:
-		// from S's address, over at most 8 connections. (A new client per
-		// request from B's address opened a connection per request, and
-		// with B's peerix's own requests more at once than A allows one
-		// client, 32: A reset the newest.)
-		fromS := w.lan.host("S").httpClient()
-		fromS.Transport.(*http.Transport).MaxConnsPerHost = 8
 		staller := startFakePeer(t, w.lan.host("S"), &fakePeer{
-			narInfo: func(hash string) string {
-				resp, body := clientGet(t, fromS, http.MethodGet, w.daemonA.hostURL+"/local/"+hash+".narinfo")
-				if resp.StatusCode != http.StatusOK {
-					return ""
-				}
-				return string(body)
-			},
+			narInfo: func(hash string) string { return narinfos[hash] },
 			nar: func(rw http.ResponseWriter, r *http.Request) {
-				// The NAR's own length, so that only its bytes give it away.
-				rw.Header().Set("Content-Length", sizes[r.URL.Path])
-				rw.WriteHeader(http.StatusOK)
+				// The asked range's own length, so that only its bytes
+				// give it away.
+				size := sizes[r.URL.Path]
+				from, to := int64(0), size-1
+				if rg := r.Header.Get("Range"); rg != "" {
+					if _, err := fmt.Sscanf(rg, "bytes=%d-%d", &from, &to); err != nil {
+						to = size - 1
+					}
+					rw.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", from, to, size))
+					rw.Header().Set("Content-Length", strconv.FormatInt(to-from+1, 10))
+					rw.WriteHeader(http.StatusPartialContent)
+				} else {
+					rw.Header().Set("Content-Length", strconv.FormatInt(size, 10))
+					rw.WriteHeader(http.StatusOK)
+				}
 				rw.Write([]byte{0xff})
 				rw.(http.Flusher).Flush()
 				<-r.Context().Done()
@@ -380,10 +389,19 @@ func TestLANLookups(t *testing.T) {
 		staller.waitKnown(t, d)
 		took := w.realise(t, "A holds the closure, a staller on the LAN", d.url, w.upstream)
 		t.Logf("with a stalling peer: %v (%+v without it)", took.Round(time.Millisecond), (took - fromA).Round(time.Millisecond))
-		// Transfers running when it first stalled tried it too; from then
-		// on it ranks below A: another closure takes no NAR from it.
+		// A, proven by now, ranks first for every NAR, so the staller
+		// sends only as a second source: the second closure's large NAR
+		// (several MiB) comes from A and from it, and its wrong byte
+		// stalls. The NAR still arrives, byte-exact.
+		before := staller.nars.Load()
+		w.realiseSecond(t, "another closure with a large NAR, the staller joining it", d.url, w.upstream)
 		asked := staller.nars.Load()
-		w.realiseSecond(t, "another closure, the staller known", d.url, w.upstream)
+		if asked == before {
+			t.Fatal("the staller was never asked for a NAR: the rest of this test would prove nothing")
+		}
+		// From then on it is asked only when no one else has the path:
+		// the same closure again takes no NAR from it.
+		w.realiseSecond(t, "the same closure again, the staller known", d.url, w.upstream)
 		if n := staller.nars.Load() - asked; n != 0 {
 			t.Errorf("the staller was asked for %d more NARs after it stalled", n)
 		}
