@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"net/url"
 	"os"
@@ -22,6 +23,8 @@ import (
 	"github.com/peerix/peerix/internal/config"
 	"github.com/peerix/peerix/internal/nixstore"
 	"github.com/peerix/peerix/internal/ops"
+	"github.com/peerix/peerix/internal/p2p"
+	"github.com/peerix/peerix/internal/signing"
 )
 
 // cacheNixosOrgKey is the public key of cache.nixos.org; Nix trusts it by
@@ -35,6 +38,12 @@ type doctorEnv struct {
 	nixConfig func(ctx context.Context) (*nixConf, error) // Nix's settings
 	openStore func(ctx context.Context, root string) error
 	writable  func(dir string) error
+	// serveConfig is `peerix serve`'s configuration as the config file and
+	// the environment give it here: where the signing key is.
+	serveConfig func() (*config.Serve, error)
+	// lstat and readDir look at key files and the state dir.
+	lstat   func(name string) (fs.FileInfo, error)
+	readDir func(name string) ([]fs.DirEntry, error)
 }
 
 func defaultDoctorEnv() doctorEnv {
@@ -51,6 +60,11 @@ func defaultDoctorEnv() doctorEnv {
 			return l.Ping(ctx)
 		},
 		writable: ops.CheckWritable,
+		serveConfig: func() (*config.Serve, error) {
+			return config.ParseServe(nil, os.Getenv)
+		},
+		lstat:   os.Lstat,
+		readDir: os.ReadDir,
 	}
 }
 
@@ -147,6 +161,7 @@ func runDoctor(ctx context.Context, args []string, stdout io.Writer, env doctorE
 	checkNixConfig(ctx, env, u, st, r)
 	checkStore(ctx, env, st, health, r)
 	checkStateDir(env, st, health, r)
+	checkKeys(env, st, r)
 	checkRemote(ctx, env, st, health, r)
 
 	if r.fails > 0 {
@@ -337,6 +352,94 @@ func checkStateDir(env doctorEnv, st *ops.Status, h *ops.Health, r *doctorReport
 		return
 	}
 	r.ok("state dir: %s is writable", dir)
+}
+
+// checkKeys: the signing key, the peer identity and the state dir must be
+// the daemon's alone. serve refuses a signing or identity key that group or
+// others may read; this says so before a restart does.
+func checkKeys(env doctorEnv, st *ops.Status, r *doctorReport) {
+	cfg, cfgErr := env.serveConfig()
+	switch {
+	case cfgErr != nil:
+		r.fail("fix the configuration (peerix serve --check-config shows what serve makes of it)", "signing key: cannot tell which: %v", cfgErr)
+	case cfg.SigningKeyFile == "" && st != nil && st.PublicKey != "":
+		r.skip("signing key: the daemon signs as %s with a key file named on its command line, not in a config file or $NIX_SECRET_KEY_FILE here", keyNames([]string{st.PublicKey})[0])
+	case cfg.SigningKeyFile == "":
+		r.ok("signing key: none configured (narinfos are served with the signatures they have)")
+	default:
+		checkSigningKey(env, cfg.SigningKeyFile, r)
+	}
+
+	dir := config.DefaultStateDir
+	if st != nil && st.StateDir != "" {
+		dir = st.StateDir
+	} else if cfg != nil && cfg.StateDir != "" {
+		dir = cfg.StateDir
+	}
+	fi, err := env.lstat(dir)
+	if err != nil {
+		// The state dir check above says what is wrong with it.
+		return
+	}
+	if perm := fi.Mode().Perm(); fi.IsDir() && perm&0o077 != 0 {
+		r.fail("chmod 700 "+dir+" (peerix serve narrows it when it starts)", "state dir: %s is mode %04o: group or others may look into it", dir, perm)
+	}
+	entries, err := env.readDir(dir)
+	if err != nil {
+		if errors.Is(err, fs.ErrPermission) {
+			r.skip("keys: %s is not readable by this user (run doctor as the daemon's user, or root, to check the files in it)", dir)
+		}
+		return
+	}
+	var wide []string
+	for _, e := range entries {
+		p := filepath.Join(dir, e.Name())
+		fi, err := env.lstat(p)
+		if err != nil || fi.Mode()&fs.ModeSymlink != 0 {
+			continue
+		}
+		if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+			wide = append(wide, fmt.Sprintf("%s (%04o)", e.Name(), perm))
+		}
+	}
+	id := filepath.Join(dir, p2p.IdentityFile)
+	switch fi, err := env.lstat(id); {
+	case err != nil:
+		r.ok("identity key: none yet in %s (serve creates it, 0600)", dir)
+	case fi.Mode().Perm()&0o077 != 0:
+		r.fail("chmod 600 "+id, "identity key: %s is mode %04o: group or others may read it, and serve refuses it", id, fi.Mode().Perm())
+	default:
+		r.ok("identity key: %s is readable by its owner only", id)
+	}
+	if len(wide) > 0 {
+		r.fail("chmod go-rwx "+dir+"/* (peerix serve does it when it starts)", "state dir: group or others may read %s", strings.Join(wide, ", "))
+	}
+}
+
+// checkSigningKey: the signing key file exists, is the owner's alone, and
+// holds a secret key.
+func checkSigningKey(env doctorEnv, file string, r *doctorReport) {
+	fi, err := env.lstat(file)
+	if err == nil && fi.Mode()&fs.ModeSymlink != 0 {
+		fi, err = os.Stat(file) // the mode that counts is the target's
+	}
+	if err != nil {
+		r.fail("check --signing-key-file (or $NIX_SECRET_KEY_FILE); `peerix keygen NAME` makes a key pair", "signing key: %s: %v", file, err)
+		return
+	}
+	if err := signing.CheckSecretKeyMode(file, fi); err != nil {
+		r.fail("chmod 600 "+file+" (owned by the daemon's user); peerix serve refuses it until then", "signing key: %v", err)
+		return
+	}
+	sk, err := signing.LoadSecretKeyFile(file)
+	switch {
+	case errors.Is(err, fs.ErrPermission):
+		r.ok("signing key: %s is mode %04o (not readable by this user; the daemon's user must read it)", file, fi.Mode().Perm())
+	case err != nil:
+		r.fail("check --signing-key-file (or $NIX_SECRET_KEY_FILE); `peerix keygen NAME` makes a key pair", "signing key: %v", err)
+	default:
+		r.ok("signing key: %s (%s) is readable by its owner only", file, sk.ToPublicKey().Name)
+	}
 }
 
 func daemonCheck(h *ops.Health, name string) (ops.Check, bool) {

@@ -4,14 +4,19 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io/fs"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/peerix/peerix/internal/config"
 	"github.com/peerix/peerix/internal/ops"
+	"github.com/peerix/peerix/internal/signing"
 )
 
 const testKey = "peer-a-1:Zm9vYmFyYmF6Zm9vYmFyYmF6Zm9vYmFyYmF6Zm9vYmFyYmE="
@@ -32,7 +37,132 @@ func testDoctorEnv(t *testing.T, conf string) doctorEnv {
 		t.Error("doctor checked the state dir itself although the daemon reported on it")
 		return nil
 	}
+	// No config file, no $NIX_SECRET_KEY_FILE; the state dir as serve
+	// makes it.
+	env.serveConfig = func() (*config.Serve, error) { return &config.Serve{StateDir: config.DefaultStateDir}, nil }
+	env.lstat, env.readDir = fakeStateDir(map[string]os.FileMode{
+		config.DefaultStateDir:                     fs.ModeDir | 0o700,
+		config.DefaultStateDir + "/identity.key":   0o600,
+		config.DefaultStateDir + "/stats.json":     0o600,
+		config.DefaultStateDir + "/filter-cache":   0o600,
+		config.DefaultStateDir + "/spool":          fs.ModeDir | 0o700,
+		config.DefaultStateDir + "/announced.json": 0o600,
+	})
 	return env
+}
+
+// fakeStateDir answers lstat and readDir from a table of paths and modes.
+func fakeStateDir(files map[string]os.FileMode) (func(string) (fs.FileInfo, error), func(string) ([]fs.DirEntry, error)) {
+	lstat := func(name string) (fs.FileInfo, error) {
+		m, ok := files[name]
+		if !ok {
+			return nil, &fs.PathError{Op: "lstat", Path: name, Err: fs.ErrNotExist}
+		}
+		return fakeInfo{name: filepath.Base(name), mode: m}, nil
+	}
+	readDir := func(dir string) ([]fs.DirEntry, error) {
+		var out []fs.DirEntry
+		for p, m := range files {
+			if filepath.Dir(p) == dir {
+				out = append(out, fs.FileInfoToDirEntry(fakeInfo{name: filepath.Base(p), mode: m}))
+			}
+		}
+		slices.SortFunc(out, func(a, b fs.DirEntry) int { return strings.Compare(a.Name(), b.Name()) })
+		return out, nil
+	}
+	return lstat, readDir
+}
+
+type fakeInfo struct {
+	name string
+	mode fs.FileMode
+}
+
+func (i fakeInfo) Name() string       { return i.name }
+func (i fakeInfo) Size() int64        { return 0 }
+func (i fakeInfo) Mode() fs.FileMode  { return i.mode }
+func (i fakeInfo) ModTime() time.Time { return time.Time{} }
+func (i fakeInfo) IsDir() bool        { return i.mode.IsDir() }
+func (i fakeInfo) Sys() any           { return nil }
+
+// TestDoctorKeys: key files and the state dir on disk, as serve would
+// find them.
+func TestDoctorKeys(t *testing.T) {
+	keyDir := t.TempDir()
+	secFile, _, err := signing.WriteKeyPair("doctor-test-1", keyDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := t.TempDir()
+	os.Chmod(state, 0o700)
+	if err := os.WriteFile(filepath.Join(state, "identity.key"), []byte("k"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	st := sampleStatus()
+	st.StateDir = state
+	run := func(t *testing.T) string {
+		t.Helper()
+		env := defaultDoctorEnv()
+		env.serveConfig = func() (*config.Serve, error) {
+			return &config.Serve{StateDir: state, SigningKeyFile: secFile}, nil
+		}
+		var out bytes.Buffer
+		checkKeys(env, &st, &doctorReport{w: &out})
+		return strings.ReplaceAll(strings.ReplaceAll(out.String(), state, "STATE"), secFile, "KEY")
+	}
+	tests := []struct {
+		name  string
+		setup func(t *testing.T)
+		want  []string
+	}{
+		{"all good", func(*testing.T) {}, []string{
+			"OK    signing key: KEY (doctor-test-1) is readable by its owner only",
+			"OK    identity key: STATE/identity.key is readable by its owner only",
+		}},
+		{"signing key readable by others", func(*testing.T) { os.Chmod(secFile, 0o644) }, []string{
+			"FAIL  signing key: secret key file KEY: mode 0644: group or others may read it; it must be 0600 (chmod 600 KEY)",
+			"      fix: chmod 600 KEY (owned by the daemon's user); peerix serve refuses it until then",
+		}},
+		{"signing key readable by the group", func(*testing.T) { os.Chmod(secFile, 0o640) }, []string{
+			"FAIL  signing key: secret key file KEY: mode 0640: group or others may read it; it must be 0600 (chmod 600 KEY)",
+		}},
+		{"state dir and files wide open", func(t *testing.T) {
+			os.Chmod(state, 0o755)
+			os.Chmod(filepath.Join(state, "identity.key"), 0o644)
+			os.WriteFile(filepath.Join(state, "announced.json"), nil, 0o600)
+			os.Chmod(filepath.Join(state, "announced.json"), 0o644)
+		}, []string{
+			"FAIL  state dir: STATE is mode 0755: group or others may look into it",
+			"FAIL  identity key: STATE/identity.key is mode 0644: group or others may read it, and serve refuses it",
+			"      fix: chmod 600 STATE/identity.key",
+			"FAIL  state dir: group or others may read announced.json (0644), identity.key (0644)",
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			os.Chmod(secFile, 0o600)
+			tt.setup(t)
+			out := run(t)
+			for _, w := range tt.want {
+				if !strings.Contains(out, w+"\n") {
+					t.Errorf("doctor's key checks lack %q:\n%s", w, out)
+				}
+			}
+		})
+	}
+	t.Run("missing key file", func(t *testing.T) {
+		os.Chmod(state, 0o700)
+		env := defaultDoctorEnv()
+		env.serveConfig = func() (*config.Serve, error) {
+			return &config.Serve{StateDir: state, SigningKeyFile: filepath.Join(keyDir, "nope.sec")}, nil
+		}
+		var out bytes.Buffer
+		r := &doctorReport{w: &out}
+		checkKeys(env, &st, r)
+		if r.fails == 0 || !strings.Contains(out.String(), "FAIL  signing key: "+filepath.Join(keyDir, "nope.sec")) {
+			t.Errorf("a missing key file:\n%s", out.String())
+		}
+	})
 }
 
 // fakeRemote is a tracker or upstream answering path with code.

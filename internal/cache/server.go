@@ -14,12 +14,34 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/nix-community/go-nix/pkg/narinfo"
 
 	"github.com/peerix/peerix/internal/compress"
 	"github.com/peerix/peerix/internal/store"
 )
+
+// MissFloor is the least time a miss answered to a peer takes, counted from
+// when its request arrived: a path the filter keeps private costs a little
+// more work than an absent one (its record is read and judged), and that
+// difference must not tell a peer the path is here. Loopback callers (this
+// machine's Nix) are not delayed. A variable for tests.
+var MissFloor = 2 * time.Millisecond
+
+// PadMiss waits until MissFloor has passed since start (or ctx ends).
+func PadMiss(ctx context.Context, start time.Time) {
+	d := time.Until(start.Add(MissFloor))
+	if d <= 0 {
+		return
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
 
 // MaxURILength bounds the request target; every legitimate URL is far
 // shorter (a NAR URL of a peer is a few hundred bytes at most).
@@ -231,6 +253,7 @@ func (s *Server) narInfo(w http.ResponseWriter, r *http.Request, route Route, st
 		http.NotFound(w, r)
 		return http.StatusNotFound
 	}
+	start := time.Now()
 	ni, err := st.NarInfo(r.Context(), hash)
 	if err != nil {
 		status := s.errorStatus(err)
@@ -240,6 +263,7 @@ func (s *Server) narInfo(w http.ResponseWriter, r *http.Request, route Route, st
 			status = http.StatusNotFound
 		}
 		s.logError(r, err, status)
+		s.padMiss(r, start, status)
 		http.Error(w, http.StatusText(status), status)
 		return status
 	}
@@ -295,13 +319,14 @@ func (s *Server) serveNAR(w http.ResponseWriter, r *http.Request, route Route, s
 }
 
 func (s *Server) nar(w http.ResponseWriter, r *http.Request, st store.Store, url string) (status int, sent int64) {
+	start := time.Now()
 	if st == nil || url == "" {
 		http.NotFound(w, r)
 		return http.StatusNotFound, 0
 	}
 	rng, err := parseRange(r.Header.Get("Range"))
 	if errors.Is(err, errUnsatisfiable) {
-		return s.rangeNotSatisfiable(w, r, st, url), 0
+		return s.rangeNotSatisfiable(w, r, start, st, url), 0
 	}
 	if err != nil {
 		// RFC 9110: an unparseable Range is ignored.
@@ -312,21 +337,21 @@ func (s *Server) nar(w http.ResponseWriter, r *http.Request, st store.Store, url
 		// so learning the size costs one extra open.
 		size, err := narSize(r.Context(), st, url)
 		if err != nil {
-			return s.narError(w, r, err), 0
+			return s.narError(w, r, start, err), 0
 		}
 		rng = byteRange{start: max(0, size-rng.suffix), end: -1}
 	}
 	nar, err := st.NAR(r.Context(), url, rng.start)
 	if errors.Is(err, store.ErrOffset) {
-		return s.rangeNotSatisfiable(w, r, st, url), 0
+		return s.rangeNotSatisfiable(w, r, start, st, url), 0
 	}
 	if err != nil {
-		return s.narError(w, r, err), 0
+		return s.narError(w, r, start, err), 0
 	}
 	defer nar.Close()
 
 	if rng.start >= nar.Size && rng.start > 0 {
-		return s.rangeNotSatisfiable(w, r, st, url), 0
+		return s.rangeNotSatisfiable(w, r, start, st, url), 0
 	}
 	if rng.end < 0 || rng.end >= nar.Size {
 		rng.end = nar.Size - 1
@@ -396,21 +421,30 @@ func narSize(ctx context.Context, st store.Store, url string) (int64, error) {
 
 // rangeNotSatisfiable answers 416 with the NAR's size, as RFC 9110 asks, or
 // the store's error if the NAR itself is not there.
-func (s *Server) rangeNotSatisfiable(w http.ResponseWriter, r *http.Request, st store.Store, url string) int {
+func (s *Server) rangeNotSatisfiable(w http.ResponseWriter, r *http.Request, start time.Time, st store.Store, url string) int {
 	size, err := narSize(r.Context(), st, url)
 	if err != nil {
-		return s.narError(w, r, err)
+		return s.narError(w, r, start, err)
 	}
 	w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", size))
 	http.Error(w, "range not satisfiable", http.StatusRequestedRangeNotSatisfiable)
 	return http.StatusRequestedRangeNotSatisfiable
 }
 
-func (s *Server) narError(w http.ResponseWriter, r *http.Request, err error) int {
+func (s *Server) narError(w http.ResponseWriter, r *http.Request, start time.Time, err error) int {
 	status := s.errorStatus(err)
 	s.logError(r, err, status)
+	s.padMiss(r, start, status)
 	http.Error(w, http.StatusText(status), status)
 	return status
+}
+
+// padMiss holds a 404 to a peer until MissFloor has passed since start
+// (see MissFloor).
+func (s *Server) padMiss(r *http.Request, start time.Time, status int) {
+	if status == http.StatusNotFound && !IsLoopback(r) {
+		PadMiss(r.Context(), start)
+	}
 }
 
 // errorStatus maps store errors to HTTP: absent and refused paths look the

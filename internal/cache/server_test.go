@@ -257,17 +257,31 @@ func TestErrorMapping(t *testing.T) {
 		})
 	}
 
-	// ErrRefused looks exactly like ErrNotFound from outside.
-	answer := func(err error) (int, string, http.Header) {
-		ts := newTestServer()
-		ts.local.err = err
-		rec := do(t, ts.s, "GET", "/local/"+localHash+".narinfo", "192.0.2.1:1", nil)
-		return rec.Code, rec.Body.String(), rec.Header()
-	}
-	c1, b1, h1 := answer(store.ErrNotFound)
-	c2, b2, h2 := answer(fmt.Errorf("path is private: %w", store.ErrRefused))
-	if c1 != c2 || b1 != b2 || fmt.Sprint(h1) != fmt.Sprint(h2) {
-		t.Errorf("refused differs from not found:\n%d %q %v\n%d %q %v", c1, b1, h1, c2, b2, h2)
+	// ErrRefused looks exactly like ErrNotFound from outside, on every
+	// route a peer may use, with and without a Range, with and without the
+	// block format asked for.
+	for _, target := range []string{"/local/" + localHash + ".narinfo", "/" + localNAR, "/local/" + localNAR} {
+		for _, method := range []string{"GET", "HEAD"} {
+			for _, rng := range []string{"", "bytes=10-", "bytes=-10", "bytes=5000-"} {
+				for _, enc := range []string{"", cache.BlocksEncoding} {
+					answer := func(err error) (int, string, http.Header) {
+						ts := newTestServer()
+						ts.local.err = err
+						hdr := http.Header{"Range": {rng}}
+						if enc != "" {
+							hdr.Set(cache.AcceptEncodingHeader, enc)
+						}
+						rec := do(t, ts.s, method, target, "192.0.2.1:1", hdr)
+						return rec.Code, rec.Body.String(), rec.Header()
+					}
+					c1, b1, h1 := answer(store.ErrNotFound)
+					c2, b2, h2 := answer(fmt.Errorf("path is private: %w", store.ErrRefused))
+					if c1 != 404 || c1 != c2 || b1 != b2 || fmt.Sprint(h1) != fmt.Sprint(h2) {
+						t.Errorf("%s %s (Range %q, encoding %q): refused differs from not found:\n%d %q %v\n%d %q %v", method, target, rng, enc, c1, b1, h1, c2, b2, h2)
+					}
+				}
+			}
+		}
 	}
 
 	// No remote store (local mode): 404s, not 5xx.
@@ -663,6 +677,39 @@ func FuzzParseRange(f *testing.F) {
 			t.Fatalf("%q accepted", h)
 		}
 	})
+}
+
+// A 404 to a peer leaves no sooner than MissFloor after its request came:
+// a refused path (a little more work) takes as long as an absent one. This
+// machine's Nix is not delayed.
+func TestMissPadding(t *testing.T) {
+	old := cache.MissFloor
+	cache.MissFloor = 50 * time.Millisecond
+	defer func() { cache.MissFloor = old }()
+	for _, err := range []error{store.ErrNotFound, store.ErrRefused} {
+		for _, target := range []string{"/local/" + localHash + ".narinfo", "/" + localNAR} {
+			ts := newTestServer()
+			ts.local.err = err
+			start := time.Now()
+			if rec := do(t, ts.s, "GET", target, "192.0.2.1:1", nil); rec.Code != 404 {
+				t.Fatalf("%s: %d", target, rec.Code)
+			}
+			if took := time.Since(start); took < cache.MissFloor {
+				t.Errorf("%v for %s from a peer answered after %v, want at least %v", err, target, took, cache.MissFloor)
+			}
+			start = time.Now()
+			do(t, ts.s, "GET", target, "127.0.0.1:1", nil)
+			if took := time.Since(start); took >= cache.MissFloor {
+				t.Errorf("%v for %s from loopback answered after %v: padded", err, target, took)
+			}
+		}
+	}
+	// Hits are not padded.
+	ts := newTestServer()
+	start := time.Now()
+	if rec := do(t, ts.s, "GET", "/local/"+localHash+".narinfo", "192.0.2.1:1", nil); rec.Code != 200 || time.Since(start) >= cache.MissFloor {
+		t.Errorf("a hit: %d after %v", rec.Code, time.Since(start))
+	}
 }
 
 // A peer that takes the block format gets it (the first block tried

@@ -14,12 +14,14 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/peerix/peerix/internal/cache"
 	"github.com/peerix/peerix/internal/config"
+	"github.com/peerix/peerix/internal/connlimit"
 	"github.com/peerix/peerix/internal/lan"
 	"github.com/peerix/peerix/internal/nixstore"
 	"github.com/peerix/peerix/internal/ops"
@@ -43,7 +45,8 @@ type Daemon struct {
 	shared store.Store // the local store as peers see it
 	remote store.Store // peers; nil in local mode
 	server *http.Server
-	ln     net.Listener
+	ln     *connlimit.Listener
+	budget connlimit.Budget
 	lan    *lan.Discovery // nil unless LAN discovery runs
 	p2p    *p2p.Node      // nil unless in p2p mode
 	start  time.Time
@@ -67,8 +70,9 @@ func New(cfg *config.Serve, log *slog.Logger) (_ *Daemon, err error) {
 			d.close()
 		}
 	}()
-	if err := os.MkdirAll(cfg.StateDir, 0o755); err != nil {
-		return nil, fmt.Errorf("state dir: %w", err)
+	restrictUmask()
+	if err := prepareStateDir(cfg.StateDir, log); err != nil {
+		return nil, err
 	}
 	if d.local, err = nixstore.Open(cfg.StoreRoot); err != nil {
 		return nil, err
@@ -86,9 +90,15 @@ func New(cfg *config.Serve, log *slog.Logger) (_ *Daemon, err error) {
 	}
 
 	// What may leave: the filter, then our signature on what passes.
+	// Peers of the lan and p2p modes ask only for what the filter let
+	// out (announcements, summaries): their requests are answered from
+	// what it knows, so a refusal takes no longer than a miss. In local
+	// mode the operator chose who connects; Nix there may ask for a path
+	// before anything decided it.
 	d.filter, err = trust.NewFilter(trust.FilterOptions{
 		Mode: cfg.Filter, Patterns: cfg.FilterPatterns, Upstream: cfg.Upstream,
 		TrustedPublicKeys: trusted, StateDir: cfg.StateDir, Log: log.With("part", "filter"),
+		AnswerFromMemory: cfg.Mode != "local",
 	})
 	if err != nil {
 		return nil, err
@@ -111,10 +121,17 @@ func New(cfg *config.Serve, log *slog.Logger) (_ *Daemon, err error) {
 		Paths: d.local, Shareable: d.filter.Shareable, Log: log.With("part", "share"),
 	})
 
-	if d.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
 		return nil, fmt.Errorf("--listen %s: %w", cfg.Listen, err)
 	}
+	// What peers may hold of this process, so that serving this machine's
+	// Nix always wins: connections, open files, libp2p's share.
+	d.budget = connlimit.FromRlimit()
+	d.ln = connlimit.NewListener(ln, connlimit.Options{Budget: d.budget, Log: log.With("part", "http")})
 	d.closers = append(d.closers, d.ln.Close)
+	log.Debug("descriptor budget for peers", "limit", d.budget.Limit, "http_conns", d.budget.PeerConns,
+		"per_client", d.budget.PerClient, "p2p_transfers", d.budget.PeerTransfers, "p2p_fds", d.budget.P2PFDs)
 	if cfg.Mode == "local" {
 		return d.finish(), nil
 	}
@@ -167,10 +184,12 @@ func New(cfg *config.Serve, log *slog.Logger) (_ *Daemon, err error) {
 		sources = append(sources, d.lanStore)
 	}
 	if cfg.Mode == "p2p" {
-		d.p2p, err = p2p.Start(context.Background(), p2p.Config{
+		d.p2p, err = p2p.New(p2p.Config{
 			StateDir: cfg.StateDir, Port: cfg.P2PPort, TrackerURL: cfg.Tracker,
 			Shared: d.shared, Paths: d.local, Shareable: d.filter.Shareable,
-			Lookup: lookup(p2p.Source), Served: served{d}, Log: log.With("part", "p2p"),
+			Lookup: lookup(p2p.Source), Served: served{d},
+			FDs: d.budget.P2PFDs, MaxTransfers: d.budget.PeerTransfers,
+			Log: log.With("part", "p2p"),
 		})
 		if errors.Is(err, portcheck.ErrInUse) {
 			return nil, err // "--p2p-port N: TCP 0.0.0.0:N is taken ..."
@@ -206,6 +225,9 @@ func (d *Daemon) finish() *Daemon {
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		// Which connections are idle: the listener closes those first when
+		// peers hold all their budget.
+		ConnState: d.ln.ConnState,
 	}
 	if d.lan != nil {
 		d.server.RegisterOnShutdown(d.inventory.Summary().EndPolls)
@@ -243,7 +265,11 @@ func (d *Daemon) Rescan() {
 // Addr is the address the HTTP server listens on.
 func (d *Daemon) Addr() net.Addr { return d.ln.Addr() }
 
-// Run serves until ctx ends, then shuts down gracefully.
+// Run serves until ctx ends, then shuts down gracefully. Its long-lived
+// parts (the HTTP server, the inventory, the activity watch, LAN discovery,
+// the P2P node) run in one errgroup: the first to fail stops the others,
+// and Run returns its error once all have stopped; the operator's stats
+// stop last, so they count everything.
 func (d *Daemon) Run(ctx context.Context) error {
 	defer d.close()
 	d.logStartup()
@@ -255,32 +281,47 @@ func (d *Daemon) Run(ctx context.Context) error {
 	opsDone := make(chan struct{})
 	go func() { d.ops.Run(opsCtx); close(opsDone) }()
 	defer func() { stopOps(); <-opsDone }()
-	errc := make(chan error, 2)
-	go func() { errc <- fmt.Errorf("http server: %w", d.server.Serve(d.ln)) }()
-	var parts sync.WaitGroup
-	partsCtx, stopParts := context.WithCancel(context.Background())
-	defer func() { stopParts(); parts.Wait() }()
-	parts.Go(func() { d.inventory.Run(partsCtx) })
-	parts.Go(func() { d.watchActivity(partsCtx) })
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := d.server.Serve(d.ln); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("http server: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), ShutdownGrace)
+		defer cancel()
+		err := d.server.Shutdown(shutdownCtx)
+		d.server.Close()
+		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("http shutdown: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error { return d.inventory.Run(gctx) })
+	g.Go(func() error { d.watchActivity(gctx); return nil })
 	if d.lan != nil {
-		parts.Go(func() {
-			if err := d.lan.Run(partsCtx); err != nil {
-				errc <- fmt.Errorf("LAN discovery: %w", err)
+		g.Go(func() error {
+			if err := d.lan.Run(gctx); err != nil {
+				return fmt.Errorf("LAN discovery: %w", err)
 			}
+			return nil
 		})
 		d.log.Info("LAN discovery on", "udp-port", d.lan.Port(), "original-format-wait", d.cfg.LANTimeout)
 	}
-	select {
-	case err := <-errc:
+	if d.p2p != nil {
+		g.Go(func() error {
+			if err := d.p2p.Run(gctx); err != nil {
+				return fmt.Errorf("p2p: %w", err)
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
 		return err
-	case <-ctx.Done():
 	}
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), ShutdownGrace)
-	defer cancel()
-	if err := d.server.Shutdown(shutdownCtx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("http shutdown: %w", err)
-	}
-	d.server.Close()
 	d.log.Info("peerix stopped")
 	return nil
 }

@@ -162,137 +162,20 @@ type announcedState struct {
 }
 
 // Run announces until ctx ends, then deregisters (so the tracker forgets
-// us at once, not after its TTL) and returns nil. Tracker errors are
-// logged and retried, never fatal.
+// us at once, not after its TTL) and returns nil once its scan has
+// stopped. Tracker errors are logged and retried, never fatal.
+//
+// It is a small state machine (announceState): the events are a scan's
+// result, the heartbeat, the address poll and a rescan (timer or
+// Rescan); each moves the state by one of three steps: heartbeat
+// (announce), syncPackages (full set or delta), startScan.
 func (a *Announcer) Run(ctx context.Context) error {
-	log := a.cfg.Log
-	announced, stateTTL, haveState := a.loadState()
-	needFull := !haveState
+	st := a.newState()
+	defer st.scanDone.Wait()
 
-	var (
-		current   map[string]bool // last scan
-		lastAddrs []ma.Multiaddr
-		lastOK    time.Time
-		ttl       = defaultTTL
-	)
-	if stateTTL > 0 {
-		ttl = stateTTL
-	}
-	retrySoon := false // a failed sync wants a heartbeat (and full sync) soon
-	scans := make(chan map[string]bool, 1)
-	scanning := false
-	startScan := func() {
-		if scanning {
-			return
-		}
-		scanning = true
-		go func() {
-			set, err := a.scan(ctx)
-			if err != nil {
-				if ctx.Err() == nil {
-					log.Warn("scanning the store for the tracker failed", "err", err)
-					a.setErr(err)
-				}
-				set = nil
-			}
-			select {
-			case scans <- set:
-			case <-ctx.Done():
-			}
-		}()
-	}
-
-	announce := func() bool {
-		addrs := a.cfg.Addrs()
-		rctx, cancel := context.WithTimeout(ctx, trackerRequestTimeout)
-		res, err := a.cfg.Registry.Announce(rctx, addrs)
-		cancel()
-		if err != nil {
-			if ctx.Err() == nil {
-				log.Warn("tracker announce failed", "err", err)
-				a.setErr(err)
-			}
-			if !lastOK.IsZero() && time.Since(lastOK) > ttl {
-				// The tracker has forgotten us and our hashes by now.
-				needFull = true
-			}
-			return false
-		}
-		if !lastOK.IsZero() && time.Since(lastOK) > ttl {
-			needFull = true
-		}
-		lastOK = time.Now()
-		lastAddrs = addrs
-		if res.TTL > 0 {
-			ttl = res.TTL
-		}
-		if res.New {
-			needFull = true
-		}
-		a.mu.Lock()
-		a.stats.LastAnnounce = lastOK
-		a.stats.ObservedAddr = res.ObservedAddr
-		a.stats.LastError = ""
-		a.mu.Unlock()
-		if !needFull {
-			a.touchState(lastOK)
-		}
-		return true
-	}
-
-	syncPackages := func() {
-		if current == nil || lastOK.IsZero() {
-			return // nothing scanned yet, or not registered
-		}
-		var err error
-		if needFull {
-			err = a.sendFull(ctx, current)
-			if err == nil {
-				announced = current
-				needFull = false
-				log.Info("announced the shared store paths to the tracker", "paths", len(current))
-			}
-		} else {
-			add, remove := diff(current, announced)
-			if len(add)+len(remove) == 0 {
-				// After a restart the tracker may know everything already
-				// (announced.json): that is still what it knows from us.
-				a.mu.Lock()
-				a.stats.Announced = len(announced)
-				a.mu.Unlock()
-				return
-			}
-			err = a.sendDelta(ctx, add, remove)
-			if err == nil {
-				announced = current
-				log.Debug("announced store changes to the tracker", "added", len(add), "removed", len(remove))
-			} else {
-				// A delta the tracker did not take (it may have expired us:
-				// tracker.ErrUnknownPeer): announce again soon, then send
-				// everything.
-				needFull = true
-				retrySoon = true
-			}
-		}
-		if err != nil {
-			if ctx.Err() == nil {
-				log.Warn("sending store paths to the tracker failed", "err", err)
-				a.setErr(err)
-			}
-			return
-		}
-		a.mu.Lock()
-		a.stats.Announced = len(announced)
-		a.stats.LastPackages = time.Now()
-		a.mu.Unlock()
-		if err := a.saveState(announced, ttl); err != nil {
-			log.Warn("saving the announced state failed", "err", err)
-		}
-	}
-
-	ok := announce()
-	startScan()
-	heartbeat := time.NewTimer(a.heartbeatEvery(ttl, ok))
+	ok := st.heartbeat(ctx)
+	st.startScan(ctx)
+	heartbeat := time.NewTimer(a.heartbeatEvery(st.ttl, ok))
 	defer heartbeat.Stop()
 	rescan := time.NewTicker(a.cfg.Interval)
 	defer rescan.Stop()
@@ -305,26 +188,26 @@ func (a *Announcer) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			a.deregister()
 			return nil
-		case set := <-scans:
-			scanning = false
+		case set := <-st.scans:
+			st.scanning = false
 			if set != nil {
-				current = set
-				syncPackages()
+				st.current = set
+				st.syncPackages(ctx)
 			}
-			if retrySoon {
-				retrySoon = false
+			if st.retrySoon {
+				st.retrySoon = false
 				heartbeat.Reset(time.Second)
 			}
 		case <-heartbeat.C:
-			ok := announce()
+			ok := st.heartbeat(ctx)
 			if ok {
 				// Catches up whatever could not be sent while the
 				// tracker was away (cheap when nothing changed).
-				syncPackages()
+				st.syncPackages(ctx)
 			}
-			next := a.heartbeatEvery(ttl, ok)
-			if retrySoon {
-				retrySoon = false
+			next := a.heartbeatEvery(st.ttl, ok)
+			if st.retrySoon {
+				st.retrySoon = false
 				next = min(next, 10*time.Second)
 			}
 			heartbeat.Reset(next)
@@ -332,16 +215,170 @@ func (a *Announcer) Run(ctx context.Context) error {
 			if time.Since(started) > addrFastWindow {
 				poll.Reset(addrPoll)
 			}
-			if !lastOK.IsZero() && !sameAddrs(a.cfg.Addrs(), lastAddrs) {
-				if announce() {
-					syncPackages()
+			if st.registered() && !sameAddrs(a.cfg.Addrs(), st.lastAddrs) {
+				if st.heartbeat(ctx) {
+					st.syncPackages(ctx)
 				}
 			}
 		case <-rescan.C:
-			startScan()
+			st.startScan(ctx)
 		case <-a.rescan:
-			startScan()
+			st.startScan(ctx)
 		}
+	}
+}
+
+// announceState is what Run knows between events; only Run's goroutine
+// touches it (a scan hands its result over on scans).
+type announceState struct {
+	a *Announcer
+
+	announced map[string]bool // what the tracker was told
+	current   map[string]bool // the last scan; nil before the first
+	lastAddrs []ma.Multiaddr  // the addresses last announced
+	lastOK    time.Time       // the last heartbeat the tracker took
+	ttl       time.Duration   // the tracker's peer TTL
+	needFull  bool            // the tracker may lack our hashes: send all
+	retrySoon bool            // a failed delta wants a heartbeat soon
+
+	scans    chan map[string]bool // a scan's result (nil: it failed)
+	scanning bool
+	scanDone sync.WaitGroup
+}
+
+func (a *Announcer) newState() *announceState {
+	announced, stateTTL, haveState := a.loadState()
+	st := &announceState{
+		a:         a,
+		announced: announced,
+		ttl:       defaultTTL,
+		needFull:  !haveState,
+		scans:     make(chan map[string]bool, 1),
+	}
+	if stateTTL > 0 {
+		st.ttl = stateTTL
+	}
+	return st
+}
+
+// registered: the tracker took a heartbeat since the start.
+func (st *announceState) registered() bool { return !st.lastOK.IsZero() }
+
+// expired: the last heartbeat the tracker took is older than its TTL, so
+// it has forgotten us and our hashes by now.
+func (st *announceState) expired() bool {
+	return st.registered() && time.Since(st.lastOK) > st.ttl
+}
+
+// startScan lists the shareable paths in the background, unless a scan
+// is under way.
+func (st *announceState) startScan(ctx context.Context) {
+	if st.scanning {
+		return
+	}
+	st.scanning = true
+	st.scanDone.Go(func() {
+		set, err := st.a.scan(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				st.a.cfg.Log.Warn("scanning the store for the tracker failed", "err", err)
+				st.a.setErr(err)
+			}
+			set = nil
+		}
+		select {
+		case st.scans <- set:
+		case <-ctx.Done():
+		}
+	})
+}
+
+// heartbeat announces our addresses; false if the tracker did not take it.
+func (st *announceState) heartbeat(ctx context.Context) bool {
+	a := st.a
+	addrs := a.cfg.Addrs()
+	rctx, cancel := context.WithTimeout(ctx, trackerRequestTimeout)
+	res, err := a.cfg.Registry.Announce(rctx, addrs)
+	cancel()
+	if st.expired() {
+		st.needFull = true
+	}
+	if err != nil {
+		if ctx.Err() == nil {
+			a.cfg.Log.Warn("tracker announce failed", "err", err)
+			a.setErr(err)
+		}
+		return false
+	}
+	st.lastOK = time.Now()
+	st.lastAddrs = addrs
+	if res.TTL > 0 {
+		st.ttl = res.TTL
+	}
+	if res.New {
+		st.needFull = true
+	}
+	a.mu.Lock()
+	a.stats.LastAnnounce = st.lastOK
+	a.stats.ObservedAddr = res.ObservedAddr
+	a.stats.LastError = ""
+	a.mu.Unlock()
+	if !st.needFull {
+		a.touchState(st.lastOK)
+	}
+	return true
+}
+
+// syncPackages tells the tracker what changed since the last scan it
+// took: everything when it may lack our hashes, else the delta.
+func (st *announceState) syncPackages(ctx context.Context) {
+	a, log := st.a, st.a.cfg.Log
+	if st.current == nil || !st.registered() {
+		return // nothing scanned yet, or not registered
+	}
+	var err error
+	if st.needFull {
+		err = a.sendFull(ctx, st.current)
+		if err == nil {
+			st.announced = st.current
+			st.needFull = false
+			log.Info("announced the shared store paths to the tracker", "paths", len(st.current))
+		}
+	} else {
+		add, remove := diff(st.current, st.announced)
+		if len(add)+len(remove) == 0 {
+			// After a restart the tracker may know everything already
+			// (announced.json): that is still what it knows from us.
+			a.mu.Lock()
+			a.stats.Announced = len(st.announced)
+			a.mu.Unlock()
+			return
+		}
+		err = a.sendDelta(ctx, add, remove)
+		if err == nil {
+			st.announced = st.current
+			log.Debug("announced store changes to the tracker", "added", len(add), "removed", len(remove))
+		} else {
+			// A delta the tracker did not take (it may have expired us:
+			// tracker.ErrUnknownPeer): announce again soon, then send
+			// everything.
+			st.needFull = true
+			st.retrySoon = true
+		}
+	}
+	if err != nil {
+		if ctx.Err() == nil {
+			log.Warn("sending store paths to the tracker failed", "err", err)
+			a.setErr(err)
+		}
+		return
+	}
+	a.mu.Lock()
+	a.stats.Announced = len(st.announced)
+	a.stats.LastPackages = time.Now()
+	a.mu.Unlock()
+	if err := a.saveState(st.announced, st.ttl); err != nil {
+		log.Warn("saving the announced state failed", "err", err)
 	}
 }
 
@@ -563,7 +600,7 @@ func (a *Announcer) saveState(set map[string]bool, ttl time.Duration) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(a.cfg.StateDir, AnnouncedFile), b, 0o644)
+	return writeFileAtomic(filepath.Join(a.cfg.StateDir, AnnouncedFile), b, 0o600)
 }
 
 // writeFileAtomic writes b to path through a synced temporary file renamed

@@ -173,8 +173,10 @@ func TestAnnouncerFullThenDeltas(t *testing.T) {
 	if c.full || !slices.Equal(c.add, []string{h[3]}) || !slices.Equal(c.remove, []string{h[0]}) {
 		t.Errorf("delta %+v", c)
 	}
-	if _, err := os.Stat(filepath.Join(dir, AnnouncedFile)); err != nil {
+	if fi, err := os.Stat(filepath.Join(dir, AnnouncedFile)); err != nil {
 		t.Errorf("state not saved: %v", err)
+	} else if fi.Mode().Perm() != 0o600 {
+		t.Errorf("%s has mode %04o, want 0600: what this machine shares is nobody else's business", AnnouncedFile, fi.Mode().Perm())
 	}
 
 	run.stop()

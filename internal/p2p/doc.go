@@ -4,9 +4,9 @@
 // on peers through the tracker, peer reputation, and the Announcer that
 // keeps the tracker told what this machine shares.
 //
-// The daemon wires it in one call:
+// The daemon makes it in one call and runs it with its other parts:
 //
-//	node, err := p2p.Start(ctx, p2p.Config{
+//	node, err := p2p.New(p2p.Config{ // identity and host; nothing runs yet
 //		StateDir:   cfg.StateDir,   // identity.key, announced.json
 //		Port:       cfg.P2PPort,
 //		TrackerURL: cfg.Tracker,
@@ -15,11 +15,14 @@
 //		Shareable:  nil,            // default: shared.NarInfo succeeds
 //		Log:        log.With("part", "p2p"),
 //	})
+//	g.Go(func() error { return node.Run(ctx) }) // serves, announces; on
+//	                              // ctx's end deregisters, closes the host
 //	remote := node.Store          // store.Store; NAR URLs nar/p2p/<hash>-<narhash>.nar
 //	node.Rescan()                 // on SIGHUP
 //	node.Peers()                  // for /api/peers
 //	node.Index.Stats()            // the local index (nil without a tracker)
-//	node.Close()                  // on shutdown: deregisters from the tracker
+//
+// Start (New, then Run in the background until Close) is for tests.
 //
 // The parts can also be used one by one: LoadOrCreateIdentity, NewHost
 // (plus Host.UseRelay or Host.FollowTracker), Serve, NewStore,

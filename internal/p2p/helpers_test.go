@@ -48,7 +48,7 @@ func newTestHost(t testing.TB) *Host {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := NewHost(context.Background(), key, 0, nil, testLog(t))
+	h, err := NewHost(context.Background(), key, 0, nil, 0, testLog(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p"
@@ -27,6 +28,7 @@ import (
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	ma "github.com/multiformats/go-multiaddr"
 	manet "github.com/multiformats/go-multiaddr/net"
+	"github.com/pbnjay/memory"
 
 	"github.com/peerix/peerix/internal/portcheck"
 )
@@ -64,6 +66,7 @@ type Host struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	policy atomic.Pointer[AddrPolicy] // nil: every address allowed
 
 	mu       sync.Mutex
 	relays   map[peer.ID]*relayState
@@ -91,8 +94,11 @@ type relayState struct {
 // port port of every IPv4 address (and IPv6 if the machine has it; 0 = any
 // free port). relays are circuit relay v2 servers known at start (usually
 // none: the daemon learns the tracker's relay later and calls UseRelay).
-// ctx bounds the host's background work; Close stops it.
-func NewHost(ctx context.Context, key crypto.PrivKey, port int, relays []peer.AddrInfo, log *slog.Logger) (*Host, error) {
+// fds bounds the file descriptors libp2p's connections may use (the
+// daemon's budget, internal/connlimit); 0 leaves libp2p's default, half
+// the process's limit. ctx bounds the host's background work; Close stops
+// it.
+func NewHost(ctx context.Context, key crypto.PrivKey, port int, relays []peer.AddrInfo, fds int, log *slog.Logger) (*Host, error) {
 	if port < 0 || port > 65535 {
 		return nil, fmt.Errorf("p2p port %d out of range", port)
 	}
@@ -119,7 +125,7 @@ func NewHost(ctx context.Context, key crypto.PrivKey, port int, relays []peer.Ad
 		h.cancel()
 		return nil, err
 	}
-	rm, err := newResourceManager()
+	rm, err := newResourceManager(fds)
 	if err != nil {
 		h.cancel()
 		return nil, err
@@ -131,6 +137,7 @@ func NewHost(ctx context.Context, key crypto.PrivKey, port int, relays []peer.Ad
 		libp2p.Transport(tcp.NewTCPTransport),
 		libp2p.ConnectionManager(cm),
 		libp2p.ResourceManager(rm),
+		libp2p.ConnectionGater(addrGater{h}),
 		libp2p.EnableRelay(),
 		libp2p.EnableHolePunching(),
 		libp2p.EnableAutoRelayWithPeerSource(h.relaySource,
@@ -157,10 +164,21 @@ func NewHost(ctx context.Context, key crypto.PrivKey, port int, relays []peer.Ad
 	return h, nil
 }
 
+// SetAddrPolicy makes p decide which peer addresses the host stores and
+// dials (see AddrPolicy); set it before the host dials anything. Without
+// one every address is allowed.
+func (h *Host) SetAddrPolicy(p *AddrPolicy) { h.policy.Store(p) }
+
+// FilterAddrs returns the addresses the host's policy allows.
+func (h *Host) FilterAddrs(addrs []ma.Multiaddr) []ma.Multiaddr {
+	return h.policy.Load().Filter(addrs)
+}
+
 // newResourceManager: libp2p's scaled defaults (per-stream memory 16 MiB
 // covers a full yamux window), plus room for our protocols: many narinfo
-// queries, and NAR streams enough for Nix's parallel substitutions.
-func newResourceManager() (network.ResourceManager, error) {
+// queries, and NAR streams enough for Nix's parallel substitutions. fds > 0
+// replaces libp2p's share of the descriptors (half the limit).
+func newResourceManager(fds int) (network.ResourceManager, error) {
 	limits := rcmgr.DefaultLimits
 	libp2p.SetDefaultServiceLimits(&limits)
 	limits.AddProtocolLimit(NarInfoProtocol,
@@ -175,7 +193,11 @@ func newResourceManager() (network.ResourceManager, error) {
 	limits.AddProtocolPeerLimit(NARProtocol,
 		rcmgr.BaseLimit{StreamsInbound: 32, StreamsOutbound: 32, Streams: 64, Memory: 128 << 20},
 		rcmgr.BaseLimitIncrease{})
-	return rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits.AutoScale()))
+	scaled := limits.AutoScale()
+	if fds > 0 {
+		scaled = limits.Scale(int64(memory.TotalMemory())/8, fds)
+	}
+	return rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(scaled))
 }
 
 func hasIPv6() bool {
@@ -228,6 +250,10 @@ func (h *Host) relaySource(ctx context.Context, num int) <-chan peer.AddrInfo {
 func (h *Host) UseRelay(ctx context.Context, relay peer.AddrInfo, observedAddr string) error {
 	if relay.ID == "" || relay.ID == h.ID() {
 		return errors.New("no relay")
+	}
+	relay.Addrs = h.FilterAddrs(relay.Addrs)
+	if len(relay.Addrs) == 0 {
+		return errors.New("the relay has no address this host may dial")
 	}
 	behind := natUnknown
 	if ip, ok := parseObserved(observedAddr); ok {

@@ -37,7 +37,7 @@ func LoadOrCreateIdentity(stateDir string) (crypto.PrivKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("peer identity %s: %w", path, err)
 	}
-	if err := os.MkdirAll(stateDir, 0o755); err != nil {
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("peer identity %s: %w", path, err)
 	}
 	created, err := createExclusive(path, b)

@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/peerix/peerix/internal/store"
 	"github.com/peerix/peerix/internal/summary"
@@ -31,6 +32,11 @@ type Config struct {
 	// Lookup tunes how paths are found and fetched (internal/swarm); its
 	// Accept is the verifier.
 	Lookup swarm.Options
+	// FDs bounds the file descriptors libp2p's connections may use, and
+	// MaxTransfers the NARs sent to peers at once (each holds a file open):
+	// the daemon's budget (internal/connlimit). 0: libp2p's default, and
+	// no bound beyond libp2p's stream limits.
+	FDs, MaxTransfers int
 	// Served, if set, is told about the requests the peer protocols
 	// answer and the NARs they send.
 	Served ServerObserver
@@ -41,23 +47,26 @@ type Config struct {
 // Store that finds paths on peers, and the Announcer.
 type Node struct {
 	Host      *Host
-	Server    *Server
+	Server    *Server // set while Run serves the peer protocols
 	Store     *Store
 	Announcer *Announcer // nil without a tracker
 	Tracker   *trackerapi.Client
 	Index     *summary.Follower // the tracker's hash index; nil without a tracker
 
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	once   sync.Once
+	cfg       Config
+	log       *slog.Logger
+	closeHost sync.Once
+
+	// Start's Run in the background, for Close.
+	stop    context.CancelFunc
+	stopped chan struct{}
 }
 
-// Start loads (or creates) the identity, starts the host on cfg.Port, serves
-// the peer protocols from cfg.Shared, and, with a tracker, follows its relay
-// and runs the Announcer. Startup errors (key file, port) are returned; a
-// tracker that is unreachable is retried in the background. Close stops it
-// all and deregisters from the tracker.
-func Start(ctx context.Context, cfg Config) (*Node, error) {
+// New loads (or creates) the identity, opens the host on cfg.Port (so a
+// key file or a taken port fails here) and makes the parts; none of
+// peerix's own goroutines run until Run. Close releases the host of a Node
+// that never ran.
+func New(cfg Config) (*Node, error) {
 	if cfg.Shared == nil {
 		return nil, errors.New("p2p: no shared store")
 	}
@@ -69,30 +78,18 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	h, err := NewHost(runCtx, key, cfg.Port, nil, log)
+	h, err := NewHost(context.Background(), key, cfg.Port, nil, cfg.FDs, log)
 	if err != nil {
-		cancel()
 		return nil, fmt.Errorf("--p2p-port %d: %w", cfg.Port, err)
 	}
-	n := &Node{Host: h, cancel: cancel}
-	n.Server = serve(h, cfg.Shared, cfg.Served, log)
+	h.SetAddrPolicy(NewAddrPolicy(cfg.TrackerURL))
+	n := &Node{Host: h, cfg: cfg, log: log}
 
 	var finder Finder = noTracker{}
 	if cfg.TrackerURL != "" {
 		n.Tracker = trackerapi.NewClient(cfg.TrackerURL, key)
 		finder = TrackerClient{n.Tracker}
-		n.wg.Add(1)
-		go func() {
-			defer n.wg.Done()
-			h.FollowTracker(runCtx, n.Tracker)
-		}()
 		n.Index = summary.NewFollower(TrackerClient{n.Tracker}, summary.FollowerOptions{Log: log.With("index", "tracker")})
-		n.wg.Add(1)
-		go func() {
-			defer n.wg.Done()
-			n.Index.Run(runCtx)
-		}()
 		if cfg.Paths != nil {
 			shareable := cfg.Shareable
 			if shareable == nil {
@@ -111,11 +108,6 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 				PeerID:    h.ID(),
 				Log:       log,
 			})
-			n.wg.Add(1)
-			go func() {
-				defer n.wg.Done()
-				n.Announcer.Run(runCtx)
-			}()
 		}
 	} else {
 		log.Info("no --tracker: peers beyond the LAN are neither found nor told about this one")
@@ -124,7 +116,54 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	if n.Index != nil {
 		n.Store.UseIndex(n.Index)
 	}
-	log.Info("p2p host started", "peer_id", h.ID(), "addrs", h.Addrs())
+	return n, nil
+}
+
+// Run serves the peer protocols from cfg.Shared and, with a tracker,
+// follows its relay and its hash index and runs the Announcer, until ctx
+// ends; a tracker that is unreachable is retried meanwhile. Then it
+// deregisters from the tracker (at most a few seconds), stops serving
+// peers, closes the host, and returns once all of it has stopped: nil, or
+// the first part's error.
+func (n *Node) Run(ctx context.Context) error {
+	n.Server = serve(n.Host, n.cfg.Shared, n.cfg.MaxTransfers, n.cfg.Served, n.log)
+	n.log.Info("p2p host started", "peer_id", n.Host.ID(), "addrs", n.Host.Addrs())
+	g, gctx := errgroup.WithContext(ctx)
+	// Serving peers lasts until ctx ends, with or without a tracker.
+	g.Go(func() error { <-gctx.Done(); return nil })
+	if n.Tracker != nil {
+		g.Go(func() error {
+			n.Host.FollowTracker(gctx, n.Tracker)
+			return nil
+		})
+		g.Go(func() error { return n.Index.Run(gctx) })
+	}
+	if n.Announcer != nil {
+		// It deregisters on its way out.
+		g.Go(func() error { return n.Announcer.Run(gctx) })
+	}
+	err := g.Wait()
+	n.Server.Close()
+	if cerr := n.close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// Start is New, then Run in the background until ctx ends or Close.
+func Start(ctx context.Context, cfg Config) (*Node, error) {
+	n, err := New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	runCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	n.stop, n.stopped = stop, make(chan struct{})
+	go func() {
+		defer close(n.stopped)
+		if err := n.Run(runCtx); err != nil {
+			n.log.Warn("p2p stopped", "err", err)
+		}
+	}()
 	return n, nil
 }
 
@@ -141,16 +180,21 @@ func (n *Node) Rescan() {
 // Peers lists the known peers for /api/peers.
 func (n *Node) Peers() []PeerStatus { return n.Store.Peers() }
 
-// Close deregisters from the tracker (at most a few seconds), stops
-// serving peers and closes the host.
+// Close stops what Start runs (deregistering from the tracker, at most a
+// few seconds) and waits for it; for a Node that never ran, it closes the
+// host.
 func (n *Node) Close() error {
+	if n.stop != nil {
+		n.stop()
+		<-n.stopped
+	}
+	return n.close()
+}
+
+// close closes the host, once.
+func (n *Node) close() error {
 	var err error
-	n.once.Do(func() {
-		n.cancel() // the Announcer deregisters on its way out
-		n.wg.Wait()
-		n.Server.Close()
-		err = n.Host.Close()
-	})
+	n.closeHost.Do(func() { err = n.Host.Close() })
 	return err
 }
 

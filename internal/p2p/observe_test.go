@@ -59,7 +59,7 @@ func TestServerObserver(t *testing.T) {
 	server, client := newTestHost(t), newTestHost(t)
 	st := newMemStore()
 	obs := &serverObserver{}
-	srv := serve(server, st, obs, testLog(t))
+	srv := serve(server, st, 0, obs, testLog(t))
 	t.Cleanup(func() { srv.Close() })
 	know(client, server)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

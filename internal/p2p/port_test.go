@@ -22,13 +22,13 @@ func TestSecondHostOnATakenPort(t *testing.T) {
 	ln.Close()
 	ctx := context.Background()
 	key1, _ := LoadOrCreateIdentity(t.TempDir())
-	first, err := NewHost(ctx, key1, port, nil, testLog(t))
+	first, err := NewHost(ctx, key1, port, nil, 0, testLog(t))
 	if err != nil {
 		t.Skipf("port %d taken meanwhile: %v", port, err)
 	}
 	defer first.Close()
 	key2, _ := LoadOrCreateIdentity(t.TempDir())
-	second, err := NewHost(ctx, key2, port, nil, testLog(t))
+	second, err := NewHost(ctx, key2, port, nil, 0, testLog(t))
 	if err == nil {
 		second.Close()
 		t.Fatalf("a second host started on port %d", port)

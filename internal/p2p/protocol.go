@@ -49,21 +49,29 @@ const limitedConnReason = "peerix transfers fit the relay's limits"
 // Server answers the peer protocols from the local store as it may be
 // shared.
 type Server struct {
-	h      host.Host
-	shared store.Store
-	obs    ServerObserver // nil: nobody watches
-	log    *slog.Logger
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	h         host.Host
+	shared    store.Store
+	obs       ServerObserver // nil: nobody watches
+	log       *slog.Logger
+	ctx       context.Context
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	transfers chan struct{} // a slot per NAR being sent; nil: unbounded
 }
 
+// errBusy answers a NAR request beyond the transfers a server sends at
+// once: the asker tries another holder.
+var errBusy = errors.New("busy: too many transfers")
+
 // Serve registers the handlers of /peerix/narinfo/1.0.0 and
-// /peerix/nar/1.0.0 on h, answering from shared: the local store wrapped
+// /peerix/nar/1.0.0 and 1.1.0 on h, answering from shared: the local store wrapped
 // in the filter (its NarInfo and NAR return store.ErrRefused for what must
-// not leave the machine) and the signer. Close unregisters them.
-func Serve(h host.Host, shared store.Store, log *slog.Logger) *Server {
-	return serve(h, shared, nil, log)
+// not leave the machine) and the signer. At most maxTransfers NARs are
+// sent at once (each holds a file open; 0: no bound but libp2p's stream
+// limits); a request beyond is answered with an error, busy. Close
+// unregisters them.
+func Serve(h host.Host, shared store.Store, maxTransfers int, log *slog.Logger) *Server {
+	return serve(h, shared, maxTransfers, nil, log)
 }
 
 // ServerObserver watches what the Server does for peers, so that the
@@ -81,9 +89,12 @@ type ServerObserver interface {
 }
 
 // serve is Serve with an observer (nil: none).
-func serve(h host.Host, shared store.Store, obs ServerObserver, log *slog.Logger) *Server {
+func serve(h host.Host, shared store.Store, maxTransfers int, obs ServerObserver, log *slog.Logger) *Server {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{h: h, shared: shared, obs: obs, log: log, ctx: ctx, cancel: cancel}
+	if maxTransfers > 0 {
+		s.transfers = make(chan struct{}, maxTransfers)
+	}
 	h.SetStreamHandler(NarInfoProtocol, s.track(s.handleNarInfo))
 	h.SetStreamHandler(NARProtocol, s.track(s.handleNAR))
 	h.SetStreamHandler(NARProtocol11, s.track(s.handleNAR11))
@@ -145,12 +156,12 @@ func (s *Server) readRequest(st network.Stream, n int) ([]byte, bool) {
 }
 
 // statusOf maps a store error to an answer status (and, for errors, a
-// message that reveals nothing of the local machine).
+// message that reveals nothing of the local machine). A path the filter
+// keeps private is answered exactly like one this machine does not hold:
+// not found.
 func statusOf(err error) (byte, string) {
 	switch {
-	case errors.Is(err, store.ErrRefused):
-		return StatusRefused, ""
-	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrBadRequest):
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrRefused), errors.Is(err, store.ErrBadRequest):
 		return StatusNotFound, ""
 	case errors.Is(err, store.ErrOffset):
 		return StatusError, "offset beyond the end of the NAR"
@@ -182,6 +193,7 @@ func (s *Server) handleNarInfo(st network.Stream) {
 			s.log.Warn("narinfo for a peer failed", "peer", st.Conn().RemotePeer(), "hash", hash, "err", err)
 			answer = errorAnswer(msg)
 		} else {
+			cache.PadMiss(s.ctx, start)
 			answer = encodeAnswer(status, nil)
 		}
 	} else {
@@ -231,6 +243,16 @@ func (s *Server) serveNAR(st network.Stream, req NarRequest, v11 bool) {
 	// The local store's NAR URL: nar/<hash>-<NarHash>.nar. Its NarHash
 	// check makes a path that was rebuilt differently "not found".
 	url := store.NarRef{Hash: req.Hash, NarHash: req.NarHash}.URL()
+	if s.transfers != nil {
+		select {
+		case s.transfers <- struct{}{}:
+			defer func() { <-s.transfers }()
+		default:
+			s.log.Debug("NAR request refused: as many transfers as the budget allows", "peer", st.Conn().RemotePeer(), "max", cap(s.transfers))
+			s.answerError(st, errBusy)
+			return
+		}
+	}
 	start, found := time.Now(), false
 	defer func() { s.answered("nar", req.Hash, found, start) }()
 	ctx, cancel := context.WithCancel(s.ctx)
@@ -244,6 +266,8 @@ func (s *Server) serveNAR(st network.Stream, req NarRequest, v11 bool) {
 				s.log.Warn("NAR for a peer failed", "peer", st.Conn().RemotePeer(), "hash", req.Hash, "err", err)
 			}
 			answer = errorAnswer(msg)
+		} else {
+			cache.PadMiss(s.ctx, start)
 		}
 		st.SetWriteDeadline(time.Now().Add(RequestTimeout))
 		if writeFrame(st, answer) != nil {
@@ -388,7 +412,8 @@ func requestDeadline(ctx context.Context) time.Time {
 }
 
 // QueryNarInfo asks peer p for the narinfo of hash. It returns an error
-// wrapping store.ErrNotFound or store.ErrRefused for those answers,
+// wrapping store.ErrNotFound for a not found answer (and an older peer's
+// refused),
 // ErrProtocol for garbage, *RemoteError for an error answer. The narinfo is
 // parsed but not checked beyond that: see CheckNarInfo.
 func QueryNarInfo(ctx context.Context, h host.Host, p peer.ID, hash string) (*narinfo.NarInfo, error) {

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"io"
 	"runtime"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -25,7 +26,7 @@ func servedPair(t *testing.T) (server, client *Host, st *memStore) {
 	t.Helper()
 	server, client = newTestHost(t), newTestHost(t)
 	st = newMemStore()
-	srv := Serve(server, st, testLog(t))
+	srv := Serve(server, st, 0, testLog(t))
 	t.Cleanup(func() { srv.Close() })
 	know(client, server)
 	return server, client, st
@@ -55,8 +56,9 @@ func TestQueryNarInfo(t *testing.T) {
 	if _, err := QueryNarInfo(ctx, client, server.ID(), randomHash(t)); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("absent path: %v, want ErrNotFound", err)
 	}
-	if _, err := QueryNarInfo(ctx, client, server.ID(), refused); !errors.Is(err, store.ErrRefused) {
-		t.Errorf("refused path: %v, want ErrRefused", err)
+	// A refused path is answered exactly like an absent one.
+	if _, err := QueryNarInfo(ctx, client, server.ID(), refused); !errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrRefused) {
+		t.Errorf("refused path: %v, want ErrNotFound", err)
 	}
 	if _, err := QueryNarInfo(ctx, client, server.ID(), "not-a-hash"); !errors.Is(err, store.ErrBadRequest) {
 		t.Errorf("bad hash: %v, want ErrBadRequest", err)
@@ -268,7 +270,7 @@ func TestDeadlines(t *testing.T) {
 	BodyTimeout = 1500 * time.Millisecond
 	t.Cleanup(func() { BodyTimeout = oldBody })
 	server, st := newTestHost(t), newMemStore()
-	srv := Serve(server, st, testLog(t))
+	srv := Serve(server, st, 0, testLog(t))
 	t.Cleanup(func() { srv.Close() })
 	know(client, server)
 	hash := randomHash(t)
@@ -283,6 +285,60 @@ func TestDeadlines(t *testing.T) {
 	body.Close()
 	if err == nil || time.Since(start) > 5*time.Second {
 		t.Errorf("stalled body: %v after %v", err, time.Since(start))
+	}
+}
+
+// A peer that asks for NARs and never reads holds a transfer slot (and on
+// a real store an open file) only until BodyTimeout without progress;
+// beyond the server's transfers, requests are answered busy at once.
+func TestServerSlowReaders(t *testing.T) {
+	oldBody := BodyTimeout
+	BodyTimeout = time.Second
+	t.Cleanup(func() { BodyTimeout = oldBody })
+	server, client := newTestHost(t), newTestHost(t)
+	st := newMemStore()
+	srv := Serve(server, st, 1, testLog(t))
+	t.Cleanup(func() { srv.Close() })
+	know(client, server)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	hash := randomHash(t)
+	e := st.addGenerated(hash, 64<<20, 7) // beyond any stream window
+
+	// The slow reader: never reads its body.
+	_, stalled, err := OpenNAR(ctx, client, server.ID(), hash, narHashOf(e), 0, 0, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stalled.Close()
+	// The one slot is taken: busy, at once.
+	start := time.Now()
+	_, _, err = OpenNAR(ctx, client, server.ID(), hash, narHashOf(e), 0, 0, false)
+	var re *RemoteError
+	if !errors.As(err, &re) || !strings.Contains(re.Msg, "busy") || time.Since(start) > time.Second {
+		t.Fatalf("a request beyond the transfers: %v after %v, want busy at once", err, time.Since(start))
+	}
+	// The stalled transfer is cut once it made no progress for
+	// BodyTimeout; the slot serves the next asker.
+	var size int64
+	var body io.ReadCloser
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		size, body, err = OpenNAR(ctx, client, server.ID(), hash, narHashOf(e), 64<<20-10, 0, false)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the slot of a reader that never reads was not freed: %v", err)
+		}
+	}
+	t.Logf("slot freed %v after the stalled transfer began", time.Since(start).Round(100*time.Millisecond))
+	b, err := io.ReadAll(body)
+	body.Close()
+	if err != nil || size != 64<<20 || len(b) != 10 {
+		t.Errorf("after the cut: %d bytes of %d, %v", len(b), size, err)
+	}
+	if _, err := io.ReadAll(stalled); err == nil {
+		t.Error("the stalled transfer ended cleanly; it must have been cut")
 	}
 }
 

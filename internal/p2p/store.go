@@ -172,6 +172,16 @@ func (s *Store) holders(ctx context.Context, hash string) ([]peer.AddrInfo, erro
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, ai := range found {
+		if f, ok := s.h.(interface {
+			FilterAddrs([]ma.Multiaddr) []ma.Multiaddr
+		}); ok {
+			// Addresses are judged before they reach the peerstore: a
+			// tracker entry must not make us dial our own ports.
+			if kept := f.FilterAddrs(ai.Addrs); len(kept) != len(ai.Addrs) {
+				s.log.Debug("holder addresses dropped by class", "peer", ai.ID, "kept", kept, "named", ai.Addrs)
+				ai.Addrs = kept
+			}
+		}
 		if ai.ID == "" || ai.ID == s.h.ID() ||
 			len(ai.Addrs) == 0 && s.h.Network().Connectedness(ai.ID) != network.Connected {
 			continue

@@ -31,7 +31,7 @@ func holders(t *testing.T, n int) ([]*Host, []*memStore) {
 	var sts []*memStore
 	for range n {
 		h, st := newTestHost(t), newMemStore()
-		srv := Serve(h, st, testLog(t))
+		srv := Serve(h, st, 0, testLog(t))
 		t.Cleanup(func() { srv.Close() })
 		hs = append(hs, h)
 		sts = append(sts, st)

@@ -37,7 +37,7 @@ func TestTrackerEndToEnd(t *testing.T) {
 
 	// The holder.
 	keyA, _ := LoadOrCreateIdentity(t.TempDir())
-	a, err := NewHost(ctx, keyA, 0, nil, log)
+	a, err := NewHost(ctx, keyA, 0, nil, 0, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,7 +48,7 @@ func TestTrackerEndToEnd(t *testing.T) {
 	shared.add(hash, data)
 	private := randomHash(t)
 	shared.add(private, []byte("secret")).refused = true
-	srv := Serve(a, shared, log)
+	srv := Serve(a, shared, 0, log)
 	t.Cleanup(func() { srv.Close() })
 	clientA := trackerapi.NewClient(api.URL, keyA)
 	followCtx, stopFollow := context.WithCancel(ctx)
@@ -81,7 +81,7 @@ func TestTrackerEndToEnd(t *testing.T) {
 
 	// The fetcher.
 	keyB, _, _ := crypto.GenerateEd25519Key(rand.Reader)
-	b, err := NewHost(ctx, keyB, 0, nil, log)
+	b, err := NewHost(ctx, keyB, 0, nil, 0, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -287,7 +287,7 @@ func TestRelayLimitResumes(t *testing.T) {
 	shared := newMemStore()
 	hash := randomHash(t)
 	e := shared.addGenerated(hash, 3*limit/2, 11)
-	srv := Serve(a, shared, log)
+	srv := Serve(a, shared, 0, log)
 	t.Cleanup(func() { srv.Close() })
 	if err := a.UseRelay(ctx, relayInfo, "203.0.113.9:4000"); err != nil {
 		t.Fatal(err)
@@ -326,4 +326,43 @@ func TestRelayLimitResumes(t *testing.T) {
 		t.Fatalf("connections from B to A: %v; want a relayed one that the limit ended, then another", conns)
 	}
 	t.Logf("%d-byte NAR over a relay limited to %d bytes a connection: connections %v", n, limit, conns)
+}
+
+// A Node without a tracker serves the peer protocols until Close, and New
+// alone serves nothing.
+func TestNodeLifecycleWithoutTracker(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	st := newMemStore()
+	hash := randomHash(t)
+	st.add(hash, []byte("served"))
+	client := newTestHost(t)
+
+	idle, err := New(Config{StateDir: t.TempDir(), Shared: st, Log: testLog(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	know(client, idle.Host)
+	if _, err := QueryNarInfo(ctx, client, idle.ID(), hash); err == nil {
+		t.Error("a Node that was only made answered a peer")
+	}
+	if err := idle.Close(); err != nil {
+		t.Errorf("closing a Node that never ran: %v", err)
+	}
+
+	n, err := Start(ctx, Config{StateDir: t.TempDir(), Shared: st, Log: testLog(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	know(client, n.Host)
+	time.Sleep(100 * time.Millisecond) // whatever Run would end early does
+	if _, err := QueryNarInfo(ctx, client, n.ID(), hash); err != nil {
+		t.Errorf("a running Node without a tracker: %v", err)
+	}
+	if err := n.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	if _, err := QueryNarInfo(ctx, client, n.ID(), hash); err == nil {
+		t.Error("a closed Node answered a peer")
+	}
 }

@@ -14,7 +14,10 @@ import (
 // Wire format of the peer protocols (docs/protocol.md, section 2). All
 // integers are big-endian; a frame is a u32 length and that many bytes.
 
-// Status bytes that start every answer frame.
+// Status bytes that start every answer frame. StatusRefused is never sent:
+// a path kept private is answered exactly like an absent one (not found),
+// so that no peer learns it is here. Older peers sent it; it is read as
+// not found.
 const (
 	StatusFound    byte = 0x00
 	StatusNotFound byte = 0x01
@@ -219,7 +222,7 @@ func (a Answer) Err(what string) error {
 	case StatusNotFound:
 		return fmt.Errorf("%s: peer has no such path: %w", what, store.ErrNotFound)
 	case StatusRefused:
-		return fmt.Errorf("%s: peer refused: %w", what, store.ErrRefused)
+		return fmt.Errorf("%s: peer has no such path it shares (an older peer's refused): %w", what, store.ErrNotFound)
 	case StatusError:
 		return &RemoteError{Msg: string(a.Payload)}
 	}

@@ -40,7 +40,9 @@ const maxKeyFileSize = 64 << 10
 
 // LoadSecretKeyFile reads a Nix secret key file ("name:base64(64-byte ed25519
 // key)", surrounding whitespace such as a trailing newline allowed), as written
-// by `nix-store --generate-binary-cache-key` or WriteKeyPair. Errors name the
+// by `nix-store --generate-binary-cache-key` or WriteKeyPair. A file that
+// group or others may access is refused (ErrKeyFileMode), like the peer
+// identity key: whoever reads it can sign as this machine. Errors name the
 // file and never echo key material.
 func LoadSecretKeyFile(file string) (signature.SecretKey, error) {
 	f, err := os.Open(file)
@@ -48,6 +50,13 @@ func LoadSecretKeyFile(file string) (signature.SecretKey, error) {
 		return signature.SecretKey{}, fmt.Errorf("secret key file %s: %w", file, unwrapPathError(err))
 	}
 	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return signature.SecretKey{}, fmt.Errorf("secret key file %s: %w", file, unwrapPathError(err))
+	}
+	if err := CheckSecretKeyMode(file, fi); err != nil {
+		return signature.SecretKey{}, err
+	}
 	data, err := io.ReadAll(io.LimitReader(f, maxKeyFileSize+1))
 	if err != nil {
 		return signature.SecretKey{}, fmt.Errorf("secret key file %s: %w", file, unwrapPathError(err))
@@ -60,6 +69,22 @@ func LoadSecretKeyFile(file string) (signature.SecretKey, error) {
 		return signature.SecretKey{}, fmt.Errorf("secret key file %s: %w", file, err)
 	}
 	return sk, nil
+}
+
+// ErrKeyFileMode marks a secret key file that group or others may access.
+var ErrKeyFileMode = errors.New("group or others may read it")
+
+// CheckSecretKeyMode checks what fi (file's Stat) says about a secret key
+// file: a regular file that neither group nor others may access. The error
+// is one line naming the file and the fix.
+func CheckSecretKeyMode(file string, fi fs.FileInfo) error {
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("secret key file %s: not a regular file", file)
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return fmt.Errorf("secret key file %s: mode %04o: %w; it must be 0600 (chmod 600 %s)", file, perm, ErrKeyFileMode, file)
+	}
+	return nil
 }
 
 // unwrapPathError drops the *fs.PathError wrapper (whose message repeats the

@@ -6,6 +6,7 @@ import (
 	"crypto/ed25519"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -395,6 +396,28 @@ func TestLoadSecretKeyFileBad(t *testing.T) {
 		}
 		if _, err := signing.LoadSecretKeyFile(file); err == nil || !strings.Contains(err.Error(), "too large") {
 			t.Fatalf("err = %v", err)
+		}
+	})
+	t.Run("readable by group or others", func(t *testing.T) {
+		for _, mode := range []os.FileMode{0o644, 0o640, 0o604, 0o620, 0o660} {
+			file := filepath.Join(dir, fmt.Sprintf("mode%04o.sec", mode))
+			if err := os.WriteFile(file, []byte(good+"\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(file, mode); err != nil {
+				t.Fatal(err)
+			}
+			_, err := signing.LoadSecretKeyFile(file)
+			if !errors.Is(err, signing.ErrKeyFileMode) {
+				t.Fatalf("mode %04o: err = %v, want ErrKeyFileMode", mode, err)
+			}
+			msg := err.Error()
+			if !strings.Contains(msg, "chmod 600 "+file) || strings.Contains(msg, "\n") || strings.Contains(msg, secretB64[:8]) {
+				t.Errorf("mode %04o: error %q: want one line naming the fix, no key material", mode, msg)
+			}
+		}
+		if _, err := signing.LoadSecretKeyFile(dir); err == nil {
+			t.Error("a directory was loaded as a key file")
 		}
 	})
 	t.Run("trailing whitespace ok", func(t *testing.T) {

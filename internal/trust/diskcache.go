@@ -3,6 +3,7 @@ package trust
 import (
 	"bufio"
 	"bytes"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -13,24 +14,34 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/nix-community/go-nix/pkg/nixbase32"
+
 	"github.com/peerix/peerix/internal/store"
 )
 
 // The on-disk filter cache, <state dir>/filter-cache, is text:
 //
-//	peerix-filter-cache 1
-//	<hash> p <expiry, unix seconds>     the upstream has the path
-//	<hash> n <expiry, unix seconds>     the upstream has it not
+//	peerix-filter-cache 2
+//	<hash> p <NarHash> <expiry, unix seconds>   the upstream has the path, with this NarHash (Nix base-32 SHA-256)
+//	<hash> n <expiry, unix seconds>             the upstream has it not
 //
 // one line per path, sorted by hash. Unknown answers are never written. A
 // file that is not exactly of this form is ignored as a whole (with a
-// warning) and overwritten at the next save: it is only a cache. An entry's
-// expiry is clamped on loading to now + its TTL, so lowering a TTL or a clock
-// that went back cannot stretch an answer's life.
-const cacheHeader = "peerix-filter-cache 1"
+// warning) and overwritten at the next save: it is only a cache. A file of
+// version 1 (which said only whether the upstream has a path, not which
+// build) is ignored the same way, quietly. An entry's expiry is clamped on
+// loading to now + its TTL, so lowering a TTL or a clock that went back
+// cannot stretch an answer's life.
+const (
+	cacheHeader   = "peerix-filter-cache 2"
+	cacheHeaderV1 = "peerix-filter-cache 1"
+)
 
-// maxCacheFile bounds what is read: 1 Mi entries of 47 bytes.
-const maxCacheFile = 64 << 20
+// errOldCache: the cache file is of an older version.
+var errOldCache = errors.New("cache of an older version")
+
+// maxCacheFile bounds what is read: 1 Mi entries of 100 bytes.
+const maxCacheFile = 128 << 20
 
 func (f *Filter) loadCache() {
 	data, err := os.ReadFile(f.cacheFile)
@@ -42,6 +53,13 @@ func (f *Filter) loadCache() {
 		return
 	}
 	entries, err := parseCache(data, time.Now(), f.posTTL, f.negTTL)
+	if errors.Is(err, errOldCache) {
+		f.log.Info("filter cache of an older version ignored (it will be rewritten)", "file", f.cacheFile)
+		f.answers.mu.Lock()
+		f.answers.dirty = true // rewritten even if nothing is asked
+		f.answers.mu.Unlock()
+		return
+	}
 	if err != nil {
 		f.log.Warn("filter cache corrupt, ignored (it will be rewritten)", "file", f.cacheFile, "err", err)
 		return
@@ -56,15 +74,18 @@ func (f *Filter) loadCache() {
 }
 
 // parseCache parses a cache file, dropping expired entries.
-func parseCache(data []byte, now time.Time, posTTL, negTTL time.Duration) (map[string]memoEntry[answer], error) {
+func parseCache(data []byte, now time.Time, posTTL, negTTL time.Duration) (map[string]memoEntry[upstreamAnswer], error) {
 	if len(data) > maxCacheFile {
 		return nil, fmt.Errorf("larger than %d bytes", maxCacheFile)
 	}
 	header, rest, ok := bytes.Cut(data, []byte("\n"))
+	if ok && string(header) == cacheHeaderV1 {
+		return nil, errOldCache
+	}
 	if !ok || string(header) != cacheHeader {
 		return nil, errors.New("unknown header")
 	}
-	entries := make(map[string]memoEntry[answer])
+	entries := make(map[string]memoEntry[upstreamAnswer])
 	for n := 2; len(rest) > 0; n++ {
 		var line []byte
 		line, rest, ok = bytes.Cut(rest, []byte("\n"))
@@ -72,20 +93,31 @@ func parseCache(data []byte, now time.Time, posTTL, negTTL time.Duration) (map[s
 			return nil, fmt.Errorf("line %d: unterminated", n)
 		}
 		fields := bytes.Fields(line)
-		if len(fields) != 3 || !store.ValidHash(string(fields[0])) {
+		if len(fields) < 3 || !store.ValidHash(string(fields[0])) {
 			return nil, fmt.Errorf("line %d: malformed", n)
 		}
-		var a answer
+		var a upstreamAnswer
 		var ttl time.Duration
 		switch string(fields[1]) {
 		case "p":
-			a, ttl = answerPublic, posTTL
+			if len(fields) != 4 {
+				return nil, fmt.Errorf("line %d: malformed", n)
+			}
+			d, err := nixbase32.DecodeString(string(fields[2]))
+			if err != nil || len(d) != sha256.Size || len(fields[2]) != nixbase32.EncodedLen(sha256.Size) {
+				return nil, fmt.Errorf("line %d: bad NarHash", n)
+			}
+			a.kind, ttl = answerPublic, posTTL
+			copy(a.narHash[:], d)
 		case "n":
-			a, ttl = answerPrivate, negTTL
+			if len(fields) != 3 {
+				return nil, fmt.Errorf("line %d: malformed", n)
+			}
+			a.kind, ttl = answerPrivate, negTTL
 		default:
 			return nil, fmt.Errorf("line %d: unknown answer %q", n, fields[1])
 		}
-		sec, err := strconv.ParseInt(string(fields[2]), 10, 64)
+		sec, err := strconv.ParseInt(string(fields[len(fields)-1]), 10, 64)
 		if err != nil {
 			return nil, fmt.Errorf("line %d: bad expiry", n)
 		}
@@ -94,7 +126,7 @@ func parseCache(data []byte, now time.Time, posTTL, negTTL time.Duration) (map[s
 			exp = limit
 		}
 		if now.Before(exp) {
-			entries[string(fields[0])] = memoEntry[answer]{v: a, exp: exp}
+			entries[string(fields[0])] = memoEntry[upstreamAnswer]{v: a, exp: exp}
 		}
 	}
 	return entries, nil
@@ -121,7 +153,7 @@ func (f *Filter) saveLoop(every time.Duration) {
 func (f *Filter) saveCache() error {
 	f.saveMu.Lock()
 	defer f.saveMu.Unlock()
-	entries, changed := f.answers.snapshot(func(a answer) bool { return a != answerUnknown })
+	entries, changed := f.answers.snapshot(func(a upstreamAnswer) bool { return a.kind != answerUnknown })
 	if !changed {
 		return nil
 	}
@@ -134,7 +166,7 @@ func (f *Filter) saveCache() error {
 	return nil
 }
 
-func writeCacheFile(file string, entries map[string]memoEntry[answer]) (err error) {
+func writeCacheFile(file string, entries map[string]memoEntry[upstreamAnswer]) (err error) {
 	tmp, err := os.CreateTemp(filepath.Dir(file), filepath.Base(file)+".*.tmp")
 	if err != nil {
 		return err
@@ -152,11 +184,11 @@ func writeCacheFile(file string, entries map[string]memoEntry[answer]) (err erro
 	w.WriteString(cacheHeader + "\n")
 	for _, h := range slices.Sorted(maps.Keys(entries)) {
 		e := entries[h]
-		c := "n"
-		if e.v == answerPublic {
-			c = "p"
+		if e.v.kind == answerPublic {
+			fmt.Fprintf(w, "%s p %s %d\n", h, nixbase32.EncodeToString(e.v.narHash[:]), e.exp.Unix())
+		} else {
+			fmt.Fprintf(w, "%s n %d\n", h, e.exp.Unix())
 		}
-		fmt.Fprintf(w, "%s %s %d\n", h, c, e.exp.Unix())
 	}
 	if err := w.Flush(); err != nil {
 		return err

@@ -16,22 +16,34 @@
 // generations, profiles, flake sources, .drv files) plus the user's
 // --filter-pattern globs, matched case-insensitively on the name after
 // "<hash>-". "upstream" (the default in p2p and lan mode) applies the
-// deny-list and then shares a path only if the upstream cache has it: a path
-// whose database record carries a signature that verifies against the
-// upstream's key (UpstreamKey; cache.nixos.org-1 by default) is public
-// without a network request; for the others the filter asks
-// HEAD <upstream>/<hash>.narinfo — 200 public, 404 private, anything else
-// (5xx, 403, a timeout, a network error) unknown, and unknown is refused.
-// Requests are bounded (8 in flight), one per hash at a time, and remembered:
-// public for 24 h, private for 1 h, unknown for 10 s (memory only). Public
-// and private answers survive restarts in <state dir>/filter-cache, a small
-// text file written atomically every 5 minutes when changed and on Close; a
-// corrupt file is ignored with a warning and rewritten.
+// deny-list and then shares a path only if the upstream cache has the same
+// build of it: a path whose database record carries a signature that
+// verifies against the upstream's key (UpstreamKey; cache.nixos.org-1 by
+// default) is public without a network request; for the others the filter
+// fetches GET <upstream>/<hash>.narinfo (at most 1 MiB, parsed with
+// store.ParseNarInfo and checked with store.CheckNarInfo) and shares the
+// path only if the upstream's NarHash is the local one. A build that is not
+// reproducible has another NarHash than the upstream's: peers would take its
+// narinfo for a lie (it contradicts the upstream's), so it stays home
+// (RefusedOtherBuild). 404 is private; anything else (5xx, 403, a timeout, a
+// network error, a narinfo that does not parse or names another path) is
+// unknown, and unknown is refused. Requests are bounded (8 in flight), one
+// per hash at a time, and remembered: the upstream's NarHash for 24 h,
+// private for 1 h, unknown for 10 s (memory only). Public and private
+// answers survive restarts in <state dir>/filter-cache, a small text file
+// (version 2: it holds the upstream's NarHash) written atomically every 5
+// minutes when changed and on Close; a corrupt file or one of version 1 is
+// ignored and rewritten.
 //
-// Refused paths are store.ErrRefused from both NarInfo and NAR (HTTP turns
-// that into 404, like an absent path). A NAR URL is mapped to its path by
-// HashFromURL (the last segment starts with "<hash>-"), and the NAR is
-// served only if that path is shared.
+// Refused paths are store.ErrRefused from both NarInfo and NAR (HTTP and the
+// peer protocols turn that into "not found", like an absent path). A NAR URL
+// is mapped to its path by HashOfURL, and the NAR is served only if that
+// path is shared. With AnswerFromMemory (the daemon's lan and p2p modes) the
+// store Wrap returns never waits for the upstream: a path not decided yet
+// is refused at once and decided in the background, so that a refusal costs
+// a peer's request no more time than an absent path; Shareable (LAN answers,
+// summaries, tracker announcements) waits, and decides every shared path
+// before any peer hears of it.
 //
 // # Verifier
 //

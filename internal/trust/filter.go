@@ -2,6 +2,7 @@ package trust
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/nix-community/go-nix/pkg/narinfo"
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
+	"github.com/nix-community/go-nix/pkg/nixhash"
 
 	"github.com/peerix/peerix/internal/signing"
 	"github.com/peerix/peerix/internal/store"
@@ -67,12 +69,12 @@ type FilterOptions struct {
 	// (<StateDir>/filter-cache); "" keeps answers in memory only.
 	StateDir string
 
-	// HTTPClient makes the upstream HEAD requests; nil means a client with
+	// HTTPClient fetches the upstream's narinfos; nil means a client with
 	// sensible timeouts.
 	HTTPClient *http.Client
-	// Concurrency bounds the HEAD requests in flight; 0 means 8.
+	// Concurrency bounds the upstream requests in flight; 0 means 8.
 	Concurrency int
-	// CheckTimeout bounds one HEAD request; 0 means 10 s.
+	// CheckTimeout bounds one upstream request; 0 means 10 s.
 	CheckTimeout time.Duration
 	// How long answers are kept: the upstream has the path (0: 24 h), has
 	// it not (0: 1 h), could not be asked (0: 10 s; in memory only).
@@ -88,6 +90,15 @@ type FilterOptions struct {
 	// HashOfURL tells which path a NAR URL of the wrapped store names; nil
 	// means the path of a store.NarRef.
 	HashOfURL func(url string) (string, error)
+	// AnswerFromMemory makes the store Wrap returns decide from what the
+	// filter already knows, never waiting for the upstream: a path whose
+	// upstream status is not known yet is refused at once (and checked in
+	// the background, so the next request finds the answer). A private
+	// path then costs a peer's request no more time than an absent one:
+	// no peer learns from the timing of a refusal that the path is here.
+	// Set it where peers ask only for what Shareable let out (the daemon's
+	// announcements and summaries), which is decided by then.
+	AnswerFromMemory bool
 
 	Log *slog.Logger
 }
@@ -103,9 +114,14 @@ const (
 	// RefusedPrivate: the upstream does not have the path.
 	RefusedPrivate
 	// RefusedUnknown: whether the upstream has the path could not be
-	// learned (upstream unreachable, unexpected answer, malformed path).
-	// Privacy fails closed.
+	// learned (upstream unreachable, unexpected answer, malformed path),
+	// or, answering from memory, is not known yet. Privacy fails closed.
 	RefusedUnknown
+	// RefusedOtherBuild: the upstream has the path with another NarHash
+	// (a build that is not reproducible). Peers would take our narinfo for
+	// a lie, since it contradicts the upstream's; and what we built is not
+	// what the upstream published, so it is not known to be public.
+	RefusedOtherBuild
 )
 
 func (d Decision) String() string {
@@ -118,21 +134,25 @@ func (d Decision) String() string {
 		return "refused-private"
 	case RefusedUnknown:
 		return "refused-unknown"
+	case RefusedOtherBuild:
+		return "refused-other-build"
 	}
 	return fmt.Sprintf("Decision(%d)", int(d))
 }
 
 // FilterStats counts the filter's decisions and upstream checks since start.
 type FilterStats struct {
-	Shared         uint64 `json:"shared"`
-	RefusedPattern uint64 `json:"refused_pattern"`
-	RefusedPrivate uint64 `json:"refused_private"`
-	Unknown        uint64 `json:"unknown"`
+	Shared            uint64 `json:"shared"`
+	RefusedPattern    uint64 `json:"refused_pattern"`
+	RefusedPrivate    uint64 `json:"refused_private"`
+	RefusedOtherBuild uint64 `json:"refused_other_build"`
+	Unknown           uint64 `json:"unknown"`
 	// SharedBySignature counts the Shared decisions that needed no network:
 	// the path's record carried a valid upstream signature.
 	SharedBySignature uint64 `json:"shared_by_signature"`
-	// UpstreamChecks counts HEAD requests, UpstreamErrors those that gave
-	// no answer, CacheHits decisions answered from the cache.
+	// UpstreamChecks counts upstream narinfo requests, UpstreamErrors
+	// those that gave no answer, CacheHits decisions answered from the
+	// cache.
 	UpstreamChecks uint64 `json:"upstream_checks"`
 	UpstreamErrors uint64 `json:"upstream_errors"`
 	CacheHits      uint64 `json:"cache_hits"`
@@ -147,6 +167,14 @@ const (
 	answerPublic
 	answerPrivate
 )
+
+// upstreamAnswer is what the upstream said about a path, and for a path
+// it has, the SHA-256 of its NAR (its NarHash): a local build is shared
+// only if it is the same.
+type upstreamAnswer struct {
+	kind    answer
+	narHash [sha256.Size]byte
+}
 
 // Filter decides which local paths may be shared. It governs every way out:
 // the Store that Wrap returns (narinfo and NAR requests of peers, over HTTP
@@ -163,10 +191,11 @@ type Filter struct {
 	negTTL    time.Duration
 	unkTTL    time.Duration
 	hashOfURL func(string) (string, error)
+	fromMem   bool
 	log       *slog.Logger
 	cacheFile string
 
-	answers  *memo[answer]
+	answers  *memo[upstreamAnswer]
 	verdicts *store.NarInfoMemo[verdict]
 	health   *healthTracker
 
@@ -179,8 +208,8 @@ type Filter struct {
 	saveMu   sync.Mutex // one save at a time
 	closed   sync.Once
 
-	shared, refusedPattern, refusedPrivate, unknown atomic.Uint64
-	bySignature, checks, checkErrors, cacheHits     atomic.Uint64
+	shared, refusedPattern, refusedPrivate, refusedOther, unknown atomic.Uint64
+	bySignature, checks, checkErrors, cacheHits                   atomic.Uint64
 }
 
 // NewFilter makes a filter. In upstream mode it loads the on-disk cache (a
@@ -195,6 +224,7 @@ func NewFilter(opts FilterOptions) (*Filter, error) {
 		negTTL:    orDuration(opts.NegativeTTL, DefaultNegativeTTL),
 		unkTTL:    orDuration(opts.UnknownTTL, DefaultUnknownTTL),
 		hashOfURL: opts.HashOfURL,
+		fromMem:   opts.AnswerFromMemory,
 		log:       opts.Log,
 	}
 	if f.mode == "" {
@@ -224,7 +254,7 @@ func NewFilter(opts FilterOptions) (*Filter, error) {
 			return nil, err
 		}
 		if f.key == nil {
-			f.log.Warn("no public key known for the upstream: every path is checked with a HEAD request", "upstream", f.upstream)
+			f.log.Warn("no public key known for the upstream: every path is checked with a request for its narinfo", "upstream", f.upstream)
 		}
 	}
 	conc := orInt(opts.Concurrency, DefaultConcurrency)
@@ -233,7 +263,7 @@ func NewFilter(opts FilterOptions) (*Filter, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	f.cancel = cancel
-	f.answers = newMemo[answer](ctx, conc, orInt(opts.MaxCacheEntries, DefaultMaxCacheEntries))
+	f.answers = newMemo[upstreamAnswer](ctx, conc, orInt(opts.MaxCacheEntries, DefaultMaxCacheEntries))
 	f.verdicts = store.NewNarInfoMemo[verdict](maxVerdicts)
 	f.health = &healthTracker{upstream: f.upstream, what: "filter", threshold: orInt(opts.UnhealthyAfter, DefaultUnhealthyAfter), log: f.log}
 
@@ -264,7 +294,7 @@ func orInt(n, def int) int {
 func (f *Filter) Mode() string { return f.mode }
 
 // UpstreamKey is the public key whose signatures prove a path public, or ""
-// when there is none (every path is checked with a HEAD).
+// when there is none (every path is checked with a request).
 func (f *Filter) UpstreamKey() string {
 	if f.key == nil {
 		return ""
@@ -318,7 +348,11 @@ func (f *Filter) Shareable(ctx context.Context, hash string) bool {
 // may be shared, and counts and logs the decision. ni comes from the local
 // store: its Signatures are the database's.
 func (f *Filter) Decide(ctx context.Context, hash string, ni *narinfo.NarInfo) Decision {
-	d, why := f.decide(ctx, hash, ni)
+	return f.decideCounted(ctx, hash, ni, true)
+}
+
+func (f *Filter) decideCounted(ctx context.Context, hash string, ni *narinfo.NarInfo, wait bool) Decision {
+	d, why := f.decide(ctx, hash, ni, wait)
 	switch d {
 	case Shared:
 		f.shared.Add(1)
@@ -326,6 +360,8 @@ func (f *Filter) Decide(ctx context.Context, hash string, ni *narinfo.NarInfo) D
 		f.refusedPattern.Add(1)
 	case RefusedPrivate:
 		f.refusedPrivate.Add(1)
+	case RefusedOtherBuild:
+		f.refusedOther.Add(1)
 	default:
 		f.unknown.Add(1)
 	}
@@ -335,7 +371,11 @@ func (f *Filter) Decide(ctx context.Context, hash string, ni *narinfo.NarInfo) D
 	return d
 }
 
-func (f *Filter) decide(ctx context.Context, hash string, ni *narinfo.NarInfo) (Decision, string) {
+// decide is the filter's rule. wait: ask the upstream and wait for its
+// answer if it is not known; otherwise answer from memory only (an
+// answer not known yet is RefusedUnknown, and asked for in the
+// background).
+func (f *Filter) decide(ctx context.Context, hash string, ni *narinfo.NarInfo, wait bool) (Decision, string) {
 	if f.mode == ModeNone {
 		return Shared, "filter none"
 	}
@@ -352,10 +392,19 @@ func (f *Filter) decide(ctx context.Context, hash string, ni *narinfo.NarInfo) (
 	if v.final {
 		return v.d, v.why
 	}
-	switch f.upstreamHas(ctx, hash) {
-	case answerPublic:
-		return Shared, "upstream has it"
-	case answerPrivate:
+	local, ok := narHashDigest(ni)
+	if !ok {
+		return RefusedUnknown, "local narinfo has no sha256 NarHash"
+	}
+	a, known := f.upstreamAnswer(ctx, hash, wait)
+	switch {
+	case !known:
+		return RefusedUnknown, "upstream's answer not known yet (asked in the background)"
+	case a.kind == answerPublic && a.narHash == local:
+		return Shared, "upstream has the same build"
+	case a.kind == answerPublic:
+		return RefusedOtherBuild, "upstream has another build (its NarHash differs)"
+	case a.kind == answerPrivate:
 		return RefusedPrivate, "upstream has it not"
 	}
 	return RefusedUnknown, "upstream could not be asked"
@@ -391,61 +440,98 @@ func (f *Filter) verdictOf(hash string, ni *narinfo.NarInfo) verdict {
 	return verdict{}
 }
 
-// upstreamHas asks the cache, else the upstream, whether it has hash.
-func (f *Filter) upstreamHas(ctx context.Context, hash string) answer {
-	a, hit, err := f.answers.get(ctx, hash, func(ctx context.Context) (answer, time.Duration) {
-		a := f.head(ctx, hash)
-		switch a {
+// backgroundPause: a check a peer's request started in the background
+// waits this long, so that the work it costs does not slow the answer to
+// that request (which would tell the peer that the path is here).
+const backgroundPause = 20 * time.Millisecond
+
+// narHashDigest is the SHA-256 a narinfo's NarHash names.
+func narHashDigest(ni *narinfo.NarInfo) (d [sha256.Size]byte, ok bool) {
+	if ni.NarHash == nil || ni.NarHash.Algo() != nixhash.SHA256 || len(ni.NarHash.Digest()) != sha256.Size {
+		return d, false
+	}
+	copy(d[:], ni.NarHash.Digest())
+	return d, true
+}
+
+// upstreamAnswer asks the cache, else the upstream, about hash. With wait
+// false it never waits: known is false when the cache has no answer (one
+// is then fetched in the background), and an expired answer is used while
+// a fresh one is fetched.
+func (f *Filter) upstreamAnswer(ctx context.Context, hash string, wait bool) (a upstreamAnswer, known bool) {
+	fetch := func(ctx context.Context) (upstreamAnswer, time.Duration) {
+		a := f.check(ctx, hash)
+		switch a.kind {
 		case answerPublic:
 			return a, f.posTTL
 		case answerPrivate:
 			return a, f.negTTL
 		}
 		return a, f.unkTTL
-	})
+	}
+	if !wait {
+		a, known = f.answers.peek(hash, backgroundPause, fetch)
+		if known {
+			f.cacheHits.Add(1)
+		}
+		return a, known
+	}
+	a, hit, err := f.answers.get(ctx, hash, fetch)
 	if err != nil {
-		return answerUnknown
+		return upstreamAnswer{}, true
 	}
 	if hit {
 		f.cacheHits.Add(1)
 	}
-	return a
+	return a, true
 }
 
-// head asks the upstream with HEAD <upstream>/<hash>.narinfo: 200 is
-// public, 404 private, anything else unknown.
-func (f *Filter) head(ctx context.Context, hash string) answer {
+// check asks the upstream for <upstream>/<hash>.narinfo: a valid narinfo
+// for the path is public (with its NarHash), 404 private, anything else
+// unknown.
+func (f *Filter) check(ctx context.Context, hash string) upstreamAnswer {
 	f.checks.Add(1)
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
-	a, err := f.doHead(ctx, hash)
+	a, err := f.fetchNarInfo(ctx, hash)
 	if err != nil {
 		f.checkErrors.Add(1)
 		f.health.fail(err)
 		f.log.Debug("upstream check failed", "hash", hash, "err", err)
-		return answerUnknown
+		return upstreamAnswer{}
 	}
 	f.health.ok()
 	return a
 }
 
-func (f *Filter) doHead(ctx context.Context, hash string) (answer, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodHead, f.upstream+"/"+hash+".narinfo", nil)
+func (f *Filter) fetchNarInfo(ctx context.Context, hash string) (upstreamAnswer, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, f.upstream+"/"+hash+".narinfo", nil)
 	if err != nil {
-		return answerUnknown, err
+		return upstreamAnswer{}, err
 	}
 	resp, err := f.client.Do(req)
 	if err != nil {
-		return answerUnknown, err
+		return upstreamAnswer{}, err
 	}
-	drainClose(resp.Body)
+	defer drainClose(resp.Body)
 	switch resp.StatusCode {
 	case http.StatusOK:
-		return answerPublic, nil
 	case http.StatusNotFound:
-		return answerPrivate, nil
+		return upstreamAnswer{kind: answerPrivate}, nil
+	default:
+		return upstreamAnswer{}, fmt.Errorf("GET %s: HTTP %d", req.URL, resp.StatusCode)
 	}
-	return answerUnknown, fmt.Errorf("HEAD %s: HTTP %d", req.URL, resp.StatusCode)
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxUpstreamNarInfo+1))
+	if err != nil {
+		return upstreamAnswer{}, fmt.Errorf("GET %s: %w", req.URL, err)
+	}
+	ni, err := parseUpstreamNarInfo(body, hash)
+	if err != nil {
+		return upstreamAnswer{}, fmt.Errorf("GET %s: %w", req.URL, err)
+	}
+	a := upstreamAnswer{kind: answerPublic}
+	a.narHash, _ = narHashDigest(ni) // CheckNarInfo made sure it is one
+	return a, nil
 }
 
 // Health reports whether the upstream answers the filter's checks.
@@ -457,6 +543,7 @@ func (f *Filter) Stats() FilterStats {
 		Shared:            f.shared.Load(),
 		RefusedPattern:    f.refusedPattern.Load(),
 		RefusedPrivate:    f.refusedPrivate.Load(),
+		RefusedOtherBuild: f.refusedOther.Load(),
 		Unknown:           f.unknown.Load(),
 		SharedBySignature: f.bySignature.Load(),
 		UpstreamChecks:    f.checks.Load(),
@@ -477,7 +564,7 @@ func (s *filteredStore) NarInfo(ctx context.Context, hash string) (*narinfo.NarI
 	if err != nil {
 		return nil, err
 	}
-	if d := s.f.Decide(ctx, hash, ni); d != Shared {
+	if d := s.f.decideCounted(ctx, hash, ni, !s.f.fromMem); d != Shared {
 		return nil, fmt.Errorf("%s: %s: %w", hash, d, store.ErrRefused)
 	}
 	return ni, nil

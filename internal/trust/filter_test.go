@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
+	"github.com/nix-community/go-nix/pkg/nixhash"
 
 	"github.com/peerix/peerix/internal/store"
 )
@@ -32,38 +33,59 @@ func TestFilterRules(t *testing.T) {
 		patterns []string
 		path     *spath
 		sign     []signature.SecretKey
-		status   int           // upstream's answer to the HEAD
+		status   int           // upstream's answer; 200 serves the same build's narinfo
+		body     string        // with status 200: this body instead
 		delay    time.Duration // before the upstream answers
 		want     Decision
-		heads    int64
+		requests int64
 	}
 	cases := []tc{
-		{name: "signed by upstream key, no network", path: newPath("hello-2.12", []byte("a")), sign: []signature.SecretKey{upKey}, status: 404, want: Shared, heads: 0},
-		{name: "signed by upstream key among others", path: newPath("hello-2.13", []byte("a")), sign: []signature.SecretKey{other, upKey}, status: 404, want: Shared, heads: 0},
-		{name: "forged: upstream's key name, other key", path: newPath("private-tool-1", []byte("a")), sign: []signature.SecretKey{forger}, status: 404, want: RefusedPrivate, heads: 1},
-		{name: "signed by another key only", path: newPath("private-tool-2", []byte("a")), sign: []signature.SecretKey{other}, status: 404, want: RefusedPrivate, heads: 1},
-		{name: "unsigned, upstream 200", path: newPath("built-here-but-public", []byte("a")), status: 200, want: Shared, heads: 1},
-		{name: "unsigned, upstream 404", path: newPath("my-app-0.1", []byte("a")), status: 404, want: RefusedPrivate, heads: 1},
-		{name: "unsigned, upstream 500", path: newPath("my-app-0.2", []byte("a")), status: 500, want: RefusedUnknown, heads: 1},
-		{name: "unsigned, upstream 403", path: newPath("my-app-0.3", []byte("a")), status: 403, want: RefusedUnknown, heads: 1},
-		{name: "unsigned, upstream times out", path: newPath("my-app-0.4", []byte("a")), status: 200, delay: 5 * time.Second, want: RefusedUnknown, heads: 1},
-		{name: "pattern denies although signed", path: newPath("db-secret.yaml", []byte("a")), sign: []signature.SecretKey{upKey}, status: 200, want: RefusedPattern, heads: 0},
-		{name: "pattern denies although upstream has it", path: newPath("nixos-system-host-24.05", []byte("a")), status: 200, want: RefusedPattern, heads: 0},
-		{name: "pattern is case-insensitive", path: newPath("Server.KEY", []byte("a")), status: 200, want: RefusedPattern, heads: 0},
-		{name: "user pattern", patterns: []string{"acme-*"}, path: newPath("acme-internal-1.0", []byte("a")), status: 200, want: RefusedPattern, heads: 0},
+		{name: "signed by upstream key, no network", path: newPath("hello-2.12", []byte("a")), sign: []signature.SecretKey{upKey}, status: 404, want: Shared, requests: 0},
+		{name: "signed by upstream key among others", path: newPath("hello-2.13", []byte("a")), sign: []signature.SecretKey{other, upKey}, status: 404, want: Shared, requests: 0},
+		{name: "forged: upstream's key name, other key", path: newPath("private-tool-1", []byte("a")), sign: []signature.SecretKey{forger}, status: 404, want: RefusedPrivate, requests: 1},
+		{name: "signed by another key only", path: newPath("private-tool-2", []byte("a")), sign: []signature.SecretKey{other}, status: 404, want: RefusedPrivate, requests: 1},
+		{name: "unsigned, upstream 200", path: newPath("built-here-but-public", []byte("a")), status: 200, want: Shared, requests: 1},
+		{name: "unsigned, upstream has another build", path: newPath("not-reproducible-1", []byte("a")), status: 200, body: "other", want: RefusedOtherBuild, requests: 1},
+		{name: "unsigned, upstream 200 with garbage", path: newPath("my-app-0.9", []byte("a")), status: 200, body: "garbage", want: RefusedUnknown, requests: 1},
+		{name: "unsigned, upstream 200 for another path", path: newPath("my-app-0.10", []byte("a")), status: 200, body: "another", want: RefusedUnknown, requests: 1},
+		{name: "unsigned, upstream 404", path: newPath("my-app-0.1", []byte("a")), status: 404, want: RefusedPrivate, requests: 1},
+		{name: "unsigned, upstream 500", path: newPath("my-app-0.2", []byte("a")), status: 500, want: RefusedUnknown, requests: 1},
+		{name: "unsigned, upstream 403", path: newPath("my-app-0.3", []byte("a")), status: 403, want: RefusedUnknown, requests: 1},
+		{name: "unsigned, upstream times out", path: newPath("my-app-0.4", []byte("a")), status: 200, delay: 5 * time.Second, want: RefusedUnknown, requests: 1},
+		{name: "pattern denies although signed", path: newPath("db-secret.yaml", []byte("a")), sign: []signature.SecretKey{upKey}, status: 200, want: RefusedPattern, requests: 0},
+		{name: "pattern denies although upstream has it", path: newPath("nixos-system-host-24.05", []byte("a")), status: 200, want: RefusedPattern, requests: 0},
+		{name: "pattern is case-insensitive", path: newPath("Server.KEY", []byte("a")), status: 200, want: RefusedPattern, requests: 0},
+		{name: "user pattern", patterns: []string{"acme-*"}, path: newPath("acme-internal-1.0", []byte("a")), status: 200, want: RefusedPattern, requests: 0},
 		{name: "home-manager generation", path: newPath("home-manager-generation", []byte("a")), status: 200, want: RefusedPattern},
-		{name: "home-manager package itself is fine", path: newPath("home-manager-0-unstable-2024-05-01", []byte("a")), status: 200, want: Shared, heads: 1},
+		{name: "home-manager package itself is fine", path: newPath("home-manager-0-unstable-2024-05-01", []byte("a")), status: 200, want: Shared, requests: 1},
 		{name: "libsecret is fine", path: newPath("libsecret-0.21.4", []byte("a")), sign: []signature.SecretKey{upKey}, want: Shared},
-		{name: "patterns mode: unsigned private path shared", mode: ModePatterns, path: newPath("my-app-0.5", []byte("a")), status: 404, want: Shared, heads: 0},
+		{name: "patterns mode: unsigned private path shared", mode: ModePatterns, path: newPath("my-app-0.5", []byte("a")), status: 404, want: Shared, requests: 0},
 		{name: "patterns mode: secret refused", mode: ModePatterns, path: newPath("wg-private-key", []byte("a")), want: RefusedPattern},
 		{name: "patterns mode: user pattern", mode: ModePatterns, patterns: []string{"*-corp-*"}, path: newPath("tool-corp-3", []byte("a")), want: RefusedPattern},
-		{name: "none mode: private path shared", mode: ModeNone, path: newPath("my-app-0.6", []byte("a")), status: 500, want: Shared, heads: 0},
-		{name: "none mode: secret shared", mode: ModeNone, path: newPath("secrets.json", []byte("a")), want: Shared, heads: 0},
+		{name: "none mode: private path shared", mode: ModeNone, path: newPath("my-app-0.6", []byte("a")), status: 500, want: Shared, requests: 0},
+		{name: "none mode: secret shared", mode: ModeNone, path: newPath("secrets.json", []byte("a")), want: Shared, requests: 0},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			up := newUpstream(t)
 			up.set(c.path.hash, c.status)
+			if c.status == 200 {
+				switch c.body {
+				case "":
+					up.has(c.path)
+				case "other": // same path, another NAR
+					up.publish((&spath{hash: c.path.hash, name: c.path.name, nar: []byte("b")}).narInfo(localPrefix))
+				case "another":
+					other := newPath("else", []byte("a")).narInfo(localPrefix)
+					up.mu.Lock()
+					up.bodies[c.path.hash] = []byte(other.String())
+					up.mu.Unlock()
+				default:
+					up.mu.Lock()
+					up.bodies[c.path.hash] = []byte(c.body)
+					up.mu.Unlock()
+				}
+			}
 			up.delay = c.delay
 			f, err := NewFilter(FilterOptions{
 				Mode: c.mode, Patterns: c.patterns, Upstream: up.URL, UpstreamPublicKey: upPub,
@@ -81,8 +103,11 @@ func TestFilterRules(t *testing.T) {
 			if got := f.Decide(context.Background(), c.path.hash, ni); got != c.want {
 				t.Errorf("Decide = %v, want %v", got, c.want)
 			}
-			if got := up.heads.Load(); got != c.heads {
-				t.Errorf("HEAD requests = %d, want %d", got, c.heads)
+			if got := up.requests(); got != c.requests {
+				t.Errorf("upstream requests = %d, want %d", got, c.requests)
+			}
+			if up.heads.Load() != 0 {
+				t.Errorf("%d HEAD requests: the filter must GET the narinfo to compare builds", up.heads.Load())
 			}
 
 			// Every way out agrees: narinfo, NAR, Shareable.
@@ -132,8 +157,8 @@ func TestFilterRealCacheNixosOrgSignature(t *testing.T) {
 	if d := f.Decide(context.Background(), "syd87l2rxw8cbsxmxl853h0r6pdwhwjr", ni); d != Shared {
 		t.Errorf("real cache.nixos.org path: %v", d)
 	}
-	if up.heads.Load() != 0 {
-		t.Errorf("HEAD sent for a path signed by cache.nixos.org")
+	if up.requests() != 0 {
+		t.Errorf("upstream asked about a path signed by cache.nixos.org")
 	}
 	// The same record with its NarSize changed no longer verifies.
 	tampered := *ni
@@ -199,8 +224,8 @@ func TestFilterNoKeyChecksEverything(t *testing.T) {
 	if d := f.Decide(context.Background(), p.hash, p.narInfo(localPrefix, upKey)); d != RefusedPrivate {
 		t.Errorf("decision %v", d)
 	}
-	if up.heads.Load() != 1 {
-		t.Errorf("HEADs = %d", up.heads.Load())
+	if up.requests() != 1 {
+		t.Errorf("upstream requests = %d", up.requests())
 	}
 }
 
@@ -290,39 +315,39 @@ func testFilterCacheExpiry(t *testing.T, up *upstream) {
 	defer f.Close()
 	ctx := context.Background()
 	pub, priv, unk := newPath("pub", []byte("a")), newPath("priv", []byte("b")), newPath("unk", []byte("c"))
-	up.set(pub.hash, 200)
+	up.has(pub)
 	up.set(priv.hash, 404)
 	up.set(unk.hash, 502)
 	decide := func(p *spath) Decision { return f.Decide(ctx, p.hash, p.narInfo(localPrefix)) }
-	heads := func() int64 { return up.heads.Load() }
+	heads := func() int64 { return up.requests() }
 
 	if decide(pub) != Shared || decide(priv) != RefusedPrivate || decide(unk) != RefusedUnknown || heads() != 3 {
-		t.Fatalf("first decisions wrong, %d HEADs", heads())
+		t.Fatalf("first decisions wrong, %d requests", heads())
 	}
 	// Everything cached for now.
 	if decide(pub) != Shared || decide(priv) != RefusedPrivate || decide(unk) != RefusedUnknown || heads() != 3 {
-		t.Fatalf("cached decisions wrong, %d HEADs", heads())
+		t.Fatalf("cached decisions wrong, %d requests", heads())
 	}
 	// The upstream changes its mind about all three.
 	up.set(pub.hash, 404)
-	up.set(priv.hash, 200)
-	up.set(unk.hash, 200)
+	up.has(priv)
+	up.has(unk)
 
 	time.Sleep(DefaultUnknownTTL + time.Second) // unknown expires
 	if decide(unk) != Shared || decide(pub) != Shared || decide(priv) != RefusedPrivate || heads() != 4 {
-		t.Fatalf("after %v: wrong, %d HEADs", DefaultUnknownTTL, heads())
+		t.Fatalf("after %v: wrong, %d requests", DefaultUnknownTTL, heads())
 	}
 	time.Sleep(DefaultNegativeTTL) // negative expires
 	if decide(priv) != Shared || decide(pub) != Shared || heads() != 5 {
-		t.Fatalf("after 1 h: wrong, %d HEADs", heads())
+		t.Fatalf("after 1 h: wrong, %d requests", heads())
 	}
 	time.Sleep(DefaultPositiveTTL - DefaultNegativeTTL - DefaultUnknownTTL - 2*time.Second) // just before 24 h
 	if decide(pub) != Shared || heads() != 5 {
-		t.Fatalf("before 24 h: wrong, %d HEADs", heads())
+		t.Fatalf("before 24 h: wrong, %d requests", heads())
 	}
 	time.Sleep(2 * time.Second) // 24 h and a second
 	if decide(pub) != RefusedPrivate || heads() != 6 {
-		t.Fatalf("after 24 h: wrong, %d HEADs", heads())
+		t.Fatalf("after 24 h: wrong, %d requests", heads())
 	}
 	st := f.Stats()
 	if st.CacheHits == 0 || st.UpstreamChecks != 6 || st.UpstreamErrors != 1 {
@@ -342,7 +367,7 @@ func testFilterDiskCache(t *testing.T, up *upstream) {
 	dir := t.TempDir()
 	opts := FilterOptions{Upstream: up.URL, StateDir: dir, HTTPClient: up.inProcess()}
 	pub, priv, unk := newPath("pub", []byte("a")), newPath("priv", []byte("b")), newPath("unk", []byte("c"))
-	up.set(pub.hash, 200)
+	up.has(pub)
 	up.set(priv.hash, 404)
 	up.set(unk.hash, 500)
 	ctx := context.Background()
@@ -363,7 +388,7 @@ func testFilterDiskCache(t *testing.T, up *upstream) {
 		t.Fatal(err)
 	}
 	text := string(data)
-	if !strings.HasPrefix(text, cacheHeader+"\n") || !strings.Contains(text, pub.hash+" p ") ||
+	if !strings.HasPrefix(text, cacheHeader+"\n") || !strings.Contains(text, pub.hash+" p "+pub.narHash().Format(nixhash.NixBase32, false)+" ") ||
 		!strings.Contains(text, priv.hash+" n ") || strings.Contains(text, unk.hash) {
 		t.Fatalf("cache file:\n%s", text)
 	}
@@ -376,7 +401,7 @@ func testFilterDiskCache(t *testing.T, up *upstream) {
 	up.def = 500
 	up.set(pub.hash, 500)
 	up.set(priv.hash, 500)
-	before := up.heads.Load()
+	before := up.requests()
 	f2, err := NewFilter(opts)
 	if err != nil {
 		t.Fatal(err)
@@ -387,7 +412,7 @@ func testFilterDiskCache(t *testing.T, up *upstream) {
 	if d := f2.Decide(ctx, priv.hash, priv.narInfo(localPrefix)); d != RefusedPrivate {
 		t.Errorf("reloaded private: %v", d)
 	}
-	if up.heads.Load() != before {
+	if up.requests() != before {
 		t.Errorf("upstream asked despite the cache")
 	}
 	f2.Close()
@@ -410,7 +435,7 @@ func testFilterDiskCache(t *testing.T, up *upstream) {
 func TestFilterDiskCacheClampsExpiry(t *testing.T) {
 	now := time.Unix(1_700_000_000, 0)
 	h := hashOf("x")
-	data := fmt.Sprintf("%s\n%s p %d\n", cacheHeader, h, now.Add(365*24*time.Hour).Unix())
+	data := fmt.Sprintf("%s\n%s p %s %d\n", cacheHeader, h, strings.Repeat("1", 52), now.Add(365*24*time.Hour).Unix())
 	entries, err := parseCache([]byte(data), now, time.Hour, time.Hour)
 	if err != nil {
 		t.Fatal(err)
@@ -423,12 +448,16 @@ func TestFilterDiskCacheClampsExpiry(t *testing.T) {
 func TestFilterCorruptDiskCache(t *testing.T) {
 	h := hashOf("x")
 	for name, content := range map[string]string{
-		"garbage":      "\x00\x01garbage\n",
-		"wrong header": "peerix-filter-cache 9\n" + h + " p 99999999999\n",
-		"bad line":     cacheHeader + "\n" + h + " p 99999999999\nnot a line\n",
-		"bad answer":   cacheHeader + "\n" + h + " y 99999999999\n",
-		"bad hash":     cacheHeader + "\n" + strings.Repeat("e", 32) + " p 99999999999\n",
-		"truncated":    cacheHeader + "\n" + h + " p 999",
+		"garbage":              "\x00\x01garbage\n",
+		"wrong header":         "peerix-filter-cache 9\n" + h + " p 99999999999\n",
+		"bad line":             cacheHeader + "\n" + h + " p 99999999999\nnot a line\n",
+		"bad answer":           cacheHeader + "\n" + h + " y 99999999999\n",
+		"bad hash":             cacheHeader + "\n" + strings.Repeat("e", 32) + " p 99999999999\n",
+		"truncated":            cacheHeader + "\n" + h + " p 999",
+		"no NarHash":           cacheHeader + "\n" + h + " p 99999999999\n",
+		"bad NarHash":          cacheHeader + "\n" + h + " p " + strings.Repeat("e", 52) + " 99999999999\n",
+		"short NarHash":        cacheHeader + "\n" + h + " p " + strings.Repeat("1", 51) + " 99999999999\n",
+		"private with NarHash": cacheHeader + "\n" + h + " n " + strings.Repeat("1", 52) + " 99999999999\n",
 	} {
 		t.Run(name, func(t *testing.T) {
 			dir := t.TempDir()
@@ -461,6 +490,32 @@ func TestFilterCorruptDiskCache(t *testing.T) {
 	}
 }
 
+// A cache of version 1 said only that the upstream has a path, not which
+// build: it is ignored (without a warning) and rewritten.
+func TestFilterOldDiskCache(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, FilterCacheFile)
+	p := newPath("x", []byte("a"))
+	if err := os.WriteFile(file, []byte("peerix-filter-cache 1\n"+p.hash+" p 99999999999\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var logs logBuffer
+	up := newUpstream(t) // 404 for all
+	f, err := NewFilter(FilterOptions{Upstream: up.URL, StateDir: dir, Log: newLogger(&logs)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Stats().CacheEntries != 0 || strings.Contains(logs.String(), "corrupt") || !strings.Contains(logs.String(), "older version") {
+		t.Errorf("version 1 cache: %d entries loaded; log:\n%s", f.Stats().CacheEntries, logs.String())
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if data, _ := os.ReadFile(file); string(data) != cacheHeader+"\n" {
+		t.Errorf("version 1 cache not rewritten:\n%q", data)
+	}
+}
+
 func TestFilterPeriodicSave(t *testing.T) {
 	dir := t.TempDir()
 	up := newUpstream(t)
@@ -484,7 +539,6 @@ func TestFilterPeriodicSave(t *testing.T) {
 func TestFilterBoundedConcurrency(t *testing.T) {
 	up := newUpstream(t)
 	up.delay = 30 * time.Millisecond
-	up.def = 200
 	f, err := NewFilter(FilterOptions{Upstream: up.URL, Concurrency: 8})
 	if err != nil {
 		t.Fatal(err)
@@ -495,12 +549,13 @@ func TestFilterBoundedConcurrency(t *testing.T) {
 	for i := range 40 {
 		p := newPath(fmt.Sprintf("p%d", i), []byte("a"))
 		local.add(p.narInfo(localPrefix), p.nar)
+		up.has(p)
 		paths = append(paths, p)
 	}
 	f.Wrap(local)
 	var wg sync.WaitGroup
 	for _, p := range paths {
-		for range 5 { // five askers per path: one HEAD each
+		for range 5 { // five askers per path: one request in all
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -512,23 +567,23 @@ func TestFilterBoundedConcurrency(t *testing.T) {
 	}
 	wg.Wait()
 	if got := up.maxIn.Load(); got > 8 || got < 2 {
-		t.Errorf("max HEADs in flight = %d, want 2..8", got)
+		t.Errorf("max requests in flight = %d, want 2..8", got)
 	}
-	if got := up.heads.Load(); got != 40 {
-		t.Errorf("HEADs = %d, want 40 (one per path)", got)
+	if got := up.requests(); got != 40 {
+		t.Errorf("upstream requests = %d, want 40 (one per path)", got)
 	}
 }
 
 func TestFilterCallerGivesUp(t *testing.T) {
 	up := newUpstream(t)
 	up.delay = 200 * time.Millisecond
-	up.def = 200
 	f, err := NewFilter(FilterOptions{Upstream: up.URL})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
 	p := newPath("x", []byte("a"))
+	up.has(p)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer cancel()
 	if d := f.Decide(ctx, p.hash, p.narInfo(localPrefix)); d != RefusedUnknown {
@@ -538,8 +593,8 @@ func TestFilterCallerGivesUp(t *testing.T) {
 	for deadline := time.Now().Add(5 * time.Second); f.Stats().CacheEntries == 0 && time.Now().Before(deadline); {
 		time.Sleep(10 * time.Millisecond)
 	}
-	if d := f.Decide(context.Background(), p.hash, p.narInfo(localPrefix)); d != Shared || up.heads.Load() != 1 {
-		t.Errorf("next caller: %v, %d HEADs", d, up.heads.Load())
+	if d := f.Decide(context.Background(), p.hash, p.narInfo(localPrefix)); d != Shared || up.requests() != 1 {
+		t.Errorf("next caller: %v, %d requests", d, up.requests())
 	}
 }
 
@@ -650,5 +705,82 @@ func TestFilterVerdictFollowsNarInfo(t *testing.T) {
 	want := FilterStats{Shared: 3, SharedBySignature: 3, RefusedPattern: 1, RefusedPrivate: 2, UpstreamChecks: 2, CacheEntries: 1}
 	if got := f.Stats(); got != want {
 		t.Errorf("stats %+v, want %+v", got, want)
+	}
+}
+
+// Answering from memory, the peer-facing store never waits for the
+// upstream: a path not decided yet is refused at once, as fast as an
+// absent one, and decided in the background for the next request; an
+// expired answer serves while a fresh one is fetched.
+func TestFilterAnswerFromMemory(t *testing.T) {
+	up := newUpstream(t)
+	synctest.Test(t, func(t *testing.T) { testFilterAnswerFromMemory(t, up) })
+}
+
+func testFilterAnswerFromMemory(t *testing.T, up *upstream) {
+	pub, priv := newPath("pub", []byte("a")), newPath("priv", []byte("b"))
+	up.has(pub)
+	up.set(priv.hash, 404)
+	up.delay = 2 * time.Second
+	f, err := NewFilter(FilterOptions{Upstream: up.URL, HTTPClient: up.inProcess(), AnswerFromMemory: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	local := newFakeStore()
+	for _, p := range []*spath{pub, priv} {
+		local.add(p.narInfo(localPrefix), p.nar)
+	}
+	shared := f.Wrap(local)
+	ctx := context.Background()
+	absent := hashOf("absent")
+
+	start := time.Now()
+	for _, h := range []string{pub.hash, priv.hash} {
+		if _, err := shared.NarInfo(ctx, h); !errors.Is(err, store.ErrRefused) {
+			t.Errorf("undecided %s: err %v, want ErrRefused at once", h, err)
+		}
+		if _, err := shared.NAR(ctx, localPrefix+h+"-"+strings.Repeat("1", 52)+".nar", 0); err == nil {
+			t.Errorf("undecided %s: NAR served", h)
+		}
+	}
+	if _, err := shared.NarInfo(ctx, absent); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("absent: %v", err)
+	}
+	if took := time.Since(start); took != 0 {
+		t.Errorf("answers from memory took %v (the upstream takes %v)", took, up.delay)
+	}
+	synctest.Wait()
+	time.Sleep(backgroundPause + up.delay)
+	synctest.Wait()
+	if got := up.requests(); got != 2 {
+		t.Errorf("background checks: %d upstream requests, want 2", got)
+	}
+	if _, err := shared.NarInfo(ctx, pub.hash); err != nil {
+		t.Errorf("public path once decided: %v", err)
+	}
+	if _, err := shared.NarInfo(ctx, priv.hash); !errors.Is(err, store.ErrRefused) {
+		t.Errorf("private path once decided: %v", err)
+	}
+
+	// The upstream drops the public path; after 24 h the old answer still
+	// serves (at once) while the new one is fetched, then the new one.
+	up.set(pub.hash, 404)
+	time.Sleep(DefaultPositiveTTL)
+	start = time.Now()
+	if _, err := shared.NarInfo(ctx, pub.hash); err != nil || time.Since(start) != 0 {
+		t.Errorf("expired answer: err %v after %v, want the old answer at once", err, time.Since(start))
+	}
+	time.Sleep(backgroundPause + up.delay)
+	synctest.Wait()
+	if _, err := shared.NarInfo(ctx, pub.hash); !errors.Is(err, store.ErrRefused) {
+		t.Errorf("after the refresh: %v, want ErrRefused", err)
+	}
+	// Shareable (announcements, summaries) still waits for the upstream.
+	other := newPath("other", []byte("c"))
+	local.add(other.narInfo(localPrefix), other.nar)
+	up.has(other)
+	if !f.Shareable(ctx, other.hash) {
+		t.Error("Shareable did not wait for the upstream")
 	}
 }

@@ -2,8 +2,10 @@ package trust
 
 import (
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nix-community/go-nix/pkg/narinfo/signature"
 	"github.com/nix-community/go-nix/pkg/nixhash"
@@ -53,5 +55,46 @@ func FuzzParseUpstreamNarInfo(f *testing.F) {
 		signing.Verify(ni, []signature.PublicKey{key})
 		differs(ni, ni)
 		nameOfStorePath(ni.StorePath)
+	})
+}
+
+// FuzzParseFilterCache: the filter cache file is read back at start; any
+// bytes must parse or be refused, never panic, and what parses must be
+// written back the same (sorted, and less what expired).
+func FuzzParseFilterCache(f *testing.F) {
+	h := hashOf("x")
+	nh := strings.Repeat("1", 52)
+	f.Add([]byte(cacheHeader + "\n" + h + " p " + nh + " 99999999999\n" + hashOf("y") + " n 99999999999\n"))
+	f.Add([]byte(cacheHeader + "\n" + h + " p " + nh + " 1\n"))
+	f.Add([]byte(cacheHeaderV1 + "\n" + h + " p 99999999999\n"))
+	f.Add([]byte(cacheHeader + "\n" + h + " n 99999999999 x\n"))
+	f.Add([]byte(cacheHeader + "\n"))
+	f.Add([]byte(""))
+	now := time.Unix(1_700_000_000, 0)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		entries, err := parseCache(data, now, 24*time.Hour, time.Hour)
+		if err != nil {
+			return
+		}
+		file := filepath.Join(t.TempDir(), "cache")
+		if err := writeCacheFile(file, entries); err != nil {
+			t.Fatal(err)
+		}
+		back, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		again, err := parseCache(back, now, 24*time.Hour, time.Hour)
+		if err != nil {
+			t.Fatalf("written cache does not parse: %v\n%s", err, back)
+		}
+		if len(again) != len(entries) {
+			t.Fatalf("%d entries, %d after a round trip", len(entries), len(again))
+		}
+		for k, e := range entries {
+			if g := again[k]; g.v != e.v || g.exp.Unix() != e.exp.Unix() {
+				t.Fatalf("%s: %+v, %+v after a round trip", k, e, g)
+			}
+		}
 	})
 }

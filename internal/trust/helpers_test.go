@@ -184,6 +184,12 @@ func (u *upstream) serve(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(status)
 }
 
+// requests counts the requests the upstream got, HEAD or GET.
+func (u *upstream) requests() int64 { return u.heads.Load() + u.gets.Load() }
+
+// has makes the upstream serve p's narinfo: the same build as the local one.
+func (u *upstream) has(p *spath) { u.publish(p.narInfo(localPrefix)) }
+
 func (u *upstream) set(hash string, status int) {
 	u.mu.Lock()
 	u.status[hash] = status

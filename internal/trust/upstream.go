@@ -196,19 +196,13 @@ func newMemo[V any](base context.Context, concurrency, maxEntries int) *memo[V] 
 // from memory. If ctx ends first, get returns ctx's error.
 func (m *memo[V]) get(ctx context.Context, key string, fetch func(ctx context.Context) (V, time.Duration)) (v V, hit bool, err error) {
 	m.mu.Lock()
-	if e, ok := m.entries[key]; ok {
-		if time.Now().Before(e.exp) {
-			m.mu.Unlock()
-			return e.v, true, nil
-		}
-		delete(m.entries, key)
+	if e, ok := m.entries[key]; ok && time.Now().Before(e.exp) {
+		m.mu.Unlock()
+		return e.v, true, nil
 	}
-	f := m.flights[key]
-	if f == nil {
-		f = &flight[V]{done: make(chan struct{})}
-		m.flights[key] = f
-		go m.run(key, f, fetch)
-	}
+	// An expired entry stays until the fetch replaces it: peek serves it
+	// meanwhile.
+	f := m.startLocked(key, 0, fetch)
 	m.mu.Unlock()
 	select {
 	case <-f.done:
@@ -216,6 +210,38 @@ func (m *memo[V]) get(ctx context.Context, key string, fetch func(ctx context.Co
 	case <-ctx.Done():
 		return v, false, ctx.Err()
 	}
+}
+
+// peek returns the value remembered for key, fresh or expired, without
+// waiting. Unless it is fresh, a fetch runs in the background, as get
+// would run it (one per key at a time), starting after a pause of after:
+// the caller's answer leaves before the fetch costs anything. ok is false
+// when nothing is remembered for key.
+func (m *memo[V]) peek(key string, after time.Duration, fetch func(ctx context.Context) (V, time.Duration)) (v V, ok bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e, ok := m.entries[key]
+	if ok && time.Now().Before(e.exp) {
+		return e.v, true
+	}
+	m.startLocked(key, after, fetch)
+	return e.v, ok
+}
+
+// startLocked returns the fetch of key in flight, starting one (after a
+// pause of after) if there is none. Called with m.mu held.
+func (m *memo[V]) startLocked(key string, after time.Duration, fetch func(ctx context.Context) (V, time.Duration)) *flight[V] {
+	f := m.flights[key]
+	if f == nil {
+		f = &flight[V]{done: make(chan struct{})}
+		m.flights[key] = f
+		if after > 0 {
+			time.AfterFunc(after, func() { m.run(key, f, fetch) })
+		} else {
+			go m.run(key, f, fetch)
+		}
+	}
+	return f
 }
 
 func (m *memo[V]) run(key string, f *flight[V], fetch func(ctx context.Context) (V, time.Duration)) {

@@ -72,6 +72,9 @@ type peerixOptions struct {
 	// what is still missing, "" when the process is ready. It may fill in
 	// fields of p (a daemon's peer ID).
 	ready func(p *peerixProc, body []byte) (missing string)
+	// nofile, if set, is the process's limit of open files (soft and hard,
+	// set with prlimit before peerix starts).
+	nofile int
 	// bin is the peerix binary; empty: the one built for the run.
 	bin string
 }
@@ -164,6 +167,11 @@ func startOnce(t testing.TB, opts peerixOptions) (*peerixProc, error) {
 	p.client = &http.Client{Timeout: requestTimeout, Transport: &http.Transport{DisableCompression: true}}
 	args := append(slices.Clone(opts.args), "--listen", opts.listen)
 	bin := cmp.Or(opts.bin, peerixBin)
+	if opts.nofile > 0 {
+		// prlimit execs peerix: the process (and its pid) is peerix's.
+		args = append([]string{fmt.Sprintf("--nofile=%d:%d", opts.nofile, opts.nofile), "--", bin}, args...)
+		bin = "prlimit"
+	}
 	if h := opts.host; h != nil {
 		p.hostURL = "http://" + net.JoinHostPort(h.addr.String(), port)
 		p.client = h.httpClient()
@@ -352,6 +360,12 @@ func (p *peerixProc) logLines(max int, words ...string) []string {
 		}
 	}
 	return out
+}
+
+// openFiles counts the process's open file descriptors (/proc/<pid>/fd).
+func (p *peerixProc) openFiles() (int, error) {
+	es, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", p.cmd.Process.Pid))
+	return len(es), err
 }
 
 // vmMiB returns the process's VmRSS and VmHWM from /proc, in MiB.

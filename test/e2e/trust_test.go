@@ -207,14 +207,20 @@ func TestTrustLAN(t *testing.T) {
 	}
 	upKey := strings.TrimSpace(string(pubKeyBytes))
 	cacheDir := filepath.Join(t.TempDir(), "cache")
+	// otherBuild is public, but A's build of it is not the upstream's (a
+	// build that is not reproducible): another NarHash.
+	otherBuild, err := nixtest.AddFile(t.Context(), "auto", "peerix-trust-other-build-"+randomNix32(8), []byte("built twice"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	if r := nix3(t, "copy", "--to", "file://"+cacheDir+"?compression=none&secret-key="+upSec,
-		fx.public, fx.denyme, fx.secret, fx.tampered); r.err != nil {
+		fx.public, fx.denyme, fx.secret, fx.tampered, otherBuild); r.err != nil {
 		t.Fatalf("filling the upstream cache:\n%v", r)
 	}
 
-	// A's store holds all five; B's is empty.
+	// A's store holds all six; B's is empty.
 	aStore := initStore(t, "a-store")
-	all := []string{fx.public, fx.private, fx.denyme, fx.secret, fx.tampered}
+	all := []string{fx.public, fx.private, fx.denyme, fx.secret, fx.tampered, otherBuild}
 	if r := nix3(t, append([]string{"copy", "--no-check-sigs", "--to", aStore}, all...)...); r.err != nil {
 		t.Fatalf("filling A's store:\n%v", r)
 	}
@@ -227,6 +233,8 @@ func TestTrustLAN(t *testing.T) {
 		t.Fatal(err)
 	}
 	tamper(t, aStore, fx.tampered, "data")
+	lieInDB(t, aStore, otherBuild)
+	narHash[otherBuild] = nixtest.MustInfo(t, aStore, otherBuild).NarHash
 	bStore := initStore(t, "b-store")
 	t.Logf("fixtures, upstream cache and stores ready after %v", time.Since(start).Round(time.Millisecond))
 
@@ -300,9 +308,25 @@ func TestTrustLAN(t *testing.T) {
 					}
 				}
 			}
-			// A's /local/ is open to peers: that one must be a plain 404.
-			if resp, _ := clientGet(t, bc, http.MethodGet, da.hostURL+"/local/"+h+".narinfo"); resp.StatusCode != http.StatusNotFound {
-				t.Errorf("GET %s/local/%s.narinfo from B: %s, want 404", da.hostURL, h, resp.Status)
+			// A's /local/ and /nar/ are open to peers: there the path must
+			// look exactly like one A does not hold (status, headers, body).
+			absent, absentNH := randomNix32(32), randomNix32(51)
+			absentNH = "1" + absentNH
+			for _, u := range [][2]string{
+				{"/local/" + h + ".narinfo", "/local/" + absent + ".narinfo"},
+				{"/local/nar/" + h + "-" + nh + ".nar", "/local/nar/" + absent + "-" + absentNH + ".nar"},
+				{"/nar/" + h + "-" + nh + ".nar", "/nar/" + absent + "-" + absentNH + ".nar"},
+			} {
+				for _, method := range []string{http.MethodGet, http.MethodHead} {
+					r1, b1 := clientGet(t, bc, method, da.hostURL+u[0])
+					r2, b2 := clientGet(t, bc, method, da.hostURL+u[1])
+					h1, h2 := r1.Header.Clone(), r2.Header.Clone()
+					h1.Del("Date")
+					h2.Del("Date")
+					if r1.StatusCode != http.StatusNotFound || r1.StatusCode != r2.StatusCode || !bytes.Equal(b1, b2) || fmt.Sprint(h1) != fmt.Sprint(h2) {
+						t.Errorf("%s %s from B differs from an absent path's answer:\n%s %v %q\n%s %v %q", method, u[0], r1.Status, h1, b1, r2.Status, h2, b2)
+					}
+				}
 			}
 			if answers := askLAN(t, probe, bcast, h, 600*time.Millisecond); len(answers) != 0 {
 				t.Errorf("LAN request for it was answered: %v", answers)
@@ -352,6 +376,26 @@ func TestTrustLAN(t *testing.T) {
 			if time.Now().After(deadline) {
 				t.Errorf("B's peerix never logged %q", aborted)
 				break
+			}
+		}
+	})
+
+	t.Run("another build of a public path stays home", func(t *testing.T) {
+		// A shares only the upstream's own build: its narinfo would
+		// contradict the upstream's, and B would take A for a liar.
+		h := hashPart(otherBuild)
+		if resp, body := clientGet(t, bc, http.MethodGet, da.hostURL+"/local/"+h+".narinfo"); resp.StatusCode != http.StatusNotFound {
+			t.Errorf("GET %s/local/%s.narinfo from B: %s, want 404\n%s", da.hostURL, h, resp.Status, body)
+		}
+		if answers := askLAN(t, probe, bcast, h, 600*time.Millisecond); len(answers) != 0 {
+			t.Errorf("LAN request for it was answered: %v", answers)
+		}
+		if resp, body := clientGet(t, db.client, http.MethodGet, db.url+"/"+h+".narinfo"); resp.StatusCode != http.StatusNotFound {
+			t.Errorf("GET /%s.narinfo from B's peerix: %s, want 404 (from the upstream, not from A)\n%s", h, resp.Status, body)
+		}
+		for _, l := range db.logLines(100, "peer lied") {
+			if strings.Contains(l, h) {
+				t.Errorf("B took A for a liar about its own build: %s", l)
 			}
 		}
 	})
