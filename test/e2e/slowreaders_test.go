@@ -163,8 +163,8 @@ func (l *latencies) summary() (p50, p99 time.Duration, success float64, n int) {
 }
 
 // watch samples T's open files and memory every 100 ms until ctx ends.
-func (w *attackWorld) watch(ctx context.Context) *usage {
-	u := &usage{done: make(chan struct{})}
+func (w *attackWorld) watch(ctx context.Context) *usageSamples {
+	u := &usageSamples{done: make(chan struct{})}
 	go func() {
 		defer close(u.done)
 		for {
@@ -188,14 +188,16 @@ func (w *attackWorld) watch(ctx context.Context) *usage {
 	return u
 }
 
-type usage struct {
+// usageSamples is what watch saw of T: its open descriptors over time, its
+// largest RSS.
+type usageSamples struct {
 	mu   sync.Mutex
 	fds  []int
 	rss  float64 // MiB, the most seen
 	done chan struct{}
 }
 
-func (u *usage) maxFDs() int {
+func (u *usageSamples) maxFDs() int {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	return slices.Max(append([]int{0}, u.fds...))
