@@ -131,9 +131,16 @@ type transfer struct {
 	// progress is told about the bytes as they arrive.
 	progress Progress
 
+	// hashMu guards h and hashed: the bytes of the current attempt
+	// [0, hashed) went into h, in order. A holder's goroutine hashes the
+	// bytes it brings as it writes them when they come right after
+	// (segmentSink.wrote); run hashes the others from the spool.
+	hashMu sync.Mutex
+	h      hash.Hash
+	hashed int64
+
 	// Owned by run.
 	spool   spool
-	h       hash.Hash
 	pos     int64          // bytes of the current attempt in the spool
 	spans   []span         // who sent which bytes of the current attempt
 	opens   map[string]int // sources opened, by holder
@@ -177,7 +184,10 @@ func (t *transfer) run(ctx context.Context) {
 			t.fail(err)
 			return
 		}
-		if bytes.Equal(t.h.Sum(nil), t.want) {
+		t.hashMu.Lock()
+		sum := t.h.Sum(nil)
+		t.hashMu.Unlock()
+		if bytes.Equal(sum, t.want) {
 			t.verified()
 			return
 		}
@@ -270,12 +280,21 @@ func (t *transfer) copyRange(ctx context.Context, c candidate, from, to int64, s
 		if len(p) == 0 {
 			return nil
 		}
-		m, err := body.Read(p)
+		// The whole piece before it is handed on: one write to the
+		// spool, one hash update, one wake-up of the reader, not one
+		// each per socket read.
+		m := 0
+		var err error
+		for m < len(p) && err == nil {
+			var k int
+			k, err = body.Read(p[m:])
+			m += k
+			progress.Add(int64(k)) // the watch sees every read
+		}
 		if m > 0 {
 			if werr := sink.wrote(p[:m]); werr != nil {
 				return werr
 			}
-			progress.Add(int64(m))
 			wire := int64(m)
 			if wb, ok := body.(interface{ WireBytes() int64 }); ok {
 				now := wb.WireBytes()
@@ -389,7 +408,10 @@ func (t *transfer) restart() error {
 	// once it is verified.
 	t.ready = t.forwarded
 	t.mu.Unlock()
+	t.hashMu.Lock()
 	t.h.Reset()
+	t.hashed = 0
+	t.hashMu.Unlock()
 	t.opens = map[string]int{}
 	return nil
 }
@@ -535,6 +557,31 @@ func (r *narReader) Read(p []byte) (int, error) {
 		return got, err
 	}
 	return got, nil
+}
+
+// WriteTo hands the NAR to w as trust allows, without a copy through a
+// buffer of ours: from a file spool as an *io.LimitedReader over the file,
+// which net/http's ReaderFrom sends to Nix's socket with sendfile; from a
+// memory spool straight from its memory.
+func (r *narReader) WriteTo(w io.Writer) (int64, error) {
+	t := r.t
+	var total int64
+	for r.pos < t.nar.Size {
+		ready, sp, err := t.wait(context.Background(), r.pos)
+		if err != nil {
+			return total, err
+		}
+		n, err := sp.writeTo(w, r.pos, ready-r.pos)
+		r.pos += n
+		total += n
+		t.mu.Lock()
+		t.forwarded = max(t.forwarded, r.pos)
+		t.mu.Unlock()
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, nil
 }
 
 func (r *narReader) Close() error { return r.t.Close() }
