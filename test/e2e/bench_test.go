@@ -276,7 +276,6 @@ func benchP2PVsRaw(b *testing.B, n *natNet, raw *rawP2P, da, db, dc *peerixProc,
 	tcp := after.from[ra] - before.from[ra] - udp
 	b.Logf("%d NARs of %d bytes through B: %d bytes came from A's router over TCP, %d over UDP (QUIC)", rounds, size, tcp, udp)
 	b.ReportMetric(float64(tcp)/float64(tcp+udp), "tcp-share")
-	b.Logf("B's TCP connections to A's router:\n%s", grepLines(nsRun(b, B.ns, "ss", "-tn"), ra.String()))
 	if tcp+udp < uint64(rounds)*uint64(size) {
 		b.Errorf("only %d of the %d bytes came directly from A", tcp+udp, uint64(rounds)*uint64(size))
 	}
@@ -298,7 +297,7 @@ func benchP2PVsRaw(b *testing.B, n *natNet, raw *rawP2P, da, db, dc *peerixProc,
 
 // waitDirect waits until d has a direct connection to peer p.
 func waitDirect(b *testing.B, d, p *peerixProc) {
-	waitFor(b, d.label+"'s direct link to "+p.label, 10*time.Second, func() (bool, string) {
+	took := waitFor(b, d.label+"'s direct link to "+p.label, 30*time.Second, func() (bool, string) {
 		ps, err := getAPIPeers(d)
 		if err != nil {
 			return false, err.Error()
@@ -310,6 +309,7 @@ func waitDirect(b *testing.B, d, p *peerixProc) {
 		}
 		return false, p.label + " not in " + d.label + "'s /api/peers"
 	})
+	b.Logf("%s reached %s directly %v after its first NAR", d.label, p.label, took.Round(time.Millisecond))
 }
 
 // benchP2PNAR fetches path's NAR from A through B's peerix once (which

@@ -237,14 +237,3 @@ func (n *natNet) openRawPort(b *testing.B, label string, port int) {
 		}
 	}
 }
-
-// grepLines returns the lines of text that contain s.
-func grepLines(text, s string) string {
-	var out []string
-	for _, l := range strings.Split(text, "\n") {
-		if strings.Contains(l, s) {
-			out = append(out, l)
-		}
-	}
-	return strings.Join(out, "\n")
-}
