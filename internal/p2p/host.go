@@ -19,6 +19,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/p2p/host/autorelay"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
@@ -126,6 +127,7 @@ func NewHost(ctx context.Context, key crypto.PrivKey, port int, relays []peer.Ad
 		h.cancel()
 		return nil, err
 	}
+	punch := &tcpFirst{tries: map[peer.ID]punchTries{}}
 	opts := []libp2p.Option{
 		libp2p.Identity(key),
 		libp2p.ListenAddrStrings(listen...),
@@ -134,7 +136,7 @@ func NewHost(ctx context.Context, key crypto.PrivKey, port int, relays []peer.Ad
 		libp2p.ConnectionManager(cm),
 		libp2p.ResourceManager(rm),
 		libp2p.EnableRelay(),
-		libp2p.EnableHolePunching(holepunch.WithAddrFilter(&tcpFirst{tries: map[peer.ID]punchTries{}}),
+		libp2p.EnableHolePunching(holepunch.WithAddrFilter(punch),
 			holepunch.DirectDialTimeout(punchTimeout)),
 		libp2p.EnableAutoRelayWithPeerSource(h.relaySource,
 			autorelay.WithMinCandidates(1),
@@ -158,6 +160,9 @@ func NewHost(ctx context.Context, key crypto.PrivKey, port int, relays []peer.Ad
 		return nil, fmt.Errorf("libp2p host on port %d: %w", port, err)
 	}
 	h.Host = lh
+	// Peers that punch TCP alone first say so (identify lists it).
+	lh.SetStreamHandler(TCPFirstProtocol, func(st network.Stream) { st.Reset() })
+	punch.setHost(lh)
 	return h, nil
 }
 
@@ -457,8 +462,14 @@ func (h *Host) trackerOnLoopback() bool {
 // simultaneous open), the next attempt, punchTimeout later, punches
 // both. Each end counts its attempts with a peer by the remote addresses
 // it is given (once an attempt on either side), so both ends dial the
-// same transports.
+// same transports. Only with peers that do the same (TCPFirstProtocol): a
+// peer of an older version punches every transport at once in each
+// attempt, and is punched that way.
 const (
+	// TCPFirstProtocol is not spoken: a peer that lists it (in identify)
+	// punches TCP alone in its first hole punching attempt.
+	TCPFirstProtocol protocol.ID = "/peerix/tcp-first-punch/1.0.0"
+
 	punchTimeout = 5 * time.Second
 	// punchTriesReset: attempts further apart than this are a new hole
 	// punch (after a lost connection), which tries TCP alone again.
@@ -473,12 +484,28 @@ type punchTries struct {
 // tcpFirst is a holepunch.AddrFilter.
 type tcpFirst struct {
 	mu    sync.Mutex
+	h     host.Host // nil until the host exists: no peer punches TCP first
 	tries map[peer.ID]punchTries
+}
+
+func (f *tcpFirst) setHost(h host.Host) {
+	f.mu.Lock()
+	f.h = h
+	f.mu.Unlock()
 }
 
 func (f *tcpFirst) FilterLocal(_ peer.ID, addrs []ma.Multiaddr) []ma.Multiaddr { return addrs }
 
 func (f *tcpFirst) FilterRemote(p peer.ID, addrs []ma.Multiaddr) []ma.Multiaddr {
+	f.mu.Lock()
+	h := f.h
+	f.mu.Unlock()
+	if h == nil {
+		return addrs
+	}
+	if ok, err := h.Peerstore().SupportsProtocols(p, TCPFirstProtocol); err != nil || len(ok) == 0 {
+		return addrs
+	}
 	f.mu.Lock()
 	now := time.Now()
 	for id, t := range f.tries {

@@ -390,12 +390,21 @@ func TestNARStreamPrefersTCP(t *testing.T) {
 	}
 }
 
-// Hole punching tries TCP alone first, then every transport; a peer with
-// no TCP address is punched with what it has.
+// Hole punching tries TCP alone first, then every transport, with peers
+// that do the same; a peer with no TCP address is punched with what it
+// has, an older peer with every transport.
 func TestHolePunchTriesTCPFirst(t *testing.T) {
 	tcp := ma.StringCast("/ip4/11.0.0.1/tcp/12306")
 	quic := ma.StringCast("/ip4/11.0.0.1/udp/12306/quic-v1")
+	h := newTestHost(t)
 	f := &tcpFirst{tries: map[peer.ID]punchTries{}}
+	f.setHost(h)
+	for _, p := range []peer.ID{"a", "b"} {
+		h.Peerstore().AddProtocols(p, TCPFirstProtocol)
+	}
+	if got := f.FilterRemote("old", []ma.Multiaddr{quic, tcp}); len(got) != 2 {
+		t.Errorf("a peer that does not punch TCP first: %v, want both", got)
+	}
 	if got := f.FilterRemote("a", []ma.Multiaddr{quic, tcp}); len(got) != 1 || !got[0].Equal(tcp) {
 		t.Errorf("first attempt: %v, want TCP alone", got)
 	}

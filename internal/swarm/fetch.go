@@ -131,16 +131,9 @@ type transfer struct {
 	// progress is told about the bytes as they arrive.
 	progress Progress
 
-	// hashMu guards h and hashed: the bytes of the current attempt
-	// [0, hashed) went into h, in order. A holder's goroutine hashes the
-	// bytes it brings as it writes them when they come right after
-	// (segmentSink.wrote); run hashes the others from the spool.
-	hashMu sync.Mutex
-	h      hash.Hash
-	hashed int64
-
 	// Owned by run.
 	spool   spool
+	h       hash.Hash
 	pos     int64          // bytes of the current attempt in the spool
 	spans   []span         // who sent which bytes of the current attempt
 	opens   map[string]int // sources opened, by holder
@@ -184,10 +177,7 @@ func (t *transfer) run(ctx context.Context) {
 			t.fail(err)
 			return
 		}
-		t.hashMu.Lock()
-		sum := t.h.Sum(nil)
-		t.hashMu.Unlock()
-		if bytes.Equal(sum, t.want) {
+		if bytes.Equal(t.h.Sum(nil), t.want) {
 			t.verified()
 			return
 		}
@@ -280,21 +270,12 @@ func (t *transfer) copyRange(ctx context.Context, c candidate, from, to int64, s
 		if len(p) == 0 {
 			return nil
 		}
-		// The whole piece before it is handed on: one write to the
-		// spool, one hash update, one wake-up of the reader, not one
-		// each per socket read.
-		m := 0
-		var err error
-		for m < len(p) && err == nil {
-			var k int
-			k, err = body.Read(p[m:])
-			m += k
-			progress.Add(int64(k)) // the watch sees every read
-		}
+		m, err := body.Read(p)
 		if m > 0 {
 			if werr := sink.wrote(p[:m]); werr != nil {
 				return werr
 			}
+			progress.Add(int64(m))
 			wire := int64(m)
 			if wb, ok := body.(interface{ WireBytes() int64 }); ok {
 				now := wb.WireBytes()
@@ -408,10 +389,7 @@ func (t *transfer) restart() error {
 	// once it is verified.
 	t.ready = t.forwarded
 	t.mu.Unlock()
-	t.hashMu.Lock()
 	t.h.Reset()
-	t.hashed = 0
-	t.hashMu.Unlock()
 	t.opens = map[string]int{}
 	return nil
 }

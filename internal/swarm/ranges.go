@@ -188,7 +188,6 @@ func (r *segments) arrived(pos int64) []span {
 
 // segmentSink takes the bytes of one holder's segment into the spool.
 type segmentSink struct {
-	t      *transfer
 	r      *segments
 	s      *segment
 	spool  spool
@@ -224,20 +223,9 @@ func (k *segmentSink) complete() bool {
 
 // wrote records that p, the start of what next returned, arrived.
 func (k *segmentSink) wrote(p []byte) error {
-	pos := k.s.pos // only this holder moves it
-	if _, err := k.spool.WriteAt(p, pos); err != nil {
+	if _, err := k.spool.WriteAt(p, k.s.pos); err != nil { // only this holder moves pos
 		return fmt.Errorf("%w: %w", errSpool, err)
 	}
-	// Hashed here, beside the copy, when the bytes come right after
-	// those hashed (always, from a single holder): no read back from the
-	// spool. Before pos moves, so that run does not hash them again.
-	t := k.t
-	t.hashMu.Lock()
-	if t.hashed == pos {
-		t.h.Write(p)
-		t.hashed += int64(len(p))
-	}
-	t.hashMu.Unlock()
 	k.r.mu.Lock()
 	k.s.pos += int64(len(p))
 	k.s.writing = max(k.s.writing, k.s.pos)
@@ -283,7 +271,7 @@ func (t *transfer) fill(ctx context.Context) error {
 			var err error
 			rate := 0.0
 			for s != nil {
-				err = t.copyRange(ctx, c, from, to, &segmentSink{t: t, r: r, s: s, spool: t.spool, notify: notify})
+				err = t.copyRange(ctx, c, from, to, &segmentSink{r: r, s: s, spool: t.spool, notify: notify})
 				rate = r.release(s, time.Now())
 				if err != nil {
 					break
@@ -362,18 +350,11 @@ func (t *transfer) fill(ctx context.Context) error {
 	}
 }
 
-// hashSpool hashes what holders' goroutines have not of [from, to), the
-// bytes right after those recorded so far.
+// hashSpool hashes [from, to) of the spool, which must be the bytes right
+// after those hashed so far.
 func (t *transfer) hashSpool(from, to int64) error {
-	t.hashMu.Lock()
-	defer t.hashMu.Unlock()
-	from = max(from, t.hashed)
-	if from >= to {
-		return nil
-	}
 	if p := t.spool.direct(from, to-from); p != nil {
 		t.h.Write(p)
-		t.hashed = to
 		return nil
 	}
 	buf := make([]byte, min(256<<10, to-from))
@@ -384,7 +365,6 @@ func (t *transfer) hashSpool(from, to int64) error {
 		}
 		t.h.Write(buf[:n])
 		pos += n
-		t.hashed = pos
 	}
 	return nil
 }
