@@ -7,14 +7,18 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"runtime"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
 	"github.com/nix-community/go-nix/pkg/nixhash"
 
 	"github.com/peerix/peerix/internal/cache"
@@ -393,5 +397,80 @@ func TestOpenNARRangesAndBlocks(t *testing.T) {
 	body.Close()
 	if err != nil || !bytes.Equal(got, text[100:1100]) {
 		t.Fatalf("range from a 1.0.0 server: %d bytes, %v", len(got), err)
+	}
+}
+
+// Where both transports reach the peer, both connections come up (the dial
+// ranker dials TCP beside QUIC) and NAR streams take the TCP one; where
+// only QUIC does, they go on QUIC.
+func TestNARStreamPrefersTCP(t *testing.T) {
+	for _, onlyQUIC := range []bool{false, true} {
+		t.Run(fmt.Sprintf("only QUIC %v", onlyQUIC), func(t *testing.T) {
+			server, client := newTestHost(t), newTestHost(t)
+			st := newMemStore()
+			srv := Serve(server, st, 0, testLog(t))
+			t.Cleanup(func() { srv.Close() })
+			ai := loopbackInfo(server)
+			if onlyQUIC {
+				ai.Addrs = slices.DeleteFunc(ai.Addrs, isTCP)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := client.Connect(ctx, ai); err != nil {
+				t.Fatal(err)
+			}
+			if !onlyQUIC {
+				for directTCPConn(client, server.ID()) == nil {
+					if ctx.Err() != nil {
+						t.Fatalf("no TCP connection beside QUIC: %v", client.Network().ConnsToPeer(server.ID()))
+					}
+					time.Sleep(10 * time.Millisecond)
+				}
+			}
+			data := bytes.Repeat([]byte("peerix"), 50<<10)
+			hash := randomHash(t)
+			e := st.add(hash, data)
+			_, body, err := OpenNAR(ctx, client, server.ID(), hash, narHashOf(e), 0, 0, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer body.Close()
+			got, err := io.ReadAll(body)
+			if err != nil || !bytes.Equal(got, data) {
+				t.Fatalf("NAR: %d bytes, %v", len(got), err)
+			}
+			if tcp := isTCP(body.(*narBody).st.Conn().RemoteMultiaddr()); tcp == onlyQUIC {
+				t.Errorf("NAR stream on %s", body.(*narBody).st.Conn().RemoteMultiaddr())
+			}
+		})
+	}
+}
+
+// Hole punching tries TCP alone first, then every transport, with peers
+// that do the same; a peer with no TCP address is punched with what it
+// has, an older peer with every transport.
+func TestHolePunchTriesTCPFirst(t *testing.T) {
+	tcp := ma.StringCast("/ip4/11.0.0.1/tcp/12306")
+	quic := ma.StringCast("/ip4/11.0.0.1/udp/12306/quic-v1")
+	h := newTestHost(t)
+	f := &tcpFirst{tries: map[peer.ID]punchTries{}}
+	f.setHost(h)
+	for _, p := range []peer.ID{"a", "b"} {
+		h.Peerstore().AddProtocols(p, TCPFirstProtocol)
+	}
+	if got := f.FilterRemote("old", []ma.Multiaddr{quic, tcp}); len(got) != 2 {
+		t.Errorf("a peer that does not punch TCP first: %v, want both", got)
+	}
+	if got := f.FilterRemote("a", []ma.Multiaddr{quic, tcp}); len(got) != 1 || !got[0].Equal(tcp) {
+		t.Errorf("first attempt: %v, want TCP alone", got)
+	}
+	if got := f.FilterRemote("a", []ma.Multiaddr{quic, tcp}); len(got) != 2 {
+		t.Errorf("second attempt: %v, want both", got)
+	}
+	if got := f.FilterRemote("b", []ma.Multiaddr{quic}); len(got) != 1 || !got[0].Equal(quic) {
+		t.Errorf("no TCP address: %v, want QUIC", got)
+	}
+	if got := f.FilterLocal("a", []ma.Multiaddr{quic, tcp}); len(got) != 2 {
+		t.Errorf("own addresses: %v, want all", got)
 	}
 }

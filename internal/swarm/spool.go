@@ -14,6 +14,9 @@ type spool interface {
 	// direct returns the spool's own memory for [off, off+n), to read
 	// into without a copy, or nil when the spool is a file.
 	direct(off, n int64) []byte
+	// writeTo writes [off, off+n) to w (only one reader of a spool at a
+	// time: a file spool's offset is the reader's).
+	writeTo(w io.Writer, off, n int64) (int64, error)
 	Close() error
 }
 
@@ -61,6 +64,14 @@ func (m *memSpool) WriteAt(p []byte, off int64) (int, error) {
 
 func (m *memSpool) direct(off, n int64) []byte { return m.b[off : off+n] }
 
+func (m *memSpool) writeTo(w io.Writer, off, n int64) (int64, error) {
+	k, err := w.Write(m.b[off : off+n])
+	if err == nil && int64(k) < n {
+		err = io.ErrShortWrite
+	}
+	return int64(k), err
+}
+
 func (m *memSpool) Close() error {
 	if m.release != nil {
 		m.release()
@@ -73,3 +84,16 @@ func (m *memSpool) Close() error {
 type fileSpool struct{ *os.File }
 
 func (fileSpool) direct(int64, int64) []byte { return nil }
+
+// writeTo hands w the file itself, limited: a socket's ReadFrom (net/http's
+// too) sends it with sendfile.
+func (f fileSpool) writeTo(w io.Writer, off, n int64) (int64, error) {
+	if _, err := f.Seek(off, io.SeekStart); err != nil {
+		return 0, err
+	}
+	k, err := io.Copy(w, &io.LimitedReader{R: f.File, N: n})
+	if err == nil && k < n {
+		err = io.ErrUnexpectedEOF
+	}
+	return k, err
+}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -588,4 +589,67 @@ func TestObserverSeesAFailure(t *testing.T) {
 			t.Errorf("observed %d bytes, done %v, err %v", obs.added, obs.done, obs.err)
 		}
 	})
+}
+
+// The NAR handed to a socket with WriteTo (as net/http does, which sends a
+// file spool with sendfile) is the NAR, from a memory or a file spool, from
+// the start or an offset, verified whole or streamed from a proven holder.
+func TestWriteToSocket(t *testing.T) {
+	tests := []struct {
+		name   string
+		size   int
+		offset int64
+		proven bool
+	}{
+		{name: "memory spool", size: 100 << 10},
+		{name: "file spool", size: swarm.MemorySpoolMax + 12345},
+		{name: "file spool at an offset", size: swarm.MemorySpoolMax + 12345, offset: 777},
+		{name: "file spool, proven holder", size: swarm.CutThroughMin + 3, proven: true},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := newContent(tt.size, uint64(20+i))
+			rep := swarm.NewReputation()
+			if tt.proven {
+				for range 4 {
+					rep.Delivered("a", 8<<20)
+				}
+			}
+			f := swarm.NewFinder(swarm.Options{Rep: rep, SpoolDir: t.TempDir()})
+			x := find(t, f, honest("a", c))
+			n, err := x.OpenNAR(t.Context(), c.narHash(), tt.offset)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer n.Close()
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			got := make(chan []byte, 1)
+			go func() {
+				conn, err := ln.Accept()
+				if err != nil {
+					got <- nil
+					return
+				}
+				defer conn.Close()
+				b, _ := io.ReadAll(conn)
+				got <- b
+			}()
+			conn, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			sent, err := io.Copy(conn, n) // n's WriteTo
+			conn.Close()
+			if err != nil || sent != int64(tt.size)-tt.offset {
+				t.Fatalf("WriteTo: %d bytes, %v; want %d", sent, err, int64(tt.size)-tt.offset)
+			}
+			if b := <-got; !bytes.Equal(b, c.nar[tt.offset:]) {
+				t.Fatalf("the socket got %d bytes, not the NAR from %d", len(b), tt.offset)
+			}
+		})
+	}
 }

@@ -40,7 +40,11 @@ import (
 func BenchmarkLAN(b *testing.B) {
 	paths := buildBenchPaths(b, "small", "big")
 	small, big := paths[0], paths[1]
-	lan := newLAN(b, "A", "B")
+	hosts := []string{"A", "B"}
+	if baselineBinary(b) != "" {
+		hosts = append(hosts, "C") // B's twin, with the baseline build
+	}
+	lan := newLAN(b, hosts...)
 	A, B := lan.host("A"), lan.host("B")
 	key := keygen(b, "bench-lan")
 	aStore := benchStore(b, "a-store", small, big)
@@ -70,6 +74,15 @@ func BenchmarkLAN(b *testing.B) {
 		checkNAR(b, db.client, viaB, size, digest)
 		benchNAR(b, db.client, viaB, size)
 	})
+	b.Run("nar-vs-local", func(b *testing.B) {
+		var dc *peerixProc
+		if base := baselineBinary(b); base != "" {
+			opts := lanDaemon(b, lan.host("C"), benchStore(b, "c-store"), "--filter", "none", "--trusted-public-key", key.public)
+			opts.bin = base
+			dc = startPeerix(b, opts)
+		}
+		benchLANVsLocal(b, da, db, dc, bigHash, size, digest, da.url+"/local/"+onA)
+	})
 	b.Run("nar-from-A-over-LAN", func(b *testing.B) { benchNAR(b, db.client, da.hostURL+"/"+onA, size) })
 	b.Run("nar-on-A", func(b *testing.B) { benchNAR(b, da.client, da.url+"/local/"+onA, size) })
 	b.Run("nix-store-r-on-B", func(b *testing.B) {
@@ -98,7 +111,12 @@ func BenchmarkLAN(b *testing.B) {
 // the bytes went is checked on B's router's counters.
 func BenchmarkP2P(b *testing.B) {
 	big := buildBenchPaths(b, "big")[0]
-	n := newNATNet(b, "A", "B")
+	labels := []string{"A", "B"}
+	base := baselineBinary(b)
+	if base != "" {
+		labels = append(labels, "C") // B's twin, with the baseline build
+	}
+	n := newNATNet(b, labels...)
 	A, B := n.hosts["A"], n.hosts["B"]
 	tr := startPeerix(b, trackerServer(b, n.tracker, 30*time.Second))
 	key := keygen(b, "bench-p2p")
@@ -112,6 +130,18 @@ func BenchmarkP2P(b *testing.B) {
 	waitCircuit(b, tr, "A", da.peerID)
 
 	b.Run("narinfo-miss", func(b *testing.B) { benchMiss(b, db) })
+	b.Run("nar-vs-raw", func(b *testing.B) {
+		raw := startRawP2P(b, A, rawP2PPort, size)
+		n.openRawPort(b, "A", rawP2PPort)
+		var dc *peerixProc
+		if base != "" {
+			opts := p2pDaemon(n.hosts["C"], tr.hostURL, benchStore(b, "c-store"), filepath.Join(b.TempDir(), "c-state"),
+				"--trusted-public-key", key.public, "--verbose")
+			opts.bin = base
+			dc = startPeerix(b, opts)
+		}
+		benchP2PVsRaw(b, n, raw, da, db, dc, big, size, digest)
+	})
 	b.Run("nar-direct", func(b *testing.B) {
 		benchP2PNAR(b, n, da, db, big, size, digest, "direct")
 	})
@@ -121,6 +151,181 @@ func BenchmarkP2P(b *testing.B) {
 		restarted, _ := db.restart(b)
 		benchP2PNAR(b, n, da, restarted, big, size, digest, "relayed")
 	})
+}
+
+// benchLANVsLocal measures the NAR through B's peerix (db; and C's, dc,
+// of the baseline build, if not nil) against the same NAR read on A from
+// A's local serving (localURL), interleaved: warm (A proven to B: bytes
+// stream through as they arrive), then cold (a fresh daemon each round:
+// verified whole first). It leaves B's daemon running, restarted.
+func benchLANVsLocal(b *testing.B, da, db, dc *peerixProc, hash string, size int64, digest, localURL string) {
+	rounds := benchRounds(5)
+	daemons := []*peerixProc{db}
+	if dc != nil {
+		daemons = append(daemons, dc)
+	}
+	viaURL := func(d *peerixProc) string {
+		return d.url + "/" + narInfoURL(b, d.client, d.url+"/"+hash+".narinfo", "nar/lan/")
+	}
+	// Warm: enough verified NARs from A (swarm's provenNARs) that A is
+	// proven.
+	for _, d := range daemons {
+		u := viaURL(d)
+		for range 5 {
+			checkNAR(b, d.client, u, size, digest)
+		}
+	}
+	local := func(int) time.Duration { return timeNAR(b, da.client, localURL, size) }
+	warm := func(d *peerixProc) func(int) time.Duration {
+		u := viaURL(d)
+		return func(int) time.Duration { return timeNAR(b, d.client, u, size) }
+	}
+	arms := []func(int) time.Duration{local, warm(db)}
+	if dc != nil {
+		arms = append(arms, warm(dc))
+	}
+	ds := interleaveN(rounds, arms...)
+	lr := reportRate(b, "local-on-A", size, ds[0])
+	wr := reportRate(b, "warm-via-B", size, ds[1])
+	reportRatio(b, "warm-x-local", wr, lr, 0.6)
+	if dc != nil {
+		br := reportRate(b, "warm-via-C-baseline", size, ds[2])
+		reportRatio(b, "warm-baseline-x-local", br, lr, 0)
+		reportRatio(b, "warm-x-baseline", wr, br, 0)
+	}
+	profileWhile(b, "lan-warm", []*peerixProc{da, db}, func() { arms[1](0) })
+
+	// Cold: a fresh daemon each round; the narinfo lookup is not timed.
+	cold := func(p **peerixProc) func(int) time.Duration {
+		return func(int) time.Duration {
+			d, _ := (*p).restart(b)
+			*p = d
+			u := viaURL(d)
+			return timeNAR(b, d.client, u, size)
+		}
+	}
+	arms = []func(int) time.Duration{local, cold(&db)}
+	if dc != nil {
+		arms = append(arms, cold(&dc))
+	}
+	ds = interleaveN(rounds, arms...)
+	lr = reportRate(b, "local-on-A-2", size, ds[0])
+	cr := reportRate(b, "cold-via-B", size, ds[1])
+	reportRatio(b, "cold-x-local", cr, lr, 0.6)
+	if dc != nil {
+		br := reportRate(b, "cold-via-C-baseline", size, ds[2])
+		reportRatio(b, "cold-baseline-x-local", br, lr, 0)
+		reportRatio(b, "cold-x-baseline", cr, br, 0)
+	}
+	// Profiled: a fresh daemon's first three NARs (a restart would end
+	// the profile; a fourth would make A proven).
+	db, _ = db.restart(b)
+	u, fetched := viaURL(db), 0
+	profileWhile(b, "lan-cold", []*peerixProc{da, db}, func() {
+		if fetched < 3 {
+			timeNAR(b, db.client, u, size)
+		} else {
+			time.Sleep(100 * time.Millisecond)
+		}
+		fetched++
+	})
+	reportMemory(b, "B", db)
+}
+
+// rawP2PPort is the port of bare libp2p (rawp2p serve) on A.
+const rawP2PPort = 12399
+
+// benchP2PVsRaw measures the NAR through B's peerix (db; and C's, dc, of
+// the baseline build, if not nil) from A after hole punching, warm (A
+// proven: bytes stream through as they arrive), against bare libp2p
+// streaming as many bytes from A to B over TCP and over QUIC on the same
+// routers, interleaved; it reports which transport peerix's bytes took.
+func benchP2PVsRaw(b *testing.B, n *natNet, raw *rawP2P, da, db, dc *peerixProc, path string, size int64, digest string) {
+	rounds := benchRounds(5)
+	daemons := []*peerixProc{db}
+	if dc != nil {
+		daemons = append(daemons, dc)
+	}
+	urls := map[*peerixProc]string{}
+	for _, d := range daemons {
+		_, ni := fetchFromPeers(b, d, path)
+		urls[d] = d.url + "/" + ni["URL"]
+		if got, _, err := fetchNAR(d.client, urls[d]); err != nil || got != size {
+			b.Fatalf("first GET %s through %s: %d bytes, %v; want %d", urls[d], d.label, got, err, size)
+		}
+		if !waitDirect(b, d, da) {
+			if d == db {
+				b.Fatal("no direct link to measure")
+			}
+			b.Log("no baseline arm: its daemon did not reach A directly")
+			dc = nil
+			break
+		}
+		for range 5 { // enough verified NARs from A (swarm's provenNARs) that A is proven
+			checkNAR(b, d.client, urls[d], size, digest)
+		}
+	}
+	B, ra := n.hosts["B"], n.routers["A"].addr
+	via := func(d *peerixProc) func(int) time.Duration {
+		return func(int) time.Duration { return timeNAR(b, d.client, urls[d], size) }
+	}
+	rawArm := func(transport string) func(int) time.Duration {
+		return func(int) time.Duration { return raw.get(b, B, ra.String(), transport, size) }
+	}
+	arms := []func(int) time.Duration{via(db), rawArm("tcp"), rawArm("quic")}
+	if dc != nil {
+		arms = append(arms, via(dc))
+	}
+	before := n.counters(b, "B")
+	ds := interleaveN(rounds, arms...)
+	after := n.counters(b, "B")
+	udp := after.fromUDP[ra] - before.fromUDP[ra]
+	tcp := after.from[ra] - before.from[ra] - udp
+	b.Logf("%d NARs of %d bytes through B: %d bytes came from A's router over TCP, %d over UDP (QUIC)", rounds, size, tcp, udp)
+	b.ReportMetric(float64(tcp)/float64(tcp+udp), "tcp-share")
+	if tcp+udp < uint64(rounds)*uint64(size) {
+		b.Errorf("only %d of the %d bytes came directly from A", tcp+udp, uint64(rounds)*uint64(size))
+	}
+	pr := reportRate(b, "via-B", size, ds[0])
+	tr := reportRate(b, "raw-tcp", size, ds[1])
+	qr := reportRate(b, "raw-quic", size, ds[2])
+	reportRatio(b, "x-raw-tcp", pr, tr, 0)
+	reportRatio(b, "x-raw-quic", pr, qr, 0)
+	b.Logf("via B: %.0f MB/s; aim at least 400 MB/s: %s", pr, met(pr >= 400))
+	if dc != nil {
+		br := reportRate(b, "via-C-baseline", size, ds[3])
+		reportRatio(b, "x-baseline", pr, br, 0)
+		reportRatio(b, "baseline-x-raw-quic", br, qr, 0)
+	}
+	profileWhile(b, "p2p-direct", []*peerixProc{da, db}, func() { arms[0](0) })
+	reportMemory(b, "A", da)
+	reportMemory(b, "B", db)
+}
+
+// waitDirect waits up to 30 s until d has a direct connection to peer p,
+// and reports whether it came.
+func waitDirect(b *testing.B, d, p *peerixProc) bool {
+	start := time.Now()
+	last := ""
+	for time.Since(start) < 30*time.Second {
+		ps, err := getAPIPeers(d)
+		last = p.label + " not in " + d.label + "'s /api/peers"
+		if err != nil {
+			last = err.Error()
+		}
+		for _, q := range ps {
+			if q.PeerID == p.peerID {
+				if q.Connected && q.Direct {
+					b.Logf("%s reached %s directly %v after its first NAR", d.label, p.label, time.Since(start).Round(time.Millisecond))
+					return true
+				}
+				last = fmt.Sprintf("%+v", q)
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	b.Logf("%s has no direct link to %s after 30 s; last: %s", d.label, p.label, last)
+	return false
 }
 
 // benchP2PNAR fetches path's NAR from A through B's peerix once (which

@@ -65,7 +65,11 @@ func buildPeerix(dir string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	out := filepath.Join(dir, "peerix")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "github.com/peerix/peerix/cmd/peerix")
+	args := []string{"build", "-o", out}
+	if os.Getenv("BENCH_PPROF_DIR") != "" {
+		args = append(args, "-tags", "pprof") // benchmarks take CPU profiles (bench_test.go)
+	}
+	cmd := exec.CommandContext(ctx, "go", append(args, "github.com/peerix/peerix/cmd/peerix")...)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0") // static, as the Makefile and the Nix package build it
 	cmd.WaitDelay = 10 * time.Second
 	if b, err := cmd.CombinedOutput(); err != nil {

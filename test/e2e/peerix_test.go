@@ -77,6 +77,8 @@ type peerixOptions struct {
 	nofile int
 	// bin is the peerix binary; empty: the one built for the run.
 	bin string
+	// env is added to the process's environment.
+	env []string
 }
 
 // peerixProc is one running peerix process. It is stopped (SIGTERM, then
@@ -176,13 +178,14 @@ func startOnce(t testing.TB, opts peerixOptions) (*peerixProc, error) {
 		p.hostURL = "http://" + net.JoinHostPort(h.addr.String(), port)
 		p.client = h.httpClient()
 		p.cmd = h.command(context.Background(), bin, args...)
+		opts.env = append(opts.env, pprofEnv()...)
 	} else {
 		p.cmd = exec.Command(bin, args...)
 		p.cmd.WaitDelay = 5 * time.Second
 	}
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	// No signing key may leak in from the environment of whoever runs the tests.
-	p.cmd.Env = append(os.Environ(), "NIX_SECRET_KEY_FILE=")
+	p.cmd.Env = append(append(os.Environ(), "NIX_SECRET_KEY_FILE="), opts.env...)
 	if err := p.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting %s: %w", p, err)
 	}
