@@ -96,12 +96,19 @@ func Listen(opt Options) (*Discovery, error) {
 	return d, nil
 }
 
+// maxConnsPerPeer bounds the connections this daemon opens to one LAN
+// peer: a burst of Nix's lookups and downloads queues here rather than
+// running into the peer's per-client cap (32 connections, fewer under a
+// low descriptor limit: internal/connlimit), which sheds what is beyond.
+const maxConnsPerPeer = 16
+
 // newHTTPClient is the client LAN peers are asked with: short timeouts,
 // since a LAN peer answers in milliseconds or not at all.
 func newHTTPClient() *http.Client {
 	return &http.Client{Transport: &http.Transport{
 		DialContext:           (&net.Dialer{Timeout: time.Second}).DialContext,
 		ResponseHeaderTimeout: 5 * time.Second,
+		MaxConnsPerHost:       maxConnsPerPeer,
 		MaxIdleConnsPerHost:   8,
 		IdleConnTimeout:       30 * time.Second,
 		DisableCompression:    true,
