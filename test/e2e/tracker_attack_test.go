@@ -160,6 +160,31 @@ func TestTrackerAttackQuota(t *testing.T) {
 	ids := newAttackIDs(t, 6)
 	accepted := make([]int, len(ids))
 	refused := make([]string, len(ids))
+	// The attacker keeps its identities alive (heartbeat every 2 s), as
+	// one that wants its hashes counted must: on a loaded machine the
+	// flood outlasts the peer TTL, and an identity that expired would no
+	// longer count against the network's quota.
+	// Only identities done sending beat: a write signed while another of
+	// the same identity is in flight could arrive out of order (replay).
+	var done sync.Map // identity index -> true once it sent its last part
+	stopBeats := make(chan struct{})
+	var beats sync.WaitGroup
+	beats.Go(func() {
+		tick := time.NewTicker(2 * time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stopBeats:
+				return
+			case <-tick.C:
+			}
+			for i, a := range ids {
+				if _, ok := done.Load(i); ok {
+					tr.writeFrom(t, xc, tr.hostURL, a.key, http.MethodPost, "/v1/announce", announceBody(t, a.id, nil))
+				}
+			}
+		}
+	})
 	var wg sync.WaitGroup
 	start := time.Now()
 	for i, a := range ids {
@@ -168,6 +193,7 @@ func TestTrackerAttackQuota(t *testing.T) {
 				refused[i] = fmt.Sprintf("announce: %v %d %s", err, ans.status, ans.body)
 				return
 			}
+			defer done.Store(i, true)
 			for p := 0; p*part < perID; p++ {
 				n := min(part, perID-p*part)
 				hashes := make([]string, n)
@@ -187,6 +213,8 @@ func TestTrackerAttackQuota(t *testing.T) {
 		}
 	}
 	wg.Wait()
+	close(stopBeats)
+	beats.Wait()
 	total := 0
 	for i := range ids {
 		total += accepted[i]
