@@ -16,6 +16,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -112,19 +113,36 @@ func sendWrite(c *http.Client, base, method, route string, body []byte, sig stri
 	return a, nil
 }
 
-// announceBody and packagesBody are the bodies of those writes, ts now.
+// lastTS is the ts of the last body made: each write's ts must be greater
+// than the last the tracker accepted from its identity (docs/protocol.md),
+// and two writes of one identity can fall in the same millisecond.
+var lastTS atomic.Int64
+
+// nextTS is now in Unix milliseconds, greater than any ts made before.
+func nextTS() int64 {
+	for {
+		last, now := lastTS.Load(), time.Now().UnixMilli()
+		ts := max(now, last+1)
+		if lastTS.CompareAndSwap(last, ts) {
+			return ts
+		}
+	}
+}
+
+// announceBody and packagesBody are the bodies of those writes, ts now
+// (strictly increasing).
 func announceBody(t testing.TB, id string, addrs []string) []byte {
 	if addrs == nil {
 		addrs = []string{}
 	}
-	return jsonBody(t, map[string]any{"peer_id": id, "ts": time.Now().UnixMilli(), "addrs": addrs})
+	return jsonBody(t, map[string]any{"peer_id": id, "ts": nextTS(), "addrs": addrs})
 }
 
 func packagesBody(t testing.TB, id string, full bool, add []string) []byte {
 	if add == nil {
 		add = []string{}
 	}
-	return jsonBody(t, map[string]any{"peer_id": id, "ts": time.Now().UnixMilli(), "full": full, "add": add, "remove": []string{}})
+	return jsonBody(t, map[string]any{"peer_id": id, "ts": nextTS(), "full": full, "add": add, "remove": []string{}})
 }
 
 // findStats are the honest peer's finds: how many, how many found what

@@ -34,6 +34,31 @@ import (
 //
 //	CI=true NIX_REMOTE=local go test ./test/e2e/ -run 'TestTrackerAttack' -v | grep BENCH
 
+// heartbeat re-announces the identities beat chooses (with the client and
+// addresses it gives) every 2 s, as an attacker keeping its identities
+// alive does, until the returned stop is called.
+func (tr *peerixProc) heartbeat(t testing.TB, ids []attackID, beat func(i int) (*http.Client, []string, bool)) (stop func()) {
+	quit := make(chan struct{})
+	var beats sync.WaitGroup
+	beats.Go(func() {
+		tick := time.NewTicker(2 * time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-quit:
+				return
+			case <-tick.C:
+			}
+			for i, a := range ids {
+				if c, addrs, ok := beat(i); ok {
+					tr.writeFrom(t, c, tr.hostURL, a.key, http.MethodPost, "/v1/announce", announceBody(t, a.id, addrs))
+				}
+			}
+		}
+	})
+	return func() { close(quit); beats.Wait() }
+}
+
 // attackTTL is the tracker's --peer-ttl in these tests: honest daemons
 // heartbeat every 10 s, the attacker every 2 s.
 const attackTTL = 30 * time.Second
@@ -81,23 +106,8 @@ func TestTrackerAttackSybil(t *testing.T) {
 			t.Fatalf("sybil %d packages: %v %d %s", i, err, ans.status, ans.body)
 		}
 	}
-	stop := make(chan struct{})
-	var heartbeats sync.WaitGroup
-	heartbeats.Go(func() {
-		tick := time.NewTicker(2 * time.Second)
-		defer tick.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-tick.C:
-			}
-			for i, a := range ids {
-				tr.writeFrom(t, clients[src(i)], tr.hostURL, a.key, http.MethodPost, "/v1/announce", announceBody(t, a.id, junk))
-			}
-		}
-	})
-	defer func() { close(stop); heartbeats.Wait() }()
+	stopBeats := tr.heartbeat(t, ids, func(i int) (*http.Client, []string, bool) { return clients[src(i)], junk, true })
+	defer stopBeats()
 	time.Sleep(3 * time.Second) // a round of heartbeats: the sybils are the most recently seen
 
 	if ps := tr.mustFind(t, hs[0]); len(ps) < 100 {
@@ -167,23 +177,9 @@ func TestTrackerAttackQuota(t *testing.T) {
 	// Only identities done sending beat: a write signed while another of
 	// the same identity is in flight could arrive out of order (replay).
 	var done sync.Map // identity index -> true once it sent its last part
-	stopBeats := make(chan struct{})
-	var beats sync.WaitGroup
-	beats.Go(func() {
-		tick := time.NewTicker(2 * time.Second)
-		defer tick.Stop()
-		for {
-			select {
-			case <-stopBeats:
-				return
-			case <-tick.C:
-			}
-			for i, a := range ids {
-				if _, ok := done.Load(i); ok {
-					tr.writeFrom(t, xc, tr.hostURL, a.key, http.MethodPost, "/v1/announce", announceBody(t, a.id, nil))
-				}
-			}
-		}
+	stopBeats := tr.heartbeat(t, ids, func(i int) (*http.Client, []string, bool) {
+		_, ok := done.Load(i)
+		return xc, nil, ok
 	})
 	var wg sync.WaitGroup
 	start := time.Now()
@@ -213,8 +209,7 @@ func TestTrackerAttackQuota(t *testing.T) {
 		}
 	}
 	wg.Wait()
-	close(stopBeats)
-	beats.Wait()
+	stopBeats()
 	total := 0
 	for i := range ids {
 		total += accepted[i]
