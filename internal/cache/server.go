@@ -95,8 +95,15 @@ type Server struct {
 	// outcome status and the bytes of NAR sent.
 	Observe func(ev Event)
 
-	renderedOnce sync.Once
-	rendered     *store.NarInfoMemo[renderedNarInfo]
+	initOnce sync.Once
+	rendered *store.NarInfoMemo[renderedNarInfo]
+	closures chan struct{} // closure answers being built at once
+}
+
+// init makes what the Server keeps between requests.
+func (s *Server) init() {
+	s.rendered = store.NewNarInfoMemo[renderedNarInfo](maxRendered)
+	s.closures = make(chan struct{}, closureSlots)
 }
 
 // Route names the kind of cache request, for metrics and logs.
@@ -110,6 +117,7 @@ const (
 	RouteLocalNAR      Route = "local-nar"
 	RouteRemoteNAR     Route = "remote-nar"
 	RouteSummary       Route = "summary"
+	RouteLocalClosure  Route = "local-closure"
 )
 
 // Event describes one served cache request.
@@ -163,6 +171,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.serveNAR(w, r, route, s.Local, arg)
 	case RouteRemoteNAR:
 		s.serveNAR(w, r, route, s.Remote, arg)
+	case RouteLocalClosure:
+		s.serveClosure(w, r, arg)
 	case RouteSummary:
 		if s.Summary == nil {
 			http.NotFound(w, r)
@@ -195,6 +205,8 @@ func (s *Server) route(p string) (route Route, arg string, ok bool) {
 			return RouteRemoteNAR, url, true
 		}
 		return RouteLocalNAR, url, true
+	case local && strings.HasSuffix(p, ClosureSuffix) && strings.Count(p, "/") == 1:
+		return RouteLocalClosure, strings.TrimSuffix(p[1:], ClosureSuffix), true
 	case strings.HasSuffix(p, ".narinfo") && strings.Count(p, "/") == 1:
 		hash := strings.TrimSuffix(p[1:], ".narinfo")
 		if local {
@@ -300,7 +312,7 @@ func render(ni *narinfo.NarInfo) renderedNarInfo {
 // deleted or no longer shared is answered as such; only the rendering is
 // saved. Peers' narinfos are new on every lookup and rendered each time.
 func (s *Server) renderLocal(hash string, ni *narinfo.NarInfo) renderedNarInfo {
-	s.renderedOnce.Do(func() { s.rendered = store.NewNarInfoMemo[renderedNarInfo](maxRendered) })
+	s.initOnce.Do(s.init)
 	if text, ok := s.rendered.Get(hash, ni); ok {
 		return text
 	}
@@ -387,7 +399,7 @@ func (s *Server) nar(w http.ResponseWriter, r *http.Request, st store.Store, url
 		if c, ok := w.(NARCounter); ok {
 			src = &CountingReader{R: src, Count: c.CountNAR}
 		}
-		bw := compress.NewWriter(w)
+		bw := compress.NewWriter(w, length)
 		sent, err = io.Copy(bw, src)
 		if cerr := bw.Close(); err == nil {
 			err = cerr

@@ -82,9 +82,15 @@ type Writer struct {
 	nar, wire int64
 }
 
-// NewWriter returns a Writer into w.
-func NewWriter(w io.Writer) *Writer {
-	return &Writer{w: w, buf: make([]byte, 0, BlockSize), out: make([]byte, 0, headerSize+BlockSize),
+// NewWriter returns a Writer into w of a body of size NAR bytes (-1: not
+// known), which only sizes its buffers: a 1 KiB NAR costs no 256 KiB
+// block buffer.
+func NewWriter(w io.Writer, size int64) *Writer {
+	block := int64(BlockSize)
+	if size >= 0 {
+		block = max(1, min(block, size))
+	}
+	return &Writer{w: w, buf: make([]byte, 0, block), out: make([]byte, 0, headerSize+block),
 		sinceProbe: probeEvery - 1} // the first block is a probe
 }
 
@@ -286,7 +292,10 @@ func (r *Reader) nextBlock() error {
 		return fmt.Errorf("%w: block kind %d, %d bytes in %d", ErrFormat, kind, nar, wire)
 	}
 	if cap(r.in) < int(wire) {
-		r.in = make([]byte, wire, max(wire, BlockSize))
+		r.in = make([]byte, wire)
+	}
+	if cap(r.dec) < int(nar) {
+		r.dec = make([]byte, 0, nar)
 	}
 	r.in = r.in[:wire]
 	n, err = io.ReadFull(r.r, r.in)

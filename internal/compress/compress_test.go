@@ -69,7 +69,7 @@ func TestWriterChoosesAndReaderRestores(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			l := &link{rate: tt.rate}
-			w := NewWriter(l)
+			w := NewWriter(l, -1)
 			if _, err := io.Copy(w, bytes.NewReader(tt.data)); err != nil {
 				t.Fatal(err)
 			}
@@ -137,7 +137,7 @@ func TestReaderRefusesMalformed(t *testing.T) {
 // never a panic or more than MaxBlock of memory per block.
 func FuzzReader(f *testing.F) {
 	var b bytes.Buffer
-	w := NewWriter(&b)
+	w := NewWriter(&b, -1)
 	w.Write(bytes.Repeat([]byte("hello "), 1000))
 	w.Close()
 	f.Add(b.Bytes())
@@ -158,7 +158,7 @@ func BenchmarkWriter(b *testing.B) {
 	data := binaryLike(16 << 20)
 	b.SetBytes(int64(len(data)))
 	for b.Loop() {
-		w := NewWriter(io.Discard)
+		w := NewWriter(io.Discard, -1)
 		w.link = rate{bytes: 1, seconds: 1} // slow: every block compressed
 		w.Write(data)
 		w.Close()

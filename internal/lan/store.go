@@ -1,6 +1,7 @@
 package lan
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -40,6 +41,13 @@ const (
 	stallTimeout = 2 * time.Second
 	rateWindow   = 4 * time.Second
 	minRate      = 64 << 10
+	// closureTimeout bounds a closure answer, for which the lookups of a
+	// path's references wait.
+	closureTimeout = 500 * time.Millisecond
+	// prefetchMax: NARs up to this size are fetched as soon as their
+	// narinfo is accepted, since Nix asks for them next (the swarm kit's
+	// prefetch).
+	prefetchMax = 64 << 10
 )
 
 // Store finds paths on LAN peers. It implements store.Store.
@@ -77,6 +85,9 @@ func NewStore(disc *Discovery, wait time.Duration, opt swarm.Options, log *slog.
 	}
 	if opt.MissTTL == 0 {
 		opt.MissTTL = missTTL
+	}
+	if opt.PrefetchMax == 0 {
+		opt.PrefetchMax = prefetchMax
 	}
 	if opt.StallTimeout == 0 {
 		opt.StallTimeout, opt.RateWindow, opt.MinRate = stallTimeout, rateWindow, minRate
@@ -122,15 +133,16 @@ func (s *Store) NarInfo(ctx context.Context, hash string) (*narinfo.NarInfo, err
 func (s *Store) lookup(hash string) *swarm.Found {
 	return s.lookups.Get(hash, func() *swarm.Found {
 		x := s.swarm.NewFound(hash)
-		go s.run(hash, x)
+		go s.run(hash, x, nil)
 		return x
 	})
 }
 
-// run offers the lookup kit the summary peers that may hold hash and,
-// while an original peer is around, whoever answers a broadcast within
-// the wait. With none of either, the miss is immediate.
-func (s *Store) run(hash string, x *swarm.Found) {
+// run offers the lookup kit the summary peers that may hold hash (seed,
+// if given, first: a peer whose closure answer named the path) and, while
+// an original peer is around, whoever answers a broadcast within the
+// wait. With none of either, the miss is immediate.
+func (s *Store) run(hash string, x *swarm.Found, seed *peer) {
 	waitOriginal := s.disc.peers.originalAround()
 	budget := queryTimeout
 	if waitOriginal {
@@ -139,9 +151,12 @@ func (s *Store) run(hash string, x *swarm.Found) {
 	ctx, cancel := context.WithTimeout(context.Background(), budget)
 	defer cancel()
 	cands := s.disc.peers.candidates(hash)
-	holders := make(chan swarm.Holder, len(cands)+16)
+	holders := make(chan swarm.Holder, len(cands)+17)
+	if seed != nil {
+		holders <- seed // the kit asks each holder once: seed's own entry below is skipped
+	}
 	for _, addr := range cands {
-		holders <- &peer{s: s, addr: addr, narInfoPath: "local/" + hash + ".narinfo"}
+		holders <- s.summaryPeer(addr, hash)
 	}
 	go s.ahead(x)
 	if !waitOriginal {
@@ -161,28 +176,108 @@ func (s *Store) run(hash string, x *swarm.Found) {
 	s.swarm.Run(ctx, x, holders)
 }
 
+// summaryPeer is the summary peer at addr as a holder of hash.
+func (s *Store) summaryPeer(addr netip.AddrPort, hash string) *peer {
+	return &peer{s: s, addr: addr, narInfoPath: "local/" + hash + ".narinfo", summary: true}
+}
+
 // ahead starts, once x found its path, the lookups of the path's
-// references that a neighbour's summary may hold: Nix asks for them next,
-// one after the other, and then finds them answered. At most maxPrefetch
-// run at a time; references already looked up, or that no summary holds,
-// cost nothing.
+// references that a neighbour's summary may hold: Nix asks for them next
+// and then finds them answered. The summary peer that sent the path is
+// asked for the narinfos of its whole closure in one request; each seeds
+// a lookup whose first holder answers from it. The lookups of the direct
+// references are in the table meanwhile, started when that answer came,
+// so that Nix, asking for them at once, waits for it rather than asking
+// the peer again. Without a closure answer (an original peer, an older
+// peerix) the references are looked up one by one, at most maxPrefetch at
+// a time. References already looked up, or that no summary holds, cost
+// nothing.
 func (s *Store) ahead(x *swarm.Found) {
 	<-x.Decided()
 	ni, err := x.NarInfo(context.Background())
 	if err != nil {
 		return
 	}
-	for _, ref := range ni.References {
-		hash := ref[:store.HashLen]
-		if _, ok := s.lookups.Peek(hash); ok || len(s.disc.peers.candidates(hash)) == 0 {
-			continue
-		}
+	missing := s.notLookedUp(ni.References)
+	if len(missing) == 0 {
+		return
+	}
+	if p, ok := x.Holder().(*peer); ok && p.summary {
+		s.seedClosure(p, x.Hash(), missing)
+		return
+	}
+	for _, hash := range missing {
 		s.prefetch <- struct{}{}
 		y := s.lookup(hash)
 		go func() {
 			<-y.Decided()
 			<-s.prefetch
 		}()
+	}
+}
+
+// notLookedUp returns the hash parts of refs (store path names) that no
+// fresh lookup covers and a neighbour's summary may hold.
+func (s *Store) notLookedUp(refs []string) []string {
+	var out []string
+	for _, ref := range refs {
+		if len(ref) < store.HashLen {
+			continue
+		}
+		hash := ref[:store.HashLen]
+		if _, ok := s.lookups.Peek(hash); ok || len(s.disc.peers.candidates(hash)) == 0 {
+			continue
+		}
+		out = append(out, hash)
+	}
+	return out
+}
+
+// seedClosure puts lookups of refs (hash parts) in the table, asks p for
+// the narinfos of root's closure, and starts a lookup of every path named
+// there that no fresh lookup covers, with p, answering from that narinfo,
+// as its first holder (the narinfo is checked and verified as any other
+// answer), and then the lookups of refs it did not name, as usual.
+func (s *Store) seedClosure(p *peer, root string, refs []string) {
+	held := map[string]*swarm.Found{}
+	var order []string
+	for _, hash := range refs {
+		s.lookups.Get(hash, func() *swarm.Found {
+			y := s.swarm.NewFound(hash)
+			held[hash] = y
+			order = append(order, hash)
+			return y
+		})
+	}
+	seeds := map[string]*peer{}
+	ctx, cancel := context.WithTimeout(context.Background(), closureTimeout)
+	nis, err := p.closure(ctx, root)
+	cancel()
+	if err != nil {
+		s.log.Debug("closure not answered; its paths are asked one by one", "peer", p.ID(), "hash", root, "err", err)
+	}
+	for _, ni := range nis {
+		hash, ok := store.HashOfPath(ni.StorePath)
+		if !ok || seeds[hash] != nil {
+			continue // the lookup kit would refuse it anyway
+		}
+		seed := s.summaryPeer(p.addr, hash)
+		seed.known = ni
+		seeds[hash] = seed
+		if held[hash] != nil {
+			continue
+		}
+		s.lookups.Get(hash, func() *swarm.Found {
+			y := s.swarm.NewFound(hash)
+			held[hash] = y
+			order = append(order, hash)
+			return y
+		})
+	}
+	// All are in the table before any starts, so that each one's own
+	// ahead finds the others there.
+	for _, hash := range order {
+		go s.run(hash, held[hash], seeds[hash])
 	}
 }
 
@@ -206,6 +301,8 @@ type peer struct {
 	s           *Store
 	addr        netip.AddrPort
 	narInfoPath string
+	summary     bool             // a summary peer: it has the closure route
+	known       *narinfo.NarInfo // its narinfo, from its closure answer: not asked again
 }
 
 func (p *peer) ID() string { return holderID(p.addr) }
@@ -213,6 +310,9 @@ func (p *peer) ID() string { return holderID(p.addr) }
 func (p *peer) base() string { return "http://" + p.addr.String() + "/" }
 
 func (p *peer) NarInfo(ctx context.Context, hash string) (*narinfo.NarInfo, error) {
+	if p.known != nil {
+		return p.known, nil
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.base()+p.narInfoPath, nil)
 	if err != nil {
 		return nil, err
@@ -240,6 +340,52 @@ func (p *peer) NarInfo(ctx context.Context, hash string) (*narinfo.NarInfo, erro
 		return nil, fmt.Errorf("%w: narinfo: %v", swarm.ErrProtocol, err)
 	}
 	return ni, nil
+}
+
+// closure asks the peer for the narinfos of the closure of the path with
+// hash part hash (the path itself left out), in one answer (cache's
+// closure route).
+func (p *peer) closure(ctx context.Context, hash string) ([]*narinfo.NarInfo, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.base()+"local/"+hash+cache.ClosureSuffix, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := p.s.client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%w: closure: HTTP %d", swarm.ErrRemote, resp.StatusCode)
+	}
+	// The answer stops at the first narinfo past ClosureMaxBytes.
+	const limit = cache.ClosureMaxBytes + maxNarInfoSize
+	body, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(body) > limit {
+		return nil, fmt.Errorf("%w: closure over %d bytes", swarm.ErrProtocol, limit)
+	}
+	return parseClosure(body)
+}
+
+// parseClosure parses a closure answer: narinfos separated by blank lines.
+func parseClosure(body []byte) ([]*narinfo.NarInfo, error) {
+	var out []*narinfo.NarInfo
+	for len(body) > 0 {
+		entry, rest, _ := bytes.Cut(body, []byte("\n\n"))
+		body = rest
+		if len(out) == cache.ClosureMaxPaths {
+			return nil, fmt.Errorf("%w: closure of over %d paths", swarm.ErrProtocol, cache.ClosureMaxPaths)
+		}
+		ni, err := store.ParseNarInfo(entry)
+		if err != nil {
+			return nil, fmt.Errorf("%w: closure entry %d: %v", swarm.ErrProtocol, len(out), err)
+		}
+		out = append(out, ni)
+	}
+	return out, nil
 }
 
 func (p *peer) OpenNAR(ctx context.Context, nar swarm.NAR, offset, end int64) (io.ReadCloser, error) {

@@ -312,7 +312,7 @@ func (s *Server) serveNAR(st network.Stream, req NarRequest, v11 bool) {
 	if enc == EncodingBlocks {
 		// Block by block, compressed when that is faster than raw.
 		w.left = math.MaxInt64
-		bw := compress.NewWriter(w)
+		bw := compress.NewWriter(w, want)
 		n, err = io.Copy(bw, src)
 		if cerr := bw.Close(); err == nil {
 			err = cerr

@@ -16,6 +16,15 @@ const StoreDir = "/nix/store"
 // real path, small enough that offsets never overflow.
 const MaxNarSize = 1 << 62
 
+// HashOfPath returns the hash part of a store path /nix/store/<hash>-<name>.
+func HashOfPath(storePath string) (string, bool) {
+	base, ok := strings.CutPrefix(storePath, StoreDir+"/")
+	if !ok || !ValidPathName(base) {
+		return "", false
+	}
+	return base[:HashLen], true
+}
+
 // CheckNarInfo checks that ni describes the store path with hash part hash
 // (a well-formed /nix/store/<hash>-<name>, references of the same form) and
 // carries a SHA-256 NarHash and a NarSize: what any narinfo, from the
@@ -24,8 +33,7 @@ func CheckNarInfo(ni *narinfo.NarInfo, hash string) error {
 	if ni == nil {
 		return errors.New("no narinfo")
 	}
-	base, ok := strings.CutPrefix(ni.StorePath, StoreDir+"/")
-	if !ok || !ValidPathName(base) || base[:HashLen] != hash {
+	if h, ok := HashOfPath(ni.StorePath); !ok || h != hash {
 		return fmt.Errorf("narinfo is for %q, not %s", ni.StorePath, hash)
 	}
 	if ni.NarHash == nil || ni.NarHash.Algo() != nixhash.SHA256 || len(ni.NarHash.Digest()) != 32 {

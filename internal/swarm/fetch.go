@@ -47,6 +47,15 @@ func (x *Found) OpenNAR(ctx context.Context, narHash string, offset int64) (*sto
 	if offset < 0 || offset > size {
 		return nil, fmt.Errorf("offset %d of %d: %w", offset, size, store.ErrOffset)
 	}
+	if nar, err := x.takePrefetched(ctx, narHash, offset); nar != nil || err != nil {
+		return nar, err
+	}
+	return x.openNAR(ctx, narHash, size, offset)
+}
+
+// openNAR is OpenNAR without the prefetched NAR: a transfer from the
+// holders.
+func (x *Found) openNAR(ctx context.Context, narHash string, size, offset int64) (*store.NAR, error) {
 	want, err := nixhash.ParseNixBase32("sha256:" + narHash)
 	if err != nil {
 		return nil, fmt.Errorf("NarHash %s: %w", narHash, store.ErrBadRequest)
@@ -263,7 +272,7 @@ func (t *transfer) copyRange(ctx context.Context, c candidate, from, to int64, s
 	})
 	defer body.Close()
 
-	buf := make([]byte, 256<<10)
+	buf := make([]byte, max(1, min(to-from, 256<<10))) // a small NAR's range, no more
 	var lastWire int64
 	for {
 		p := sink.next(buf)

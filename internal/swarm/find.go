@@ -89,6 +89,11 @@ type Options struct {
 	// 2 s).
 	HitTTL, MissTTL time.Duration
 
+	// PrefetchMax: NARs up to this size are fetched as soon as their
+	// narinfo is accepted (0: none), PrefetchBudget bytes of them at most
+	// held at a time (16 MiB); see prefetch.go.
+	PrefetchMax, PrefetchBudget int64
+
 	// SpoolDir holds spool files of NARs too large for memory ("":
 	// os.TempDir()); they are unlinked at once.
 	SpoolDir string
@@ -105,16 +110,17 @@ type Options struct {
 
 // Defaults of Options.
 const (
-	DefaultParallel     = 3
-	DefaultHedge        = 300 * time.Millisecond
-	DefaultQueryTimeout = 2 * time.Second
-	DefaultSpares       = 2
-	DefaultHitTTL       = 30 * time.Second
-	DefaultMissTTL      = 2 * time.Second
-	DefaultMemoryBudget = 64 << 20
-	DefaultStallTimeout = 10 * time.Second
-	DefaultMinRate      = 32 << 10
-	DefaultRateWindow   = 10 * time.Second
+	DefaultParallel       = 3
+	DefaultHedge          = 300 * time.Millisecond
+	DefaultQueryTimeout   = 2 * time.Second
+	DefaultSpares         = 2
+	DefaultHitTTL         = 30 * time.Second
+	DefaultMissTTL        = 2 * time.Second
+	DefaultMemoryBudget   = 64 << 20
+	DefaultStallTimeout   = 10 * time.Second
+	DefaultMinRate        = 32 << 10
+	DefaultRateWindow     = 10 * time.Second
+	DefaultPrefetchBudget = 16 << 20
 	// MemorySpoolMax: larger NARs are spooled in a file.
 	MemorySpoolMax = 4 << 20
 	// CutThroughMin: smaller NARs always reach Nix whole and verified;
@@ -137,6 +143,8 @@ type Finder struct {
 	rep    *Reputation
 	log    *slog.Logger
 	memory *semaphore.Weighted
+	// prefetchBudget bounds the NARs fetched ahead of Nix.
+	prefetchBudget *semaphore.Weighted
 }
 
 // NewFinder returns a Finder with opt.
@@ -160,7 +168,9 @@ func NewFinder(opt Options) *Finder {
 	setDefault(&opt.StallTimeout, DefaultStallTimeout)
 	setDefault(&opt.MinRate, DefaultMinRate)
 	setDefault(&opt.RateWindow, DefaultRateWindow)
-	return &Finder{opt: opt, rep: opt.Rep, log: opt.Log, memory: semaphore.NewWeighted(opt.MemoryBudget)}
+	setDefault(&opt.PrefetchBudget, DefaultPrefetchBudget)
+	return &Finder{opt: opt, rep: opt.Rep, log: opt.Log, memory: semaphore.NewWeighted(opt.MemoryBudget),
+		prefetchBudget: semaphore.NewWeighted(opt.PrefetchBudget)}
 }
 
 func setDefault[T comparable](v *T, def T) {
@@ -187,6 +197,7 @@ type Found struct {
 	others    []Holder         // holders named but not asked: asked for the NAR by content
 	bad       map[string]bool  // holders caught lying about this path
 	grown     chan struct{}    // closed and replaced when cands or others grow
+	ahead     *prefetched      // the accepted NAR fetched ahead of Nix, if small
 }
 
 // candidate is a holder and its own narinfo for the path.
@@ -214,6 +225,19 @@ func (x *Found) Fresh(now time.Time) bool {
 		ttl = x.f.opt.HitTTL
 	}
 	return now.Sub(x.decidedAt) < ttl
+}
+
+// Hash is the hash part of the path looked up.
+func (x *Found) Hash() string { return x.hash }
+
+// Holder returns the holder whose narinfo was accepted, or nil.
+func (x *Found) Holder() Holder {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.ni == nil || len(x.cands) == 0 {
+		return nil
+	}
+	return x.cands[0].h
 }
 
 // Decided is closed once NarInfo can answer.
@@ -450,6 +474,9 @@ func (f *Finder) query(ctx context.Context, x *Found, h Holder, timeout time.Dur
 		x.grew()
 		x.decidedAt = time.Now()
 		close(x.decided)
+		x.mu.Unlock()
+		x.prefetch(ni.NarHash.Format(nixhash.NixBase32, false), int64(ni.NarSize))
+		return
 	case sameNarHash(ni, x.ni):
 		x.cands = append(x.cands, candidate{h, ni})
 		x.grew()

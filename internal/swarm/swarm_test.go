@@ -653,3 +653,64 @@ func TestWriteToSocket(t *testing.T) {
 		})
 	}
 }
+
+// A small NAR is fetched and verified as soon as its narinfo is accepted;
+// Nix's request then costs the holder nothing, and is handed out once.
+func TestSmallNARIsPrefetched(t *testing.T) {
+	c := newContent(4000, 9)
+	h := honest("a", c)
+	f := swarm.NewFinder(swarm.Options{PrefetchMax: 64 << 10})
+	x := find(t, f, h)
+	deadline := time.Now().Add(5 * time.Second)
+	for h.sent.Load() < int64(len(c.nar)) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the NAR was not fetched ahead: %d of %d bytes sent", h.sent.Load(), len(c.nar))
+		}
+		time.Sleep(time.Millisecond)
+	}
+	got, err := readAll(t, x, c.narHash(), 100)
+	if err != nil || !bytes.Equal(got, c.nar[100:]) {
+		t.Fatalf("prefetched NAR from 100: %d bytes, %v", len(got), err)
+	}
+	if n := h.opens.Load(); n != 1 {
+		t.Errorf("holder opened %d times for the prefetch and the request, want 1", n)
+	}
+	got, err = readAll(t, x, c.narHash(), 0)
+	if err != nil || !bytes.Equal(got, c.nar) {
+		t.Fatalf("NAR asked again: %d bytes, %v", len(got), err)
+	}
+	if n := h.opens.Load(); n != 2 {
+		t.Errorf("holder opened %d times, want 2 (a prefetched NAR is handed out once)", n)
+	}
+}
+
+// A NAR over PrefetchMax, or one the budget cannot hold, waits for Nix;
+// a bad prefetched NAR is never handed out.
+func TestPrefetchBoundsAndLies(t *testing.T) {
+	big := newContent(8000, 10)
+	hb := honest("a", big)
+	f := swarm.NewFinder(swarm.Options{PrefetchMax: 4000})
+	find(t, f, hb)
+	time.Sleep(50 * time.Millisecond)
+	if n := hb.opens.Load(); n != 0 {
+		t.Errorf("a NAR over PrefetchMax was opened %d times before anyone asked", n)
+	}
+	f = swarm.NewFinder(swarm.Options{PrefetchMax: 64 << 10, PrefetchBudget: 4000})
+	find(t, f, hb)
+	time.Sleep(50 * time.Millisecond)
+	if n := hb.opens.Load(); n != 0 {
+		t.Errorf("a NAR over PrefetchBudget was opened %d times before anyone asked", n)
+	}
+
+	c := newContent(4000, 11)
+	liar := honest("liar", c)
+	liar.corrupt = 7
+	good := honest("good", c)
+	good.delay = 20 * time.Millisecond
+	f = swarm.NewFinder(swarm.Options{PrefetchMax: 64 << 10})
+	x := find(t, f, liar, good)
+	got, err := readAll(t, x, c.narHash(), 0)
+	if err != nil || !bytes.Equal(got, c.nar) {
+		t.Fatalf("NAR after a liar's prefetch: %d bytes, %v", len(got), err)
+	}
+}

@@ -143,6 +143,25 @@ func BenchmarkLookups(b *testing.B) {
 				return upstreamAlone(b, fmt.Sprintf("round %d, the upstream as a static cache on the LAN", i))
 			})
 		reportPair(b, "peerix", px, "static", up, 1.2)
+		if os.Getenv("BENCH_DIRECT_A") != "" {
+			da, st := interleave(rounds,
+				func(i int) time.Duration {
+					return w.realise(b, fmt.Sprintf("round %d, A's /local as the only substituter", i), w.daemonA.hostURL+"/local")
+				},
+				func(i int) time.Duration {
+					return upstreamAlone(b, fmt.Sprintf("round %d, the upstream as a static cache on the LAN", i))
+				})
+			reportPair(b, "A-local", da, "static", st, 0)
+		}
+		// With BENCH_PPROF_DIR: CPU profiles of B's and A's daemons over
+		// more realises (B's daemon warm after the first).
+		if os.Getenv("BENCH_PPROF_DIR") != "" {
+			d := freshB(b)
+			defer stopProc(b, d)
+			profileWhile(b, "lookups-peer-holds-everything", []*peerixProc{d, w.daemonA}, func() {
+				w.realise(b, "profiled round, peerix in front, A holds the closure", d.url, w.upstream)
+			})
+		}
 	})
 
 	b.Run("upstream-100mbit", func(b *testing.B) {

@@ -445,18 +445,22 @@ func localDaemon(t testing.TB, storeRoot string, flags ...string) peerixOptions 
 }
 
 // lanDaemon is `peerix serve --mode lan` of storeRoot on host h, on
-// 0.0.0.0:12304 (HTTP and UDP), verbose, ready once it answers /health.
-// The hosts have no internet, so the default filter (upstream) needs one a
-// test provides; flags say which (or "--filter", "none").
+// 0.0.0.0:12304 (HTTP and UDP), ready once it answers /health; verbose in
+// tests, as users run it (info) in benchmarks. The hosts have no
+// internet, so the default filter (upstream) needs one a test provides;
+// flags say which (or "--filter", "none").
 func lanDaemon(t testing.TB, h *nsHost, storeRoot string, flags ...string) peerixOptions {
+	args := []string{"serve", "--mode", "lan",
+		"--store-root", storeRoot,
+		"--state-dir", filepath.Join(t.TempDir(), "state"),
+	}
+	if _, bench := t.(*testing.B); !bench {
+		args = append(args, "--verbose")
+	}
 	return peerixOptions{
 		label: h.label,
 		host:  h,
-		args: append([]string{"serve", "--mode", "lan",
-			"--store-root", storeRoot,
-			"--state-dir", filepath.Join(t.TempDir(), "state"),
-			"--verbose",
-		}, flags...),
+		args:  append(args, flags...),
 		listen:    fmt.Sprintf("0.0.0.0:%d", lanPort),
 		readyPath: "/health",
 	}
