@@ -143,8 +143,10 @@ type Finder struct {
 	rep    *Reputation
 	log    *slog.Logger
 	memory *semaphore.Weighted
-	// prefetchBudget bounds the NARs fetched ahead of Nix.
+	// prefetchBudget bounds the NARs fetched ahead of Nix, prefetchSlots
+	// the fetches running at once.
 	prefetchBudget *semaphore.Weighted
+	prefetchSlots  chan struct{}
 }
 
 // NewFinder returns a Finder with opt.
@@ -170,7 +172,7 @@ func NewFinder(opt Options) *Finder {
 	setDefault(&opt.RateWindow, DefaultRateWindow)
 	setDefault(&opt.PrefetchBudget, DefaultPrefetchBudget)
 	return &Finder{opt: opt, rep: opt.Rep, log: opt.Log, memory: semaphore.NewWeighted(opt.MemoryBudget),
-		prefetchBudget: semaphore.NewWeighted(opt.PrefetchBudget)}
+		prefetchBudget: semaphore.NewWeighted(opt.PrefetchBudget), prefetchSlots: make(chan struct{}, prefetchSlots)}
 }
 
 func setDefault[T comparable](v *T, def T) {

@@ -18,17 +18,24 @@ import (
 // once and then forgotten (a second request fetches it again); one Nix
 // never asks for is forgotten after the lookup's HitTTL. All prefetched
 // NARs together stay within Options.PrefetchBudget; beyond it a NAR is
-// fetched when Nix asks, as without prefetching.
+// fetched when Nix asks, as without prefetching. At most prefetchSlots
+// run at once, so that prefetches never take all of a holder's
+// connections from the transfers Nix waits for; one Nix asks for while it
+// still waits for a slot is not waited for: Nix's request fetches it.
 
 // prefetched is one small NAR fetched ahead.
 type prefetched struct {
 	narHash string
-	done    chan struct{} // closed when data is set, or the fetch failed
+	done    chan struct{} // closed when data is set, or the fetch failed or was given up
 
 	mu      sync.Mutex
+	running bool   // it has a slot: the fetch is under way
 	data    []byte // the verified NAR; nil once taken, expired or failed
-	release func() // gives data's bytes back to the budget
+	release func() // gives data's bytes back to the budget; nil once given up
 }
+
+// prefetchSlots bounds the prefetches running at once.
+const prefetchSlots = 8
 
 // take returns the verified NAR and forgets it, or nil.
 func (p *prefetched) take() []byte {
@@ -71,6 +78,15 @@ func (x *Found) prefetch(narHash string, size int64) {
 	x.mu.Unlock()
 	go func() {
 		defer close(p.done)
+		f.prefetchSlots <- struct{}{}
+		defer func() { <-f.prefetchSlots }()
+		p.mu.Lock()
+		if p.release == nil { // taken over by Nix's request meanwhile
+			p.mu.Unlock()
+			return
+		}
+		p.running = true
+		p.mu.Unlock()
 		ctx, cancel := context.WithTimeout(context.Background(), prefetchTimeout)
 		defer cancel()
 		data, err := x.fetchWhole(ctx, narHash, size)
@@ -110,6 +126,15 @@ func (x *Found) takePrefetched(ctx context.Context, narHash string, offset int64
 	p := x.ahead
 	x.mu.Unlock()
 	if p == nil || p.narHash != narHash {
+		return nil, nil
+	}
+	p.mu.Lock()
+	running := p.running
+	if !running {
+		p.drop() // still waiting for a slot: this request fetches it
+	}
+	p.mu.Unlock()
+	if !running {
 		return nil, nil
 	}
 	select {

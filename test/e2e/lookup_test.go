@@ -341,26 +341,63 @@ func TestLANLookups(t *testing.T) {
 		}
 	})
 
-	t.Run("a peer that sends a wrong byte and stalls does not stop substitution", func(t *testing.T) {
-		// Right narinfos (A's own, fetched beforehand so that it answers
-		// as fast as A and is often the first holder a transfer asks),
-		// wrong NARs: one wrong byte where the asked range starts, then
-		// nothing.
-		narinfos := map[string]string{} // hash part -> A's narinfo
-		sizes := map[string]int64{}     // NAR URL path -> NarSize
-		for _, p := range append(slices.Collect(maps.Keys(w.narHashes)), slices.Collect(maps.Keys(w.secondHashes))...) {
-			resp, body := clientGet(t, w.B.httpClient(), http.MethodGet, w.daemonA.hostURL+"/local/"+hashPart(p)+".narinfo")
-			if resp.StatusCode != http.StatusOK {
-				t.Fatalf("A's narinfo of %s: %s", p, resp.Status)
-			}
-			ni := parseNarInfo(t, body)
-			narinfos[hashPart(p)] = string(body)
-			size, err := strconv.ParseInt(ni["NarSize"], 10, 64)
-			if err != nil {
-				t.Fatalf("A's narinfo of %s: NarSize %q", p, ni["NarSize"])
-			}
-			sizes["/"+ni["URL"]] = size
+	// A's own narinfos, for peers that answer as fast as A.
+	narinfos := map[string]string{} // hash part -> A's narinfo
+	sizes := map[string]int64{}     // NAR URL path -> NarSize
+	for _, p := range append(slices.Collect(maps.Keys(w.narHashes)), slices.Collect(maps.Keys(w.secondHashes))...) {
+		resp, body := clientGet(t, w.B.httpClient(), http.MethodGet, w.daemonA.hostURL+"/local/"+hashPart(p)+".narinfo")
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("A's narinfo of %s: %s", p, resp.Status)
 		}
+		ni := parseNarInfo(t, body)
+		narinfos[hashPart(p)] = string(body)
+		size, err := strconv.ParseInt(ni["NarSize"], 10, 64)
+		if err != nil {
+			t.Fatalf("A's narinfo of %s: NarSize %q", p, ni["NarSize"])
+		}
+		sizes["/"+ni["URL"]] = size
+	}
+
+	t.Run("a peer lying in its closure answers does not stop substitution", func(t *testing.T) {
+		// A's narinfos, at once from memory (so that it often wins the
+		// root), and a closure answer of well-formed narinfos of every
+		// other path with a wrong NarHash and no signature. It has no
+		// NARs.
+		var lies strings.Builder
+		for p := range w.narHashes {
+			if p != w.root {
+				if lies.Len() > 0 {
+					lies.WriteString("\n")
+				}
+				lies.WriteString(fakeNarInfo(p, strings.Repeat("1", 52), 1234))
+			}
+		}
+		liar := startFakePeer(t, w.lan.host("L"), &fakePeer{
+			narInfo: func(hash string) string { return narinfos[hash] },
+			closure: func(string) string { return lies.String() },
+		})
+		// Whichever of A and the liar answers the root first is asked for
+		// the closure: rounds with fresh daemons until the liar was.
+		for round := 1; liar.closures.Load() == 0; round++ {
+			if round > 5 {
+				t.Fatal("the liar was never asked for a closure in 5 rounds: this test would prove nothing")
+			}
+			d := w.daemonB(t)
+			liar.waitKnown(t, d)
+			took := w.realise(t, fmt.Sprintf("round %d: A holds the closure, a closure liar on the LAN", round), d.url, w.upstream)
+			t.Logf("round %d: %v, the liar asked for %d closures", round, took.Round(time.Millisecond), liar.closures.Load())
+			if liar.closures.Load() > 0 && !strings.Contains(d.log.String(), "peer lied") {
+				t.Error("B's peerix never logged the closure's lies")
+			}
+			d.stop(syscall.SIGTERM, 5*time.Second)
+		}
+		liar.quiet.Store(true)
+	})
+
+	t.Run("a peer that sends a wrong byte and stalls does not stop substitution", func(t *testing.T) {
+		// Right narinfos (A's own, so that it answers as fast as A and is
+		// often the first holder a transfer asks), wrong NARs: one wrong
+		// byte where the asked range starts, then nothing.
 		staller := startFakePeer(t, w.lan.host("S"), &fakePeer{
 			narInfo: func(hash string) string { return narinfos[hash] },
 			nar: func(rw http.ResponseWriter, r *http.Request) {
@@ -420,6 +457,8 @@ type fakePeer struct {
 	narInfo func(hash string) string
 	// nar serves a NAR request (nil: 404).
 	nar func(http.ResponseWriter, *http.Request)
+	// closure returns the answer to /local/<hash>.closure ("" for 404).
+	closure func(hash string) string
 	// answerBroadcasts: answer every original-format request at once.
 	answerBroadcasts bool
 	// quiet: as if it were not there (no beacons, no answers; HTTP
@@ -429,7 +468,7 @@ type fakePeer struct {
 	host           *nsHost
 	httpPort       uint16
 	udp            *net.UDPConn
-	narInfos, nars atomic.Int64 // requests it got
+	narInfos, nars, closures atomic.Int64 // requests it got
 }
 
 // lyingPeer is a fakePeer that answers every broadcast and every narinfo
@@ -554,6 +593,17 @@ func (p *fakePeer) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		io.WriteString(w, ni)
+	case strings.HasPrefix(path, "/local/") && strings.HasSuffix(path, ".closure"):
+		p.closures.Add(1)
+		answer := ""
+		if p.closure != nil {
+			answer = p.closure(strings.TrimSuffix(strings.TrimPrefix(path, "/local/"), ".closure"))
+		}
+		if answer == "" {
+			http.NotFound(w, r)
+			return
+		}
+		io.WriteString(w, answer)
 	case strings.HasPrefix(path, "/nar/") || strings.HasPrefix(path, "/local/nar/"):
 		p.nars.Add(1)
 		if p.nar == nil {
