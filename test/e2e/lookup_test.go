@@ -198,6 +198,16 @@ func closureNarHashes(t testing.TB, store string, roots ...string) map[string]st
 	return m
 }
 
+// upstreamLines counts every request in nginx's access log so far.
+func (w *lookupWorld) upstreamLines(t testing.TB) int {
+	t.Helper()
+	b, err := os.ReadFile(w.accessLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bytes.Count(b, []byte("\n"))
+}
+
 // upstreamRequests counts Nix's requests in nginx's access log so far
 // (peerix's own, to verify narinfos, are not counted) whose path matches
 // kind (".narinfo", "/nar/").

@@ -84,8 +84,10 @@ func BenchmarkLookups(b *testing.B) {
 		d := freshB(b)
 		defer stopProc(b, d)
 		a0, b0 := procCPU(b, w.daemonA), procCPU(b, d)
+		u0, n0 := w.upstreamLines(b), w.upstreamRequests(b, "")
 		took := w.realise(b, what, d.url, w.upstream)
 		logHandlerTime(b, d, took, procCPU(b, w.daemonA)-a0, procCPU(b, d)-b0)
+		b.Logf("  the upstream got %d requests, %d of them from Nix", w.upstreamLines(b)-u0, w.upstreamRequests(b, "")-n0)
 		return took
 	}
 	upstreamAlone := func(b *testing.B, what string) time.Duration {
