@@ -44,10 +44,6 @@ const (
 	// closureTimeout bounds a closure answer, for which the lookups of a
 	// path's references wait.
 	closureTimeout = 500 * time.Millisecond
-	// prefetchMax: NARs up to this size are fetched as soon as their
-	// narinfo is accepted, since Nix asks for them next (the swarm kit's
-	// prefetch).
-	prefetchMax = 64 << 10
 )
 
 // Store finds paths on LAN peers. It implements store.Store.
@@ -85,9 +81,6 @@ func NewStore(disc *Discovery, wait time.Duration, opt swarm.Options, log *slog.
 	}
 	if opt.MissTTL == 0 {
 		opt.MissTTL = missTTL
-	}
-	if opt.PrefetchMax == 0 {
-		opt.PrefetchMax = prefetchMax
 	}
 	if opt.StallTimeout == 0 {
 		opt.StallTimeout, opt.RateWindow, opt.MinRate = stallTimeout, rateWindow, minRate

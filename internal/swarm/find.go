@@ -90,8 +90,9 @@ type Options struct {
 	HitTTL, MissTTL time.Duration
 
 	// PrefetchMax: NARs up to this size are fetched as soon as their
-	// narinfo is accepted (0: none), PrefetchBudget bytes of them at most
-	// held at a time (16 MiB); see prefetch.go.
+	// narinfo is accepted (0: none; the daemon sets DefaultPrefetchMax),
+	// PrefetchBudget bytes of them at most held at a time (16 MiB); see
+	// prefetch.go.
 	PrefetchMax, PrefetchBudget int64
 
 	// SpoolDir holds spool files of NARs too large for memory ("":
@@ -121,6 +122,9 @@ const (
 	DefaultMinRate        = 32 << 10
 	DefaultRateWindow     = 10 * time.Second
 	DefaultPrefetchBudget = 16 << 20
+	// DefaultPrefetchMax is the PrefetchMax the daemon sets: the NARs of
+	// most store paths (a script, a config file, a small library).
+	DefaultPrefetchMax = 64 << 10
 	// MemorySpoolMax: larger NARs are spooled in a file.
 	MemorySpoolMax = 4 << 20
 	// CutThroughMin: smaller NARs always reach Nix whole and verified;
