@@ -162,8 +162,8 @@ func New(cfg *config.Serve, log *slog.Logger) (_ *Daemon, err error) {
 			// Nix asks for a NAR right after its narinfo: small ones are
 			// on their way by then (a round trip saved per path).
 			PrefetchMax: swarm.DefaultPrefetchMax,
-			OnLie:    func(peer, hash, what string) { d.ops.VerificationFailure(peer, what+" of "+hash) },
-			Observer: downloads{d: d, source: source},
+			OnLie:       func(peer, hash, what string) { d.ops.VerificationFailure(peer, what+" of "+hash) },
+			Observer:    downloads{d: d, source: source},
 		}
 	}
 	var sources []store.Store

@@ -475,9 +475,9 @@ type fakePeer struct {
 	// requests get 404), until cleared.
 	quiet atomic.Bool
 
-	host           *nsHost
-	httpPort       uint16
-	udp            *net.UDPConn
+	host                     *nsHost
+	httpPort                 uint16
+	udp                      *net.UDPConn
 	narInfos, nars, closures atomic.Int64 // requests it got
 }
 

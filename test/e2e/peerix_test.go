@@ -458,9 +458,9 @@ func lanDaemon(t testing.TB, h *nsHost, storeRoot string, flags ...string) peeri
 		args = append(args, "--verbose")
 	}
 	return peerixOptions{
-		label: h.label,
-		host:  h,
-		args:  append(args, flags...),
+		label:     h.label,
+		host:      h,
+		args:      append(args, flags...),
 		listen:    fmt.Sprintf("0.0.0.0:%d", lanPort),
 		readyPath: "/health",
 	}
