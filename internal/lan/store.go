@@ -306,27 +306,9 @@ func (p *peer) NarInfo(ctx context.Context, hash string) (*narinfo.NarInfo, erro
 	if p.known != nil {
 		return p.known, nil
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.base()+p.narInfoPath, nil)
+	body, err := p.get(ctx, p.narInfoPath, "narinfo", maxNarInfoSize)
 	if err != nil {
 		return nil, err
-	}
-	resp, err := p.s.client.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	switch {
-	case resp.StatusCode == http.StatusNotFound:
-		return nil, fmt.Errorf("narinfo: %w", store.ErrNotFound)
-	case resp.StatusCode != http.StatusOK:
-		return nil, fmt.Errorf("%w: narinfo: HTTP %d", swarm.ErrRemote, resp.StatusCode)
-	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxNarInfoSize+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(body) > maxNarInfoSize {
-		return nil, fmt.Errorf("%w: narinfo over %d bytes", swarm.ErrProtocol, maxNarInfoSize)
 	}
 	ni, err := store.ParseNarInfo(body)
 	if err != nil {
@@ -337,9 +319,21 @@ func (p *peer) NarInfo(ctx context.Context, hash string) (*narinfo.NarInfo, erro
 
 // closure asks the peer for the narinfos of the closure of the path with
 // hash part hash (the path itself left out), in one answer (cache's
-// closure route).
+// closure route). The answer stops at the first narinfo past
+// ClosureMaxBytes.
 func (p *peer) closure(ctx context.Context, hash string) ([]*narinfo.NarInfo, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.base()+"local/"+hash+cache.ClosureSuffix, nil)
+	body, err := p.get(ctx, "local/"+hash+cache.ClosureSuffix, "closure", cache.ClosureMaxBytes+maxNarInfoSize)
+	if err != nil {
+		return nil, err
+	}
+	return parseClosure(body)
+}
+
+// get fetches a small answer (what, at most limit bytes) from the peer's
+// path: 404 is an honest "not here", any other status but 200 the peer's
+// error.
+func (p *peer) get(ctx context.Context, path, what string, limit int) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.base()+path, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -348,19 +342,20 @@ func (p *peer) closure(ctx context.Context, hash string) ([]*narinfo.NarInfo, er
 		return nil, err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("%w: closure: HTTP %d", swarm.ErrRemote, resp.StatusCode)
+	switch {
+	case resp.StatusCode == http.StatusNotFound:
+		return nil, fmt.Errorf("%s: %w", what, store.ErrNotFound)
+	case resp.StatusCode != http.StatusOK:
+		return nil, fmt.Errorf("%w: %s: HTTP %d", swarm.ErrRemote, what, resp.StatusCode)
 	}
-	// The answer stops at the first narinfo past ClosureMaxBytes.
-	const limit = cache.ClosureMaxBytes + maxNarInfoSize
-	body, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, int64(limit)+1))
 	if err != nil {
 		return nil, err
 	}
 	if len(body) > limit {
-		return nil, fmt.Errorf("%w: closure over %d bytes", swarm.ErrProtocol, limit)
+		return nil, fmt.Errorf("%w: %s over %d bytes", swarm.ErrProtocol, what, limit)
 	}
-	return parseClosure(body)
+	return body, nil
 }
 
 // parseClosure parses a closure answer: narinfos separated by blank lines.
