@@ -3,10 +3,8 @@ package swarm
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"slices"
 	"sync"
@@ -73,7 +71,7 @@ func (x *Found) openNAR(ctx context.Context, narHash string, size, offset int64)
 		want:     want.Digest(),
 		spool:    sp,
 		spools:   []spool{sp},
-		h:        sha256.New(),
+		hash:     newPrefixHash(),
 		opens:    map[string]int{},
 		suspect:  map[string]bool{},
 		through:  true,
@@ -142,7 +140,7 @@ type transfer struct {
 
 	// Owned by run.
 	spool   spool
-	h       hash.Hash
+	hash    *prefixHash    // of the current attempt's arrived prefix
 	pos     int64          // bytes of the current attempt in the spool
 	spans   []span         // who sent which bytes of the current attempt
 	opens   map[string]int // sources opened, by holder
@@ -186,7 +184,7 @@ func (t *transfer) run(ctx context.Context) {
 			t.fail(err)
 			return
 		}
-		if bytes.Equal(t.h.Sum(nil), t.want) {
+		if bytes.Equal(t.hash.sum(), t.want) {
 			t.verified()
 			return
 		}
@@ -398,7 +396,7 @@ func (t *transfer) restart() error {
 	// once it is verified.
 	t.ready = t.forwarded
 	t.mu.Unlock()
-	t.h.Reset()
+	t.hash.reset()
 	t.opens = map[string]int{}
 	return nil
 }
