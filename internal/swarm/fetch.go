@@ -3,8 +3,10 @@ package swarm
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"slices"
 	"sync"
@@ -71,7 +73,7 @@ func (x *Found) openNAR(ctx context.Context, narHash string, size, offset int64)
 		want:     want.Digest(),
 		spool:    sp,
 		spools:   []spool{sp},
-		hash:     newPrefixHash(),
+		h:        sha256.New(),
 		opens:    map[string]int{},
 		suspect:  map[string]bool{},
 		through:  true,
@@ -140,7 +142,7 @@ type transfer struct {
 
 	// Owned by run.
 	spool   spool
-	hash    *prefixHash    // of the current attempt's arrived prefix
+	h       hash.Hash
 	pos     int64          // bytes of the current attempt in the spool
 	spans   []span         // who sent which bytes of the current attempt
 	opens   map[string]int // sources opened, by holder
@@ -184,7 +186,7 @@ func (t *transfer) run(ctx context.Context) {
 			t.fail(err)
 			return
 		}
-		if bytes.Equal(t.hash.sum(), t.want) {
+		if bytes.Equal(t.h.Sum(nil), t.want) {
 			t.verified()
 			return
 		}
@@ -396,7 +398,7 @@ func (t *transfer) restart() error {
 	// once it is verified.
 	t.ready = t.forwarded
 	t.mu.Unlock()
-	t.hash.reset()
+	t.h.Reset()
 	t.opens = map[string]int{}
 	return nil
 }

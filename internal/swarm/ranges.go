@@ -2,10 +2,8 @@ package swarm
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
-	"hash"
 	"sync"
 	"time"
 
@@ -193,7 +191,6 @@ type segmentSink struct {
 	r      *segments
 	s      *segment
 	spool  spool
-	hash   *prefixHash
 	notify func()
 }
 
@@ -229,7 +226,6 @@ func (k *segmentSink) wrote(p []byte) error {
 	if _, err := k.spool.WriteAt(p, k.s.pos); err != nil { // only this holder moves pos
 		return fmt.Errorf("%w: %w", errSpool, err)
 	}
-	k.hash.feed(k.s.pos, p)
 	k.r.mu.Lock()
 	k.s.pos += int64(len(p))
 	k.s.writing = max(k.s.writing, k.s.pos)
@@ -275,7 +271,7 @@ func (t *transfer) fill(ctx context.Context) error {
 			var err error
 			rate := 0.0
 			for s != nil {
-				err = t.copyRange(ctx, c, from, to, &segmentSink{r: r, s: s, spool: t.spool, hash: t.hash, notify: notify})
+				err = t.copyRange(ctx, c, from, to, &segmentSink{r: r, s: s, spool: t.spool, notify: notify})
 				rate = r.release(s, time.Now())
 				if err != nil {
 					break
@@ -309,7 +305,7 @@ func (t *transfer) fill(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("%s: %w", e.id, e.err))
 		}
 		for _, s := range r.arrived(t.pos) {
-			if err := t.hash.catchUp(t.spool, s.end); err != nil {
+			if err := t.hashSpool(s.start, s.end); err != nil {
 				return err
 			}
 			t.record(s.id, s.end-s.start)
@@ -354,71 +350,21 @@ func (t *transfer) fill(ctx context.Context) error {
 	}
 }
 
-// prefixHash is the SHA-256 of the prefix of the NAR that arrived, fed
-// by whichever side has the bytes at hand: a holder's sink as it writes
-// bytes that continue the prefix (hashed beside the copy, while they are
-// in the CPU's cache, instead of read back from a spool file), or the
-// transfer reading back from the spool what arrived out of order (from
-// several holders at once) or while it was itself reading.
-type prefixHash struct {
-	mu  sync.Mutex
-	h   hash.Hash
-	end int64  // bytes hashed
-	buf []byte // for reading back from a spool file
-}
-
-func newPrefixHash() *prefixHash { return &prefixHash{h: sha256.New()} }
-
-// feed hashes p, the bytes at off, if they continue the prefix and no one
-// else is hashing.
-func (p *prefixHash) feed(off int64, b []byte) {
-	if !p.mu.TryLock() {
-		return // the transfer is catching up; it reads these from the spool
-	}
-	defer p.mu.Unlock()
-	if off == p.end {
-		p.h.Write(b)
-		p.end += int64(len(b))
-	}
-}
-
-// catchUp hashes the bytes of sp up to to that were not hashed yet.
-func (p *prefixHash) catchUp(sp spool, to int64) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if to <= p.end {
+// hashSpool hashes [from, to) of the spool, which must be the bytes right
+// after those hashed so far.
+func (t *transfer) hashSpool(from, to int64) error {
+	if p := t.spool.direct(from, to-from); p != nil {
+		t.h.Write(p)
 		return nil
 	}
-	if b := sp.direct(p.end, to-p.end); b != nil {
-		p.h.Write(b)
-		p.end = to
-		return nil
-	}
-	if p.buf == nil {
-		p.buf = make([]byte, 256<<10)
-	}
-	for p.end < to {
-		n := min(int64(len(p.buf)), to-p.end)
-		if _, err := sp.ReadAt(p.buf[:n], p.end); err != nil {
+	buf := make([]byte, min(256<<10, to-from))
+	for pos := from; pos < to; {
+		n := min(int64(len(buf)), to-pos)
+		if _, err := t.spool.ReadAt(buf[:n], pos); err != nil {
 			return fmt.Errorf("%w: %w", errSpool, err)
 		}
-		p.h.Write(p.buf[:n])
-		p.end += n
+		t.h.Write(buf[:n])
+		pos += n
 	}
 	return nil
-}
-
-// sum returns the hash of the prefix.
-func (p *prefixHash) sum() []byte {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.h.Sum(nil)
-}
-
-// reset forgets the prefix, for another attempt.
-func (p *prefixHash) reset() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.h.Reset()
-	p.end = 0
 }
