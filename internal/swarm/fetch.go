@@ -143,6 +143,7 @@ type transfer struct {
 	// Owned by run.
 	spool   spool
 	h       hash.Hash
+	hashBuf []byte         // reads back from a spool file for h
 	pos     int64          // bytes of the current attempt in the spool
 	spans   []span         // who sent which bytes of the current attempt
 	opens   map[string]int // sources opened, by holder

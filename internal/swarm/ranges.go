@@ -357,13 +357,15 @@ func (t *transfer) hashSpool(from, to int64) error {
 		t.h.Write(p)
 		return nil
 	}
-	buf := make([]byte, min(256<<10, to-from))
+	if t.hashBuf == nil {
+		t.hashBuf = make([]byte, 256<<10) // once a transfer, not once a catch-up
+	}
 	for pos := from; pos < to; {
-		n := min(int64(len(buf)), to-pos)
-		if _, err := t.spool.ReadAt(buf[:n], pos); err != nil {
+		n := min(int64(len(t.hashBuf)), to-pos)
+		if _, err := t.spool.ReadAt(t.hashBuf[:n], pos); err != nil {
 			return fmt.Errorf("%w: %w", errSpool, err)
 		}
-		t.h.Write(buf[:n])
+		t.h.Write(t.hashBuf[:n])
 		pos += n
 	}
 	return nil
