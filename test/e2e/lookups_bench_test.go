@@ -319,7 +319,7 @@ func BenchmarkLookups(b *testing.B) {
 
 // putOnA copies path into A's store (it must carry the upstream's
 // signature already, for A's filter) and waits until A shares it.
-func putOnA(b *testing.B, w *lookupWorld, path string) {
+func putOnA(b testing.TB, w *lookupWorld, path string) {
 	b.Helper()
 	if err := nixtest.Copy(b.Context(), w.aStore, path); err != nil {
 		b.Fatal(err)
