@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nix-community/go-nix/pkg/narinfo"
@@ -55,7 +56,23 @@ type Store struct {
 	log      *slog.Logger
 	lookups  store.Lookups[*swarm.Found]
 	prefetch chan struct{} // bounds lookups started ahead of Nix
+
+	// hints are narinfos closure answers named, by hash part, until Nix
+	// asks for the path: its lookup then starts with that peer answering
+	// from the narinfo (see seedClosure).
+	hintsMu sync.Mutex
+	hints   map[string]hint
 }
+
+// hint is a peer's narinfo of a path, from its closure answer.
+type hint struct {
+	seed *peer
+	at   time.Time
+}
+
+// maxHints bounds the hints kept (one closure answer holds at most
+// cache.ClosureMaxPaths).
+const maxHints = 16 * cache.ClosureMaxPaths
 
 // maxPrefetch bounds the lookups of references started ahead of Nix.
 const maxPrefetch = 16
@@ -120,15 +137,60 @@ func (s *Store) NarInfo(ctx context.Context, hash string) (*narinfo.NarInfo, err
 	if err != nil {
 		return nil, fmt.Errorf("on the LAN: %w", err)
 	}
+	x.PrefetchNAR() // Nix asks for it next
 	return store.PeerNarInfo(ni, Source), nil
 }
 
 func (s *Store) lookup(hash string) *swarm.Found {
 	return s.lookups.Get(hash, func() *swarm.Found {
 		x := s.swarm.NewFound(hash)
-		go s.run(hash, x, nil)
+		go s.run(hash, x, s.takeHint(hash))
 		return x
 	})
+}
+
+// addHint keeps seed's narinfo of hash for when Nix asks for the path.
+func (s *Store) addHint(hash string, seed *peer) {
+	s.hintsMu.Lock()
+	defer s.hintsMu.Unlock()
+	now := time.Now()
+	if s.hints == nil {
+		s.hints = map[string]hint{}
+	}
+	if len(s.hints) >= maxHints {
+		for h, x := range s.hints {
+			if now.Sub(x.at) >= hitTTL {
+				delete(s.hints, h)
+			}
+		}
+		if len(s.hints) >= maxHints {
+			return
+		}
+	}
+	s.hints[hash] = hint{seed: seed, at: now}
+}
+
+// takeHint returns the peer holding a fresh hint of hash, and forgets it.
+func (s *Store) takeHint(hash string) *peer {
+	s.hintsMu.Lock()
+	defer s.hintsMu.Unlock()
+	h, ok := s.hints[hash]
+	if !ok {
+		return nil
+	}
+	delete(s.hints, hash)
+	if time.Since(h.at) >= hitTTL {
+		return nil
+	}
+	return h.seed
+}
+
+// hinted reports whether a fresh hint of hash is kept.
+func (s *Store) hinted(hash string) bool {
+	s.hintsMu.Lock()
+	defer s.hintsMu.Unlock()
+	h, ok := s.hints[hash]
+	return ok && time.Since(h.at) < hitTTL
 }
 
 // run offers the lookup kit the summary peers that may hold hash (seed,
@@ -218,7 +280,7 @@ func (s *Store) notLookedUp(refs []string) []string {
 			continue
 		}
 		hash := ref[:store.HashLen]
-		if _, ok := s.lookups.Peek(hash); ok || len(s.disc.peers.candidates(hash)) == 0 {
+		if _, ok := s.lookups.Peek(hash); ok || s.hinted(hash) || len(s.disc.peers.candidates(hash)) == 0 {
 			continue
 		}
 		out = append(out, hash)
@@ -226,29 +288,30 @@ func (s *Store) notLookedUp(refs []string) []string {
 	return out
 }
 
-// seedClosure puts lookups of refs (hash parts) in the table, asks p for
-// the narinfos of root's closure, and starts a lookup of every path named
-// there that no fresh lookup covers, with p, answering from that narinfo,
-// as its first holder (the narinfo is checked and verified as any other
-// answer), and then the lookups of refs it did not name, as usual.
+// seedClosure puts lookups of refs (hash parts: the references Nix asks
+// for next) in the table and asks p for the narinfos of root's closure.
+// Each of refs then starts, with p answering from its narinfo as its
+// first holder if the answer named it; every other path named becomes a
+// hint, which starts a lookup the same way only when Nix asks for the
+// path (most of a closure is often in Nix's store already: those are
+// never verified nor fetched). A narinfo from a closure answer is checked
+// and verified like any other answer.
 func (s *Store) seedClosure(p *peer, root string, refs []string) {
 	held := map[string]*swarm.Found{}
-	var order []string
 	for _, hash := range refs {
 		s.lookups.Get(hash, func() *swarm.Found {
 			y := s.swarm.NewFound(hash)
 			held[hash] = y
-			order = append(order, hash)
 			return y
 		})
 	}
-	seeds := map[string]*peer{}
 	ctx, cancel := context.WithTimeout(context.Background(), closureTimeout)
 	nis, err := p.closure(ctx, root)
 	cancel()
 	if err != nil {
 		s.log.Debug("closure not answered; its paths are asked one by one", "peer", p.ID(), "hash", root, "err", err)
 	}
+	seeds := make(map[string]*peer, len(nis))
 	for _, ni := range nis {
 		hash, ok := store.HashOfPath(ni.StorePath)
 		if !ok || seeds[hash] != nil {
@@ -257,20 +320,16 @@ func (s *Store) seedClosure(p *peer, root string, refs []string) {
 		seed := s.summaryPeer(p.addr, hash)
 		seed.known = ni
 		seeds[hash] = seed
-		if held[hash] != nil {
-			continue
+		if held[hash] == nil {
+			if _, ok := s.lookups.Peek(hash); !ok {
+				s.addHint(hash, seed)
+			}
 		}
-		s.lookups.Get(hash, func() *swarm.Found {
-			y := s.swarm.NewFound(hash)
-			held[hash] = y
-			order = append(order, hash)
-			return y
-		})
 	}
-	// All are in the table before any starts, so that each one's own
-	// ahead finds the others there.
-	for _, hash := range order {
-		go s.run(hash, held[hash], seeds[hash])
+	// The hints are in place before any held lookup starts, so that each
+	// one's own ahead finds its references hinted.
+	for hash, y := range held {
+		go s.run(hash, y, seeds[hash])
 	}
 }
 

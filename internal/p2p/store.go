@@ -116,10 +116,12 @@ func (s *Store) NarInfo(ctx context.Context, hash string) (*narinfo.NarInfo, err
 	if ix := s.index.Load(); ix != nil && ix.Absent(hash) {
 		return nil, errAbsent
 	}
-	ni, err := s.lookup(hash).NarInfo(ctx)
+	x := s.lookup(hash)
+	ni, err := x.NarInfo(ctx)
 	if err != nil {
 		return nil, err
 	}
+	x.PrefetchNAR() // Nix asks for it next
 	return store.PeerNarInfo(ni, Source), nil
 }
 

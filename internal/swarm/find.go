@@ -480,9 +480,6 @@ func (f *Finder) query(ctx context.Context, x *Found, h Holder, timeout time.Dur
 		x.grew()
 		x.decidedAt = time.Now()
 		close(x.decided)
-		x.mu.Unlock()
-		x.prefetch(ni.NarHash.Format(nixhash.NixBase32, false), int64(ni.NarSize))
-		return
 	case sameNarHash(ni, x.ni):
 		x.cands = append(x.cands, candidate{h, ni})
 		x.grew()

@@ -7,14 +7,19 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nix-community/go-nix/pkg/nixhash"
+
 	"github.com/peerix/peerix/internal/store"
 )
 
-// Small NARs are fetched ahead of Nix. Once a lookup accepted a narinfo
-// whose NAR is at most Options.PrefetchMax bytes, the Finder fetches and
-// verifies that NAR at once, so that when Nix asks for it (right after
-// the narinfo, as it substitutes) it is answered from memory instead of
-// waiting for a round trip to the holder. A prefetched NAR is handed out
+// Small NARs are fetched ahead of Nix. Once a narinfo whose NAR is at
+// most Options.PrefetchMax bytes was handed to Nix (PrefetchNAR), the
+// Finder fetches and verifies that NAR at once, so that when Nix asks for
+// it (it gathers the narinfos it needs, then substitutes) it is answered
+// from memory instead of waiting for a round trip to the holder. Lookups
+// started ahead of Nix (references, closures) prefetch nothing until Nix
+// asks for their narinfo: most of a closure is often already in Nix's
+// store. A prefetched NAR is handed out
 // once and then forgotten (a second request fetches it again); one Nix
 // never asks for is forgotten after the lookup's HitTTL. All prefetched
 // NARs together stay within Options.PrefetchBudget; beyond it a NAR is
@@ -58,6 +63,19 @@ func (p *prefetched) drop() {
 // prefetchTimeout bounds a prefetch; a NAR that takes longer is fetched
 // again when Nix asks.
 const prefetchTimeout = 10 * time.Second
+
+// PrefetchNAR starts fetching the NAR of x's accepted narinfo, if it is
+// small enough and the budget allows. Call it when the narinfo is handed
+// to Nix, which asks for the NAR next; it does nothing after the first
+// call, or without an accepted narinfo.
+func (x *Found) PrefetchNAR() {
+	x.mu.Lock()
+	ni := x.ni
+	x.mu.Unlock()
+	if ni != nil {
+		x.prefetch(ni.NarHash.Format(nixhash.NixBase32, false), int64(ni.NarSize))
+	}
+}
 
 // prefetch starts fetching x's accepted NAR, if it is small enough and
 // the budget allows.

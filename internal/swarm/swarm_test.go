@@ -661,6 +661,11 @@ func TestSmallNARIsPrefetched(t *testing.T) {
 	h := honest("a", c)
 	f := swarm.NewFinder(swarm.Options{PrefetchMax: 64 << 10})
 	x := find(t, f, h)
+	time.Sleep(20 * time.Millisecond)
+	if n := h.opens.Load(); n != 0 {
+		t.Fatalf("the NAR was opened %d times before the narinfo was handed to Nix", n)
+	}
+	x.PrefetchNAR()
 	deadline := time.Now().Add(5 * time.Second)
 	for h.sent.Load() < int64(len(c.nar)) {
 		if time.Now().After(deadline) {
@@ -690,13 +695,13 @@ func TestPrefetchBoundsAndLies(t *testing.T) {
 	big := newContent(8000, 10)
 	hb := honest("a", big)
 	f := swarm.NewFinder(swarm.Options{PrefetchMax: 4000})
-	find(t, f, hb)
+	find(t, f, hb).PrefetchNAR()
 	time.Sleep(50 * time.Millisecond)
 	if n := hb.opens.Load(); n != 0 {
 		t.Errorf("a NAR over PrefetchMax was opened %d times before anyone asked", n)
 	}
 	f = swarm.NewFinder(swarm.Options{PrefetchMax: 64 << 10, PrefetchBudget: 4000})
-	find(t, f, hb)
+	find(t, f, hb).PrefetchNAR()
 	time.Sleep(50 * time.Millisecond)
 	if n := hb.opens.Load(); n != 0 {
 		t.Errorf("a NAR over PrefetchBudget was opened %d times before anyone asked", n)
@@ -709,6 +714,7 @@ func TestPrefetchBoundsAndLies(t *testing.T) {
 	good.delay = 20 * time.Millisecond
 	f = swarm.NewFinder(swarm.Options{PrefetchMax: 64 << 10})
 	x := find(t, f, liar, good)
+	x.PrefetchNAR()
 	got, err := readAll(t, x, c.narHash(), 0)
 	if err != nil || !bytes.Equal(got, c.nar) {
 		t.Fatalf("NAR after a liar's prefetch: %d bytes, %v", len(got), err)
