@@ -2,10 +2,8 @@ package tracker
 
 import (
 	"context"
-	"encoding/json"
 	"math/rand/v2"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -44,31 +42,11 @@ const maxHolderScan = 4096
 
 // candidates are a hash's holders as Holders listed them, grouped by
 // network once (a popular hash's are cached, and each find draws afresh
-// from them without grouping them again).
+// from them without grouping them again). The holders a find lists are
+// described by the Server's descCache.
 type candidates struct {
 	hs   []Holder
 	nets [][]int32 // each network's holders (indexes into hs), networks in order of first appearance
-
-	// For a cached hash: the candidates described so far in the cache
-	// entry's life (rendered JSON of their PeerInfo; nil: not live when
-	// asked), so that finds of a popular hash ask the registry only about
-	// holders no find has listed yet.
-	mu        sync.Mutex
-	desc      map[int64][]byte
-	descBytes int64         // held in desc, counted in budget
-	budget    *atomic.Int64 // the cache's count of description bytes; nil: not cached
-	released  bool          // left the cache: keeps no more descriptions
-}
-
-// release gives back the bytes of c's descriptions when it leaves the
-// cache.
-func (c *candidates) release() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.budget != nil {
-		c.budget.Add(-c.descBytes)
-	}
-	c.desc, c.descBytes, c.released = nil, 0, true
 }
 
 // groupByNet groups hs (in the registry's order) by network: one pass to
@@ -100,70 +78,6 @@ func groupByNet(hs []Holder) *candidates {
 		c.nets[n] = append(c.nets[n], int32(i))
 	}
 	return c
-}
-
-// describe appends to buf the JSON array of the live peers of keys (from
-// pick), in that order, describing through reg only those no find has
-// described yet. Only for cached candidates.
-func (c *candidates) describe(ctx context.Context, reg Registry, keys []int64, liveSince time.Time, buf []byte) ([]byte, error) {
-	c.mu.Lock()
-	var missing []int64
-	for _, k := range keys {
-		if _, ok := c.desc[k]; !ok {
-			missing = append(missing, k)
-		}
-	}
-	c.mu.Unlock()
-	var rendered map[int64][]byte
-	if len(missing) > 0 {
-		ps, err := reg.Describe(ctx, missing, liveSince)
-		if err != nil {
-			return nil, err
-		}
-		rendered = make(map[int64][]byte, len(ps))
-		for _, p := range ps {
-			b, err := json.Marshal(p.PeerInfo)
-			if err != nil {
-				return nil, err
-			}
-			rendered[p.Key] = b
-		}
-		c.mu.Lock()
-		if c.desc == nil && !c.released {
-			c.desc = make(map[int64][]byte, len(c.hs))
-		}
-		for _, k := range missing {
-			b := rendered[k] // nil: not live
-			if c.released || c.budget == nil {
-				continue
-			}
-			if c.budget.Add(int64(len(b))) > holderCacheDescBudget {
-				c.budget.Add(-int64(len(b)))
-				continue
-			}
-			c.desc[k] = b
-			c.descBytes += int64(len(b))
-		}
-	} else {
-		c.mu.Lock()
-	}
-	defer c.mu.Unlock()
-	buf = append(buf, '[')
-	n := 0
-	for _, k := range keys {
-		b, ok := c.desc[k]
-		if !ok {
-			b = rendered[k]
-		}
-		if b != nil {
-			if n > 0 {
-				buf = append(buf, ',')
-			}
-			buf = append(buf, b...)
-			n++
-		}
-	}
-	return append(buf, ']'), nil
 }
 
 // pickHolders chooses up to limit of hs (in the registry's order: oldest
@@ -282,7 +196,6 @@ type holderCache struct {
 	m       map[string]cachedHolders
 	order   []cacheRef // in the order of puts: the oldest first, for eviction
 	entries int
-	desc    atomic.Int64 // bytes of the cached candidates' descriptions
 	loading map[string]*holderLoad
 }
 
@@ -355,10 +268,6 @@ const (
 	holderCacheMin    = 256
 	holderCacheTTL    = 2 * time.Second
 	holderCacheBudget = 1 << 18 // about 10 MiB
-	// holderCacheDescBudget bounds the descriptions kept, whatever
-	// addresses peers announce (up to 8 KiB a peer); past it, finds
-	// describe through the registry.
-	holderCacheDescBudget = 32 << 20
 )
 
 func (c *holderCache) get(hash string, now time.Time) (*candidates, bool) {
@@ -369,10 +278,7 @@ func (c *holderCache) get(hash string, now time.Time) (*candidates, bool) {
 		return nil, false
 	}
 	if now.Sub(e.at) >= holderCacheTTL || now.Before(e.at) {
-		// Out of date: its descriptions' bytes go back at once (the
-		// entry itself is replaced by the next put, or evicted).
-		e.c.release()
-		return nil, false
+		return nil, false // out of date: replaced by the next put, or evicted
 	}
 	return e.c, true
 }
@@ -390,15 +296,13 @@ func (c *holderCache) put(hash string, cs *candidates, now time.Time) bool {
 	}
 	if old, ok := c.m[hash]; ok {
 		c.entries -= len(old.c.hs)
-		old.c.release()
 	}
 	c.order = append(c.order, cacheRef{hash, now})
-	cs.budget = &c.desc
 	c.m[hash] = cachedHolders{now, cs}
 	c.entries += len(cs.hs)
 	// Evict from the oldest put: entries past the budget, and expired
 	// ones (an expired hash nobody asks about again would otherwise hold
-	// its candidates and descriptions until the budget pushed it out).
+	// its candidates until the budget pushed it out).
 	for len(c.order) > 0 {
 		ref := c.order[0]
 		e, ok := c.m[ref.hash]
@@ -407,7 +311,6 @@ func (c *holderCache) put(hash string, cs *candidates, now time.Time) bool {
 				break
 			}
 			c.entries -= len(e.c.hs)
-			e.c.release()
 			delete(c.m, ref.hash)
 		}
 		c.order[0] = cacheRef{}

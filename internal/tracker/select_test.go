@@ -229,9 +229,8 @@ func TestPickSharesCandidates(t *testing.T) {
 }
 
 // TestFindFromMemory: finds of a popular hash answer from the cached
-// candidates' descriptions, byte for byte what describing them afresh
-// gives; a holder that deregistered is gone once the entry expires; the
-// descriptions' bytes are given back when their entry goes.
+// candidates and descriptions, byte for byte what describing them afresh
+// gives; a holder that deregistered is gone once the entry expires.
 func TestFindFromMemory(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b backend) {
 		s, reg, clock := newTestServer(t, b, time.Hour)
@@ -259,7 +258,7 @@ func TestFindFromMemory(t *testing.T) {
 		}
 		// Every holder is listed (limit 1000), the second time from memory.
 		a1 := find()
-		if s.holders.desc.Load() == 0 {
+		if s.descs.len() == 0 {
 			t.Fatal("no descriptions cached")
 		}
 		a2 := find()
@@ -287,12 +286,6 @@ func TestFindFromMemory(t *testing.T) {
 			if p.PeerID == first.id.String() {
 				t.Fatal("a holder that left is still listed past the cache's TTL")
 			}
-		}
-		// Expired and evicted, the entries give their bytes back.
-		clock.Advance(holderCacheTTL)
-		s.holders.get(h, clock.Now())
-		if n := s.holders.desc.Load(); n != 0 {
-			t.Fatalf("%d bytes of descriptions counted after the entry expired", n)
 		}
 	})
 }
@@ -381,5 +374,73 @@ func TestSybilCached(t *testing.T) {
 	}
 	if _, ok := s.holders.get(h, clock.Now()); !ok {
 		t.Fatal("the hash's candidates are not cached: the test does not test the cache")
+	}
+}
+
+// TestDescriptionsShared: a find describes a holder once for every hash
+// it holds, within descTTL; its new addresses are listed at once after it
+// announces them; a holder whose last_seen is no longer live is asked
+// about again, not listed from memory.
+func TestDescriptionsShared(t *testing.T) {
+	eachBackend(t, func(t *testing.T, b backend) {
+		const ttl = time.Minute
+		s, _, clock := newTestServer(t, b, ttl)
+		p := newSigner(t)
+		from := "10.1.2.3:1"
+		h1, h2 := hashN(1), hashN(2)
+		p.announceFrom(t, s, ms(clock.Now()), from, "/ip4/198.51.100.1/tcp/4001")
+		p.packagesFrom(t, s, ms(clock.Now())+1, from, []string{h1, h2})
+		find := func(h string) []PeerInfo {
+			t.Helper()
+			w := serve(s, request("GET", "/v1/find/"+h, nil, ""))
+			if w.Code != 200 {
+				t.Fatalf("find: %d %s", w.Code, w.Body)
+			}
+			var ans api.PeersAnswer
+			if err := json.Unmarshal(w.Body.Bytes(), &ans); err != nil {
+				t.Fatal(err)
+			}
+			return ans.Peers
+		}
+		if ps := find(h1); len(ps) != 1 || len(ps[0].Addrs) != 1 || s.descs.len() != 1 {
+			t.Fatalf("first find: %+v, %d described", ps, s.descs.len())
+		}
+		if ps := find(h2); len(ps) != 1 || ps[0].Addrs[0] != "/ip4/198.51.100.1/tcp/4001" {
+			t.Fatalf("find of its other hash: %+v", ps)
+		}
+		clock.Advance(time.Second)
+		p.announceFrom(t, s, ms(clock.Now()), from, "/ip4/198.51.100.2/tcp/4002")
+		if ps := find(h1); len(ps) != 1 || ps[0].Addrs[0] != "/ip4/198.51.100.2/tcp/4002" {
+			t.Fatalf("after a new announce: %+v, want the new address at once", ps)
+		}
+		// Silent past the TTL: not live, not listed, though described
+		// less than descTTL ago (the holder cache is not in play: one
+		// holder).
+		clock.Advance(ttl + time.Second)
+		if ps := find(h1); len(ps) != 0 {
+			t.Fatalf("a holder past its TTL is listed: %+v", ps)
+		}
+	})
+}
+
+// TestDescCacheBudget: past descBudget the cache starts over; forget
+// gives an entry's bytes back.
+func TestDescCacheBudget(t *testing.T) {
+	var c descCache
+	big := make([]byte, descBudget/3)
+	c.mu.Lock()
+	for k := range int64(3) {
+		c.put(k, descEntry{json: big, peerID: fmt.Sprint(k)})
+	}
+	n, bytes := len(c.m), c.bytes
+	c.put(3, descEntry{json: big, peerID: "3"})
+	after := len(c.m)
+	c.mu.Unlock()
+	if n != 3 || bytes != 3*int64(len(big)) || after != 1 {
+		t.Fatalf("%d entries (%d bytes), then %d: want 3, then a new start", n, bytes, after)
+	}
+	c.forget("3")
+	if c.len() != 0 || c.bytes != 0 {
+		t.Fatalf("after forget: %d entries, %d bytes", c.len(), c.bytes)
 	}
 }

@@ -51,6 +51,7 @@ type Server struct {
 	mux        *http.ServeMux
 	idx        *serverIndex // GET /v1/index (index.go)
 	holders    holderCache  // candidates of popular hashes (select.go)
+	descs      descCache    // peers described lately (desccache.go)
 
 	netReads, netWrites, peerWrites *buckets
 	bodies                          *bodyBudget
@@ -196,28 +197,15 @@ func (s *Server) find(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	keys := cands.pick(limit)
-	if cached {
-		// A popular hash: its holders' descriptions come from memory
-		// once a find has listed them.
-		buf := append(make([]byte, 0, 16<<10), `{"peers":`...)
-		buf, err := cands.describe(r.Context(), s.reg, keys, liveSince, buf)
-		if err != nil {
-			s.internal(w, r, err)
-			return
-		}
-		writeRaw(w, http.StatusOK, append(buf, "}\n"...))
-		return
-	}
-	ps, err := s.reg.Describe(r.Context(), keys, liveSince)
+	// The holders' descriptions come from memory where a find listed
+	// them lately, for this hash or another.
+	buf := append(make([]byte, 0, 16<<10), `{"peers":`...)
+	buf, err := s.descs.describe(r.Context(), s.reg, keys, liveSince, now, buf)
 	if err != nil {
 		s.internal(w, r, err)
 		return
 	}
-	peers := make([]api.PeerInfo, len(ps))
-	for i, p := range ps {
-		peers[i] = p.PeerInfo
-	}
-	writeJSON(w, http.StatusOK, api.PeersAnswer{Peers: peers})
+	writeRaw(w, http.StatusOK, append(buf, "}\n"...))
 }
 
 func (s *Server) announce(w http.ResponseWriter, r *http.Request) {
@@ -264,6 +252,7 @@ func (s *Server) announce(w http.ResponseWriter, r *http.Request) {
 	} else {
 		s.log.Debug("peer heartbeat", "peer", sw.id, "addrs", len(addrs), "dropped_addrs", len(dropped))
 	}
+	s.descs.forget(sw.id.String()) // finds list its new addresses at once
 	writeJSON(w, http.StatusOK, api.AnnounceAnswer{OK: true, ObservedAddr: r.RemoteAddr, TTLSeconds: s.ttl.Seconds(), Registered: fresh, Addrs: addrs})
 }
 
@@ -349,6 +338,7 @@ func (s *Server) deletePeer(w http.ResponseWriter, r *http.Request) {
 		s.writeRegistryError(w, r, err)
 		return
 	}
+	s.descs.forget(sw.id.String())
 	s.log.Info("peer deregistered", "peer", sw.id, "was_live", removed)
 	writeJSON(w, http.StatusOK, api.DeleteAnswer{OK: true, Removed: removed})
 }

@@ -1,0 +1,128 @@
+package tracker
+
+import (
+	"context"
+	"encoding/json"
+	"sync"
+	"time"
+)
+
+// descCache keeps the rendered JSON of peers' descriptions (PeerInfo) for
+// every find: a peer holds many hashes, so the hundred holders a find
+// lists were mostly described moments ago for another hash. Only the
+// registry's live peers are kept, each for descTTL; an entry is used only
+// while the last_seen it recorded is still live (a peer past it is asked
+// about again, and listed only if it heartbeat since). This tracker's own
+// announces and deletions forget the peer at once; another tracker on a
+// shared PostgreSQL database shows a changed address within descTTL (a
+// peer announces when its addresses change, which is rare: a relay
+// reservation, a new network).
+type descCache struct {
+	mu    sync.Mutex
+	m     map[int64]descEntry
+	byID  map[string]int64
+	bytes int64
+}
+
+type descEntry struct {
+	json     []byte
+	peerID   string
+	lastSeen int64 // unix ms
+	at       time.Time
+}
+
+const (
+	descTTL = 30 * time.Second
+	// descBudget bounds the descriptions kept, whatever addresses peers
+	// announce (up to 8 KiB a peer); past it the cache starts over.
+	descBudget = 32 << 20
+)
+
+// describe appends to buf the JSON array of the live peers of keys, in
+// that order, asking reg only about those not described within descTTL.
+func (c *descCache) describe(ctx context.Context, reg Registry, keys []int64, liveSince, now time.Time, buf []byte) ([]byte, error) {
+	live := liveSince.UnixMilli()
+	found := make([][]byte, len(keys))
+	var missing []int64
+	c.mu.Lock()
+	for i, k := range keys {
+		if e, ok := c.m[k]; ok && now.Sub(e.at) < descTTL && !now.Before(e.at) && e.lastSeen >= live {
+			found[i] = e.json
+		} else {
+			missing = append(missing, k)
+		}
+	}
+	c.mu.Unlock()
+	if len(missing) > 0 {
+		ps, err := reg.Describe(ctx, missing, liveSince)
+		if err != nil {
+			return nil, err
+		}
+		fresh := make(map[int64][]byte, len(ps))
+		c.mu.Lock()
+		for _, p := range ps {
+			b, err := json.Marshal(p.PeerInfo)
+			if err != nil {
+				c.mu.Unlock()
+				return nil, err
+			}
+			fresh[p.Key] = b
+			c.put(p.Key, descEntry{json: b, peerID: p.PeerID, lastSeen: p.LastSeen.UnixMilli(), at: now})
+		}
+		c.mu.Unlock()
+		for i, k := range keys {
+			if found[i] == nil {
+				found[i] = fresh[k] // nil: not live
+			}
+		}
+	}
+	buf = append(buf, '[')
+	n := 0
+	for _, b := range found {
+		if b == nil {
+			continue
+		}
+		if n > 0 {
+			buf = append(buf, ',')
+		}
+		buf = append(buf, b...)
+		n++
+	}
+	return append(buf, ']'), nil
+}
+
+// put keeps e for key. c.mu is held.
+func (c *descCache) put(key int64, e descEntry) {
+	if c.m == nil || c.bytes+int64(len(e.json)) > descBudget {
+		c.m, c.byID, c.bytes = map[int64]descEntry{}, map[string]int64{}, 0
+	}
+	if old, ok := c.m[key]; ok {
+		c.bytes -= int64(len(old.json))
+	}
+	c.m[key] = e
+	c.byID[e.peerID] = key
+	c.bytes += int64(len(e.json))
+}
+
+// forget drops the description of peerID (it announced other addresses,
+// or left).
+func (c *descCache) forget(peerID string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	key, ok := c.byID[peerID]
+	if !ok {
+		return
+	}
+	delete(c.byID, peerID)
+	if e, ok := c.m[key]; ok {
+		c.bytes -= int64(len(e.json))
+		delete(c.m, key)
+	}
+}
+
+// len is the number of descriptions kept.
+func (c *descCache) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.m)
+}
