@@ -182,15 +182,13 @@ func selectOldest(hs []Holder, idx []int, k int) {
 
 // holderCache keeps the candidates of popular hashes (at least
 // holderCacheMin live holders) for holderCacheTTL: reading a thousand
-// holders is most of a find's cost (2 ms of 3 in SQLite), and popular
-// hashes are what peers ask for most; and, as finds list them, the
-// candidates' descriptions, so that a find of a popular hash is mostly
-// answered from memory. A holder that joined within the TTL may be
-// missing from an answer; one that left or changed its addresses may be
-// listed as it was when a find first listed it, up to the TTL ago; with
-// hundreds of others listed, neither matters. Hashes with fewer holders, where one holder can be the
-// only one, are always read afresh. At most holderCacheBudget candidates
-// are kept in all.
+// holders is most of a find's cost once its holders are described from
+// memory (descCache), and popular hashes are what peers ask for most. A
+// holder that joined within the TTL may be missing from an answer, one
+// that left may be listed up to the TTL ago; with hundreds of others
+// listed, neither matters. Hashes with fewer holders, where one holder
+// can be the only one, are always read afresh. At most holderCacheBudget
+// candidates are kept in all.
 type holderCache struct {
 	mu      sync.Mutex
 	m       map[string]cachedHolders
