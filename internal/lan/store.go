@@ -70,9 +70,10 @@ type hint struct {
 	at   time.Time
 }
 
-// maxHints bounds the hints kept (one closure answer holds at most
-// cache.ClosureMaxPaths).
-const maxHints = 16 * cache.ClosureMaxPaths
+// maxHints bounds the hints kept, about 1 KiB each: two whole closure
+// answers (a large NixOS system's closure is 2,000–3,000 paths). Beyond
+// it a path is looked up as without a closure answer.
+const maxHints = 2 * cache.ClosureMaxPaths
 
 // maxPrefetch bounds the lookups of references started ahead of Nix.
 const maxPrefetch = 16
