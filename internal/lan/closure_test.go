@@ -2,8 +2,10 @@ package lan
 
 import (
 	"bytes"
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/peerix/peerix/internal/cache"
 	"github.com/peerix/peerix/internal/store"
@@ -63,4 +65,30 @@ func FuzzParseClosure(f *testing.F) {
 			t.Fatalf("%d paths", len(nis))
 		}
 	})
+}
+
+// Hints are taken once, only while fresh, and at most maxHints are kept.
+func TestHints(t *testing.T) {
+	s := &Store{}
+	seed := &peer{}
+	s.addHint(testHash, seed)
+	if !s.hinted(testHash) {
+		t.Fatal("a hint just added is not there")
+	}
+	if got := s.takeHint(testHash); got != seed {
+		t.Fatalf("takeHint: %v, want the seed", got)
+	}
+	if s.takeHint(testHash) != nil || s.hinted(testHash) {
+		t.Fatal("a hint was taken twice")
+	}
+	for i := range maxHints + 10 {
+		s.addHint(fmt.Sprintf("%032d", i), seed)
+	}
+	if n := len(s.hints); n != maxHints {
+		t.Fatalf("%d hints kept, want at most %d", n, maxHints)
+	}
+	s.hints[testHash] = hint{seed: seed, at: time.Now().Add(-hitTTL)}
+	if s.hinted(testHash) || s.takeHint(testHash) != nil {
+		t.Fatal("a stale hint was used")
+	}
 }
