@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nix-community/go-nix/pkg/narinfo"
@@ -149,8 +150,9 @@ type Finder struct {
 	memory *semaphore.Weighted
 	// prefetchBudget bounds the NARs fetched ahead of Nix, prefetchSlots
 	// the fetches running at once.
-	prefetchBudget *semaphore.Weighted
-	prefetchSlots  chan struct{}
+	prefetchBudget  *semaphore.Weighted
+	prefetchSlots   chan struct{}
+	prefetchWaiting atomic.Int64
 }
 
 // NewFinder returns a Finder with opt.

@@ -39,8 +39,12 @@ type prefetched struct {
 	release func() // gives data's bytes back to the budget; nil once given up
 }
 
-// prefetchSlots bounds the prefetches running at once.
-const prefetchSlots = 8
+// prefetchSlots bounds the prefetches running at once, prefetchQueue
+// those waiting for a slot (beyond it, Nix's request fetches the NAR).
+const (
+	prefetchSlots = 8
+	prefetchQueue = 256
+)
 
 // take returns the verified NAR and forgets it, or nil.
 func (p *prefetched) take() []byte {
@@ -81,7 +85,7 @@ func (x *Found) PrefetchNAR() {
 // the budget allows.
 func (x *Found) prefetch(narHash string, size int64) {
 	f := x.f
-	if size > f.opt.PrefetchMax || !f.prefetchBudget.TryAcquire(size) {
+	if size > f.opt.PrefetchMax || f.prefetchWaiting.Load() >= prefetchQueue || !f.prefetchBudget.TryAcquire(size) {
 		return
 	}
 	p := &prefetched{narHash: narHash, done: make(chan struct{}),
@@ -96,7 +100,9 @@ func (x *Found) prefetch(narHash string, size int64) {
 	x.mu.Unlock()
 	go func() {
 		defer close(p.done)
+		f.prefetchWaiting.Add(1)
 		f.prefetchSlots <- struct{}{}
+		f.prefetchWaiting.Add(-1)
 		defer func() { <-f.prefetchSlots }()
 		p.mu.Lock()
 		if p.release == nil { // taken over by Nix's request meanwhile
