@@ -188,7 +188,7 @@ func (s *Server) find(w http.ResponseWriter, r *http.Request) {
 	cands, cached := s.holders.get(hash, now)
 	if !cached {
 		var err error
-		cands, cached, err = s.holders.load(r.Context(), hash, now, func() ([]Holder, error) {
+		cands, _, err = s.holders.load(r.Context(), hash, now, func() ([]Holder, error) {
 			return s.reg.Holders(r.Context(), hash, liveSince, maxHolderScan)
 		})
 		if err != nil {
