@@ -422,25 +422,28 @@ func (c *Conn) writeErr(err error) error {
 }
 
 // SetWriteDeadline sets the deadline and remembers it, so that the next
-// write knows whether to move it.
+// write knows whether to move it. Clearing it changes nothing: every write
+// carries the rolling deadline anyway (net/http clears it before each
+// request, and setting it twice a request is measurable at 60k requests/s).
 func (c *Conn) SetWriteDeadline(t time.Time) error {
+	if t.IsZero() {
+		return nil
+	}
 	c.store(t)
 	return c.Conn.SetWriteDeadline(t)
 }
 
-// SetDeadline sets both deadlines (and remembers the write one).
+// SetDeadline sets both deadlines (and remembers the write one); clearing
+// clears only the read deadline (see SetWriteDeadline).
 func (c *Conn) SetDeadline(t time.Time) error {
+	if t.IsZero() {
+		return c.Conn.SetReadDeadline(t)
+	}
 	c.store(t)
 	return c.Conn.SetDeadline(t)
 }
 
-func (c *Conn) store(t time.Time) {
-	if t.IsZero() {
-		c.deadline.Store(0)
-	} else {
-		c.deadline.Store(t.UnixNano())
-	}
-}
+func (c *Conn) store(t time.Time) { c.deadline.Store(t.UnixNano()) }
 
 // Close closes the connection and gives its place back.
 func (c *Conn) Close() error {

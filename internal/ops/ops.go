@@ -148,7 +148,7 @@ type Ops struct {
 
 	tmu       sync.Mutex
 	transfers map[*Transfer]struct{}
-	recent    []TransferInfo // finished, newest last
+	recent    ring[TransferInfo] // the last recentTransfers finished
 	nextID    atomic.Int64
 
 	health   sync.Mutex // serialises health runs; guards the cache below
@@ -173,8 +173,10 @@ func New(opts Options) *Ops {
 		log:       opts.Log,
 		started:   time.Now(),
 		transfers: make(map[*Transfer]struct{}),
+		recent:    newRing[TransferInfo](recentTransfers),
 		names:     make(map[string]string),
 	}
+	o.activity.ring = newRing[ActivityEntry](activitySize)
 	if o.log == nil {
 		o.log = slog.New(slog.DiscardHandler)
 	}

@@ -244,10 +244,7 @@ func (t *Transfer) Done(err error) {
 	}
 	o.tmu.Lock()
 	delete(o.transfers, t)
-	o.recent = append(o.recent, info)
-	if len(o.recent) > recentTransfers {
-		o.recent = slices.Delete(o.recent, 0, len(o.recent)-recentTransfers)
-	}
+	o.recent.push(info)
 	o.tmu.Unlock()
 
 	if err == nil && info.Done < activityMinSize {
@@ -339,9 +336,8 @@ func (o *Ops) transferInfos() (inFlight, recent []TransferInfo) {
 	for t := range o.transfers {
 		ts = append(ts, t)
 	}
-	recent = slices.Clone(o.recent)
+	recent = o.recent.newestFirst(recentTransfers)
 	o.tmu.Unlock()
-	slices.Reverse(recent)
 	inFlight = make([]TransferInfo, 0, len(ts))
 	for _, t := range ts {
 		inFlight = append(inFlight, t.info(now))
@@ -352,9 +348,6 @@ func (o *Ops) transferInfos() (inFlight, recent []TransferInfo) {
 		}
 		return cmp.Compare(a.ID, b.ID)
 	})
-	if recent == nil {
-		recent = []TransferInfo{}
-	}
 	return inFlight, recent
 }
 
@@ -365,11 +358,10 @@ type ActivityEntry struct {
 }
 
 // activityRing keeps the last activitySize entries.
+// activityRing is the recent activity: the last activitySize entries.
 type activityRing struct {
-	mu   sync.Mutex
-	buf  [activitySize]ActivityEntry
-	next int
-	n    int
+	mu sync.Mutex
+	ring[ActivityEntry]
 }
 
 // Activity notes an event for the dashboard's recent activity (a peer came
@@ -380,9 +372,7 @@ func (o *Ops) Activity(msg string) {
 	}
 	a := &o.activity
 	a.mu.Lock()
-	a.buf[a.next] = ActivityEntry{Time: time.Now(), Msg: msg}
-	a.next = (a.next + 1) % activitySize
-	a.n = min(a.n+1, activitySize)
+	a.push(ActivityEntry{Time: time.Now(), Msg: msg})
 	a.mu.Unlock()
 }
 
@@ -391,12 +381,7 @@ func (o *Ops) recentActivity(n int) []ActivityEntry {
 	a := &o.activity
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	n = min(n, a.n)
-	out := make([]ActivityEntry, 0, n)
-	for i := 1; i <= n; i++ {
-		out = append(out, a.buf[(a.next-i+activitySize)%activitySize])
-	}
-	return out
+	return a.newestFirst(n)
 }
 
 // shortID shortens a libp2p peer ID for messages: its last 8 characters,
