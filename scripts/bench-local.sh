@@ -11,7 +11,9 @@
 #
 # The requests/s rows (narinfo, small NAR) are measured in rounds: in each
 # round wrk runs against nginx, then peerix (then its signing instance, then
-# the baseline's), one after the other; a row reports the median of the
+# the baseline's, then scripts/nethttp-floor: Go's net/http serving the same
+# bytes from memory with no handler work, the most a net/http server reaches
+# here), one after the other; a row reports the median of the
 # rounds and the median of the per-round ratios to nginx, so that load from
 # other work on the machine hits both sides alike.
 #
@@ -231,6 +233,20 @@ if [[ -n "${PEERIX_BASELINE:-}" ]]; then
 	SM_URLS+=("$PB/local/$(nar_url "$PB/local" "$SMALL")")
 fi
 
+# The floor: Go's net/http serving the same two files from memory, no
+# handler work at all; what any server built on net/http can reach here.
+(cd "$REPO" && CGO_ENABLED=0 go build -o "$TMP/bin/" ./scripts/nethttp-floor) || die "building scripts/nethttp-floor failed"
+FLOOR_PORT="$(free_port)"
+FLOOR="http://127.0.0.1:$FLOOR_PORT"
+spawn "$TMP/floor.log" "$TMP/bin/nethttp-floor" "127.0.0.1:$FLOOR_PORT" \
+	"${NG_NARINFO#"$NGINX"}=$CACHE/$(hash_of "$SMALL").narinfo" "${NG_SMALL#"$NGINX"}=$CACHE${NG_SMALL#"$NGINX"}"
+wait_http "$FLOOR${NG_NARINFO#"$NGINX"}" "$SPAWNED" nethttp-floor "$TMP/floor.log"
+NI_LABELS+=("net/http floor")
+NI_URLS+=("$FLOOR${NG_NARINFO#"$NGINX"}")
+SM_LABELS+=("net/http floor")
+SM_URLS+=("$FLOOR${NG_SMALL#"$NGINX"}")
+FLOOR_NI=$((${#NI_URLS[@]} - 1)) FLOOR_SM=$((${#SM_URLS[@]} - 1))
+
 # rounds NAME URL...: ROUNDS rounds of wrk on each URL in turn; the results
 # go to R[NAME,round,index] ("req/s|latency|errors").
 declare -A R
@@ -341,6 +357,8 @@ fi
 echo "| narinfo, req/s | $(cell narinfo 0) | $(cell narinfo 1) |$b_ni |"
 echo "| narinfo with our signature added, req/s | (signed at copy time) | $(cell narinfo 2) |$b_nis |"
 echo "| small NAR ($SMALL_SIZE B), req/s | $(cell small-nar 0) | $(cell small-nar 1) |$b_sm |"
+echo "| the narinfo from a bare net/http server (the floor), req/s | | $(cell narinfo "$FLOOR_NI") |${baseline_head:+ |} |"
+echo "| the small NAR from a bare net/http server (the floor), req/s | | $(cell small-nar "$FLOOR_SM") |${baseline_head:+ |} |"
 echo "| small NAR, time to first byte (best of 5) | $(ms "$f_ng_sm") | $(ms "$f_px_sm") |${baseline_head:+ |} |"
 if [[ "$BENCH_STREAM" != 0 ]]; then
 	read -r _ t_ng_big f_ng_big <<<"$C_NG_BIG"
