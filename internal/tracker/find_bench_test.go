@@ -45,10 +45,11 @@ func BenchmarkFind(b *testing.B) {
 						serve(s, r.Clone(context.Background()))
 					}
 				})
-				// Every find reads the candidates.
+				// Every find reads the candidates (they are too old to be
+				// used).
 				b.Run("handler-cold", func(b *testing.B) {
 					for b.Loop() {
-						clock.Advance(holderCacheTTL)
+						clock.Advance(holderCacheMaxAge)
 						serve(s, r.Clone(context.Background()))
 					}
 				})
