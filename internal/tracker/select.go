@@ -270,7 +270,7 @@ func (c *holderCache) candidates(ctx context.Context, hash string, now time.Time
 	}
 	// A read under way is shared if it began recently enough that its
 	// result may be used now.
-	if l, ok := c.loading[hash]; ok && !now.Before(l.at) && now.Sub(l.at) < holderCacheMaxAge {
+	if l, ok := c.loading[hash]; ok && near(now, l.at) {
 		c.mu.Unlock()
 		select {
 		case <-l.done:
@@ -311,12 +311,22 @@ func (c *holderCache) candidates(ctx context.Context, hash string, now time.Time
 }
 
 // usable returns the hash's entry if it may be used at now. c.mu is held.
+// An entry read after now (a find that took its time after reading the
+// clock, while another's read was done) is as good as a fresh one; one
+// read holderCacheMaxAge after now is not used either (the clock went
+// back).
 func (c *holderCache) usable(hash string, now time.Time) (cachedHolders, bool) {
 	e, ok := c.m[hash]
-	if !ok || now.Before(e.at) || now.Sub(e.at) >= holderCacheMaxAge {
+	if !ok || !near(now, e.at) {
 		return cachedHolders{}, false // replaced by the next put, or evicted
 	}
 	return e, true
+}
+
+// near reports whether a read begun at at may be used at now.
+func near(now, at time.Time) bool {
+	d := now.Sub(at)
+	return d < holderCacheMaxAge && d > -holderCacheMaxAge
 }
 
 // begin registers a read of hash begun at now. c.mu is held.

@@ -189,6 +189,14 @@ func TestHolderCache(t *testing.T) {
 	if _, _, ok := c.get("big", now.Add(holderCacheMaxAge)); ok {
 		t.Fatal("used past the maximum age")
 	}
+	// Read a moment after a find read the clock: used, and fresh; read
+	// holderCacheMaxAge after (the clock went back): not used.
+	if _, fresh, ok := c.get("big", now.Add(-time.Millisecond)); !ok || !fresh {
+		t.Fatal("a read begun just after now not used")
+	}
+	if _, _, ok := c.get("big", now.Add(-holderCacheMaxAge)); ok {
+		t.Fatal("a read begun holderCacheMaxAge after now used")
+	}
 	// A read that began earlier does not replace one that began later.
 	later := groupByNet(make([]Holder, holderCacheMin+1))
 	c.put("big", later, now.Add(time.Second))
