@@ -190,8 +190,8 @@ func selectOldest(hs []Holder, idx []int, k int) {
 //   - stale (holderCacheTTL up to holderCacheMaxAge): finds still draw
 //     from it, and the first of them starts one read in the background
 //     that replaces it (stale-while-revalidate): a popular hash asked for
-//     at least every holderCacheTTL is never read while a find waits, but
-//     for its first find;
+//     at least every holderCacheMaxAge-holderCacheTTL (2 s) is read while
+//     a find waits only for its first find;
 //   - older: not used; a find reads the candidates and waits for them,
 //     sharing the read with the finds that miss at once.
 //
@@ -282,13 +282,7 @@ func (c *holderCache) candidates(ctx context.Context, hash string, now time.Time
 		}
 		// The shared read failed (its request may have been the one
 		// canceled): read for this find.
-		hs, err := read(ctx)
-		if err != nil {
-			return nil, err
-		}
-		cs := groupByNet(hs)
-		c.put(hash, cs, now)
-		return cs, nil
+		return c.readOwn(ctx, hash, now, read)
 	}
 	var l *holderLoad
 	if c.loading[hash] == nil {
@@ -298,16 +292,22 @@ func (c *holderCache) candidates(ctx context.Context, hash string, now time.Time
 	if l == nil {
 		// A read under way began too long ago to be used (the database
 		// is that slow): read for this find, without sharing.
-		hs, err := read(ctx)
-		if err != nil {
-			return nil, err
-		}
-		cs := groupByNet(hs)
-		c.put(hash, cs, now)
-		return cs, nil
+		return c.readOwn(ctx, hash, now, read)
 	}
 	c.finish(ctx, hash, l, read)
 	return l.c, l.err
+}
+
+// readOwn reads the hash's candidates for one find, begun at now, and
+// caches them if the hash is popular.
+func (c *holderCache) readOwn(ctx context.Context, hash string, now time.Time, read readHolders) (*candidates, error) {
+	hs, err := read(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cs := groupByNet(hs)
+	c.put(hash, cs, now)
+	return cs, nil
 }
 
 // usable returns the hash's entry if it may be used at now. c.mu is held.
