@@ -19,7 +19,12 @@ import (
 //     (1,000 source networks, 8 addresses each), benchConc finds at once
 //     through the whole handler, against the bare indexed lookup that
 //     reads an answer's worth of holders (100 rows of packages joined to
-//     peers, no choice, no order), at the same concurrency;
+//     peers, no choice, no order), at the same concurrency; with the
+//     hash's candidates fresh in the holder cache (cached), stale (stale:
+//     served while a background read replaces them) or too old to be
+//     used (cold: the finds wait for a read of the 1,000 holders), and
+//     with the clock advancing 2 s a round (every2s: the cold arm before
+//     the background reads);
 //   - BenchmarkDeltaP99: delta announcements (10 hashes removed, 10
 //     added) from benchConc peers at once through the whole handler
 //     (signature checked, quotas on), as now (grouped, group.go; SQLite
@@ -91,25 +96,42 @@ func BenchmarkFindP99(b *testing.B) {
 				b.Fatalf("bare lookup: %d rows, %v", n, err)
 			}
 			r := request("GET", "/v1/find/"+h, nil, "")
-			for _, cold := range []bool{false, true} {
-				name := "cached"
-				if cold {
-					// Every round reads the candidates afresh.
-					name = "cold"
-				}
-				b.Run(name, func(b *testing.B) {
+			// Before each round the clock advances, and the hash's entry
+			// in the holder cache is made older than the clock says.
+			for _, arm := range []struct {
+				name         string
+				advance, age time.Duration
+			}{
+				// The candidates fresh in the holder cache.
+				{"cached", time.Millisecond, 0},
+				// The candidates past holderCacheTTL: served as they are
+				// while one background read (begun by the round's first
+				// find, beside the round's finds) replaces them; the next
+				// round begins once it is done, as it would be in the 2 s
+				// a real tracker has before the next one. Every round
+				// overlaps a read: the worst case, not the usual one.
+				{"stale", time.Millisecond, holderCacheTTL},
+				// A miss: the candidates past holderCacheMaxAge, not
+				// used; every round's finds wait for one read of them.
+				{"cold", time.Millisecond, holderCacheMaxAge},
+				// The clock advances holderCacheTTL a round: how the cold
+				// arm was defined before the background reads (every
+				// round a miss then; stale now), with what comes with it:
+				// peers' descriptions (descTTL, 30 s) expire every 15th
+				// round, and those rounds describe them again.
+				{"every2s", holderCacheTTL, 0},
+			} {
+				b.Run(arm.name, func(b *testing.B) {
 					var finds, lookups []time.Duration
 					for b.Loop() {
-						if cold {
-							clock.Advance(holderCacheTTL)
-						} else {
-							clock.Advance(time.Millisecond)
-						}
+						clock.Advance(arm.advance)
+						ageHolders(&s.holders, h, arm.age)
 						finds = append(finds, concurrently(benchConc, func(int) {
 							if w := serve(s, r.Clone(ctx)); w.Code != http.StatusOK {
 								panic(w.Body.String())
 							}
 						})...)
+						waitLoad(&s.holders, h)
 						lookups = append(lookups, concurrently(benchConc, func(int) {
 							if _, err := bare(ctx); err != nil {
 								panic(err)
@@ -144,6 +166,26 @@ func bareLookup(reg Registry, hash string) func(context.Context) (int, error) {
 		}
 		panic("unknown registry")
 	}
+}
+
+// ageHolders makes hash's entry in c, if any, d older.
+func ageHolders(c *holderCache, hash string, d time.Duration) {
+	if d == 0 {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.m[hash]
+	if !ok {
+		return
+	}
+	for i, ref := range c.order {
+		if ref.hash == hash && ref.at.Equal(e.at) {
+			c.order[i].at = e.at.Add(-d)
+		}
+	}
+	e.at = e.at.Add(-d)
+	c.m[hash] = e
 }
 
 // oneCommit is the limit a delta announcement is measured against: a

@@ -181,14 +181,29 @@ func selectOldest(hs []Holder, idx []int, k int) {
 }
 
 // holderCache keeps the candidates of popular hashes (at least
-// holderCacheMin live holders) for holderCacheTTL: reading a thousand
-// holders is most of a find's cost once its holders are described from
-// memory (descCache), and popular hashes are what peers ask for most. A
-// holder that joined within the TTL may be missing from an answer, one
-// that left may be listed up to the TTL ago; with hundreds of others
-// listed, neither matters. Hashes with fewer holders, where one holder
-// can be the only one, are always read afresh. At most holderCacheBudget
-// candidates are kept in all.
+// holderCacheMin live holders): reading a thousand holders is most of a
+// find's cost once its holders are described from memory (descCache), and
+// popular hashes are what peers ask for most. An entry is the result of
+// one read, stamped with the time the read began; by its age it is
+//
+//   - fresh (younger than holderCacheTTL): finds draw from it;
+//   - stale (holderCacheTTL up to holderCacheMaxAge): finds still draw
+//     from it, and the first of them starts one read in the background
+//     that replaces it (stale-while-revalidate): a popular hash asked for
+//     at least every holderCacheMaxAge-holderCacheTTL (2 s) is read while
+//     a find waits only for its first find;
+//   - older: not used; a find reads the candidates and waits for them,
+//     sharing the read with the finds that miss at once.
+//
+// So the candidates a find draws from were read at most holderCacheMaxAge
+// ago: a holder that stopped holding the hash (removed it, or
+// deregistered through another tracker sharing the database) may be
+// listed up to that long after, one that started may be missing that
+// long. A holder that expired, or deregistered through this tracker, is
+// not listed at all: every find checks the liveness of those it lists
+// (descCache). Hashes with fewer holders, where one holder can be the only
+// one, are always read afresh. At most holderCacheBudget candidates are
+// kept in all.
 type holderCache struct {
 	mu      sync.Mutex
 	m       map[string]cachedHolders
@@ -197,58 +212,19 @@ type holderCache struct {
 	loading map[string]*holderLoad
 }
 
-// holderLoad is a read of a hash's candidates under way: finds of the
-// same hash that miss the cache meanwhile wait for it rather than read the
-// same thousand rows again (when a popular hash's entry expires, every
-// find in flight misses at once).
+// holderLoad is a read of a hash's candidates under way, begun at at:
+// finds of the same hash that need one meanwhile wait for it rather than
+// read the same thousand rows again (when a popular hash's entry is too
+// old, every find in flight misses at once).
 type holderLoad struct {
-	done   chan struct{}
-	c      *candidates
-	cached bool
-	err    error
+	at   time.Time
+	done chan struct{}
+	c    *candidates
+	err  error
 }
 
-// load returns the hash's candidates from read, sharing one read among
-// the finds that ask at once, and caches them if the hash is popular; the
-// bool reports whether they are cached. A find whose shared read failed
-// (its request may have been the one canceled) reads for itself.
-func (c *holderCache) load(ctx context.Context, hash string, now time.Time, read func() ([]Holder, error)) (*candidates, bool, error) {
-	c.mu.Lock()
-	if l, ok := c.loading[hash]; ok {
-		c.mu.Unlock()
-		select {
-		case <-l.done:
-		case <-ctx.Done():
-			return nil, false, ctx.Err()
-		}
-		if l.err == nil {
-			return l.c, l.cached, nil
-		}
-		hs, err := read()
-		if err != nil {
-			return nil, false, err
-		}
-		cs := groupByNet(hs)
-		return cs, c.put(hash, cs, now), nil
-	}
-	l := &holderLoad{done: make(chan struct{})}
-	if c.loading == nil {
-		c.loading = make(map[string]*holderLoad)
-	}
-	c.loading[hash] = l
-	c.mu.Unlock()
-	hs, err := read()
-	if err == nil {
-		l.c = groupByNet(hs)
-		l.cached = c.put(hash, l.c, now)
-	}
-	l.err = err
-	c.mu.Lock()
-	delete(c.loading, hash)
-	c.mu.Unlock()
-	close(l.done)
-	return l.c, l.cached, err
-}
+// readHolders reads a hash's candidates from the registry.
+type readHolders func(ctx context.Context) ([]Holder, error)
 
 // cacheRef is a put in holderCache.order; a later put of the hash makes
 // it stale (at differs from the entry's).
@@ -258,32 +234,138 @@ type cacheRef struct {
 }
 
 type cachedHolders struct {
-	at time.Time
+	at time.Time // when the read began
 	c  *candidates
 }
 
 const (
 	holderCacheMin    = 256
-	holderCacheTTL    = 2 * time.Second
-	holderCacheBudget = 1 << 18 // about 10 MiB
+	holderCacheTTL    = 2 * time.Second // fresh; then refreshed in the background
+	holderCacheMaxAge = 4 * time.Second // used at most this long after the read began
+	holderCacheBudget = 1 << 18         // about 10 MiB
 )
 
-func (c *holderCache) get(hash string, now time.Time) (*candidates, bool) {
+// candidates returns the hash's candidates at now: from the cache while
+// its entry is younger than holderCacheMaxAge (starting one background
+// read to replace it once it is holderCacheTTL old), otherwise from read,
+// which it waits for (shared with the finds that ask at once), and caches
+// if the hash is popular. A background read's error is dropped: the
+// entry stays until it is too old, and the find that then reads reports
+// the error.
+func (c *holderCache) candidates(ctx context.Context, hash string, now time.Time, read readHolders) (*candidates, error) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	e, ok := c.m[hash]
-	if !ok {
-		return nil, false
+	if e, ok := c.usable(hash, now); ok {
+		if now.Sub(e.at) >= holderCacheTTL && c.loading[hash] == nil {
+			l := c.begin(hash, now)
+			go func() {
+				// Bounded by the age at which its result would be
+				// useless; canceled by nobody (no find waits for it).
+				ctx, cancel := context.WithTimeout(context.Background(), holderCacheMaxAge)
+				defer cancel()
+				c.finish(ctx, hash, l, read)
+			}()
+		}
+		c.mu.Unlock()
+		return e.c, nil
 	}
-	if now.Sub(e.at) >= holderCacheTTL || now.Before(e.at) {
-		return nil, false // out of date: replaced by the next put, or evicted
+	// A read under way is shared if it began recently enough that its
+	// result may be used now.
+	if l, ok := c.loading[hash]; ok && near(now, l.at) {
+		c.mu.Unlock()
+		select {
+		case <-l.done:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		if l.err == nil {
+			return l.c, nil
+		}
+		// The shared read failed (its request may have been the one
+		// canceled): read for this find.
+		return c.readOwn(ctx, hash, now, read)
 	}
-	return e.c, true
+	var l *holderLoad
+	if c.loading[hash] == nil {
+		l = c.begin(hash, now)
+	}
+	c.mu.Unlock()
+	if l == nil {
+		// A read under way began too long ago to be used (the database
+		// is that slow): read for this find, without sharing.
+		return c.readOwn(ctx, hash, now, read)
+	}
+	c.finish(ctx, hash, l, read)
+	return l.c, l.err
 }
 
-// put caches cs if the hash is popular enough, and reports whether it
-// did.
-func (c *holderCache) put(hash string, cs *candidates, now time.Time) bool {
+// readOwn reads the hash's candidates for one find, begun at now, and
+// caches them if the hash is popular.
+func (c *holderCache) readOwn(ctx context.Context, hash string, now time.Time, read readHolders) (*candidates, error) {
+	hs, err := read(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cs := groupByNet(hs)
+	c.put(hash, cs, now)
+	return cs, nil
+}
+
+// usable returns the hash's entry if it may be used at now. c.mu is held.
+// An entry read after now (a find that took its time after reading the
+// clock, while another's read was done) is as good as a fresh one; one
+// read holderCacheMaxAge after now is not used either (the clock went
+// back).
+func (c *holderCache) usable(hash string, now time.Time) (cachedHolders, bool) {
+	e, ok := c.m[hash]
+	if !ok || !near(now, e.at) {
+		return cachedHolders{}, false // replaced by the next put, or evicted
+	}
+	return e, true
+}
+
+// near reports whether a read begun at at may be used at now.
+func near(now, at time.Time) bool {
+	d := now.Sub(at)
+	return d < holderCacheMaxAge && d > -holderCacheMaxAge
+}
+
+// begin registers a read of hash begun at now. c.mu is held.
+func (c *holderCache) begin(hash string, now time.Time) *holderLoad {
+	l := &holderLoad{at: now, done: make(chan struct{})}
+	if c.loading == nil {
+		c.loading = make(map[string]*holderLoad)
+	}
+	c.loading[hash] = l
+	return l
+}
+
+// finish runs read for l, caches its result if the hash is popular, and
+// tells the finds waiting for it.
+func (c *holderCache) finish(ctx context.Context, hash string, l *holderLoad, read readHolders) {
+	hs, err := read(ctx)
+	if err == nil {
+		l.c = groupByNet(hs)
+		c.put(hash, l.c, l.at)
+	}
+	l.err = err
+	c.mu.Lock()
+	delete(c.loading, hash)
+	c.mu.Unlock()
+	close(l.done)
+}
+
+// get returns the hash's candidates if they may be used at now, and
+// whether they are fresh (no read needed).
+func (c *holderCache) get(hash string, now time.Time) (cs *candidates, fresh, ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.usable(hash, now)
+	return e.c, ok && now.Sub(e.at) < holderCacheTTL, ok
+}
+
+// put caches cs, read at at, if the hash is popular enough, and reports
+// whether it did. An entry read later is kept.
+func (c *holderCache) put(hash string, cs *candidates, at time.Time) bool {
 	if len(cs.hs) < holderCacheMin {
 		return false
 	}
@@ -293,19 +375,22 @@ func (c *holderCache) put(hash string, cs *candidates, now time.Time) bool {
 		c.m = make(map[string]cachedHolders)
 	}
 	if old, ok := c.m[hash]; ok {
+		if old.at.After(at) {
+			return true
+		}
 		c.entries -= len(old.c.hs)
 	}
-	c.order = append(c.order, cacheRef{hash, now})
-	c.m[hash] = cachedHolders{now, cs}
+	c.order = append(c.order, cacheRef{hash, at})
+	c.m[hash] = cachedHolders{at, cs}
 	c.entries += len(cs.hs)
-	// Evict from the oldest put: entries past the budget, and expired
-	// ones (an expired hash nobody asks about again would otherwise hold
-	// its candidates until the budget pushed it out).
+	// Evict from the oldest put: entries past the budget, and those too
+	// old to be used (a hash nobody asks about again would otherwise
+	// hold its candidates until the budget pushed it out).
 	for len(c.order) > 0 {
 		ref := c.order[0]
 		e, ok := c.m[ref.hash]
 		if ok && e.at.Equal(ref.at) {
-			if c.entries <= holderCacheBudget && now.Sub(e.at) < holderCacheTTL && !now.Before(e.at) {
+			if c.entries <= holderCacheBudget && at.Sub(e.at) < holderCacheMaxAge {
 				break
 			}
 			c.entries -= len(e.c.hs)

@@ -1,6 +1,7 @@
 package tracker
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -176,28 +177,206 @@ func TestHolderCache(t *testing.T) {
 	big := groupByNet(make([]Holder, holderCacheMin))
 	c.put("small", small, now)
 	c.put("big", big, now)
-	if _, ok := c.get("small", now); ok {
+	if _, _, ok := c.get("small", now); ok {
 		t.Fatal("a hash with few holders was cached")
 	}
-	if hs, ok := c.get("big", now.Add(holderCacheTTL-time.Millisecond)); !ok || len(hs.hs) != len(big.hs) {
+	if hs, fresh, ok := c.get("big", now.Add(holderCacheTTL-time.Millisecond)); !ok || !fresh || len(hs.hs) != len(big.hs) {
 		t.Fatal("a popular hash's holders not cached")
 	}
-	if _, ok := c.get("big", now.Add(holderCacheTTL)); ok {
-		t.Fatal("cached past the TTL")
+	if _, fresh, ok := c.get("big", now.Add(holderCacheTTL)); !ok || fresh {
+		t.Fatal("not stale (usable, to be read again) at the TTL")
+	}
+	if _, _, ok := c.get("big", now.Add(holderCacheMaxAge)); ok {
+		t.Fatal("used past the maximum age")
+	}
+	// Read a moment after a find read the clock: used, and fresh; read
+	// holderCacheMaxAge after (the clock went back): not used.
+	if _, fresh, ok := c.get("big", now.Add(-time.Millisecond)); !ok || !fresh {
+		t.Fatal("a read begun just after now not used")
+	}
+	if _, _, ok := c.get("big", now.Add(-holderCacheMaxAge)); ok {
+		t.Fatal("a read begun holderCacheMaxAge after now used")
+	}
+	// A read that began earlier does not replace one that began later.
+	later := groupByNet(make([]Holder, holderCacheMin+1))
+	c.put("big", later, now.Add(time.Second))
+	c.put("big", big, now)
+	if hs, _, _ := c.get("big", now.Add(time.Second)); hs != later {
+		t.Fatal("an older read replaced a newer one")
 	}
 	for i := range holderCacheBudget/holderCacheMin + 10 {
-		c.put(fmt.Sprint(i), big, now)
+		c.put(fmt.Sprint(i), big, now.Add(time.Second))
 	}
 	if c.entries > holderCacheBudget || len(c.m) > holderCacheBudget/holderCacheMin {
 		t.Fatalf("%d entries in %d hashes; budget %d", c.entries, len(c.m), holderCacheBudget)
 	}
-	if _, ok := c.get("big", now); ok {
+	if _, _, ok := c.get("big", now.Add(time.Second)); ok {
 		t.Fatal("the oldest entry survived the budget")
 	}
-	// Expired entries go at the next put, asked about again or not.
-	c.put("later", big, now.Add(holderCacheTTL))
-	if len(c.m) != 1 || len(c.order) != 1 {
-		t.Fatalf("%d entries (%d in order) after everything else expired", len(c.m), len(c.order))
+	// Entries too old to be used go at the next put, asked about again
+	// or not; stale ones stay.
+	c.put("stale", big, now.Add(time.Second+holderCacheMaxAge-holderCacheTTL))
+	c.put("later", big, now.Add(time.Second+holderCacheMaxAge))
+	if len(c.m) != 2 || len(c.order) != 2 {
+		t.Fatalf("%d entries (%d in order) after everything else got too old", len(c.m), len(c.order))
+	}
+}
+
+// TestHolderCacheAges: what a find of a popular hash draws from, step by
+// step on a fake clock, with the cache's reads of the candidates held up
+// or let through: an entry younger than holderCacheTTL is used as it is;
+// one up to holderCacheMaxAge old is used while exactly one background
+// read replaces it; an older one is never used (the find waits for a
+// read). Whatever the reads do, no find draws from a read that began
+// holderCacheMaxAge or more before it.
+func TestHolderCacheAges(t *testing.T) {
+	const ms = time.Millisecond
+	// A step is a find at t0+at. want is the read it draws from (1 the
+	// first read), 0 if it must wait for a read that is held up (it is
+	// made with a canceled context, so it returns at once with the
+	// error instead). reads is how many reads have begun after it.
+	// Before each step, release lets held-up reads through and waits
+	// for them; hold holds up the reads that begin from then on.
+	type step struct {
+		at            time.Duration
+		release, hold bool
+		want, reads   int
+	}
+	ttl, maxAge := holderCacheTTL, holderCacheMaxAge
+	cases := []struct {
+		name  string
+		steps []step
+	}{
+		{"fresh: no read", []step{
+			{at: 0, want: 1, reads: 1},
+			{at: ttl - ms, want: 1, reads: 1},
+		}},
+		{"stale: used, one background read replaces it", []step{
+			{at: 0, want: 1, reads: 1},
+			{at: ttl, hold: true, want: 1, reads: 2},
+			{at: ttl + ms, want: 1, reads: 2}, // no second background read
+			{at: maxAge - ms, want: 1, reads: 2},
+			{at: maxAge - ms, release: true, want: 2, reads: 2},
+			{at: ttl + ttl - ms, want: 2, reads: 2}, // read 2 began at ttl: fresh
+			{at: ttl + ttl, want: 2, reads: 3},
+		}},
+		{"too old: not used, the find waits", []step{
+			{at: 0, want: 1, reads: 1},
+			{at: maxAge, hold: true, want: 0, reads: 2},
+			// That find's read failed (canceled): the next reads again.
+			{at: maxAge, release: true, want: 3, reads: 3},
+		}},
+		{"a held-up background read: finds wait for it once the entry is too old", []step{
+			{at: 0, want: 1, reads: 1},
+			{at: ttl, hold: true, want: 1, reads: 2},
+			{at: maxAge, want: 0, reads: 2},
+			{at: ttl + maxAge - ms, want: 0, reads: 2},
+			// Read 2 began maxAge ago: not waited for; a read of its own.
+			{at: ttl + maxAge, want: 0, reads: 3},
+			// Read 2 is done now, but began too long ago to be used.
+			{at: ttl + maxAge, release: true, want: 4, reads: 4},
+		}},
+		{"asked for every ttl: never waits after the first", []step{
+			{at: 0, want: 1, reads: 1},
+			{at: ttl, want: 1, reads: 2},
+			{at: 2 * ttl, want: 2, reads: 3},
+			{at: 3 * ttl, want: 3, reads: 4},
+			{at: 4*ttl + ttl/2, want: 4, reads: 5},
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var (
+				c      holderCache
+				mu     sync.Mutex
+				began  []time.Time // when each read began (the find that made it)
+				start  = make(chan struct{}, 100)
+				seen   int // reads taken from start
+				gate   = make(chan struct{})
+				closed = true // gate closed: reads go through
+			)
+			close(gate)
+			readAt := func(now time.Time) readHolders {
+				return func(ctx context.Context) ([]Holder, error) {
+					mu.Lock()
+					began = append(began, now)
+					n, g := len(began), gate
+					mu.Unlock()
+					start <- struct{}{}
+					select {
+					case <-g:
+					case <-ctx.Done():
+						return nil, ctx.Err()
+					}
+					hs := make([]Holder, holderCacheMin)
+					hs[0].Key = int64(n) // which read
+					return hs, nil
+				}
+			}
+			canceled, cancel := context.WithCancel(t.Context())
+			cancel()
+			for i, st := range tc.steps {
+				if st.release && !closed {
+					close(gate)
+					closed = true
+					waitLoad(&c, "h")
+				}
+				if st.hold && closed {
+					gate, closed = make(chan struct{}), false
+				}
+				now := t0.Add(st.at)
+				ctx := t.Context()
+				if !closed {
+					ctx = canceled // a find that waits for a held-up read returns at once
+				}
+				cs, err := c.candidates(ctx, "h", now, readAt(now))
+				got := 0
+				if err == nil {
+					got = int(cs.hs[0].Key)
+					mu.Lock()
+					age := now.Sub(began[got-1])
+					mu.Unlock()
+					if age >= holderCacheMaxAge || age < 0 {
+						t.Fatalf("step %d (t0+%v): drew from read %d, begun %v before", i, st.at, got, age)
+					}
+				} else if !errors.Is(err, context.Canceled) {
+					t.Fatalf("step %d: %v", i, err)
+				}
+				// A background read begins in a goroutine: wait until as
+				// many reads as the step wants have begun (failing if they
+				// do not), then see that no more have.
+				for ; seen < st.reads; seen++ {
+					select {
+					case <-start:
+					case <-time.After(10 * time.Second):
+						t.Fatalf("step %d (t0+%v): %d reads begun; want %d", i, st.at, seen, st.reads)
+					}
+				}
+				mu.Lock()
+				reads := len(began)
+				mu.Unlock()
+				if got != st.want || reads != st.reads {
+					t.Fatalf("step %d (t0+%v): drew from read %d after %d reads; want %d after %d", i, st.at, got, reads, st.want, st.reads)
+				}
+				if closed {
+					waitLoad(&c, "h") // a background read it started is done
+				}
+			}
+			if !closed {
+				close(gate)
+			}
+			waitLoad(&c, "h")
+		})
+	}
+}
+
+// waitLoad waits for the read of hash's candidates under way, if any.
+func waitLoad(c *holderCache, hash string) {
+	c.mu.Lock()
+	l := c.loading[hash]
+	c.mu.Unlock()
+	if l != nil {
+		<-l.done
 	}
 }
 
@@ -230,21 +409,12 @@ func TestPickSharesCandidates(t *testing.T) {
 
 // TestFindFromMemory: finds of a popular hash answer from the cached
 // candidates and descriptions, byte for byte what describing them afresh
-// gives; a holder that deregistered is gone once the entry expires.
+// gives.
 func TestFindFromMemory(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b backend) {
 		s, reg, clock := newTestServer(t, b, time.Hour)
 		h := hashN(7)
-		var first signer
-		for i := range holderCacheMin + 10 {
-			p := newSigner(t)
-			if i == 0 {
-				first = p
-			}
-			from := fmt.Sprintf("10.%d.%d.7:1", i/250, i%250)
-			p.announceFrom(t, s, ms(clock.Now()), from, fmt.Sprintf("/ip4/198.51.100.%d/tcp/%d", i%250+1, 4000+i))
-			p.packagesFrom(t, s, ms(clock.Now())+1, from, []string{h})
-		}
+		popularHash(t, s, clock, h, holderCacheMin+10)
 		find := func() api.PeersAnswer {
 			w := serve(s, request("GET", "/v1/find/"+h+"?limit=1000", nil, ""))
 			if w.Code != 200 || w.Header().Get("Content-Type") != "application/json" {
@@ -261,6 +431,9 @@ func TestFindFromMemory(t *testing.T) {
 		if s.descs.len() == 0 {
 			t.Fatal("no descriptions cached")
 		}
+		if _, fresh, _ := s.holders.get(h, clock.Now()); !fresh {
+			t.Fatal("the candidates are not cached")
+		}
 		a2 := find()
 		want, err := findAll(t.Context(), reg, h, clock.Now().Add(-time.Hour), 1000)
 		if err != nil {
@@ -276,18 +449,137 @@ func TestFindFromMemory(t *testing.T) {
 		if w, g1, g2 := byID(want), byID(a1.Peers), byID(a2.Peers); len(g1) != len(w) || fmt.Sprint(g1) != fmt.Sprint(w) || fmt.Sprint(g2) != fmt.Sprint(w) {
 			t.Fatalf("answers differ from the registry's descriptions: %d, %d, %d peers", len(w), len(g1), len(g2))
 		}
-		// The first holder leaves; after the TTL it is no longer listed.
-		r := first.request(t, "DELETE", "/v1/peers/"+first.id.String(), mustJSON(t, map[string]any{"peer_id": first.id.String(), "ts": ms(clock.Now()) + 5}))
-		if w := serve(s, r); w.Code != 200 {
-			t.Fatalf("delete: %d %s", w.Code, w.Body)
-		}
-		clock.Advance(holderCacheTTL)
-		for _, p := range find().Peers {
-			if p.PeerID == first.id.String() {
-				t.Fatal("a holder that left is still listed past the cache's TTL")
-			}
-		}
 	})
+}
+
+// popularHash makes n live holders of h, each from a network of its own,
+// and returns them, the first registered first.
+func popularHash(t *testing.T, s *Server, clock *fakeClock, h string, n int) []signer {
+	t.Helper()
+	ps := make([]signer, n)
+	for i := range ps {
+		p := newSigner(t)
+		from := fmt.Sprintf("10.%d.%d.7:1", i/250, i%250)
+		p.announceFrom(t, s, ms(clock.Now()), from, fmt.Sprintf("/ip4/198.51.100.%d/tcp/%d", i%250+1, 4000+i))
+		p.packagesFrom(t, s, ms(clock.Now())+1, from, []string{h})
+		ps[i] = p
+	}
+	return ps
+}
+
+// TestFindLeaverBound: how long a holder that stops holding a popular hash
+// (whose candidates are cached) is still listed, per way of leaving, on
+// both backends. Removing the hash: up to holderCacheMaxAge after the
+// read of the candidates that listed it began, and no longer once a
+// background read (started by the first find after holderCacheTTL) has
+// replaced them. Deregistering through this tracker, or expiring: not at
+// all, whatever the cache holds.
+func TestFindLeaverBound(t *testing.T) {
+	const peerTTL = time.Minute
+	type check struct {
+		advance time.Duration // then a find, at limit 1000
+		listed  bool
+		settle  bool // then wait for the background read the find started, if any
+	}
+	cases := []struct {
+		name   string
+		leave  func(t *testing.T, s *Server, clock *fakeClock, holders []signer, p signer, h string)
+		checks []check
+	}{
+		{"removes the hash; finds in every window", removeHash, []check{
+			{advance: holderCacheTTL - time.Millisecond, listed: true},     // fresh
+			{advance: time.Millisecond, listed: true, settle: true},        // stale: listed, read again in the background
+			{advance: 0, listed: false},                                    // the new read
+			{advance: holderCacheMaxAge - time.Millisecond, listed: false}, // (still not)
+		}},
+		{"removes the hash; the background read done or not", removeHash, []check{
+			{advance: holderCacheTTL, listed: true}, // stale: listed; its background read is not waited for
+			{advance: holderCacheMaxAge - holderCacheTTL, listed: false},
+		}},
+		{"removes the hash; no find until the entry is too old", removeHash, []check{
+			{advance: holderCacheMaxAge - time.Millisecond, listed: true},
+			// No settle above: whether the background read that find
+			// started is done or not, at holderCacheMaxAge the old
+			// candidates are not used.
+			{advance: time.Millisecond, listed: false},
+		}},
+		{"deregisters", func(t *testing.T, s *Server, clock *fakeClock, _ []signer, p signer, h string) {
+			r := p.request(t, "DELETE", "/v1/peers/"+p.id.String(), mustJSON(t, map[string]any{"peer_id": p.id.String(), "ts": ms(clock.Now()) + 5}))
+			if w := serve(s, r); w.Code != 200 {
+				t.Fatalf("delete: %d %s", w.Code, w.Body)
+			}
+		}, []check{
+			{advance: 0, listed: false},
+			{advance: holderCacheTTL, listed: false},
+		}},
+		{"expires", func(t *testing.T, s *Server, clock *fakeClock, holders []signer, p signer, h string) {
+			// Everyone else heartbeats; p does not, and expires.
+			clock.Advance(peerTTL - time.Second)
+			for i, q := range holders {
+				if q.id != p.id {
+					q.announceFrom(t, s, ms(clock.Now())+10, fmt.Sprintf("10.%d.%d.7:1", i/250, i%250))
+				}
+			}
+			findIDs(t, s, h) // the candidates read again: p is among them
+			if _, fresh, _ := s.holders.get(h, clock.Now()); !fresh {
+				t.Fatal("not cached")
+			}
+		}, []check{
+			{advance: time.Second - time.Millisecond, listed: true},
+			{advance: time.Millisecond, listed: true}, // last seen exactly peerTTL ago: still live
+			{advance: time.Millisecond, listed: false},
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			eachBackend(t, func(t *testing.T, b backend) {
+				s, _, clock := newTestServer(t, b, peerTTL)
+				h := hashN(11)
+				ps := popularHash(t, s, clock, h, holderCacheMin+10)
+				leaver := ps[len(ps)/2]
+				listed := func() bool {
+					w := serve(s, request("GET", "/v1/find/"+h+"?limit=1000", nil, ""))
+					if w.Code != 200 {
+						t.Fatalf("find: %d %s", w.Code, w.Body)
+					}
+					var ans api.PeersAnswer
+					if err := json.Unmarshal(w.Body.Bytes(), &ans); err != nil {
+						t.Fatal(err)
+					}
+					if len(ans.Peers) < len(ps)-1 {
+						t.Fatalf("%d holders listed of %d", len(ans.Peers), len(ps))
+					}
+					for _, p := range ans.Peers {
+						if p.PeerID == leaver.id.String() {
+							return true
+						}
+					}
+					return false
+				}
+				if !listed() {
+					t.Fatal("not listed before it left")
+				}
+				tc.leave(t, s, clock, ps, leaver, h)
+				var since time.Duration
+				for i, c := range tc.checks {
+					clock.Advance(c.advance)
+					since += c.advance
+					if got := listed(); got != c.listed {
+						t.Fatalf("check %d, %v after it left: listed %v, want %v", i, since, got, c.listed)
+					}
+					if c.settle {
+						waitLoad(&s.holders, h)
+					}
+				}
+				waitLoad(&s.holders, h)
+			})
+		})
+	}
+}
+
+// removeHash: p removes h from its set (a delta), staying live.
+func removeHash(t *testing.T, s *Server, clock *fakeClock, _ []signer, p signer, h string) {
+	p.packages(t, s, ms(clock.Now())+5, false, nil, []string{h})
 }
 
 // TestHolderLoadShared: finds of one hash that miss the cache at once
@@ -298,47 +590,61 @@ func TestHolderLoadShared(t *testing.T) {
 	hs := make([]Holder, holderCacheMin)
 	var reads atomic.Int32
 	release := make(chan struct{})
-	read := func() ([]Holder, error) {
+	started := make(chan struct{})
+	go c.candidates(t.Context(), "h", t0, func(context.Context) ([]Holder, error) {
 		reads.Add(1)
+		close(started)
 		<-release
 		return hs, nil
+	})
+	<-started
+	// A find that would wait for the read under way returns with its
+	// context's error, having read nothing.
+	canceled, cancel := context.WithCancel(t.Context())
+	cancel()
+	for range 8 {
+		if _, err := c.candidates(canceled, "h", t0, func(context.Context) ([]Holder, error) {
+			reads.Add(1)
+			return hs, nil
+		}); !errors.Is(err, context.Canceled) {
+			t.Fatalf("a find that waits: %v", err)
+		}
 	}
+	// Finds that wait get the shared read's candidates.
 	var wg sync.WaitGroup
 	for range 8 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			cs, cached, err := c.load(t.Context(), "h", t0, read)
-			if err != nil || !cached || len(cs.hs) != len(hs) {
-				t.Errorf("load: %v, cached %v", err, cached)
+			cs, err := c.candidates(t.Context(), "h", t0, func(context.Context) ([]Holder, error) {
+				reads.Add(1)
+				return nil, errors.New("read again")
+			})
+			if err != nil || len(cs.hs) != len(hs) {
+				t.Errorf("candidates: %v", err)
 			}
 		}()
 	}
-	time.Sleep(50 * time.Millisecond) // let them all find the read under way
 	close(release)
 	wg.Wait()
 	if n := reads.Load(); n != 1 {
-		t.Errorf("%d reads for 8 finds at once", n)
+		t.Errorf("%d reads for 17 finds at once", n)
 	}
 	// A failed shared read: the waiter reads again.
 	fail := make(chan struct{})
+	failing := make(chan struct{})
+	go c.candidates(t.Context(), "g", t0, func(context.Context) ([]Holder, error) {
+		close(failing)
+		<-fail
+		return nil, errors.New("canceled")
+	})
+	<-failing
 	var second atomic.Int32
-	go c.load(t.Context(), "g", t0, func() ([]Holder, error) { <-fail; return nil, errors.New("canceled") })
-	for {
-		c.mu.Lock()
-		_, ok := c.loading["g"]
-		c.mu.Unlock()
-		if ok {
-			break
-		}
-		time.Sleep(time.Millisecond)
-	}
 	done := make(chan error)
 	go func() {
-		_, _, err := c.load(t.Context(), "g", t0, func() ([]Holder, error) { second.Add(1); return hs, nil })
+		_, err := c.candidates(t.Context(), "g", t0, func(context.Context) ([]Holder, error) { second.Add(1); return hs, nil })
 		done <- err
 	}()
-	time.Sleep(20 * time.Millisecond)
 	close(fail)
 	if err := <-done; err != nil || second.Load() != 1 {
 		t.Fatalf("after a failed shared read: %v, %d reads of its own", err, second.Load())
@@ -372,7 +678,7 @@ func TestSybilCached(t *testing.T) {
 			t.Fatalf("find %d: the honest holder is not among the first 16", i)
 		}
 	}
-	if _, ok := s.holders.get(h, clock.Now()); !ok {
+	if _, _, ok := s.holders.get(h, clock.Now()); !ok {
 		t.Fatal("the hash's candidates are not cached: the test does not test the cache")
 	}
 }

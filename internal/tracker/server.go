@@ -185,22 +185,18 @@ func (s *Server) find(w http.ResponseWriter, r *http.Request) {
 	}
 	now := s.now()
 	liveSince := s.liveSince(now)
-	cands, cached := s.holders.get(hash, now)
-	if !cached {
-		var err error
-		cands, _, err = s.holders.load(r.Context(), hash, now, func() ([]Holder, error) {
-			return s.reg.Holders(r.Context(), hash, liveSince, maxHolderScan)
-		})
-		if err != nil {
-			s.internal(w, r, err)
-			return
-		}
+	cands, err := s.holders.candidates(r.Context(), hash, now, func(ctx context.Context) ([]Holder, error) {
+		return s.reg.Holders(ctx, hash, liveSince, maxHolderScan)
+	})
+	if err != nil {
+		s.internal(w, r, err)
+		return
 	}
 	keys := cands.pick(limit)
 	// The holders' descriptions come from memory where a find listed
 	// them lately, for this hash or another.
 	buf := append(make([]byte, 0, 16<<10), `{"peers":`...)
-	buf, err := s.descs.describe(r.Context(), s.reg, keys, liveSince, now, buf)
+	buf, err = s.descs.describe(r.Context(), s.reg, keys, liveSince, now, buf)
 	if err != nil {
 		s.internal(w, r, err)
 		return
