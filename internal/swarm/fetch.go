@@ -342,15 +342,16 @@ func (t *transfer) record(id string, n int64) {
 }
 
 // publish lets the reader have the bytes so far if every one of them came
-// from a proven holder.
+// from a proven holder, all but the NAR's last byte: the reader never
+// completes a NAR that fails its hash.
 func (t *transfer) publish(proven bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if !proven {
 		t.through = false
 	}
-	if t.through && t.pos > t.ready {
-		t.ready = t.pos
+	if pos := min(t.pos, t.nar.Size-1); t.through && pos > t.ready {
+		t.ready = pos
 		t.wake()
 	}
 }
