@@ -37,7 +37,7 @@ import (
 // same digest.
 
 // ringSize is the memory a NAR streams through.
-const ringSize = 4 << 20
+const ringSize = 8 << 20
 
 // minLend: the writer waits for at least this much room (or the rest of
 // its range, or up to the ring's end) before reading into the ring.
