@@ -286,8 +286,8 @@ func (t *transfer) copyRange(ctx context.Context, c candidate, from, to int64, s
 	defer stop()
 	watchDone := make(chan struct{})
 	defer close(watchDone)
-	sink.ctx, sink.blocked = ctx, &sink.blockedAt
-	go t.f.watch(watchDone, &progress, sink.blocked, func(err error) {
+	sink.ctx = ctx
+	go t.f.watch(watchDone, &progress, &sink.wait.blocked, func(err error) {
 		why.Store(&err)
 		body.Close()
 	})

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/peerix/peerix/internal/store"
@@ -193,13 +192,10 @@ type segmentSink struct {
 	s      *segment
 	spool  spool
 	notify func()
-	// For a ring (set by copyRange): the transfer's context, how long
-	// the holder may wait for the reader, and when it did (the watch's
-	// blocked).
-	ctx       context.Context
-	maxWait   time.Duration
-	blocked   *atomic.Int64
-	blockedAt atomic.Int64
+	// For a ring: the transfer's context (set by copyRange), and the
+	// holder's waits for the reader.
+	ctx  context.Context
+	wait ringWait
 }
 
 // next returns where the next at most len(buf) bytes of the segment go
@@ -216,7 +212,7 @@ func (k *segmentSink) next(buf []byte) ([]byte, error) {
 	var p []byte
 	if r, ok := k.spool.(*ringSpool); ok {
 		var err error
-		if p, err = r.lend(k.ctx, pos, n, k.blocked, k.maxWait, k.notify); err != nil {
+		if p, err = r.lend(k.ctx, pos, n, &k.wait); err != nil {
 			return nil, err
 		}
 	} else {
@@ -291,7 +287,9 @@ func (t *transfer) fill(ctx context.Context) error {
 			var err error
 			rate := 0.0
 			for s != nil {
-				err = t.copyRange(ctx, c, from, to, &segmentSink{r: r, s: s, spool: t.spool, notify: notify, maxWait: t.f.opt.StallTimeout})
+				sink := &segmentSink{r: r, s: s, spool: t.spool, notify: notify}
+				sink.wait.maxWait, sink.wait.slow = t.f.opt.StallTimeout, notify
+				err = t.copyRange(ctx, c, from, to, sink)
 				rate = r.release(s, time.Now())
 				if err != nil {
 					break

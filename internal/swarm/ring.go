@@ -58,7 +58,8 @@ type ringSpool struct {
 	hashed  int64  // the hash covers the bytes below
 	file    *os.File
 	kept    int64         // once a file: it holds the bytes from here on
-	changed chan struct{} // closed and replaced when read, hashed or file change
+	changed chan struct{} // closed and replaced when read, hashed or file change while waiting
+	waiting bool          // a writer waits for changed
 	// slow: the writer waited for the reader longer than it may; the
 	// transfer falls back to a file.
 	slow atomic.Bool
@@ -83,8 +84,11 @@ var errRingGone = errors.New("bytes no longer in the spool")
 
 // wake tells a waiting writer that room may have come. r.mu is held.
 func (r *ringSpool) wake() {
-	close(r.changed)
-	r.changed = make(chan struct{})
+	if r.waiting {
+		r.waiting = false
+		close(r.changed)
+		r.changed = make(chan struct{})
+	}
 }
 
 // isFile reports whether the ring fell back to a file.
@@ -94,18 +98,26 @@ func (r *ringSpool) isFile() bool {
 	return r.file != nil
 }
 
+// ringWait is what a writer needs to wait for a ring's room.
+type ringWait struct {
+	// blocked holds math.MaxInt64 while the writer waits, then when it
+	// stopped waiting (UnixNano), for the holder's watch.
+	blocked atomic.Int64
+	maxWait time.Duration // after waiting this long, slow is called once
+	slow    func()
+	timer   *time.Timer // reused from wait to wait
+}
+
 // lend returns ring memory to read the next at most n bytes at off into,
 // once the reader and the hash are done with what was there, or nil once
-// the ring is a file. blocked holds math.MaxInt64 while it waits, then
-// when it stopped waiting (UnixNano), for the holder's watch. After
-// maxWait of waiting it calls slow once.
-func (r *ringSpool) lend(ctx context.Context, off, n int64, blocked *atomic.Int64, maxWait time.Duration, slow func()) ([]byte, error) {
-	var timer *time.Timer
+// the ring is a file.
+func (r *ringSpool) lend(ctx context.Context, off, n int64, w *ringWait) ([]byte, error) {
+	waited := false
 	var expired <-chan time.Time
 	defer func() {
-		if timer != nil {
-			timer.Stop()
-			blocked.Store(time.Now().UnixNano())
+		if waited {
+			w.timer.Stop()
+			w.blocked.Store(time.Now().UnixNano())
 		}
 	}()
 	for {
@@ -123,19 +135,25 @@ func (r *ringSpool) lend(ctx context.Context, off, n int64, blocked *atomic.Int6
 			r.mu.Unlock()
 			return p, nil
 		}
+		r.waiting = true
 		ch := r.changed
 		r.mu.Unlock()
-		if timer == nil {
-			blocked.Store(math.MaxInt64)
-			timer = time.NewTimer(maxWait)
-			expired = timer.C
+		if !waited {
+			waited = true
+			w.blocked.Store(math.MaxInt64)
+			if w.timer == nil {
+				w.timer = time.NewTimer(w.maxWait)
+			} else {
+				w.timer.Reset(w.maxWait)
+			}
+			expired = w.timer.C
 		}
 		select {
 		case <-ch:
 		case <-expired:
 			expired = nil
 			r.slow.Store(true)
-			slow()
+			w.slow()
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
