@@ -52,7 +52,7 @@ type ringSpool struct {
 	release func()
 
 	mu      sync.Mutex
-	buf     []byte // the ring: byte i of the NAR at buf[i%len(buf)]
+	buf     []byte // the ring: byte i of the NAR at buf[i%ringSize]; made by the first lend, dropped by toFile
 	written int64  // bytes [0, written) arrived
 	read    int64  // the reader is done with the bytes below
 	hashed  int64  // the hash covers the bytes below
@@ -74,7 +74,6 @@ func (f *Finder) newRing(offset int64) *ringSpool {
 	return &ringSpool{
 		dir:     f.opt.SpoolDir,
 		release: func() { f.memory.Release(ringSize) },
-		buf:     make([]byte, ringSize),
 		read:    offset,
 		changed: make(chan struct{}),
 	}
@@ -126,7 +125,10 @@ func (r *ringSpool) lend(ctx context.Context, off, n int64, w *ringWait) ([]byte
 			r.mu.Unlock()
 			return nil, nil
 		}
-		size := int64(len(r.buf))
+		if r.buf == nil {
+			r.buf = make([]byte, ringSize)
+		}
+		size := int64(ringSize)
 		i := off % size
 		want := min(n, size-i)
 		room := min(r.read, r.hashed) + size - off
@@ -196,7 +198,7 @@ func (r *ringSpool) toFile(hashed int64) error {
 	os.Remove(file.Name()) // unlinked at once, as newSpool's
 	r.hashed = hashed
 	keep := min(r.read, r.hashed)
-	size := int64(len(r.buf))
+	size := int64(ringSize)
 	for off := keep; off < r.written; {
 		i := off % size
 		p := r.buf[i : i+min(r.written-off, size-i)]
@@ -207,8 +209,14 @@ func (r *ringSpool) toFile(hashed int64) error {
 		off += int64(len(p))
 	}
 	r.file, r.kept = file, keep
-	// A writer may still read into memory it was lent: buf stays (the
-	// garbage collector frees it), its bytes go to the file by WriteAt.
+	// A writer may still read into memory it was lent, and the reader
+	// write from it: the garbage collector frees it after them; what the
+	// writer reads goes to the file by WriteAt.
+	r.buf = nil
+	if r.release != nil {
+		r.release()
+		r.release = nil
+	}
 	r.wake()
 	return nil
 }
@@ -224,7 +232,7 @@ func (r *ringSpool) ReadAt(p []byte, off int64) (int, error) {
 		return file.ReadAt(p, off)
 	}
 	defer r.mu.Unlock()
-	size := int64(len(r.buf))
+	size := int64(ringSize)
 	if off < min(r.read, r.hashed) || off+int64(len(p)) > r.written {
 		return 0, errRingGone
 	}
@@ -244,7 +252,7 @@ func (r *ringSpool) WriteAt(p []byte, off int64) (int, error) {
 		return file.WriteAt(p, off)
 	}
 	defer r.mu.Unlock()
-	size := int64(len(r.buf))
+	size := int64(ringSize)
 	if len(p) > 0 && (off != r.written || &p[0] != &r.buf[off%size]) {
 		return 0, fmt.Errorf("a ring takes only the memory it lent, in order")
 	}
@@ -260,7 +268,7 @@ func (r *ringSpool) direct(off, n int64) []byte {
 	if r.file != nil {
 		return nil
 	}
-	size := int64(len(r.buf))
+	size := int64(ringSize)
 	i := off % size
 	return r.buf[i : i+min(n, size-i)]
 }
@@ -277,7 +285,7 @@ func (r *ringSpool) writeTo(w io.Writer, off, n int64) (int64, error) {
 			k, err := fileSpool{file}.writeTo(w, off+total, n-total)
 			return total + k, err
 		}
-		size := int64(len(r.buf))
+		size := int64(ringSize)
 		i := (off + total) % size
 		p := r.buf[i : i+min(n-total, size-i, maxRingWrite)]
 		r.mu.Unlock()
