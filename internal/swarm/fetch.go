@@ -287,7 +287,7 @@ func (t *transfer) copyRange(ctx context.Context, c candidate, from, to int64, s
 	watchDone := make(chan struct{})
 	defer close(watchDone)
 	sink.ctx = ctx
-	go t.f.watch(watchDone, &progress, &sink.wait.blocked, func(err error) {
+	go t.f.watch(watchDone, &progress, &sink.wait.waits, func(err error) {
 		why.Store(&err)
 		body.Close()
 	})
@@ -358,14 +358,14 @@ func (t *transfer) publish(proven bool) {
 
 // watch drops a source that sends nothing for StallTimeout, or less than
 // MinRate over RateWindow, by calling drop once. Time the source waited
-// for our reader (blocked: math.MaxInt64 while it waits, else when it last
-// stopped waiting, UnixNano) does not count: the watch starts over.
-func (f *Finder) watch(done <-chan struct{}, progress *atomic.Int64, blocked *atomic.Int64, drop func(error)) {
+// for our reader does not count: when it waited since the last tick
+// (waits, odd while it waits, changed), the watch starts over.
+func (f *Finder) watch(done <-chan struct{}, progress *atomic.Int64, waits *atomic.Int64, drop func(error)) {
 	tick := min(time.Second, f.opt.StallTimeout/4, f.opt.RateWindow/4)
 	ticker := time.NewTicker(tick)
 	defer ticker.Stop()
 	start := time.Now()
-	lastChange, last, prevTick := start, int64(0), start
+	lastChange, last, lastWaits := start, int64(0), int64(0)
 	// samples[i]: progress at the i-th tick, for the rate over RateWindow.
 	window := int(f.opt.RateWindow / tick)
 	samples := make([]int64, 0, window+1)
@@ -375,11 +375,10 @@ func (f *Finder) watch(done <-chan struct{}, progress *atomic.Int64, blocked *at
 			return
 		case now := <-ticker.C:
 			p := progress.Load()
-			if b := blocked.Load(); b >= prevTick.UnixNano() {
+			if w := waits.Load(); w != lastWaits || w%2 == 1 {
 				// It waited for us since the last tick.
-				last, lastChange, samples = p, now, samples[:0]
+				last, lastChange, samples, lastWaits = p, now, samples[:0], w
 			}
-			prevTick = now
 			if p != last {
 				last, lastChange = p, now
 			}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -99,9 +98,9 @@ func (r *ringSpool) isFile() bool {
 
 // ringWait is what a writer needs to wait for a ring's room.
 type ringWait struct {
-	// blocked holds math.MaxInt64 while the writer waits, then when it
-	// stopped waiting (UnixNano), for the holder's watch.
-	blocked atomic.Int64
+	// waits goes up by one when the writer starts waiting and when it
+	// stops (odd while it waits), for the holder's watch.
+	waits   atomic.Int64
 	maxWait time.Duration // after waiting this long, slow is called once
 	slow    func()
 	timer   *time.Timer // reused from wait to wait
@@ -116,7 +115,7 @@ func (r *ringSpool) lend(ctx context.Context, off, n int64, w *ringWait) ([]byte
 	defer func() {
 		if waited {
 			w.timer.Stop()
-			w.blocked.Store(time.Now().UnixNano())
+			w.waits.Add(1)
 		}
 	}()
 	for {
@@ -142,7 +141,7 @@ func (r *ringSpool) lend(ctx context.Context, off, n int64, w *ringWait) ([]byte
 		r.mu.Unlock()
 		if !waited {
 			waited = true
-			w.blocked.Store(math.MaxInt64)
+			w.waits.Add(1)
 			if w.timer == nil {
 				w.timer = time.NewTimer(w.maxWait)
 			} else {

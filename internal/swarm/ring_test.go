@@ -196,3 +196,36 @@ func TestRingHolderLiesBeforeAJoin(t *testing.T) {
 		}
 	})
 }
+
+// A reader that pauses for less than StallTimeout keeps the ring's holder
+// waiting that long: its rate over RateWindow does not count the wait.
+func TestRingPauseIsNotTheHoldersFault(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := newContent(swarm.CutThroughMin*3, 36)
+		a := honest("a", c)
+		rep := proven("a")
+		f := swarm.NewFinder(swarm.Options{Rep: rep, SpoolDir: t.TempDir(),
+			StallTimeout: 10 * time.Second, RateWindow: 2 * time.Second, MinRate: 1 << 20})
+		x := find(t, f, a)
+		n, err := x.OpenNAR(t.Context(), c.narHash(), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer n.Close()
+		got := make([]byte, 1<<20)
+		if _, err := io.ReadFull(n, got); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(3 * time.Second) // the ring is full: the holder waits
+		rest, err := io.ReadAll(n)
+		if err != nil || !bytes.Equal(append(got, rest...), c.nar) {
+			t.Fatalf("NAR: %d bytes, %v", len(got)+len(rest), err)
+		}
+		if n := a.opens.Load(); n != 1 {
+			t.Errorf("the holder was opened %d times: dropped while it waited for the reader", n)
+		}
+		if r, _ := rep.Get("a"); r.Failures != 0 {
+			t.Errorf("the holder's record: %+v", r)
+		}
+	})
+}
