@@ -14,14 +14,18 @@
 //     later become spares for the transfer.
 //   - OpenNAR assembles the NAR in a spool (memory for small NARs, an
 //     unlinked file otherwise), hashing it as it arrives, and hands Nix
-//     bytes only once they can be trusted: when the whole NAR matched its
-//     NarHash, or, for large NARs from holders with a clean record of
-//     verified NARs (Reputation.Proven), as they arrive. A holder that
-//     breaks, stalls or sends slower than MinRate is dropped and the
-//     transfer resumes at the byte reached from the next one; a NAR that
-//     fails its hash is fetched again from another holder and compared, so
-//     the holder whose bytes differ is found, blamed and shunned. A lying
-//     or stalling holder costs time, never a failed substitution.
+//     bytes only once they can be trusted: when the whole NAR matched
+//     its NarHash, or, for large NARs from holders with a clean record
+//     of verified NARs (Reputation.Proven), as they arrive, all but the
+//     last byte. From one such holder the NAR streams through a bounded
+//     ring in memory rather than a file, until another holder joins
+//     (ring.go). A holder that breaks, stalls or sends slower than
+//     MinRate is dropped and the transfer resumes at the byte reached
+//     from the next one; a NAR that fails its hash is fetched again
+//     from another holder and compared, so the holder whose bytes
+//     differ is found, blamed and shunned. A lying or stalling holder
+//     costs time, never a failed substitution (but for a proven holder
+//     that lied in bytes Nix already had: that request fails).
 //   - Reputation ranks holders by success rate and latency, backs off
 //     failing ones, and remembers who lied.
 package swarm

@@ -61,9 +61,17 @@ func (x *Found) openNAR(ctx context.Context, narHash string, size, offset int64)
 		return nil, fmt.Errorf("NarHash %s: %w", narHash, store.ErrBadRequest)
 	}
 	f := x.f
-	sp, err := f.newSpool(size)
-	if err != nil {
-		return nil, err
+	var sp spool
+	if size >= CutThroughMin {
+		// It may stream through memory (ring.go), until it may not.
+		if r := f.newRing(offset); r != nil {
+			sp = r
+		}
+	}
+	if sp == nil {
+		if sp, err = f.newSpool(size); err != nil {
+			return nil, err
+		}
 	}
 	tctx, cancel := context.WithCancel(ctx)
 	t := &transfer{
@@ -154,6 +162,17 @@ type transfer struct {
 	// alone: a NAR from several holders at once failed its hash; from now
 	// on one holder at a time, so that each attempt blames its sender.
 	alone bool
+	// ringHolder: the one holder whose bytes went through the ring.
+	ringHolder string
+	// mark, markSum: the ring of this attempt became a file at byte mark,
+	// having hashed [0, mark) to markSum (ring.go); oldMark, oldMarkSum
+	// the same of the failed attempt (the whole attempt when its ring
+	// never became a file), and newMarkSum this attempt's hash of [0,
+	// oldMark), to compare.
+	mark                   int64
+	markSum                []byte
+	oldMark                int64
+	oldMarkSum, newMarkSum []byte
 
 	mu        sync.Mutex
 	spools    []spool // every spool of the transfer, closed by Close (a reader may still read an old one)
@@ -267,7 +286,8 @@ func (t *transfer) copyRange(ctx context.Context, c candidate, from, to int64, s
 	defer stop()
 	watchDone := make(chan struct{})
 	defer close(watchDone)
-	go t.f.watch(watchDone, &progress, func(err error) {
+	sink.ctx = ctx
+	go t.f.watch(watchDone, &progress, &sink.wait.waits, func(err error) {
 		why.Store(&err)
 		body.Close()
 	})
@@ -276,7 +296,10 @@ func (t *transfer) copyRange(ctx context.Context, c candidate, from, to int64, s
 	buf := make([]byte, max(1, min(to-from, 256<<10))) // a small NAR's range, no more
 	var lastWire int64
 	for {
-		p := sink.next(buf)
+		p, err := sink.next(buf)
+		if err != nil {
+			return err
+		}
 		if len(p) == 0 {
 			return nil
 		}
@@ -319,27 +342,30 @@ func (t *transfer) record(id string, n int64) {
 }
 
 // publish lets the reader have the bytes so far if every one of them came
-// from a proven holder.
+// from a proven holder, all but the NAR's last byte: the reader never
+// completes a NAR that fails its hash.
 func (t *transfer) publish(proven bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if !proven {
 		t.through = false
 	}
-	if t.through && t.pos > t.ready {
-		t.ready = t.pos
+	if pos := min(t.pos, t.nar.Size-1); t.through && pos > t.ready {
+		t.ready = pos
 		t.wake()
 	}
 }
 
 // watch drops a source that sends nothing for StallTimeout, or less than
-// MinRate over RateWindow, by calling drop once.
-func (f *Finder) watch(done <-chan struct{}, progress *atomic.Int64, drop func(error)) {
+// MinRate over RateWindow, by calling drop once. Time the source waited
+// for our reader does not count: when it waited since the last tick
+// (waits, odd while it waits, changed), the watch starts over.
+func (f *Finder) watch(done <-chan struct{}, progress *atomic.Int64, waits *atomic.Int64, drop func(error)) {
 	tick := min(time.Second, f.opt.StallTimeout/4, f.opt.RateWindow/4)
 	ticker := time.NewTicker(tick)
 	defer ticker.Stop()
 	start := time.Now()
-	lastChange, last := start, int64(0)
+	lastChange, last, lastWaits := start, int64(0), int64(0)
 	// samples[i]: progress at the i-th tick, for the rate over RateWindow.
 	window := int(f.opt.RateWindow / tick)
 	samples := make([]int64, 0, window+1)
@@ -349,6 +375,10 @@ func (f *Finder) watch(done <-chan struct{}, progress *atomic.Int64, drop func(e
 			return
 		case now := <-ticker.C:
 			p := progress.Load()
+			if w := waits.Load(); w != lastWaits || w%2 == 1 {
+				// It waited for us since the last tick.
+				last, lastChange, samples, lastWaits = p, now, samples[:0], w
+			}
 			if p != last {
 				last, lastChange = p, now
 			}
@@ -391,6 +421,16 @@ func (t *transfer) restart() error {
 	if err != nil {
 		return err
 	}
+	// A ring's bytes before its mark are gone: the failed attempt's hash
+	// of them stands for them.
+	t.oldMark, t.oldMarkSum, t.newMarkSum = 0, nil, nil
+	if r, ok := t.spool.(*ringSpool); ok {
+		t.oldMark, t.oldMarkSum = t.mark, t.markSum
+		if !r.isFile() {
+			t.oldMark, t.oldMarkSum = t.pos, t.h.Sum(nil)
+		}
+	}
+	t.mark, t.markSum, t.ringHolder = 0, nil, ""
 	t.mu.Lock()
 	t.spools = append(t.spools, sp)
 	t.old, t.oldSpan = t.spool, t.spans
@@ -409,9 +449,23 @@ func (t *transfer) restart() error {
 // verified one credited, and the reader may have it all, unless bytes it
 // already had differ from it.
 func (t *transfer) verified() {
+	// The failed attempt's bytes before oldMark are compared by their
+	// hash: they all came from one holder, its ring's.
+	prefixSame := t.oldMark == 0 || bytes.Equal(t.oldMarkSum, t.newMarkSum)
 	if t.old != nil {
 		for _, s := range t.oldSpan {
-			if !t.x.isBad(s.id) && !sameBytes(t.old, t.spool, s.start, s.end) {
+			if t.x.isBad(s.id) {
+				continue
+			}
+			start := s.start
+			if start < t.oldMark {
+				if !prefixSame {
+					t.blame(s.id, "its part of a NAR differs from the verified NAR")
+					continue
+				}
+				start = t.oldMark
+			}
+			if start < s.end && !sameBytes(t.old, t.spool, start, s.end) {
 				t.blame(s.id, "its part of a NAR differs from the verified NAR")
 			}
 		}
@@ -426,7 +480,7 @@ func (t *transfer) verified() {
 	t.mu.Lock()
 	fwd := t.forwarded
 	t.mu.Unlock()
-	if t.old != nil && fwd > 0 && !sameBytes(t.old, t.spool, 0, fwd) {
+	if t.old != nil && fwd > 0 && (!prefixSame || fwd > t.oldMark && !sameBytes(t.old, t.spool, t.oldMark, fwd)) {
 		t.fail(fmt.Errorf("%s: bytes already sent came from a holder that lied: %w", t.nar.Hash, ErrBadNAR))
 		return
 	}
@@ -538,6 +592,9 @@ func (r *narReader) Read(p []byte) (int, error) {
 	n := min(int64(len(p)), ready-r.pos)
 	got, err := sp.ReadAt(p[:n], r.pos)
 	r.pos += int64(got)
+	if ring, ok := sp.(*ringSpool); ok {
+		ring.consumed(r.pos)
+	}
 	t.mu.Lock()
 	t.forwarded = max(t.forwarded, r.pos)
 	t.mu.Unlock()
@@ -550,7 +607,7 @@ func (r *narReader) Read(p []byte) (int, error) {
 // WriteTo hands the NAR to w as trust allows, without a copy through a
 // buffer of ours: from a file spool as an *io.LimitedReader over the file,
 // which net/http's ReaderFrom sends to Nix's socket with sendfile; from a
-// memory spool straight from its memory.
+// memory spool or a ring straight from its memory.
 func (r *narReader) WriteTo(w io.Writer) (int64, error) {
 	t := r.t
 	var total int64

@@ -192,26 +192,39 @@ type segmentSink struct {
 	s      *segment
 	spool  spool
 	notify func()
+	// For a ring: the transfer's context (set by copyRange), and the
+	// holder's waits for the reader.
+	ctx  context.Context
+	wait ringWait
 }
 
 // next returns where the next at most len(buf) bytes of the segment go
 // (the spool's own memory, or buf), or nothing once the segment is
-// complete.
-func (k *segmentSink) next(buf []byte) []byte {
+// complete. Into a ring, it waits for room.
+func (k *segmentSink) next(buf []byte) ([]byte, error) {
 	k.r.mu.Lock()
 	pos := k.s.pos
 	n := min(int64(len(buf)), k.s.end-pos)
-	if n > 0 {
-		k.s.writing = pos + n
-	}
 	k.r.mu.Unlock()
 	if n <= 0 {
-		return nil
+		return nil, nil
 	}
-	if p := k.spool.direct(pos, n); p != nil {
-		return p
+	var p []byte
+	if r, ok := k.spool.(*ringSpool); ok {
+		var err error
+		if p, err = r.lend(k.ctx, pos, n, &k.wait); err != nil {
+			return nil, err
+		}
+	} else {
+		p = k.spool.direct(pos, n)
 	}
-	return buf[:n]
+	if p == nil {
+		p = buf[:n]
+	}
+	k.r.mu.Lock()
+	k.s.writing = max(k.s.writing, pos+int64(len(p)))
+	k.r.mu.Unlock()
+	return p, nil
 }
 
 // complete reports whether every byte of the segment arrived.
@@ -263,15 +276,20 @@ func (t *transfer) fill(ctx context.Context) error {
 	active := map[string]bool{}
 	// start sets holder c to work on s, its first segment, then on the
 	// next it can claim, until there is none or it fails.
-	start := func(c candidate, s *segment, from, to int64) {
+	start := func(c candidate, s *segment, from, to int64) error {
 		id := c.h.ID()
+		if err := t.keepRing(id); err != nil {
+			return err
+		}
 		active[id] = true
 		t.opened(id)
 		wg.Go(func() {
 			var err error
 			rate := 0.0
 			for s != nil {
-				err = t.copyRange(ctx, c, from, to, &segmentSink{r: r, s: s, spool: t.spool, notify: notify})
+				sink := &segmentSink{r: r, s: s, spool: t.spool, notify: notify}
+				sink.wait.maxWait, sink.wait.slow = t.f.opt.StallTimeout, notify
+				err = t.copyRange(ctx, c, from, to, sink)
 				rate = r.release(s, time.Now())
 				if err != nil {
 					break
@@ -283,6 +301,7 @@ func (t *transfer) fill(ctx context.Context) error {
 			exitsMu.Unlock()
 			notify()
 		})
+		return nil
 	}
 
 	var errs []error
@@ -311,6 +330,15 @@ func (t *transfer) fill(ctx context.Context) error {
 			t.record(s.id, s.end-s.start)
 			t.publish(t.nar.Size >= CutThroughMin && t.f.rep.Proven(s.id))
 		}
+		if ring, ok := t.spool.(*ringSpool); ok && ring.slow.Load() {
+			// The reader kept the holder waiting too long.
+			if err := t.toFile(ring); err != nil {
+				return err
+			}
+		}
+		if err := t.keepRing(""); err != nil {
+			return err
+		}
 		if t.pos == t.nar.Size {
 			return nil
 		}
@@ -334,7 +362,9 @@ func (t *transfer) fill(ctx context.Context) error {
 			if s == nil {
 				break
 			}
-			start(c, s, from, to)
+			if err := start(c, s, from, to); err != nil {
+				return err
+			}
 		}
 		if len(active) == 0 {
 			if len(errs) == 0 {
@@ -350,9 +380,68 @@ func (t *transfer) fill(ctx context.Context) error {
 	}
 }
 
+// keepRing makes the transfer's ring a file unless holder id may send
+// into it: the ring's one holder (or the first), proven, with every byte
+// so far allowed through ("": no new holder, only the latter).
+func (t *transfer) keepRing(id string) error {
+	ring, ok := t.spool.(*ringSpool)
+	if !ok || ring.isFile() {
+		return nil
+	}
+	t.mu.Lock()
+	through := t.through
+	t.mu.Unlock()
+	if through && (id == "" || (t.ringHolder == "" || t.ringHolder == id) && t.f.rep.Proven(id)) {
+		if id != "" {
+			t.ringHolder = id
+		}
+		return nil
+	}
+	return t.toFile(ring)
+}
+
+// toFile makes the ring a file, marking where (see ring.go).
+func (t *transfer) toFile(ring *ringSpool) error {
+	if ring.isFile() {
+		return nil
+	}
+	if err := ring.toFile(t.pos); err != nil {
+		return fmt.Errorf("%w: %w", errSpool, err)
+	}
+	t.mark, t.markSum = t.pos, t.h.Sum(nil)
+	return nil
+}
+
 // hashSpool hashes [from, to) of the spool, which must be the bytes right
-// after those hashed so far.
+// after those hashed so far; on its way past the failed attempt's mark, it
+// notes the hash there.
 func (t *transfer) hashSpool(from, to int64) error {
+	if m := t.oldMark; m > 0 && from < m && m <= to {
+		if err := t.hashRange(from, m); err != nil {
+			return err
+		}
+		t.newMarkSum = t.h.Sum(nil)
+		from = m
+	}
+	return t.hashRange(from, to)
+}
+
+// hashRange hashes [from, to) of the spool.
+func (t *transfer) hashRange(from, to int64) error {
+	if ring, ok := t.spool.(*ringSpool); ok {
+		for from < to {
+			p := ring.direct(from, to-from)
+			if p == nil {
+				break // a file now
+			}
+			t.h.Write(p)
+			from += int64(len(p))
+		}
+		ring.hashedTo(from)
+	}
+	if from == to {
+		return nil
+	}
 	if p := t.spool.direct(from, to-from); p != nil {
 		t.h.Write(p)
 		return nil
