@@ -396,14 +396,11 @@ func (s *Server) nar(w http.ResponseWriter, r *http.Request, st store.Store, url
 		return status, 0
 	}
 	if blocks {
+		var counted func(int64)
 		if c, ok := w.(NARCounter); ok {
-			src = &CountingReader{R: src, Count: c.CountNAR}
+			counted = c.CountNAR
 		}
-		bw := compress.NewWriter(w, length)
-		sent, err = io.Copy(bw, src)
-		if cerr := bw.Close(); err == nil {
-			err = cerr
-		}
+		sent, err = compress.Copy(w, src, length, counted)
 	} else {
 		sent, err = io.Copy(w, src)
 	}
@@ -542,18 +539,4 @@ func parseRange(h string) (byteRange, error) {
 		}
 	}
 	return byteRange{start: start, end: end}, nil
-}
-
-// CountingReader tells Count how many bytes each Read returned.
-type CountingReader struct {
-	R     io.Reader
-	Count func(n int64)
-}
-
-func (c *CountingReader) Read(p []byte) (int, error) {
-	n, err := c.R.Read(p)
-	if n > 0 {
-		c.Count(int64(n))
-	}
-	return n, err
 }

@@ -80,6 +80,7 @@ type Writer struct {
 	sinceProbe  int
 
 	nar, wire int64
+	counted   func(nar int64) // told each block's NAR bytes once they went out
 }
 
 // NewWriter returns a Writer into w of a body of size NAR bytes (-1: not
@@ -107,6 +108,22 @@ func (w *Writer) Write(p []byte) (int, error) {
 		}
 	}
 	return n, nil
+}
+
+// Copy writes src, a body of size NAR bytes (-1: not known), to w in the
+// block format, and returns the NAR bytes written. counted, if not nil,
+// is told the NAR bytes of each block once it went out. A src with its
+// own WriteTo (a NAR dumped from the store) writes into the blocks
+// itself, its file bodies read straight into a block's buffer (through
+// ReadFrom), with no pipe or copy in between.
+func Copy(w io.Writer, src io.Reader, size int64, counted func(nar int64)) (int64, error) {
+	bw := NewWriter(w, size)
+	bw.counted = counted
+	n, err := io.Copy(bw, src)
+	if cerr := bw.Close(); err == nil {
+		err = cerr
+	}
+	return n, err
 }
 
 // ReadFrom fills blocks straight from r.
@@ -183,6 +200,9 @@ func (w *Writer) flush() error {
 	w.link.add(headerSize+len(payload), time.Since(start).Seconds())
 	w.nar += int64(len(block))
 	w.wire += int64(headerSize + len(payload))
+	if w.counted != nil {
+		w.counted(int64(len(block)))
+	}
 	return nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"testing/iotest"
 	"time"
@@ -162,5 +163,50 @@ func BenchmarkWriter(b *testing.B) {
 		w.link = rate{bytes: 1, seconds: 1} // slow: every block compressed
 		w.Write(data)
 		w.Close()
+	}
+}
+
+// dumper is a source with its own WriteTo, as a NAR dumped from the store:
+// it writes a small piece, then a file body through the writer's ReadFrom.
+type dumper struct {
+	head, body []byte
+	t          *testing.T
+}
+
+func (d *dumper) Read([]byte) (int, error) {
+	d.t.Error("Copy read the source instead of letting it write")
+	return 0, io.EOF
+}
+
+func (d *dumper) WriteTo(w io.Writer) (int64, error) {
+	n, err := w.Write(d.head)
+	if err != nil {
+		return int64(n), err
+	}
+	rf, ok := w.(io.ReaderFrom)
+	if !ok {
+		d.t.Fatal("the block writer has no ReadFrom")
+	}
+	m, err := rf.ReadFrom(&io.LimitedReader{R: bytes.NewReader(d.body), N: int64(len(d.body))})
+	return int64(n) + m, err
+}
+
+func TestCopyLetsTheSourceWriteAndCountsBlocks(t *testing.T) {
+	head, body := []byte("nix-archive-1 framing"), randomBytes(3*BlockSize+123)
+	want := append(append([]byte{}, head...), body...)
+	var wire bytes.Buffer
+	var counted []int64
+	n, err := Copy(&wire, &dumper{head: head, body: body, t: t}, int64(len(want)), func(nar int64) { counted = append(counted, nar) })
+	if err != nil || n != int64(len(want)) {
+		t.Fatalf("Copy = %d, %v; want %d, nil", n, err, len(want))
+	}
+	got, err := io.ReadAll(NewReader(&wire))
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("read back %d bytes, %v; want the %d written", len(got), err, len(want))
+	}
+	// Blocks of BlockSize, then the rest, each counted once it went out.
+	wantCounts := []int64{BlockSize, BlockSize, BlockSize, int64(len(want) - 3*BlockSize)}
+	if !slices.Equal(counted, wantCounts) {
+		t.Fatalf("counted %v, want %v", counted, wantCounts)
 	}
 }

@@ -288,7 +288,12 @@ func (s *Server) serveNAR(st network.Stream, req NarRequest, v11 bool) {
 	if req.Length > 0 {
 		want = req.Length
 	}
-	body := io.LimitReader(nar, want)
+	// The whole rest of the NAR goes as it is, so that a local one keeps
+	// its WriteTo (see compress.Copy).
+	var body io.Reader = nar
+	if want < nar.Size-req.Offset {
+		body = io.LimitReader(nar, want)
+	}
 	enc := EncodingRaw
 	if req.AcceptBlocks {
 		enc = EncodingBlocks
@@ -307,18 +312,15 @@ func (s *Server) serveNAR(st network.Stream, req NarRequest, v11 bool) {
 	st.CloseRead()
 	progress := s.upload(st, req.Hash, want)
 	w := &bodyWriter{st: st, left: want, progress: progress}
-	src := &cache.CountingReader{R: body, Count: func(n int64) { progress.Add("", n, 0) }}
+	countNAR := func(n int64) { progress.Add("", n, 0) }
 	var n int64
 	if enc == EncodingBlocks {
 		// Block by block, compressed when that is faster than raw.
 		w.left = math.MaxInt64
-		bw := compress.NewWriter(w, want)
-		n, err = io.Copy(bw, src)
-		if cerr := bw.Close(); err == nil {
-			err = cerr
-		}
+		n, err = compress.Copy(w, body, want, countNAR)
 	} else {
-		n, err = io.Copy(w, src)
+		w.raw = true
+		n, err = io.Copy(w, body)
 	}
 	if err == nil && n != want {
 		err = fmt.Errorf("NAR ended after %d of %d bytes", n, want)
@@ -369,6 +371,7 @@ type bodyWriter struct {
 	left     int64
 	deadline time.Time
 	progress swarm.Progress // told about the bytes as they leave
+	raw      bool           // the body is the NAR itself: its bytes are NAR bytes too
 }
 
 func (w *bodyWriter) Write(p []byte) (int, error) {
@@ -378,7 +381,11 @@ func (w *bodyWriter) Write(p []byte) (int, error) {
 	w.refresh()
 	n, err := w.st.Write(p)
 	w.left -= int64(n)
-	w.progress.Add("", 0, int64(n))
+	if w.raw {
+		w.progress.Add("", int64(n), int64(n))
+	} else {
+		w.progress.Add("", 0, int64(n))
+	}
 	return n, err
 }
 
