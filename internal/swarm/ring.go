@@ -162,21 +162,18 @@ func (r *ringSpool) lend(ctx context.Context, off, n int64, w *ringWait) ([]byte
 }
 
 // consumed tells the ring the reader is done with the bytes below pos.
-func (r *ringSpool) consumed(pos int64) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if pos > r.read {
-		r.read = pos
-		r.wake()
-	}
-}
+func (r *ringSpool) consumed(pos int64) { r.advance(&r.read, pos) }
 
 // hashedTo tells the ring the hash covers the bytes below pos.
-func (r *ringSpool) hashedTo(pos int64) {
+func (r *ringSpool) hashedTo(pos int64) { r.advance(&r.hashed, pos) }
+
+// advance moves mark (r.read or r.hashed) up to pos, waking a writer
+// waiting for the room.
+func (r *ringSpool) advance(mark *int64, pos int64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if pos > r.hashed {
-		r.hashed = pos
+	if pos > *mark {
+		*mark = pos
 		r.wake()
 	}
 }
