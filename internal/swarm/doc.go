@@ -25,7 +25,10 @@
 //     from another holder and compared, so the holder whose bytes
 //     differ is found, blamed and shunned. A lying or stalling holder
 //     costs time, never a failed substitution (but for a proven holder
-//     that lied in bytes Nix already had: that request fails).
+//     that lied in bytes Nix already had: that request fails; and, since
+//     the ring keeps only a hash of what it let through, for one whose
+//     NAR streamed through a ring and lied anywhere in it once Nix had
+//     a byte: judged by that hash, Nix's bytes cannot be told right).
 //   - Reputation ranks holders by success rate and latency, backs off
 //     failing ones, and remembers who lied.
 package swarm

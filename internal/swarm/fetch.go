@@ -616,12 +616,15 @@ func (r *narReader) WriteTo(w io.Writer) (int64, error) {
 		if err != nil {
 			return total, err
 		}
+		// The bytes count as forwarded before they go: a NAR that fails
+		// its hash while they are on their way must be checked against
+		// them (verified), or Nix could get a lie whole.
+		t.mu.Lock()
+		t.forwarded = max(t.forwarded, ready)
+		t.mu.Unlock()
 		n, err := sp.writeTo(w, r.pos, ready-r.pos)
 		r.pos += n
 		total += n
-		t.mu.Lock()
-		t.forwarded = max(t.forwarded, r.pos)
-		t.mu.Unlock()
 		if err != nil {
 			return total, err
 		}

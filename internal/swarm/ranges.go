@@ -205,6 +205,12 @@ func (k *segmentSink) next(buf []byte) ([]byte, error) {
 	k.r.mu.Lock()
 	pos := k.s.pos
 	n := min(int64(len(buf)), k.s.end-pos)
+	if n > 0 {
+		// Marked before the lock is let go: a steal (claim) meanwhile
+		// cuts the segment after these bytes, never inside them. (If
+		// fewer come, the mark only makes a thief's piece smaller.)
+		k.s.writing = max(k.s.writing, pos+n)
+	}
 	k.r.mu.Unlock()
 	if n <= 0 {
 		return nil, nil
@@ -221,9 +227,6 @@ func (k *segmentSink) next(buf []byte) ([]byte, error) {
 	if p == nil {
 		p = buf[:n]
 	}
-	k.r.mu.Lock()
-	k.s.writing = max(k.s.writing, pos+int64(len(p)))
-	k.r.mu.Unlock()
 	return p, nil
 }
 

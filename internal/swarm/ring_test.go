@@ -229,3 +229,55 @@ func TestRingPauseIsNotTheHoldersFault(t *testing.T) {
 		}
 	})
 }
+
+// gateWriter takes its first write at once and every later one only once
+// gate is closed: Nix slow to take the NAR.
+type gateWriter struct {
+	gate   chan struct{}
+	writes int
+	buf    bytes.Buffer
+}
+
+func (w *gateWriter) Write(p []byte) (int, error) {
+	if w.writes++; w.writes > 1 {
+		<-w.gate
+	}
+	return w.buf.Write(p)
+}
+
+// A proven liar's NAR fails its hash while the ring's bytes are on their
+// way to Nix through WriteTo (Nix's full GET): those bytes count as sent,
+// so the reader gets an error, never a whole NAR that differs.
+func TestRingWriteToLieInFlight(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := newContent(swarm.CutThroughMin+512<<10, 41)
+		liar, good := honest("liar", c), honest("good", c)
+		liar.corrupt = 3 << 19
+		rep := proven("liar")
+		rep.Fail("good", swarm.FailSlow) // there after a minute, but not healthy: sends only after the liar
+		time.Sleep(time.Minute)
+		f := swarm.NewFinder(swarm.Options{Rep: rep, SpoolDir: t.TempDir(), Spares: 3})
+		x := find(t, f, liar, good)
+		n, err := x.OpenNAR(t.Context(), c.narHash(), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer n.Close()
+		synctest.Wait() // the ring is full
+		w := &gateWriter{gate: make(chan struct{})}
+		done := make(chan error, 1)
+		go func() {
+			_, err := n.ReadCloser.(io.WriterTo).WriteTo(w)
+			done <- err
+		}()
+		time.Sleep(time.Second)
+		synctest.Wait()
+		close(w.gate)
+		if err := <-done; err == nil {
+			t.Fatalf("WriteTo: no error, %d of %d bytes (right: %v)", w.buf.Len(), len(c.nar), bytes.Equal(w.buf.Bytes(), c.nar))
+		}
+		if r, _ := rep.Get("liar"); r.Lies == 0 {
+			t.Errorf("the liar's record: %+v", r)
+		}
+	})
+}

@@ -3,6 +3,7 @@ package tracker
 import (
 	"context"
 	"encoding/json"
+	"slices"
 	"sync"
 	"time"
 )
@@ -22,6 +23,29 @@ type descCache struct {
 	m     map[int64]descEntry
 	byID  map[string]int64
 	bytes int64
+	// forgets counts forget calls and forgotten holds the peers of the
+	// last of them (at most maxForgotten, oldest first): a description
+	// read while its peer was forgotten (read before its deregistration
+	// or announce) is used by its find but not kept.
+	forgets   uint64
+	forgotten []string
+}
+
+// maxForgotten bounds the forgets a description read remembers; a read
+// during more of them keeps nothing.
+const maxForgotten = 256
+
+// keepable reports whether a description of peerID read when forgets was
+// c.forgets may be kept. c.mu is held.
+func (c *descCache) keepable(peerID string, forgets uint64) bool {
+	n := c.forgets - forgets
+	if n == 0 {
+		return true
+	}
+	if n > uint64(len(c.forgotten)) {
+		return false
+	}
+	return !slices.Contains(c.forgotten[uint64(len(c.forgotten))-n:], peerID)
 }
 
 type descEntry struct {
@@ -52,6 +76,7 @@ func (c *descCache) describe(ctx context.Context, reg Registry, keys []int64, li
 			missing = append(missing, k)
 		}
 	}
+	forgets := c.forgets
 	c.mu.Unlock()
 	if len(missing) > 0 {
 		ps, err := reg.Describe(ctx, missing, liveSince)
@@ -67,7 +92,9 @@ func (c *descCache) describe(ctx context.Context, reg Registry, keys []int64, li
 				return nil, err
 			}
 			fresh[p.Key] = b
-			c.put(p.Key, descEntry{json: b, peerID: p.PeerID, lastSeen: p.LastSeen.UnixMilli(), at: now})
+			if c.keepable(p.PeerID, forgets) {
+				c.put(p.Key, descEntry{json: b, peerID: p.PeerID, lastSeen: p.LastSeen.UnixMilli(), at: now})
+			}
 		}
 		c.mu.Unlock()
 		for i, k := range keys {
@@ -109,6 +136,11 @@ func (c *descCache) put(key int64, e descEntry) {
 func (c *descCache) forget(peerID string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.forgets++
+	if len(c.forgotten) == maxForgotten {
+		c.forgotten = slices.Delete(c.forgotten, 0, 1)
+	}
+	c.forgotten = append(c.forgotten, peerID)
 	key, ok := c.byID[peerID]
 	if !ok {
 		return

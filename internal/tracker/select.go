@@ -247,67 +247,52 @@ const (
 
 // candidates returns the hash's candidates at now: from the cache while
 // its entry is younger than holderCacheMaxAge (starting one background
-// read to replace it once it is holderCacheTTL old), otherwise from read,
-// which it waits for (shared with the finds that ask at once), and caches
-// if the hash is popular. A background read's error is dropped: the
-// entry stays until it is too old, and the find that then reads reports
-// the error.
+// read to replace it once it is holderCacheTTL old), otherwise from a
+// read it waits for: the one under way if it began recently enough for
+// its result to be used now, or else one it starts for every find that
+// asks meanwhile (so a database slower than holderCacheMaxAge costs one
+// read at a time per hash, not one per find). Popular hashes' results
+// are cached. A shared read that failed (the request running it was
+// canceled, or a background read timed out) is tried once more, shared
+// again. A background read's error is dropped: the entry stays until it
+// is too old, and the finds that then read report the error.
 func (c *holderCache) candidates(ctx context.Context, hash string, now time.Time, read readHolders) (*candidates, error) {
-	c.mu.Lock()
-	if e, ok := c.usable(hash, now); ok {
-		if now.Sub(e.at) >= holderCacheTTL && c.loading[hash] == nil {
-			l := c.begin(hash, now)
-			go func() {
-				// Bounded by the age at which its result would be
-				// useless; canceled by nobody (no find waits for it).
-				ctx, cancel := context.WithTimeout(context.Background(), holderCacheMaxAge)
-				defer cancel()
-				c.finish(ctx, hash, l, read)
-			}()
+	for retried := false; ; retried = true {
+		c.mu.Lock()
+		if e, ok := c.usable(hash, now); ok {
+			if now.Sub(e.at) >= holderCacheTTL && c.loading[hash] == nil {
+				l := c.begin(hash, now)
+				go func() {
+					// Bounded by the age at which its result would be
+					// useless; canceled by nobody (no find waits for it).
+					ctx, cancel := context.WithTimeout(context.Background(), holderCacheMaxAge)
+					defer cancel()
+					c.finish(ctx, hash, l, read)
+				}()
+			}
+			c.mu.Unlock()
+			return e.c, nil
 		}
-		c.mu.Unlock()
-		return e.c, nil
-	}
-	// A read under way is shared if it began recently enough that its
-	// result may be used now.
-	if l, ok := c.loading[hash]; ok && near(now, l.at) {
+		l, ok := c.loading[hash]
+		if !ok || !near(now, l.at) {
+			// None under way, or one begun too long ago to be used (the
+			// database is that slow; it finishes on its own): this find
+			// reads, for the finds that ask meanwhile too.
+			l = c.begin(hash, now)
+			c.mu.Unlock()
+			c.finish(ctx, hash, l, read)
+			return l.c, l.err
+		}
 		c.mu.Unlock()
 		select {
 		case <-l.done:
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
-		if l.err == nil {
-			return l.c, nil
+		if l.err == nil || retried {
+			return l.c, l.err
 		}
-		// The shared read failed (its request may have been the one
-		// canceled): read for this find.
-		return c.readOwn(ctx, hash, now, read)
 	}
-	var l *holderLoad
-	if c.loading[hash] == nil {
-		l = c.begin(hash, now)
-	}
-	c.mu.Unlock()
-	if l == nil {
-		// A read under way began too long ago to be used (the database
-		// is that slow): read for this find, without sharing.
-		return c.readOwn(ctx, hash, now, read)
-	}
-	c.finish(ctx, hash, l, read)
-	return l.c, l.err
-}
-
-// readOwn reads the hash's candidates for one find, begun at now, and
-// caches them if the hash is popular.
-func (c *holderCache) readOwn(ctx context.Context, hash string, now time.Time, read readHolders) (*candidates, error) {
-	hs, err := read(ctx)
-	if err != nil {
-		return nil, err
-	}
-	cs := groupByNet(hs)
-	c.put(hash, cs, now)
-	return cs, nil
 }
 
 // usable returns the hash's entry if it may be used at now. c.mu is held.
@@ -349,7 +334,9 @@ func (c *holderCache) finish(ctx context.Context, hash string, l *holderLoad, re
 	}
 	l.err = err
 	c.mu.Lock()
-	delete(c.loading, hash)
+	if c.loading[hash] == l { // not replaced by a later read
+		delete(c.loading, hash)
+	}
 	c.mu.Unlock()
 	close(l.done)
 }
