@@ -2,12 +2,9 @@ package tracker
 
 import (
 	"context"
-	"encoding/json"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	api "github.com/peerix/peerix/internal/tracker/trackerapi"
 )
 
 type pausingReg struct {
@@ -38,15 +35,7 @@ func TestDeregisteredNotListedAfterDelete(t *testing.T) {
 	ps := popularHash(t, s, clock, h, holderCacheMin+10)
 	p := ps[0]
 	listed := func() bool {
-		w := serve(s, request("GET", "/v1/find/"+h+"?limit=1000", nil, ""))
-		if w.Code != 200 {
-			t.Fatalf("find: %d %s", w.Code, w.Body)
-		}
-		var ans api.PeersAnswer
-		if err := json.Unmarshal(w.Body.Bytes(), &ans); err != nil {
-			t.Fatal(err)
-		}
-		for _, x := range ans.Peers {
+		for _, x := range serveFind(t, s, h) {
 			if x.PeerID == p.id.String() {
 				return true
 			}

@@ -394,3 +394,18 @@ func httptestServer(t testing.TB, h http.Handler) string {
 	t.Cleanup(srv.Close)
 	return srv.URL
 }
+
+// serveFind finds h through s's handler, up to 1,000 holders, and returns
+// the peers listed.
+func serveFind(t *testing.T, s *Server, h string) []api.PeerInfo {
+	t.Helper()
+	w := serve(s, request("GET", "/v1/find/"+h+"?limit=1000", nil, ""))
+	if w.Code != 200 {
+		t.Fatalf("find: %d %s", w.Code, w.Body)
+	}
+	var ans api.PeersAnswer
+	if err := json.Unmarshal(w.Body.Bytes(), &ans); err != nil {
+		t.Fatal(err)
+	}
+	return ans.Peers
+}

@@ -538,18 +538,11 @@ func TestFindLeaverBound(t *testing.T) {
 				ps := popularHash(t, s, clock, h, holderCacheMin+10)
 				leaver := ps[len(ps)/2]
 				listed := func() bool {
-					w := serve(s, request("GET", "/v1/find/"+h+"?limit=1000", nil, ""))
-					if w.Code != 200 {
-						t.Fatalf("find: %d %s", w.Code, w.Body)
+					peers := serveFind(t, s, h)
+					if len(peers) < len(ps)-1 {
+						t.Fatalf("%d holders listed of %d", len(peers), len(ps))
 					}
-					var ans api.PeersAnswer
-					if err := json.Unmarshal(w.Body.Bytes(), &ans); err != nil {
-						t.Fatal(err)
-					}
-					if len(ans.Peers) < len(ps)-1 {
-						t.Fatalf("%d holders listed of %d", len(ans.Peers), len(ps))
-					}
-					for _, p := range ans.Peers {
+					for _, p := range peers {
 						if p.PeerID == leaver.id.String() {
 							return true
 						}
