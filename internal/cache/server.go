@@ -182,6 +182,19 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// Fast reports whether a path is one of the routes a lean HTTP loop may
+// serve (internal/httploop): the local store's narinfos and NARs and
+// nix-cache-info, which answer from the local store without waiting.
+// Routes that wait for peers stay with net/http, which ends a request's
+// context when its client goes away.
+func (s *Server) Fast(path string) bool {
+	route, _, ok := s.route(path)
+	return ok && (route == RouteLocalNarInfo || route == RouteLocalNAR || route == RouteCacheInfo)
+}
+
+// RequestHeaders are the request headers the routes Fast accepts read.
+var RequestHeaders = []string{"Range", AcceptEncodingHeader}
+
 // route classifies a path. For narinfo routes arg is the hash part, for NAR
 // routes the NAR URL as a narinfo names it ("nar/...").
 func (s *Server) route(p string) (route Route, arg string, ok bool) {

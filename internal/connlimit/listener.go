@@ -312,7 +312,11 @@ func (l *Listener) warn() {
 
 // ConnState is the http.Server's ConnState hook: it tells the Listener
 // which connections are idle or between requests.
+// A connection that wraps a Conn says so with NetConn (as tls.Conn does).
 func (l *Listener) ConnState(c net.Conn, s http.ConnState) {
+	if w, ok := c.(interface{ NetConn() net.Conn }); ok {
+		c = w.NetConn()
+	}
 	conn, ok := c.(*Conn)
 	if !ok || conn.l != l {
 		return
@@ -345,7 +349,7 @@ type Conn struct {
 	since      time.Time
 
 	writing  atomic.Bool
-	progress atomic.Int64 // unix nanoseconds of the last byte written
+	progress atomic.Int64 // unix nanoseconds of the last byte written to a peer (this machine's connections are never shed)
 	deadline atomic.Int64 // the write deadline set, unix nanoseconds; 0: none
 	closed   sync.Once
 }
@@ -362,7 +366,7 @@ func (c *Conn) Write(p []byte) (int, error) {
 		c.refresh()
 		m, err := c.Conn.Write(b)
 		n += m
-		if m > 0 {
+		if m > 0 && !c.local {
 			c.progress.Store(time.Now().UnixNano())
 		}
 		if err != nil {
@@ -387,7 +391,7 @@ func (c *Conn) ReadFrom(r io.Reader) (int64, error) {
 		c.refresh()
 		m, err := rf.ReadFrom(io.LimitReader(r, chunk))
 		n += m
-		if m > 0 {
+		if m > 0 && !c.local {
 			c.progress.Store(time.Now().UnixNano())
 		}
 		if err != nil {

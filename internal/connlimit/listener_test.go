@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/peerix/peerix/internal/httploop"
 )
 
 func TestForLimit(t *testing.T) {
@@ -52,7 +54,11 @@ type server struct {
 	handled chan error    // what /nar's and /file's copies ended with
 }
 
-func newServer(t *testing.T, opt Options) *server {
+func newServer(t *testing.T, opt Options) *server { return newServerVia(t, opt, false) }
+
+// newServerVia serves through internal/httploop when loop is set: its
+// routes are the loop's, but for /other, which it hands to net/http.
+func newServerVia(t *testing.T, opt Options, loop bool) *server {
 	t.Helper()
 	tcp, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
@@ -91,10 +97,26 @@ func newServer(t *testing.T, opt Options) *server {
 		_, err = io.Copy(w, f) // sendfile through Conn.ReadFrom
 		s.handled <- err
 	})
+	mux.HandleFunc("/other", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "other") })
 	srv := &http.Server{Handler: mux, ConnState: s.ln.ConnState}
-	go srv.Serve(s.ln)
+	if !loop {
+		go srv.Serve(s.ln)
+		t.Cleanup(func() {
+			close(s.release)
+			srv.Close()
+		})
+		return s
+	}
+	fast := httploop.New(httploop.Options{
+		Handler:   mux,
+		Fast:      func(p string) bool { return p != "/other" },
+		ConnState: s.ln.ConnState,
+	})
+	go fast.Serve(s.ln)
+	go srv.Serve(fast.HandOff())
 	t.Cleanup(func() {
 		close(s.release)
+		fast.Close()
 		srv.Close()
 	})
 	return s
@@ -327,3 +349,53 @@ func waitFor(t *testing.T, cond func() bool) {
 }
 
 func bufioReader(c net.Conn) *bufio.Reader { return bufio.NewReader(c) }
+
+// The loop tells the Listener what net/http would: idle connections are
+// shed first, and one handed on to net/http gives its place back when it
+// closes.
+func TestBudgetThroughLoop(t *testing.T) {
+	s := newServerVia(t, Options{Budget: Budget{PeerConns: 3, PerClient: 3}}, true)
+	busy := s.dialFrom(t, 2)
+	request(t, busy, "/block")
+	idle := []net.Conn{s.dialFrom(t, 3), s.dialFrom(t, 4)}
+	for _, c := range idle {
+		quick(t, c)
+	}
+	waitFor(t, func() bool { return s.ln.Stats().PeerConns == 3 })
+	time.Sleep(50 * time.Millisecond)
+	quick(t, s.dialFrom(t, 5))
+	if st := s.ln.Stats(); st.Shed != 1 || st.Refused != 0 {
+		t.Errorf("stats %+v, want one idle connection shed", st)
+	}
+	if closedSoon(busy, 200*time.Millisecond) {
+		t.Error("a connection waiting for its answer was shed, not an idle one")
+	}
+
+}
+
+// A connection handed on to net/http is reported by net/http: when idle
+// there, it is the one a newcomer takes the place of.
+func TestBudgetHandedOffIdleShed(t *testing.T) {
+	s := newServerVia(t, Options{Budget: Budget{PeerConns: 2, PerClient: 2}}, true)
+	busy := s.dialFrom(t, 2)
+	request(t, busy, "/block")
+	handed := s.dialFrom(t, 3)
+	request(t, handed, "/other")
+	handed.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(bufioReader(handed), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body, _ := io.ReadAll(resp.Body); string(body) != "other" {
+		t.Fatalf("/other: %q", body)
+	}
+	waitFor(t, func() bool { return s.ln.Stats().PeerConns == 2 })
+	time.Sleep(50 * time.Millisecond)
+	quick(t, s.dialFrom(t, 4))
+	if !closedSoon(handed, 2*time.Second) {
+		t.Error("the idle handed-off connection was not shed")
+	}
+	if closedSoon(busy, 200*time.Millisecond) {
+		t.Error("the busy connection was shed")
+	}
+}

@@ -22,6 +22,7 @@ import (
 	"github.com/peerix/peerix/internal/cache"
 	"github.com/peerix/peerix/internal/config"
 	"github.com/peerix/peerix/internal/connlimit"
+	"github.com/peerix/peerix/internal/httploop"
 	"github.com/peerix/peerix/internal/lan"
 	"github.com/peerix/peerix/internal/nixstore"
 	"github.com/peerix/peerix/internal/ops"
@@ -42,9 +43,10 @@ type Daemon struct {
 	cfg    *config.Serve
 	log    *slog.Logger
 	local  *nixstore.Local
-	shared store.Store // the local store as peers see it
-	remote store.Store // peers; nil in local mode
-	server *http.Server
+	shared store.Store      // the local store as peers see it
+	remote store.Store      // peers; nil in local mode
+	server *http.Server     // everything but the fast routes
+	loop   *httploop.Server // the fast routes; hands the rest to server
 	ln     *connlimit.Listener
 	budget connlimit.Budget
 	lan    *lan.Discovery // nil unless LAN discovery runs
@@ -208,6 +210,13 @@ func New(cfg *config.Serve, log *slog.Logger) (_ *Daemon, err error) {
 	return d.finish(), nil
 }
 
+// The HTTP server's timeouts: for a request's header once it began, and
+// for an idle connection.
+const (
+	readHeaderTimeout = 10 * time.Second
+	idleTimeout       = 2 * time.Minute
+)
+
 // finish makes the HTTP side once the sources are known.
 func (d *Daemon) finish() *Daemon {
 	cfg, log := d.cfg, d.log
@@ -222,10 +231,23 @@ func (d *Daemon) finish() *Daemon {
 		Log:      log,
 		Observe:  d.ops.ObserveCache,
 	}
+	handler := d.ops.Instrument(cacheServer)
+	// The local store's routes, which LAN peers ask at high rates, are
+	// served by a lean HTTP/1.1 loop; every connection that asks anything
+	// else, or asks oddly, goes on to net/http.
+	d.loop = httploop.New(httploop.Options{
+		Handler:           handler,
+		Fast:              cacheServer.Fast,
+		KeepHeaders:       cache.RequestHeaders,
+		ReadHeaderTimeout: readHeaderTimeout,
+		IdleTimeout:       idleTimeout,
+		ConnState:         d.ln.ConnState,
+		Log:               log.With("part", "http"),
+	})
 	d.server = &http.Server{
-		Handler:           d.ops.Instrument(cacheServer),
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
+		Handler:           handler,
+		ReadHeaderTimeout: readHeaderTimeout,
+		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 		// Which connections are idle: the listener closes those first when
@@ -287,7 +309,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		if err := d.server.Serve(d.ln); !errors.Is(err, http.ErrServerClosed) {
+		if err := d.loop.Serve(d.ln); !errors.Is(err, httploop.ErrServerClosed) {
+			return fmt.Errorf("http server: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		if err := d.server.Serve(d.loop.HandOff()); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("http server: %w", err)
 		}
 		return nil
@@ -296,7 +324,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 		<-gctx.Done()
 		shutdownCtx, cancel := context.WithTimeout(context.Background(), ShutdownGrace)
 		defer cancel()
-		err := d.server.Shutdown(shutdownCtx)
+		// The loop first: a connection it still serves may yet go on to
+		// net/http.
+		err := d.loop.Shutdown(shutdownCtx)
+		d.loop.Close()
+		if err2 := d.server.Shutdown(shutdownCtx); err == nil {
+			err = err2
+		}
 		d.server.Close()
 		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
 			return fmt.Errorf("http shutdown: %w", err)
