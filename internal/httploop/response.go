@@ -31,6 +31,7 @@ type response struct {
 	sent       bool   // the header went out
 	typed      bool   // the handler set a Content-Type
 	chunked    bool
+	inChunk    bool // a chunk was sent, its CRLF not yet
 	closeAfter bool
 	err        error // a write failed: the connection is done
 }
@@ -39,7 +40,7 @@ func (w *response) reset(closeAfter bool) {
 	clear(w.header)
 	w.status, w.declared, w.written = 0, -1, 0
 	w.head, w.body = w.head[:0], w.body[:0]
-	w.sent, w.chunked, w.closeAfter, w.err = false, false, closeAfter, nil
+	w.sent, w.chunked, w.inChunk, w.closeAfter, w.err = false, false, false, closeAfter, nil
 }
 
 func (w *response) Header() http.Header { return w.header }
@@ -159,7 +160,8 @@ func (w *response) sendHeader(next []byte) error {
 			_, err := w.write(w.head)
 			return err
 		}
-		w.head = appendChunk(w.head, body)
+		w.head = w.chunkHead(w.head, len(body))
+		w.head = append(w.head, body...)
 		_, err := w.write(w.head)
 		return err
 	}
@@ -180,12 +182,16 @@ func (w *response) endHeader(b []byte) []byte {
 	return append(b, "\r\n"...)
 }
 
+// writeChunk sends p as one chunk: the CRLF that ends the chunk before it
+// goes with this one's size line, so a large chunk costs two writes (a
+// small one is copied to go in one).
 func (w *response) writeChunk(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	w.body = w.chunkHead(w.body[:0], len(p))
 	if len(p) <= 4<<10 {
-		w.body = appendChunk(w.body[:0], p)
+		w.body = append(w.body, p...)
 		_, err := w.write(w.body)
 		w.body = w.body[:0]
 		if err != nil {
@@ -193,26 +199,22 @@ func (w *response) writeChunk(p []byte) (int, error) {
 		}
 		return len(p), nil
 	}
-	w.body = strconv.AppendInt(w.body[:0], int64(len(p)), 16)
-	w.body = append(w.body, "\r\n"...)
-	if _, err := w.write(w.body); err != nil {
+	_, err := w.write(w.body)
+	w.body = w.body[:0]
+	if err != nil {
 		return 0, err
 	}
-	w.body = w.body[:0]
-	n, err := w.write(p)
-	if err != nil {
-		return n, err
-	}
-	if _, err := w.write(crlf); err != nil {
-		return n, err
-	}
-	return n, nil
+	return w.write(p)
 }
 
-func appendChunk(b, p []byte) []byte {
-	b = strconv.AppendInt(b, int64(len(p)), 16)
-	b = append(b, "\r\n"...)
-	b = append(b, p...)
+// chunkHead appends the end of the chunk before, if any, and the size
+// line of one of n bytes.
+func (w *response) chunkHead(b []byte, n int) []byte {
+	if w.inChunk {
+		b = append(b, "\r\n"...)
+	}
+	w.inChunk = true
+	b = strconv.AppendInt(b, int64(n), 16)
 	return append(b, "\r\n"...)
 }
 
@@ -252,7 +254,11 @@ func (w *response) finish() (keepAlive bool) {
 		return !w.closeAfter
 	}
 	if w.chunked {
-		if _, err := w.write([]byte("0\r\n\r\n")); err != nil {
+		end := "0\r\n\r\n"
+		if w.inChunk {
+			end = "\r\n0\r\n\r\n"
+		}
+		if _, err := io.WriteString(writerOnly{w.cn.c}, end); err != nil {
 			return false
 		}
 	} else if w.written < w.declared {

@@ -104,19 +104,23 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 	s.ln = ln
 	s.mu.Unlock()
+	var backoff time.Duration
 	for {
 		c, err := ln.Accept()
 		if err != nil {
 			if s.shutting.Load() {
 				return ErrServerClosed
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(5 * time.Millisecond)
+			if isTemporary(err) {
+				// Out of descriptors, as net/http: wait a little and retry.
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.opt.Log.Warn("accept failed; retrying", "err", err, "in", backoff)
+				time.Sleep(backoff)
 				continue
 			}
 			return err
 		}
+		backoff = 0
 		cn := s.newConn(c)
 		if cn == nil {
 			c.Close()
@@ -124,6 +128,13 @@ func (s *Server) Serve(ln net.Listener) error {
 		}
 		go cn.serve()
 	}
+}
+
+// isTemporary is net/http's test for an Accept error worth retrying
+// (EMFILE, ENFILE, ECONNABORTED and the like).
+func isTemporary(err error) bool {
+	var te interface{ Temporary() bool }
+	return errors.As(err, &te) && te.Temporary()
 }
 
 // Shutdown stops accepting, closes idle connections, lets those with a
@@ -222,6 +233,7 @@ type conn struct {
 	// less than the idle timeout less a second left (setting it costs a
 	// timer reset).
 	deadline int64
+	served   int // requests answered
 }
 
 func (cn *conn) serve() {
@@ -259,6 +271,7 @@ func (cn *conn) serve() {
 		cn.idle.Store(false)
 		s.setState(cn.c, http.StateActive)
 		keepAlive := cn.serveRequest()
+		cn.served++
 		if !keepAlive || s.shutting.Load() {
 			return
 		}
@@ -286,6 +299,11 @@ func (cn *conn) readRequest() error {
 				// The request began: it has ReadHeaderTimeout to arrive.
 				waitedFor = time.Now()
 				cn.setReadDeadline(waitedFor.Add(cn.s.opt.ReadHeaderTimeout))
+			}
+		} else if cn.served == 0 {
+			// A new connection: its first request is due at once.
+			if cn.deadline == 0 {
+				cn.setReadDeadline(time.Now().Add(cn.s.opt.ReadHeaderTimeout))
 			}
 		} else {
 			cn.idleDeadline()

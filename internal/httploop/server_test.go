@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -341,5 +342,62 @@ func TestGoClient(t *testing.T) {
 		if string(body) != "loop GET /fast/x range=" {
 			t.Fatalf("request %d: %q", i, body)
 		}
+	}
+}
+
+// A new connection that sends nothing is closed after ReadHeaderTimeout,
+// as net/http does (IdleTimeout is only for the wait between requests).
+func TestSilentConnectionTimesOut(t *testing.T) {
+	t.Parallel()
+	ts := start(t, echo())
+	c, br := dial(t, ts)
+	begun := time.Now()
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("read %v, want EOF", err)
+	}
+	if waited := time.Since(begun); waited > 4*time.Second {
+		t.Fatalf("closed after %v, want about 1 s", waited)
+	}
+	_ = c
+}
+
+// flakyListener fails its first Accept as a process out of descriptors.
+type flakyListener struct {
+	net.Listener
+	failed atomic.Bool
+}
+
+func (l *flakyListener) Accept() (net.Conn, error) {
+	if !l.failed.Swap(true) {
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", syscall.EMFILE)}
+	}
+	return l.Listener.Accept()
+}
+
+// Running out of descriptors is waited out, not the end of serving.
+func TestAcceptRetriesTemporaryErrors(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	loop := httploop.New(httploop.Options{Handler: echo(), Fast: func(string) bool { return true }})
+	done := make(chan error, 1)
+	go func() { done <- loop.Serve(&flakyListener{Listener: ln}) }()
+	defer func() {
+		loop.Close()
+		if err := <-done; !errors.Is(err, httploop.ErrServerClosed) {
+			t.Errorf("Serve: %v", err)
+		}
+	}()
+	client := &http.Client{Timeout: 5 * time.Second}
+	resp, err := client.Get("http://" + ln.Addr().String() + "/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(body) != "loop GET /x range=" {
+		t.Fatalf("%q", body)
 	}
 }

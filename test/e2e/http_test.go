@@ -540,3 +540,55 @@ func TestBadRequests(t *testing.T) {
 func slashEscape(p string) string {
 	return strings.ReplaceAll(p, "/", "%2f")
 }
+
+// TestHTTPFraming sends pipelined requests on one connection, as a peer
+// could: plain ones (the fast loop's), one with a body that holds another
+// request (net/http's from then on: the body is read and dropped, never
+// answered as a request). Exactly the expected responses come back, in
+// order.
+func TestHTTPFraming(t *testing.T) {
+	fx := fixtures(t)
+	t.Parallel()
+	d := startPeerix(t, localDaemon(t, fx.src))
+	h := hashPart(fx.byName["leaf"])
+	absent := randomNix32(32)
+
+	conn, err := net.DialTimeout("tcp", d.addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(requestTimeout))
+	br := bufio.NewReader(conn)
+	get := func(target string, extra ...string) string {
+		return "GET " + target + " HTTP/1.1\r\nHost: peer\r\n" + strings.Join(extra, "") + "\r\n"
+	}
+	smuggled := get("/local/" + absent + ".narinfo")
+	pipeline := get("/local/"+h+".narinfo") +
+		get("/local/nix-cache-info") +
+		get("/local/"+h+".narinfo", fmt.Sprintf("Content-Length: %d\r\n", len(smuggled))) + smuggled +
+		get("/local/nix-cache-info")
+	if _, err := io.WriteString(conn, pipeline); err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []string{"narinfo", "cache-info", "narinfo", "cache-info"} {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("response %d: %v", i+1, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		got := "narinfo"
+		if strings.HasPrefix(string(body), "StoreDir:") {
+			got = "cache-info"
+		}
+		if resp.StatusCode != http.StatusOK || got != want {
+			t.Fatalf("response %d: %d %q, want 200 and a %s", i+1, resp.StatusCode, body, want)
+		}
+	}
+	// And nothing else: the request in the body was never answered.
+	conn.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	if rest, _ := io.ReadAll(br); len(rest) > 0 {
+		t.Fatalf("after the four answers: %q", rest)
+	}
+}
