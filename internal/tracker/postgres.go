@@ -509,18 +509,17 @@ func (p *Postgres) Holders(ctx context.Context, hash string, liveSince time.Time
 	if err != nil || len(h) != 20 {
 		return nil, fmt.Errorf("invalid hash %q", hash)
 	}
-	rows, err := p.r.Query(ctx, `SELECT k.peer, p.net, p.registered_at
+	// One row of lines (parseHolders).
+	var lines string
+	err = p.r.QueryRow(ctx, `SELECT coalesce(string_agg(line, E'\n'), '') FROM (
+		SELECT k.peer || ',' || p.registered_at || ',' || p.net AS line
 		FROM packages k JOIN peers p ON p.id = k.peer
 		WHERE k.hash = $1 AND p.last_seen >= $2
-		ORDER BY k.peer LIMIT $3`, h, liveSince.UnixMilli(), max)
+		ORDER BY k.peer LIMIT $3) AS holders`, h, liveSince.UnixMilli(), max).Scan(&lines)
 	if err != nil {
 		return nil, err
 	}
-	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Holder, error) {
-		var x Holder
-		err := r.Scan(&x.Key, &x.Net, &x.Since)
-		return x, err
-	})
+	return parseHolders(lines)
 }
 
 func (p *Postgres) Describe(ctx context.Context, keys []int64, liveSince time.Time) ([]Described, error) {

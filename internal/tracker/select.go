@@ -54,7 +54,9 @@ type candidates struct {
 // in a single array (a slice of it per network).
 func groupByNet(hs []Holder) *candidates {
 	c := &candidates{hs: hs}
-	byNet := make(map[string]int32, 64)
+	// Sized once: grown from small, the map was rebuilt several times for
+	// a popular hash (a thousand holders in as many networks).
+	byNet := make(map[string]int32, len(hs))
 	netOf := make([]int32, len(hs))
 	var counts []int32
 	for i, h := range hs {

@@ -564,24 +564,17 @@ func (s *SQLite) Holders(ctx context.Context, hash string, liveSince time.Time, 
 	}
 	// CROSS JOIN keeps packages as the outer loop: a range scan of its
 	// primary key for this hash, in peer order (no sort), then one peers
-	// lookup per holder.
-	rows, err := s.r.QueryContext(ctx, `SELECT k.peer, p.net, p.registered_at
+	// lookup per holder. One row of lines (parseHolders).
+	var lines sql.NullString
+	err = s.r.QueryRowContext(ctx, `SELECT group_concat(line, char(10)) FROM (
+		SELECT k.peer || ',' || p.registered_at || ',' || p.net AS line
 		FROM packages k CROSS JOIN peers p ON p.id = k.peer
 		WHERE k.hash = ? AND p.last_seen >= ?
-		ORDER BY k.peer LIMIT ?`, h, liveSince.UnixMilli(), max)
+		ORDER BY k.peer LIMIT ?)`, h, liveSince.UnixMilli(), max).Scan(&lines)
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	var out []Holder
-	for rows.Next() {
-		var x Holder
-		if err := rows.Scan(&x.Key, &x.Net, &x.Since); err != nil {
-			return nil, err
-		}
-		out = append(out, x)
-	}
-	return out, rows.Err()
+	return parseHolders(lines.String)
 }
 
 func (s *SQLite) Describe(ctx context.Context, keys []int64, liveSince time.Time) ([]Described, error) {
