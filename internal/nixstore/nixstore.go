@@ -277,6 +277,20 @@ func (l *Local) NAR(ctx context.Context, u string, offset int64) (*store.NAR, er
 	return l.OpenNAR(e.info, offset)
 }
 
+// NAROf opens the NAR of url as NAR does, for a narinfo l.NarInfo has
+// just returned: while ni is still the path cache's entry (whose lstat that
+// NarInfo call checked), the path is not looked up and checked again.
+func (l *Local) NAROf(ctx context.Context, ni *narinfo.NarInfo, u string, offset int64) (*store.NAR, error) {
+	if ref, err := store.ParseNarURL(u); err == nil && ref.Source == "" {
+		if e, ok := l.cache.peek(ref.Hash); ok && e.ni == ni && e.narHash == ref.NarHash {
+			return l.OpenNAR(e.info, offset)
+		}
+	}
+	return l.NAR(ctx, u, offset)
+}
+
+var _ store.NAROpener = (*Local)(nil)
+
 // OpenNAR streams the NAR of a path from disk, starting at offset. A small
 // NAR comes from memory (see narCache) while pi is the path's current info.
 func (l *Local) OpenNAR(pi *PathInfo, offset int64) (*store.NAR, error) {

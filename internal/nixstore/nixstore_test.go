@@ -297,25 +297,35 @@ func TestNAR(t *testing.T) {
 			}
 			size := int64(len(want))
 			offsets := []int64{0, 1, 7, 8, 9, 15, 16, 17, 63, 64, 100, 112, 113, size / 3, size / 2, size - 9, size - 8, size - 1, size}
-			for _, off := range offsets {
-				if off < 0 || off > size {
-					continue
-				}
-				n, err := l.NAR(ctx, ni.URL, off)
-				if err != nil {
-					t.Fatalf("NAR at %d: %v", off, err)
-				}
-				if n.Size != size {
-					t.Errorf("NAR at %d: Size %d, want %d", off, n.Size, size)
-				}
-				got, err := io.ReadAll(n)
-				n.Close()
-				if err != nil {
-					t.Fatalf("NAR at %d: %v", off, err)
-				}
-				if !bytes.Equal(got, want[off:]) {
-					t.Fatalf("NAR at %d: %d bytes differ from nix-store --dump's suffix of %d bytes (first difference at %d)",
-						off, len(got), len(want[off:]), firstDiff(got, want[off:]))
+			// NAROf with the narinfo just handed out (no second lookup),
+			// and with another one (a lookup, as NAR), opens the same bytes.
+			copied := *ni
+			opens := map[string]func(off int64) (*store.NAR, error){
+				"NAR":                    func(off int64) (*store.NAR, error) { return l.NAR(ctx, ni.URL, off) },
+				"NAROf(current narinfo)": func(off int64) (*store.NAR, error) { return l.NAROf(ctx, ni, ni.URL, off) },
+				"NAROf(another narinfo)": func(off int64) (*store.NAR, error) { return l.NAROf(ctx, &copied, ni.URL, off) },
+			}
+			for name, open := range opens {
+				for _, off := range offsets {
+					if off < 0 || off > size {
+						continue
+					}
+					n, err := open(off)
+					if err != nil {
+						t.Fatalf("%s at %d: %v", name, off, err)
+					}
+					if n.Size != size {
+						t.Errorf("NAR at %d: Size %d, want %d", off, n.Size, size)
+					}
+					got, err := io.ReadAll(n)
+					n.Close()
+					if err != nil {
+						t.Fatalf("NAR at %d: %v", off, err)
+					}
+					if !bytes.Equal(got, want[off:]) {
+						t.Fatalf("%s at %d: %d bytes differ from nix-store --dump's suffix of %d bytes (first difference at %d)",
+							name, off, len(got), len(want[off:]), firstDiff(got, want[off:]))
+					}
 				}
 			}
 			for _, off := range []int64{-1, size + 1, size + 4096, 1 << 62} {
@@ -339,6 +349,9 @@ func TestNAR(t *testing.T) {
 			}
 			if _, err := l.NAR(ctx, "nar/"+nixtest.HashPart(p)+"-"+other+".nar", 0); !errors.Is(err, store.ErrNotFound) {
 				t.Errorf("NAR with a wrong NarHash: %v, want ErrNotFound", err)
+			}
+			if _, err := l.NAROf(ctx, ni, "nar/"+nixtest.HashPart(p)+"-"+other+".nar", 0); !errors.Is(err, store.ErrNotFound) {
+				t.Errorf("NAROf with a wrong NarHash: %v, want ErrNotFound", err)
 			}
 			// An absent path.
 			if _, err := l.NAR(ctx, "nar/00000000000000000000000000000000-"+narHash+".nar", 0); !errors.Is(err, store.ErrNotFound) {

@@ -39,6 +39,15 @@ type Store interface {
 	NAR(ctx context.Context, url string, offset int64) (*NAR, error)
 }
 
+// NAROpener is implemented by a store that can open a NAR for a narinfo
+// it has just returned without looking the path up again (the local
+// store): a wrapper that asked NarInfo to judge the path, the filter,
+// opens the NAR with it. ni must come from the store's own NarInfo; when
+// it is no longer the store's current narinfo of the path, NAROf is NAR.
+type NAROpener interface {
+	NAROf(ctx context.Context, ni *narinfo.NarInfo, url string, offset int64) (*NAR, error)
+}
+
 // NAR is an open NAR stream, positioned at the offset it was opened at.
 // Reader may implement io.WriterTo; the local store's does, so that file
 // contents go to a socket with sendfile.

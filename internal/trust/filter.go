@@ -581,8 +581,12 @@ func (s *filteredStore) NAR(ctx context.Context, url string, offset int64) (*sto
 		}
 		return nil, err
 	}
-	if _, err := s.NarInfo(ctx, hash); err != nil {
+	ni, err := s.NarInfo(ctx, hash)
+	if err != nil {
 		return nil, err
+	}
+	if o, ok := s.next.(store.NAROpener); ok {
+		return o.NAROf(ctx, ni, url, offset) // no second lookup of the path
 	}
 	return s.next.NAR(ctx, url, offset)
 }
