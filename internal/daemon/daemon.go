@@ -324,14 +324,22 @@ func (d *Daemon) Run(ctx context.Context) error {
 		<-gctx.Done()
 		shutdownCtx, cancel := context.WithTimeout(context.Background(), ShutdownGrace)
 		defer cancel()
-		// The loop first: a connection it still serves may yet go on to
-		// net/http.
-		err := d.loop.Shutdown(shutdownCtx)
-		d.loop.Close()
-		if err2 := d.server.Shutdown(shutdownCtx); err == nil {
-			err = err2
-		}
+		// Both at once, each with the whole grace: once net/http's
+		// Shutdown closes the hand-off listener, the loop closes a
+		// connection it would have handed over.
+		var loopErr error
+		loopDone := make(chan struct{})
+		go func() {
+			loopErr = d.loop.Shutdown(shutdownCtx)
+			d.loop.Close()
+			close(loopDone)
+		}()
+		err := d.server.Shutdown(shutdownCtx)
 		d.server.Close()
+		<-loopDone
+		if err == nil {
+			err = loopErr
+		}
 		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
 			return fmt.Errorf("http shutdown: %w", err)
 		}

@@ -35,6 +35,9 @@ var errHandOff = errors.New("httploop: hand the connection to net/http")
 // than those are read for their syntax and dropped: the handlers of the
 // routes served here read no others.
 func parseRequest(b []byte, keep [][]byte, req *request) error {
+	if len(keep) > 64 {
+		panic("httploop: more than 64 kept headers")
+	}
 	end := bytes.Index(b, crlfcrlf)
 	if end < 0 {
 		return errHandOff
@@ -50,6 +53,7 @@ func parseRequest(b []byte, keep [][]byte, req *request) error {
 		req.kept[i] = nil
 	}
 	hosts, lines := 0, 0
+	var seen uint64 // kept headers met (an empty value is still met)
 	for len(rest) > 0 {
 		line, rest, _ = bytes.Cut(rest, crlf)
 		if lines++; lines > maxHeaderLines {
@@ -80,9 +84,10 @@ func parseRequest(b []byte, keep [][]byte, req *request) error {
 		default:
 			for i, k := range keep {
 				if bytes.EqualFold(name, k) {
-					if req.kept[i] != nil {
+					if seen&(1<<i) != 0 {
 						return errHandOff
 					}
+					seen |= 1 << i
 					req.kept[i] = value
 				}
 			}
@@ -100,6 +105,27 @@ var (
 	getPrefix = []byte("GET /")
 	http11    = []byte(" HTTP/1.1")
 )
+
+// mayBeFast reports whether b, the beginning of a request whose header
+// block has not all arrived, may still be one the loop takes: every LF
+// after a CR, the start "GET /", a whole first line that parseRequestLine
+// takes. Otherwise there is no reason to wait for the rest (net/http
+// also ends a header block at a bare LF, which the loop would wait past).
+func mayBeFast(b []byte) bool {
+	if !bytes.HasPrefix(getPrefix, b[:min(len(b), len(getPrefix))]) {
+		return false
+	}
+	for i, c := range b {
+		if c == '\n' && (i == 0 || b[i-1] != '\r') {
+			return false
+		}
+	}
+	if line, _, complete := bytes.Cut(b, crlf); complete {
+		var req request
+		return parseRequestLine(line, &req) == nil
+	}
+	return true
+}
 
 // parseRequestLine takes "GET /target HTTP/1.1" and nothing else.
 func parseRequestLine(line []byte, req *request) error {

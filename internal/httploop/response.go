@@ -53,6 +53,11 @@ func (w *response) WriteHeader(code int) {
 	}
 	w.status = code
 	_, w.typed = w.header["Content-Type"]
+	for _, v := range w.header["Connection"] {
+		if strings.EqualFold(strings.TrimSpace(v), "close") {
+			w.closeAfter = true
+		}
+	}
 	if cl := w.header.Get("Content-Length"); cl != "" {
 		n, err := strconv.ParseInt(cl, 10, 64)
 		if err != nil || n < 0 {
@@ -286,9 +291,11 @@ func appendHeader(b []byte, h http.Header) []byte {
 	var small [8]string
 	keys := small[:0]
 	for k := range h {
-		switch k {
-		case "Date", "Connection", "Transfer-Encoding":
+		switch {
+		case k == "Date", k == "Connection", k == "Transfer-Encoding":
 			continue
+		case !validHeaderName(k):
+			continue // dropped, as net/http drops it
 		}
 		keys = append(keys, k)
 	}
@@ -305,6 +312,18 @@ func appendHeader(b []byte, h http.Header) []byte {
 		}
 	}
 	return b
+}
+
+func validHeaderName(k string) bool {
+	if k == "" {
+		return false
+	}
+	for i := range len(k) {
+		if !isTokenByte(k[i]) {
+			return false
+		}
+	}
+	return true
 }
 
 // date is the Date header's value, formatted once a second.

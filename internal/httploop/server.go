@@ -182,11 +182,21 @@ func (s *Server) closeIdle() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for cn := range s.conns {
-		if cn.idle.Load() {
+		if cn.idle.Load() || cn.quiet() {
 			cn.c.Close()
 		}
 	}
 	return len(s.conns) == 0
+}
+
+// newIdleAfter: a new connection that has not sent a whole request for
+// this long counts as idle at Shutdown (net/http's rule too).
+const newIdleAfter = 5 * time.Second
+
+// quiet reports whether the connection is new and has had no request in
+// newIdleAfter.
+func (cn *conn) quiet() bool {
+	return cn.served.Load() == 0 && !cn.active.Load() && time.Since(cn.born) > newIdleAfter
 }
 
 func (s *Server) newConn(c net.Conn) *conn {
@@ -195,8 +205,7 @@ func (s *Server) newConn(c net.Conn) *conn {
 	if s.shutting.Load() {
 		return nil
 	}
-	cn := &conn{s: s, c: c}
-	cn.idle.Store(true)
+	cn := &conn{s: s, c: c, born: time.Now()}
 	s.conns[cn] = struct{}{}
 	return cn
 }
@@ -222,7 +231,10 @@ type conn struct {
 	s    *Server
 	c    net.Conn
 	br   *bufio.Reader
-	idle atomic.Bool // waiting for a request: Shutdown may close it
+	born time.Time
+	// idle: waiting for a request after one was answered; Shutdown closes
+	// such connections, and new ones that sent nothing for newIdleAfter.
+	idle atomic.Bool
 
 	req     request
 	target  string   // req.target
@@ -233,7 +245,8 @@ type conn struct {
 	// less than the idle timeout less a second left (setting it costs a
 	// timer reset).
 	deadline int64
-	served   int // requests answered
+	served   atomic.Int64 // requests answered
+	active   atomic.Bool  // a request is being answered
 }
 
 func (cn *conn) serve() {
@@ -268,10 +281,12 @@ func (cn *conn) serve() {
 		if err != nil {
 			return
 		}
+		cn.active.Store(true)
 		cn.idle.Store(false)
 		s.setState(cn.c, http.StateActive)
 		keepAlive := cn.serveRequest()
-		cn.served++
+		cn.served.Add(1)
+		cn.active.Store(false)
 		if !keepAlive || s.shutting.Load() {
 			return
 		}
@@ -284,7 +299,7 @@ func (cn *conn) serve() {
 // request the loop does not serve (or cannot read whole into its buffer)
 // is errHandOff with nothing consumed.
 func (cn *conn) readRequest() error {
-	waitedFor := time.Time{}
+	begun := false
 	for {
 		if cn.br.Buffered() > 0 {
 			b, _ := cn.br.Peek(cn.br.Buffered())
@@ -292,18 +307,20 @@ func (cn *conn) readRequest() error {
 			if err == nil {
 				return cn.route()
 			}
-			if len(b) >= readBufferSize || !incomplete(b) {
+			if len(b) >= readBufferSize || !incomplete(b) || !mayBeFast(b) {
 				return errHandOff
 			}
-			if waitedFor.IsZero() {
-				// The request began: it has ReadHeaderTimeout to arrive.
-				waitedFor = time.Now()
-				cn.setReadDeadline(waitedFor.Add(cn.s.opt.ReadHeaderTimeout))
-			}
-		} else if cn.served == 0 {
-			// A new connection: its first request is due at once.
-			if cn.deadline == 0 {
+			if !begun && cn.served.Load() > 0 {
+				// The request began: it has ReadHeaderTimeout to arrive (a
+				// connection's first has had it since the accept).
+				begun = true
 				cn.setReadDeadline(time.Now().Add(cn.s.opt.ReadHeaderTimeout))
+			}
+		} else if cn.served.Load() == 0 {
+			// A new connection: its first request is due within
+			// ReadHeaderTimeout of the accept.
+			if cn.deadline == 0 {
+				cn.setReadDeadline(cn.born.Add(cn.s.opt.ReadHeaderTimeout))
 			}
 		} else {
 			cn.idleDeadline()

@@ -401,3 +401,28 @@ func TestAcceptRetriesTemporaryErrors(t *testing.T) {
 		t.Fatalf("%q", body)
 	}
 }
+
+// net/http ends a header block at a bare LF too: a request that uses one
+// is handed to it at once, not left waiting for a CRLFCRLF that never
+// comes.
+func TestBareLFHandedOff(t *testing.T) {
+	t.Parallel()
+	ts := start(t, echo())
+	for _, raw := range []string{
+		"GET /fast/a HTTP/1.1\nHost: h\n\n",
+		"GET /fast/a HTTP/1.1\r\nHost: h\r\n\n",
+		"GET /slow HTTP/1.1\nHost: h\n\n",
+	} {
+		c, br := dial(t, ts)
+		io.WriteString(c, raw)
+		c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("%q: no answer: %v", raw, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		if !strings.HasPrefix(string(body), "net/http GET") {
+			t.Fatalf("%q: %d %q, want net/http's answer", raw, resp.StatusCode, body)
+		}
+	}
+}
