@@ -221,22 +221,28 @@ func TestPerClientCap(t *testing.T) {
 	}
 }
 
+// Idle connections are shed first, whether net/http or the lean loop
+// (internal/httploop) serves them: both tell the Listener their state.
 func TestBudgetShedsIdleFirst(t *testing.T) {
-	s := newServer(t, Options{Budget: Budget{PeerConns: 3, PerClient: 3}})
-	busy := s.dialFrom(t, 2)
-	request(t, busy, "/block")
-	idle := []net.Conn{s.dialFrom(t, 3), s.dialFrom(t, 4)}
-	for _, c := range idle {
-		quick(t, c) // then idle, kept alive
-	}
-	waitFor(t, func() bool { return s.ln.Stats().PeerConns == 3 })
-	time.Sleep(50 * time.Millisecond)
-	quick(t, s.dialFrom(t, 5))
-	if st := s.ln.Stats(); st.Shed != 1 || st.Refused != 0 {
-		t.Errorf("stats %+v, want one idle connection shed", st)
-	}
-	if closedSoon(busy, 200*time.Millisecond) {
-		t.Error("a connection waiting for its answer was shed, not an idle one")
+	for _, viaLoop := range []bool{false, true} {
+		t.Run(map[bool]string{false: "net/http", true: "httploop"}[viaLoop], func(t *testing.T) {
+			s := newServerVia(t, Options{Budget: Budget{PeerConns: 3, PerClient: 3}}, viaLoop)
+			busy := s.dialFrom(t, 2)
+			request(t, busy, "/block")
+			idle := []net.Conn{s.dialFrom(t, 3), s.dialFrom(t, 4)}
+			for _, c := range idle {
+				quick(t, c) // then idle, kept alive
+			}
+			waitFor(t, func() bool { return s.ln.Stats().PeerConns == 3 })
+			time.Sleep(50 * time.Millisecond)
+			quick(t, s.dialFrom(t, 5))
+			if st := s.ln.Stats(); st.Shed != 1 || st.Refused != 0 {
+				t.Errorf("stats %+v, want one idle connection shed", st)
+			}
+			if closedSoon(busy, 200*time.Millisecond) {
+				t.Error("a connection waiting for its answer was shed, not an idle one")
+			}
+		})
 	}
 }
 
@@ -349,29 +355,6 @@ func waitFor(t *testing.T, cond func() bool) {
 }
 
 func bufioReader(c net.Conn) *bufio.Reader { return bufio.NewReader(c) }
-
-// The loop tells the Listener what net/http would: idle connections are
-// shed first, and one handed on to net/http gives its place back when it
-// closes.
-func TestBudgetThroughLoop(t *testing.T) {
-	s := newServerVia(t, Options{Budget: Budget{PeerConns: 3, PerClient: 3}}, true)
-	busy := s.dialFrom(t, 2)
-	request(t, busy, "/block")
-	idle := []net.Conn{s.dialFrom(t, 3), s.dialFrom(t, 4)}
-	for _, c := range idle {
-		quick(t, c)
-	}
-	waitFor(t, func() bool { return s.ln.Stats().PeerConns == 3 })
-	time.Sleep(50 * time.Millisecond)
-	quick(t, s.dialFrom(t, 5))
-	if st := s.ln.Stats(); st.Shed != 1 || st.Refused != 0 {
-		t.Errorf("stats %+v, want one idle connection shed", st)
-	}
-	if closedSoon(busy, 200*time.Millisecond) {
-		t.Error("a connection waiting for its answer was shed, not an idle one")
-	}
-
-}
 
 // A connection handed on to net/http is reported by net/http: when idle
 // there, it is the one a newcomer takes the place of.
