@@ -29,7 +29,9 @@ type response struct {
 	declared   int64  // the Content-Length set, or -1
 	written    int64  // body bytes taken from the handler
 	sent       bool   // the header went out
-	typed      bool   // the handler set a Content-Type
+	typed      bool   // the handler set a Content-Type (or none is to be sniffed)
+	dated      bool   // the handler set a Date
+	noBody     bool   // a status without a body (1xx, 204, 304)
 	chunked    bool
 	inChunk    bool // a chunk was sent, its CRLF not yet
 	closeAfter bool
@@ -41,6 +43,7 @@ func (w *response) reset(closeAfter bool) {
 	w.status, w.declared, w.written = 0, -1, 0
 	w.head, w.body = w.head[:0], w.body[:0]
 	w.sent, w.chunked, w.inChunk, w.closeAfter, w.err = false, false, false, closeAfter, nil
+	w.typed, w.dated, w.noBody = false, false, false
 }
 
 func (w *response) Header() http.Header { return w.header }
@@ -52,7 +55,20 @@ func (w *response) WriteHeader(code int) {
 		return // a second call, or an informational status (never sent here)
 	}
 	w.status = code
+	_, w.dated = w.header["Date"]
+	if !bodyAllowed(code) {
+		// As net/http: no body, so no length, encoding or (304) type.
+		w.noBody = true
+		delete(w.header, "Content-Length")
+		delete(w.header, "Transfer-Encoding")
+		if code == http.StatusNotModified {
+			delete(w.header, "Content-Type")
+		}
+	}
 	_, w.typed = w.header["Content-Type"]
+	if ce := w.header.Get("Content-Encoding"); ce != "" || w.noBody {
+		w.typed = true // never sniffed, as net/http
+	}
 	for _, v := range w.header["Connection"] {
 		if strings.EqualFold(strings.TrimSpace(v), "close") {
 			w.closeAfter = true
@@ -76,6 +92,9 @@ func (w *response) Write(p []byte) (int, error) {
 	}
 	if w.err != nil {
 		return 0, w.err
+	}
+	if w.noBody {
+		return 0, http.ErrBodyNotAllowed
 	}
 	if w.declared >= 0 && w.written+int64(len(p)) > w.declared {
 		return 0, http.ErrContentLength
@@ -120,7 +139,7 @@ func (w *response) ReadFrom(src io.Reader) (int64, error) {
 	n, err := rf.ReadFrom(lr)
 	w.written += n
 	if err != nil {
-		w.err = err
+		w.fail(err)
 	}
 	return n, err
 }
@@ -152,7 +171,7 @@ func (w *response) sendHeader(next []byte) error {
 			w.head = append(w.head, "\r\n"...)
 		}
 	}
-	if w.declared < 0 {
+	if w.declared < 0 && !w.noBody {
 		w.chunked = true
 		w.head = append(w.head, "Transfer-Encoding: chunked\r\n"...)
 	}
@@ -177,9 +196,11 @@ func (w *response) sendHeader(next []byte) error {
 
 // endHeader adds Date, Connection and the blank line.
 func (w *response) endHeader(b []byte) []byte {
-	b = append(b, "Date: "...)
-	b = append(b, date()...)
-	b = append(b, "\r\n"...)
+	if !w.dated {
+		b = append(b, "Date: "...)
+		b = append(b, date()...)
+		b = append(b, "\r\n"...)
+	}
 	if w.closeAfter || w.cn.s.shutting.Load() {
 		w.closeAfter = true
 		b = append(b, "Connection: close\r\n"...)
@@ -226,9 +247,18 @@ func (w *response) chunkHead(b []byte, n int) []byte {
 func (w *response) write(p []byte) (int, error) {
 	n, err := w.cn.c.Write(p)
 	if err != nil {
-		w.err = err
+		w.fail(err)
 	}
 	return n, err
+}
+
+// fail records a failed write: the connection is done, and the handler's
+// context ends.
+func (w *response) fail(err error) {
+	w.err = err
+	if w.cn.cancel != nil {
+		w.cn.cancel()
+	}
 }
 
 // finish completes the response once the handler returned; false when
@@ -242,7 +272,7 @@ func (w *response) finish() (keepAlive bool) {
 		return false
 	}
 	if !w.sent {
-		if w.declared < 0 {
+		if w.declared < 0 && !w.noBody {
 			w.declared = int64(len(w.body))
 			w.head = append(w.head, "Content-Length: "...)
 			w.head = strconv.AppendInt(w.head, w.declared, 10)
@@ -272,6 +302,11 @@ func (w *response) finish() (keepAlive bool) {
 	return !w.closeAfter
 }
 
+// bodyAllowed is net/http's rule: no body with 1xx, 204 or 304.
+func bodyAllowed(code int) bool {
+	return code >= 200 && code != http.StatusNoContent && code != http.StatusNotModified
+}
+
 func appendStatusLine(b []byte, code int) []byte {
 	b = append(b, "HTTP/1.1 "...)
 	b = strconv.AppendInt(b, int64(code), 10)
@@ -285,14 +320,14 @@ func appendStatusLine(b []byte, code int) []byte {
 }
 
 // appendHeader writes the header in sorted key order, as net/http does,
-// with line breaks in values made spaces. Date, Connection and
+// with line breaks in values made spaces. Connection and
 // Transfer-Encoding are the loop's to write.
 func appendHeader(b []byte, h http.Header) []byte {
 	var small [8]string
 	keys := small[:0]
 	for k := range h {
 		switch {
-		case k == "Date", k == "Connection", k == "Transfer-Encoding":
+		case k == "Connection", k == "Transfer-Encoding":
 			continue
 		case !validHeaderName(k):
 			continue // dropped, as net/http drops it

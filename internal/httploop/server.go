@@ -245,7 +245,8 @@ type conn struct {
 	// less than the idle timeout less a second left (setting it costs a
 	// timer reset).
 	deadline int64
-	served   atomic.Int64 // requests answered
+	cancel   context.CancelFunc // ends the handlers' context
+	served   atomic.Int64       // requests answered
 	active   atomic.Bool  // a request is being answered
 }
 
@@ -263,6 +264,11 @@ func (cn *conn) serve() {
 	s.setState(cn.c, http.StateNew)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	// As net/http's, the context ends when a write to the client fails:
+	// handlers tell "the client went away" from a failure of their own.
+	// (It is the connection's: no handler of the fast routes starts work
+	// that outlives its request.)
+	cn.cancel = cancel
 	cn.br = bufio.NewReaderSize(cn.c, readBufferSize)
 	cn.req.kept = make([][]byte, len(s.keep))
 	cn.httpReq = (&http.Request{
@@ -429,15 +435,36 @@ func (cn *conn) serveRequest() (keepAlive bool) {
 // if net/http is no longer taking any (the connection is then closed).
 func (cn *conn) handOff() bool {
 	cn.s.forget(cn)
-	cn.c.SetReadDeadline(time.Time{})
-	return cn.s.handoff.give(&handedConn{Conn: cn.c, br: cn.br})
+	return cn.s.handoff.give(&handedConn{Conn: cn.c, br: cn.br, headerBy: time.Unix(0, cn.deadline)})
 }
 
 // handedConn is a connection net/http takes over: the bytes the loop
-// read but did not consume come first.
+// read but did not consume come first, and the request being read is
+// still due by the deadline the loop gave it.
 type handedConn struct {
 	net.Conn
 	br *bufio.Reader
+	// headerBy: no read deadline net/http sets is later than this until
+	// it clears its own (net/http does once it has the request's
+	// header): a slow client does not get a second ReadHeaderTimeout.
+	headerBy time.Time
+}
+
+func (h *handedConn) SetReadDeadline(t time.Time) error {
+	switch {
+	case t.IsZero():
+		h.headerBy = time.Time{}
+	case !h.headerBy.IsZero() && t.After(h.headerBy):
+		t = h.headerBy
+	}
+	return h.Conn.SetReadDeadline(t)
+}
+
+func (h *handedConn) SetDeadline(t time.Time) error {
+	if err := h.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return h.Conn.SetWriteDeadline(t)
 }
 
 func (h *handedConn) Read(p []byte) (int, error) {
