@@ -247,7 +247,7 @@ type conn struct {
 	deadline int64
 	cancel   context.CancelFunc // ends the handlers' context
 	served   atomic.Int64       // requests answered
-	active   atomic.Bool  // a request is being answered
+	active   atomic.Bool        // a request is being answered
 }
 
 func (cn *conn) serve() {
