@@ -262,6 +262,11 @@ func (x *serverIndex) refresh() {
 		}
 		return nil
 	})
+	if err == nil {
+		// Before the last batch is published: a long poll it wakes
+		// reports this scan's lag, not the one before.
+		x.scannedAt.Store(start.UnixNano())
+	}
 	fresh += x.pub.Add(batch...)
 	x.mu.Lock()
 	defer x.mu.Unlock()
@@ -271,7 +276,6 @@ func (x *serverIndex) refresh() {
 		x.log.Warn("rereading the hash index failed", "err", err)
 		// The bits are set and published; that is harmless.
 	} else {
-		x.scannedAt.Store(start.UnixNano())
 		x.scanTook = x.now().Sub(start)
 	}
 	x.maybeRebuild()
