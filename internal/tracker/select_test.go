@@ -689,18 +689,7 @@ func TestDescriptionsShared(t *testing.T) {
 		h1, h2 := hashN(1), hashN(2)
 		p.announceFrom(t, s, ms(clock.Now()), from, "/ip4/198.51.100.1/tcp/4001")
 		p.packagesFrom(t, s, ms(clock.Now())+1, from, []string{h1, h2})
-		find := func(h string) []PeerInfo {
-			t.Helper()
-			w := serve(s, request("GET", "/v1/find/"+h, nil, ""))
-			if w.Code != 200 {
-				t.Fatalf("find: %d %s", w.Code, w.Body)
-			}
-			var ans api.PeersAnswer
-			if err := json.Unmarshal(w.Body.Bytes(), &ans); err != nil {
-				t.Fatal(err)
-			}
-			return ans.Peers
-		}
+		find := func(h string) []PeerInfo { t.Helper(); return serveFind(t, s, h) }
 		if ps := find(h1); len(ps) != 1 || len(ps[0].Addrs) != 1 || s.descs.len() != 1 {
 			t.Fatalf("first find: %+v, %d described", ps, s.descs.len())
 		}
