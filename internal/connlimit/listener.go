@@ -25,6 +25,11 @@ const (
 	// chunk, so a response cut for "no progress" moved less than this in
 	// a whole timeout (64 KiB in 30 s: 2 KiB/s).
 	chunk = 64 << 10
+	// localWriteChunk is chunk for Write on this machine's own
+	// connections, whose timeout is minutes (1 MiB in 5 min: 3.5 KiB/s):
+	// a NAR streaming to Nix from a ring goes out in a write per
+	// megabyte, not per 64 KiB.
+	localWriteChunk = 1 << 20
 	// warnEvery bounds the warnings about refused, shed and cut peers.
 	warnEvery = 10 * time.Second
 )
@@ -360,9 +365,13 @@ type Conn struct {
 func (c *Conn) Write(p []byte) (int, error) {
 	c.writing.Store(true)
 	defer c.writing.Store(false)
+	most := chunk
+	if c.local {
+		most = localWriteChunk
+	}
 	n := 0
 	for len(p) > 0 {
-		b := p[:min(len(p), chunk)]
+		b := p[:min(len(p), most)]
 		c.refresh()
 		m, err := c.Conn.Write(b)
 		n += m
