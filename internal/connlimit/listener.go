@@ -395,18 +395,30 @@ func (c *Conn) ReadFrom(r io.Reader) (int64, error) {
 	}
 	c.writing.Store(true)
 	defer c.writing.Store(false)
+	// sendfile looks through one *io.LimitedReader only: one over a file
+	// (a NAR's, a spool's) is cut into chunks, not wrapped in another
+	// (which sent it through a 32 KiB buffer instead).
+	lr, limited := r.(*io.LimitedReader)
 	var n int64
 	for {
 		c.refresh()
-		m, err := rf.ReadFrom(io.LimitReader(r, chunk))
+		part := &io.LimitedReader{R: r, N: chunk}
+		if limited {
+			part = &io.LimitedReader{R: lr.R, N: min(chunk, lr.N)}
+		}
+		want := part.N
+		m, err := rf.ReadFrom(part)
 		n += m
+		if limited {
+			lr.N -= m
+		}
 		if m > 0 && !c.local {
 			c.progress.Store(time.Now().UnixNano())
 		}
 		if err != nil {
 			return n, c.writeErr(err)
 		}
-		if m < chunk {
+		if m < want || limited && lr.N <= 0 {
 			return n, nil
 		}
 	}

@@ -382,3 +382,52 @@ func TestBudgetHandedOffIdleShed(t *testing.T) {
 		t.Error("the busy connection was shed")
 	}
 }
+
+// readFromConn is a connection whose ReadFrom notes what it was handed.
+type readFromConn struct {
+	net.Conn
+	got []io.Reader
+	out bytes.Buffer
+}
+
+func (c *readFromConn) ReadFrom(r io.Reader) (int64, error) {
+	c.got = append(c.got, r)
+	return io.Copy(&c.out, r)
+}
+
+func (c *readFromConn) SetWriteDeadline(time.Time) error { return nil }
+
+// TestReadFromLimitedKeepsFile: a limited reader over a file (what the
+// NAR writer hands out) reaches the connection's ReadFrom as limited
+// readers over the file itself, which sendfile takes, in chunks.
+func TestReadFromLimitedKeepsFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "f")
+	want := bytes.Repeat([]byte("0123456789abcdef"), (3*chunk+100)/16)
+	if err := os.WriteFile(path, want, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	inner := &readFromConn{}
+	c := &Conn{Conn: inner, local: true, timeout: time.Minute}
+	size := int64(2*chunk + 10)
+	lr := &io.LimitedReader{R: f, N: size}
+	n, err := c.ReadFrom(lr)
+	if err != nil || n != size || lr.N != 0 {
+		t.Fatalf("ReadFrom: %d bytes, %v, %d left; want %d, nil, 0", n, err, lr.N, size)
+	}
+	if !bytes.Equal(inner.out.Bytes(), want[:size]) {
+		t.Fatal("the bytes differ")
+	}
+	if len(inner.got) != 3 {
+		t.Fatalf("%d calls to ReadFrom, want 3 (2 chunks and the rest)", len(inner.got))
+	}
+	for i, r := range inner.got {
+		if part, ok := r.(*io.LimitedReader); !ok || part.R != f {
+			t.Errorf("call %d got %T, not a limited reader over the file", i, r)
+		}
+	}
+}
