@@ -4,20 +4,25 @@ import (
 	"context"
 	"encoding/json"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 )
 
-// descCache keeps the rendered JSON of peers' descriptions (PeerInfo) for
-// every find: a peer holds many hashes, so the hundred holders a find
-// lists were mostly described moments ago for another hash. Only the
-// registry's live peers are kept, each for descTTL; an entry is used only
-// while the last_seen it recorded is still live (a peer past it is asked
-// about again, and listed only if it heartbeat since). This tracker's own
-// announces and deletions forget the peer at once; another tracker on a
-// shared PostgreSQL database shows a changed address within descTTL (a
-// peer announces when its addresses change, which is rare: a relay
-// reservation, a new network).
+// descCache keeps what finds need to know of peers, for every find: a peer
+// holds many hashes, so the holders a find chooses among and the hundred
+// it lists were mostly looked at moments ago for another hash. Of a peer
+// it keeps its standing (source network, registration time, last_seen:
+// what choosing needs) and, once a find listed it, the rendered JSON of
+// its description (PeerInfo). Entries are kept for descTTL. A standing or
+// description is used only while the last_seen it recorded is still live
+// (a peer past it is asked about again, and counted or listed only if it
+// heartbeat since); a standing that was not live when read (an expired
+// peer whose hashes the sweep has not deleted yet) is believed for
+// holderCacheMaxAge. This tracker's own announces and deletions forget
+// the peer at once; another tracker on a shared PostgreSQL database shows
+// a changed address or network within descTTL (a peer announces when its
+// addresses change, which is rare: a relay reservation, a new network).
 type descCache struct {
 	mu    sync.Mutex
 	m     map[int64]descEntry
@@ -49,10 +54,20 @@ func (c *descCache) keepable(peerID string, forgets uint64) bool {
 }
 
 type descEntry struct {
-	json     []byte
+	json     []byte // nil: the standing alone was read
 	peerID   string
+	net      string
+	since    int64 // registered_at, unix ms
 	lastSeen int64 // unix ms
 	at       time.Time
+}
+
+// size is what e counts against descBudget.
+func (e descEntry) size() int64 { return int64(len(e.json) + len(e.peerID) + len(e.net) + 64) }
+
+// usable reports whether e, read at e.at, may be used at now.
+func (e descEntry) usable(now time.Time) bool {
+	return now.Sub(e.at) < descTTL && !now.Before(e.at)
 }
 
 const (
@@ -70,7 +85,7 @@ func (c *descCache) describe(ctx context.Context, reg Registry, keys []int64, li
 	var missing []int64
 	c.mu.Lock()
 	for i, k := range keys {
-		if e, ok := c.m[k]; ok && now.Sub(e.at) < descTTL && !now.Before(e.at) && e.lastSeen >= live {
+		if e, ok := c.m[k]; ok && e.json != nil && e.usable(now) && e.lastSeen >= live {
 			found[i] = e.json
 		} else {
 			missing = append(missing, k)
@@ -93,7 +108,7 @@ func (c *descCache) describe(ctx context.Context, reg Registry, keys []int64, li
 			}
 			fresh[p.Key] = b
 			if c.keepable(p.PeerID, forgets) {
-				c.put(p.Key, descEntry{json: b, peerID: p.PeerID, lastSeen: p.LastSeen.UnixMilli(), at: now})
+				c.put(p.Key, descEntry{json: b, peerID: p.PeerID, net: p.Net, since: p.Since, lastSeen: p.LastSeen.UnixMilli(), at: now})
 			}
 		}
 		c.mu.Unlock()
@@ -126,17 +141,74 @@ func (c *descCache) describe(ctx context.Context, reg Registry, keys []int64, li
 	return append(buf, ']'), nil
 }
 
+// holders returns the live peers among keys (a hash's holders from
+// HolderKeys, in key order) as choosing needs them, in the same order,
+// asking reg only about the standings not known within descTTL: a find
+// whose candidates are not cached reads the hash's keys alone (an index
+// range), where joining a thousand peers' rows to them cost four times as
+// much on PostgreSQL.
+func (c *descCache) holders(ctx context.Context, reg Registry, keys []int64, liveSince, now time.Time) ([]Holder, error) {
+	live := liveSince.UnixMilli()
+	slots := make([]Holder, len(keys))
+	listed := make([]bool, len(keys)) // slots[i] is a live holder
+	var missing []int64
+	c.mu.Lock()
+	for i, k := range keys {
+		e, ok := c.m[k]
+		switch {
+		case !ok || !e.usable(now):
+			missing = append(missing, k)
+		case e.lastSeen >= live:
+			slots[i], listed[i] = Holder{Key: k, Net: e.net, Since: e.since}, true
+		case now.Sub(e.at) >= holderCacheMaxAge:
+			missing = append(missing, k) // expired when read: ask again
+		}
+	}
+	forgets := c.forgets
+	c.mu.Unlock()
+	if len(missing) > 0 {
+		sts, err := reg.Standings(ctx, missing)
+		if err != nil {
+			return nil, err
+		}
+		read := make(map[int64]Standing, len(sts))
+		c.mu.Lock()
+		for _, st := range sts {
+			read[st.Key] = st
+			if c.keepable(st.PeerID, forgets) {
+				// Replaces no description that could be used (that of
+				// a peer found expired). Strings copied: st's share the
+				// registry's whole answer.
+				c.put(st.Key, descEntry{peerID: strings.Clone(st.PeerID), net: strings.Clone(st.Net), since: st.Since, lastSeen: st.LastSeen, at: now})
+			}
+		}
+		c.mu.Unlock()
+		for i, k := range keys {
+			if st, ok := read[k]; ok && st.LastSeen >= live {
+				slots[i], listed[i] = st.Holder, true
+			}
+		}
+	}
+	hs := slots[:0]
+	for i, h := range slots {
+		if listed[i] {
+			hs = append(hs, h)
+		}
+	}
+	return hs, nil
+}
+
 // put keeps e for key. c.mu is held.
 func (c *descCache) put(key int64, e descEntry) {
-	if c.m == nil || c.bytes+int64(len(e.json)) > descBudget {
+	if c.m == nil || c.bytes+e.size() > descBudget {
 		c.m, c.byID, c.bytes = map[int64]descEntry{}, map[string]int64{}, 0
 	}
 	if old, ok := c.m[key]; ok {
-		c.bytes -= int64(len(old.json))
+		c.bytes -= old.size()
 	}
 	c.m[key] = e
 	c.byID[e.peerID] = key
-	c.bytes += int64(len(e.json))
+	c.bytes += e.size()
 }
 
 // forget drops the description of peerID (it announced other addresses,
@@ -155,7 +227,7 @@ func (c *descCache) forget(peerID string) {
 	}
 	delete(c.byID, peerID)
 	if e, ok := c.m[key]; ok {
-		c.bytes -= int64(len(e.json))
+		c.bytes -= e.size()
 		delete(c.m, key)
 	}
 }

@@ -1,7 +1,11 @@
 package tracker
 
 import (
+	"cmp"
 	"context"
+	"fmt"
+	"reflect"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -64,4 +68,102 @@ func TestDeregisteredNotListedAfterDelete(t *testing.T) {
 	if listed() {
 		t.Errorf("still listed %v after", holderCacheTTL-time.Millisecond)
 	}
+}
+
+// countingReg counts the standings a registry is asked for.
+type countingReg struct {
+	Registry
+	asked atomic.Int64
+}
+
+func (r *countingReg) Standings(ctx context.Context, keys []int64) ([]Standing, error) {
+	r.asked.Add(int64(len(keys)))
+	return r.Registry.Standings(ctx, keys)
+}
+
+// TestHoldersStandingsFromMemory: a find whose candidates are not cached
+// reads the hash's keys and asks the registry only for the standings it
+// does not know: none on the second read of the same holders; a peer
+// that announced (here from another network) again at once, with its
+// new network; an expired peer's row is not listed, and its standing
+// believed for holderCacheMaxAge; a peer whose recorded last_seen went
+// past the TTL is asked about again, and listed if it heartbeat since.
+func TestHoldersStandingsFromMemory(t *testing.T) {
+	const ttl = 20 * time.Second // shorter than descTTL
+	reg := &countingReg{Registry: sqliteBackend.open(t)}
+	clock := &fakeClock{t: t0}
+	s := NewServer(reg, ServerOptions{TTL: ttl, Now: clock.Now, Log: quietLog(), Limits: NoLimits()})
+	h := hashN(21)
+	ps := make([]signer, 5)
+	for i := range ps {
+		ps[i] = newSigner(t)
+		from := fmt.Sprintf("10.0.%d.7:1", i)
+		ps[i].announceFrom(t, s, ms(clock.Now()), from)
+		ps[i].packagesFrom(t, s, ms(clock.Now())+1, from, []string{h})
+	}
+	read := func(wantAsked int64) []Holder {
+		t.Helper()
+		reg.asked.Store(0)
+		keys, err := reg.HolderKeys(t.Context(), h, maxHolderScan)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hs, err := s.descs.holders(t.Context(), reg, keys, s.liveSince(clock.Now()), clock.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := reg.asked.Load(); got != wantAsked {
+			t.Fatalf("asked the registry for %d standings, want %d", got, wantAsked)
+		}
+		if !slices.IsSortedFunc(hs, func(a, b Holder) int { return cmp.Compare(a.Key, b.Key) }) {
+			t.Fatalf("holders out of key order: %+v", hs)
+		}
+		return hs
+	}
+	nets := func(hs []Holder) []string {
+		var out []string
+		for _, h := range hs {
+			out = append(out, h.Net)
+		}
+		return out
+	}
+	all := read(5)
+	if len(all) != 5 || all[0].Net != "10.0.0.0/24" || all[0].Since != ms(t0) {
+		t.Fatalf("first read: %+v", all)
+	}
+	if again := read(0); !reflect.DeepEqual(again, all) {
+		t.Fatalf("from memory: %+v, want %+v", again, all)
+	}
+	// ps[2] announces from another network: asked again, its new network.
+	clock.Advance(time.Second)
+	ps[2].announceFrom(t, s, ms(clock.Now()), "10.9.9.7:1")
+	if got := nets(read(1)); got[2] != "10.9.9.0/24" {
+		t.Fatalf("after a move: nets %v", got)
+	}
+	// ps[1..3] heartbeat through this tracker (forgotten, asked again),
+	// ps[4] through another on the same database (not forgotten: asked
+	// again once the last_seen recorded for it is past the TTL); ps[0]
+	// expires (its row stays until the sweep).
+	clock.Advance(ttl - 2*time.Second)
+	for i := 1; i <= 3; i++ {
+		from := fmt.Sprintf("10.0.%d.7:1", i)
+		if i == 2 {
+			from = "10.9.9.7:1"
+		}
+		ps[i].announceFrom(t, s, ms(clock.Now()), from)
+	}
+	if _, err := reg.UpsertPeer(t.Context(), Announce{PeerID: ps[4].id.String(), Addrs: []string{"/ip4/198.51.100.9/tcp/1"},
+		Net: "10.0.4.0/24", TS: ms(clock.Now()), Now: clock.Now(), LiveSince: s.liveSince(clock.Now())}); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(1500 * time.Millisecond)
+	if hs := read(5); len(hs) != 4 || hs[0].Key == all[0].Key || hs[3].Key != all[4].Key {
+		t.Fatalf("after ps[0] expired: %+v", hs)
+	}
+	// The expired standing is believed for holderCacheMaxAge, then read
+	// again.
+	clock.Advance(holderCacheMaxAge - time.Millisecond)
+	read(0)
+	clock.Advance(time.Millisecond)
+	read(1)
 }

@@ -335,9 +335,19 @@ func setPackages(ctx context.Context, reg Registry, id string, ts int64, liveSin
 	return reg.SetPackages(ctx, PackagesUpdate{PeerID: id, TS: ts, LiveSince: liveSince, Full: full, Add: add, Remove: remove})
 }
 
-// findAll is up to limit live holders of hash, described.
+// liveHolders is the live peers among the first max holders of hash, as
+// a find without cached candidates or standings reads them.
+func liveHolders(ctx context.Context, reg Registry, hash string, liveSince time.Time, max int) ([]Holder, error) {
+	keys, err := reg.HolderKeys(ctx, hash, max)
+	if err != nil {
+		return nil, err
+	}
+	return new(descCache).holders(ctx, reg, keys, liveSince, liveSince)
+}
+
+// findAll is the live holders of hash among its first limit, described.
 func findAll(ctx context.Context, reg Registry, hash string, liveSince time.Time, limit int) ([]PeerInfo, error) {
-	hs, err := reg.Holders(ctx, hash, liveSince, limit)
+	hs, err := liveHolders(ctx, reg, hash, liveSince, limit)
 	if err != nil {
 		return nil, err
 	}

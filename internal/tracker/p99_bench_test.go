@@ -22,9 +22,10 @@ import (
 //     peers, no choice, no order), at the same concurrency; with the
 //     hash's candidates fresh in the holder cache (cached), stale (stale:
 //     served while a background read replaces them) or too old to be
-//     used (cold: the finds wait for a read of the 1,000 holders), and
-//     with the clock advancing 2 s a round (every2s: the cold arm before
-//     the background reads);
+//     used (cold: the finds wait for a read of the 1,000 holders' keys,
+//     their standings in memory; first: nothing in memory, standings and
+//     descriptions read too), and with the clock advancing 2 s a round
+//     (every2s: the cold arm before the background reads);
 //   - BenchmarkDeltaP99: delta announcements (10 hashes removed, 10
 //     added) from benchConc peers at once through the whole handler
 //     (signature checked, quotas on), as now (grouped, group.go; SQLite
@@ -101,31 +102,44 @@ func BenchmarkFindP99(b *testing.B) {
 			for _, arm := range []struct {
 				name         string
 				advance, age time.Duration
+				forget       bool // the peers' standings and descriptions
 			}{
 				// The candidates fresh in the holder cache.
-				{"cached", time.Millisecond, 0},
+				{"cached", time.Millisecond, 0, false},
 				// The candidates past holderCacheTTL: served as they are
 				// while one background read (begun by the round's first
 				// find, beside the round's finds) replaces them; the next
 				// round begins once it is done, as it would be in the 2 s
 				// a real tracker has before the next one. Every round
 				// overlaps a read: the worst case, not the usual one.
-				{"stale", time.Millisecond, holderCacheTTL},
+				{"stale", time.Millisecond, holderCacheTTL, false},
 				// A miss: the candidates past holderCacheMaxAge, not
-				// used; every round's finds wait for one read of them.
-				{"cold", time.Millisecond, holderCacheMaxAge},
+				// used; every round's finds wait for one read of them
+				// (the hash's keys; the holders' standings are in
+				// memory, as after any find that read them in the last
+				// descTTL).
+				{"cold", time.Millisecond, holderCacheMaxAge, false},
+				// A miss with nothing in memory: the standings and
+				// descriptions forgotten too, as at a tracker's first
+				// find of these holders.
+				{"first", time.Millisecond, holderCacheMaxAge, true},
 				// The clock advances holderCacheTTL a round: how the cold
 				// arm was defined before the background reads (every
 				// round a miss then; stale now), with what comes with it:
 				// peers' descriptions (descTTL, 30 s) expire every 15th
 				// round, and those rounds describe them again.
-				{"every2s", holderCacheTTL, 0},
+				{"every2s", holderCacheTTL, 0, false},
 			} {
 				b.Run(arm.name, func(b *testing.B) {
 					var finds, lookups []time.Duration
 					for b.Loop() {
 						clock.Advance(arm.advance)
 						ageHolders(&s.holders, h, arm.age)
+						if arm.forget {
+							s.descs.mu.Lock()
+							s.descs.m, s.descs.byID, s.descs.bytes = nil, nil, 0
+							s.descs.mu.Unlock()
+						}
 						finds = append(finds, concurrently(benchConc, func(int) {
 							if w := serve(s, r.Clone(ctx)); w.Code != http.StatusOK {
 								panic(w.Body.String())
@@ -154,12 +168,12 @@ func bareLookup(reg Registry, hash string) func(context.Context) (int, error) {
 	return func(ctx context.Context) (int, error) {
 		switch r := reg.(type) {
 		case *SQLite:
-			ps, err := queryPeers(ctx, r.r, `SELECT p.peer_id, p.addrs, p.last_seen, p.packages, p.id
+			ps, err := queryPeers(ctx, r.r, `SELECT p.peer_id, p.addrs, p.last_seen, p.packages, p.id, p.registered_at, p.net
 				FROM packages k CROSS JOIN peers p ON p.id = k.peer
 				WHERE k.hash = ? LIMIT 100`, hb[0])
 			return len(ps), err
 		case *Postgres:
-			ps, err := r.queryPeers(ctx, `SELECT p.peer_id, p.addrs, p.last_seen, p.packages, p.id
+			ps, err := r.queryPeers(ctx, `SELECT p.peer_id, p.addrs, p.last_seen, p.packages, p.id, p.registered_at, p.net
 				FROM packages k JOIN peers p ON p.id = k.peer
 				WHERE k.hash = $1 LIMIT 100`, hb[0])
 			return len(ps), err

@@ -504,29 +504,42 @@ func (p *Postgres) RemovePeer(ctx context.Context, peerID string, ts int64, live
 	return removed, err
 }
 
-func (p *Postgres) Holders(ctx context.Context, hash string, liveSince time.Time, max int) ([]Holder, error) {
+func (p *Postgres) HolderKeys(ctx context.Context, hash string, max int) ([]int64, error) {
 	h, err := nixbase32.DecodeString(hash)
 	if err != nil || len(h) != 20 {
 		return nil, fmt.Errorf("invalid hash %q", hash)
 	}
-	// One row of lines (parseHolders).
-	var lines string
-	err = p.r.QueryRow(ctx, `SELECT coalesce(string_agg(line, E'\n'), '') FROM (
-		SELECT k.peer || ',' || p.registered_at || ',' || p.net AS line
-		FROM packages k JOIN peers p ON p.id = k.peer
-		WHERE k.hash = $1 AND p.last_seen >= $2
-		ORDER BY k.peer LIMIT $3) AS holders`, h, liveSince.UnixMilli(), max).Scan(&lines)
+	// A range scan of packages' primary key, in peer order (no sort);
+	// one array (pgx reads it in binary).
+	keys := []int64{}
+	err = p.r.QueryRow(ctx, `SELECT array(SELECT peer FROM packages WHERE hash = $1 ORDER BY peer LIMIT $2)`, h, max).Scan(&keys)
 	if err != nil {
 		return nil, err
 	}
-	return parseHolders(lines)
+	if !slices.IsSorted(keys) { // the subquery's order, which SQL does not promise
+		slices.Sort(keys)
+	}
+	return keys, nil
+}
+
+func (p *Postgres) Standings(ctx context.Context, keys []int64) ([]Standing, error) {
+	if len(keys) == 0 {
+		return []Standing{}, nil
+	}
+	var lines string
+	err := p.r.QueryRow(ctx, `SELECT coalesce(string_agg(id || ',' || registered_at || ',' || last_seen || ',' || peer_id || ',' || net, E'\n'), '')
+		FROM peers WHERE id = ANY($1)`, keys).Scan(&lines)
+	if err != nil {
+		return nil, err
+	}
+	return parseStandings(lines)
 }
 
 func (p *Postgres) Describe(ctx context.Context, keys []int64, liveSince time.Time) ([]Described, error) {
 	if len(keys) == 0 {
 		return []Described{}, nil
 	}
-	peers, err := p.queryPeers(ctx, `SELECT peer_id, addrs, last_seen, packages, id FROM peers
+	peers, err := p.queryPeers(ctx, `SELECT peer_id, addrs, last_seen, packages, id, registered_at, net FROM peers
 		WHERE id = ANY($1) AND last_seen >= $2`, keys, liveSince.UnixMilli())
 	if err != nil {
 		return nil, err
@@ -537,7 +550,7 @@ func (p *Postgres) Describe(ctx context.Context, keys []int64, liveSince time.Ti
 func (p *Postgres) Peers(ctx context.Context, liveSince time.Time, after string, limit int) ([]trackerapi.PeerInfo, error) {
 	// COLLATE "C": peer IDs sort by their bytes, as in SQLite, whatever
 	// the database's collation.
-	peers, err := p.queryPeers(ctx, `SELECT peer_id, addrs, last_seen, packages, id FROM peers
+	peers, err := p.queryPeers(ctx, `SELECT peer_id, addrs, last_seen, packages, id, registered_at, net FROM peers
 		WHERE peer_id COLLATE "C" > $1 AND last_seen >= $2 ORDER BY peer_id COLLATE "C" LIMIT $3`, after, liveSince.UnixMilli(), limit)
 	out := make([]trackerapi.PeerInfo, len(peers))
 	for i, p := range peers {
@@ -578,7 +591,7 @@ func (p *Postgres) queryPeers(ctx context.Context, query string, args ...any) ([
 			pi       Described
 			lastSeen int64
 		)
-		if err := rows.Scan(&pi.PeerID, &pi.Addrs, &lastSeen, &pi.Packages, &pi.Key); err != nil {
+		if err := rows.Scan(&pi.PeerID, &pi.Addrs, &lastSeen, &pi.Packages, &pi.Key, &pi.Since, &pi.Net); err != nil {
 			return nil, err
 		}
 		if pi.Addrs == nil {

@@ -7,7 +7,6 @@
 package tracker
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -50,13 +49,19 @@ type Registry interface {
 	// whether the peer was live.
 	RemovePeer(ctx context.Context, peerID string, ts int64, liveSince time.Time) (removed bool, err error)
 
-	// Holders lists up to max live peers holding hash, cheaply (no
-	// addresses), in the order of the registry's peer keys: peers that
-	// registered earlier (and stayed) come first.
-	Holders(ctx context.Context, hash string, liveSince time.Time, max int) ([]Holder, error)
+	// HolderKeys lists the keys of up to max peers holding hash, in key
+	// order: peers that registered earlier (and stayed) come first. It
+	// reads the hash's rows alone, live or not: an expired peer's hashes
+	// are listed until the sweep deletes them (Standings tells).
+	HolderKeys(ctx context.Context, hash string, max int) ([]int64, error)
 
-	// Describe returns the peers with the given keys (from Holders) that
-	// are still live, in the order of keys.
+	// Standings returns what choosing among holders needs of the peers
+	// with the given keys (from HolderKeys), live or not, in no
+	// particular order; keys of peers no longer registered are left out.
+	Standings(ctx context.Context, keys []int64) ([]Standing, error)
+
+	// Describe returns the peers with the given keys (from HolderKeys)
+	// that are still live, in the order of keys.
 	Describe(ctx context.Context, keys []int64, liveSince time.Time) ([]Described, error)
 
 	// Peers returns up to limit live peers whose IDs sort after after
@@ -123,14 +128,16 @@ type PackagesUpdate struct {
 }
 
 // Described is a peer as Describe and the listings read it: its
-// description and the registry's key.
+// description, the registry's key, and its standing.
 type Described struct {
 	trackerapi.PeerInfo
-	Key int64
+	Key   int64
+	Net   string
+	Since int64
 }
 
-// Holder is a live holder of a hash as Holders lists it: what choosing
-// among holders needs, without the addresses.
+// Holder is a live holder of a hash as a find chooses among them: what
+// choosing needs, without the addresses.
 type Holder struct {
 	Key int64  // the registry's handle of the peer, for Describe
 	Net string // its source network
@@ -139,43 +146,71 @@ type Holder struct {
 	Since int64
 }
 
-// Both registries read a hash's holders as one text value, a line
-// "key,since,net" per holder in key order, rather than as a row each: with a thousand holders, reading the
-// rows (database/sql and the SQLite driver: a few hundred ns a row; pgx)
-// cost more than the lookups, and an uncached find waits for it.
-// parseHolders reads such a value. A net is a netip prefix, "unknown" or
-// "" (sourceOf), never holding a newline; the Nets it returns share s's
-// memory. Lines out of key order (the databases keep the order of the
-// subquery they aggregate, but SQL does not promise it) are put in order.
-func parseHolders(s string) ([]Holder, error) {
+// Standing is a peer as Standings reads it: the holder it is, with its
+// ID and when it was last seen (Unix ms), live or not.
+type Standing struct {
+	Holder
+	PeerID   string
+	LastSeen int64
+}
+
+// Both registries read standings as one text value, a line
+// "key,since,last_seen,peer_id,net" a peer, and a hash's holder keys as
+// one "key,key,..." value, rather than as a row each: with a thousand
+// holders, reading the rows (database/sql and the SQLite driver: a few
+// hundred ns a row; pgx) cost more than the lookups, and an uncached find
+// waits for it. A peer ID is base58, a net a netip prefix, "unknown" or
+// "" (sourceOf): neither holds a comma or a newline.
+
+// parseStandings reads a standings value; the IDs and nets it returns
+// share s's memory.
+func parseStandings(s string) ([]Standing, error) {
 	if s == "" {
-		return []Holder{}, nil
+		return []Standing{}, nil
 	}
-	hs := make([]Holder, 0, strings.Count(s, "\n")+1)
-	sorted := true
+	out := make([]Standing, 0, strings.Count(s, "\n")+1)
 	for line := range strings.SplitSeq(s, "\n") {
-		key, rest, ok1 := strings.Cut(line, ",")
-		since, net, ok2 := strings.Cut(rest, ",")
-		if !ok1 || !ok2 {
-			return nil, fmt.Errorf("holder line %q: want key,since,net", line)
+		var f [5]string
+		rest := line
+		for i := range 4 {
+			var ok bool
+			if f[i], rest, ok = strings.Cut(rest, ","); !ok {
+				return nil, fmt.Errorf("standing %q: want key,since,last_seen,peer_id,net", line)
+			}
 		}
-		h := Holder{Net: net}
+		f[4] = rest
+		var st Standing
 		var err error
-		if h.Key, err = strconv.ParseInt(key, 10, 64); err != nil {
-			return nil, fmt.Errorf("holder line %q: %w", line, err)
+		for i, v := range []*int64{&st.Key, &st.Since, &st.LastSeen} {
+			if *v, err = strconv.ParseInt(f[i], 10, 64); err != nil {
+				return nil, fmt.Errorf("standing %q: %w", line, err)
+			}
 		}
-		if h.Since, err = strconv.ParseInt(since, 10, 64); err != nil {
-			return nil, fmt.Errorf("holder line %q: %w", line, err)
-		}
-		if len(hs) > 0 && hs[len(hs)-1].Key >= h.Key {
-			sorted = false
-		}
-		hs = append(hs, h)
+		st.PeerID, st.Net = f[3], f[4]
+		out = append(out, st)
 	}
-	if !sorted {
-		slices.SortFunc(hs, func(a, b Holder) int { return cmp.Compare(a.Key, b.Key) })
+	return out, nil
+}
+
+// parseKeys reads a holder keys value, putting the keys in order if a
+// database ever aggregated them out of it (they keep the order of the
+// subquery they aggregate, but SQL does not promise it).
+func parseKeys(s string) ([]int64, error) {
+	if s == "" {
+		return []int64{}, nil
 	}
-	return hs, nil
+	keys := make([]int64, 0, strings.Count(s, ",")+1)
+	for v := range strings.SplitSeq(s, ",") {
+		k, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("holder keys: %w", err)
+		}
+		keys = append(keys, k)
+	}
+	if !slices.IsSorted(keys) {
+		slices.Sort(keys)
+	}
+	return keys, nil
 }
 
 // ErrUnknownPeer: a write that needs a registered, live peer came from one

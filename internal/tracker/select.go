@@ -33,17 +33,18 @@ import (
 // prefix only (a daemon considers 16 holders): with holders in fewer
 // networks than that, every network is in the prefix.
 //
-// Holders lists at most maxHolderScan candidates, oldest registrations
-// first, so the work per find is bounded whatever a hash's popularity; the
-// choice is linear in the candidates (no sort of them all).
+// A find considers at most maxHolderScan candidates (HolderKeys: the
+// oldest registrations first), so the work per find is bounded whatever
+// a hash's popularity; the choice is linear in the candidates (no sort of
+// them all).
 
 // maxHolderScan bounds the candidates one find reads.
 const maxHolderScan = 4096
 
-// candidates are a hash's holders as Holders listed them, grouped by
-// network once (a popular hash's are cached, and each find draws afresh
-// from them without grouping them again). The holders a find lists are
-// described by the Server's descCache.
+// candidates are a hash's live holders (HolderKeys, descCache.holders) in
+// key order, grouped by network once (a popular hash's are cached, and
+// each find draws afresh from them without grouping them again). The
+// holders a find lists are described by the Server's descCache.
 type candidates struct {
 	hs   []Holder
 	nets [][]int32 // each network's holders (indexes into hs), networks in order of first appearance
@@ -225,7 +226,8 @@ type holderLoad struct {
 	err  error
 }
 
-// readHolders reads a hash's candidates from the registry.
+// readHolders reads a hash's candidates: its holders' keys from the
+// registry, their standings from memory where known (descCache.holders).
 type readHolders func(ctx context.Context) ([]Holder, error)
 
 // cacheRef is a put in holderCache.order; a later put of the hash makes

@@ -151,7 +151,7 @@ func testHolders(t *testing.T, be backend) {
 	clock.Advance(time.Second)
 	b.announceFrom(t, s, ms(clock.Now()), "[2001:db8:1:2::3]:1")
 	b.packagesFrom(t, s, ms(clock.Now())+1, "[2001:db8:1:2::3]:1", []string{hashN(1)})
-	hs, err := reg.Holders(t.Context(), hashN(1), clock.Now().Add(-time.Minute), 10)
+	hs, err := liveHolders(t.Context(), reg, hashN(1), clock.Now().Add(-time.Minute), 10)
 	if err != nil || len(hs) != 2 {
 		t.Fatalf("%v %v", hs, err)
 	}
@@ -164,7 +164,7 @@ func testHolders(t *testing.T, be backend) {
 	clock.Advance(20 * time.Second)
 	b.announceFrom(t, s, ms(clock.Now()), "[2001:db8:1:2::3]:1")
 	b.packagesFrom(t, s, ms(clock.Now())+1, "[2001:db8:1:2::3]:1", []string{hashN(1)})
-	hs, _ = reg.Holders(t.Context(), hashN(1), clock.Now().Add(-time.Minute), 10)
+	hs, _ = liveHolders(t.Context(), reg, hashN(1), clock.Now().Add(-time.Minute), 10)
 	if len(hs) != 2 || hs[0].Since != ms(t0) || hs[1].Since != ms(clock.Now()) {
 		t.Fatalf("after b's return: %+v", hs)
 	}
@@ -715,7 +715,7 @@ func TestDescriptionsShared(t *testing.T) {
 // gives an entry's bytes back.
 func TestDescCacheBudget(t *testing.T) {
 	var c descCache
-	big := make([]byte, descBudget/3)
+	big := make([]byte, descBudget/3-100) // three fit, with what else an entry counts
 	c.mu.Lock()
 	for k := range int64(3) {
 		c.put(k, descEntry{json: big, peerID: fmt.Sprint(k)})
@@ -724,7 +724,7 @@ func TestDescCacheBudget(t *testing.T) {
 	c.put(3, descEntry{json: big, peerID: "3"})
 	after := len(c.m)
 	c.mu.Unlock()
-	if n != 3 || bytes != 3*int64(len(big)) || after != 1 {
+	if n != 3 || bytes != 3*(descEntry{json: big, peerID: "0"}).size() || after != 1 {
 		t.Fatalf("%d entries (%d bytes), then %d: want 3, then a new start", n, bytes, after)
 	}
 	c.forget("3")

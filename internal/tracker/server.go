@@ -187,7 +187,11 @@ func (s *Server) find(w http.ResponseWriter, r *http.Request) {
 	now := s.now()
 	liveSince := s.liveSince(now)
 	cands, err := s.holders.candidates(r.Context(), hash, now, func(ctx context.Context) ([]Holder, error) {
-		return s.reg.Holders(ctx, hash, liveSince, maxHolderScan)
+		keys, err := s.reg.HolderKeys(ctx, hash, maxHolderScan)
+		if err != nil {
+			return nil, err
+		}
+		return s.descs.holders(ctx, s.reg, keys, liveSince, now)
 	})
 	if err != nil {
 		s.internal(w, r, err)

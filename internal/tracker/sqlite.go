@@ -557,31 +557,36 @@ func (s *SQLite) RemovePeer(ctx context.Context, peerID string, ts int64, liveSi
 	return row.lastSeen >= liveSince.UnixMilli(), tx.Commit()
 }
 
-func (s *SQLite) Holders(ctx context.Context, hash string, liveSince time.Time, max int) ([]Holder, error) {
+func (s *SQLite) HolderKeys(ctx context.Context, hash string, max int) ([]int64, error) {
 	h, err := nixbase32.DecodeString(hash)
 	if err != nil || len(h) != 20 {
 		return nil, fmt.Errorf("invalid hash %q", hash)
 	}
-	// CROSS JOIN keeps packages as the outer loop: a range scan of its
-	// primary key for this hash, in peer order (no sort), then one peers
-	// lookup per holder. One row of lines (parseHolders).
-	var lines sql.NullString
-	err = s.r.QueryRowContext(ctx, `SELECT group_concat(line, char(10)) FROM (
-		SELECT k.peer || ',' || p.registered_at || ',' || p.net AS line
-		FROM packages k CROSS JOIN peers p ON p.id = k.peer
-		WHERE k.hash = ? AND p.last_seen >= ?
-		ORDER BY k.peer LIMIT ?)`, h, liveSince.UnixMilli(), max).Scan(&lines)
+	// A range scan of packages' primary key, in peer order (no sort).
+	var keys sql.NullString
+	err = s.r.QueryRowContext(ctx, `SELECT group_concat(peer) FROM (
+		SELECT peer FROM packages WHERE hash = ? ORDER BY peer LIMIT ?)`, h, max).Scan(&keys)
 	if err != nil {
 		return nil, err
 	}
-	return parseHolders(lines.String)
+	return parseKeys(keys.String)
 }
 
-func (s *SQLite) Describe(ctx context.Context, keys []int64, liveSince time.Time) ([]Described, error) {
+func (s *SQLite) Standings(ctx context.Context, keys []int64) ([]Standing, error) {
 	if len(keys) == 0 {
-		return []Described{}, nil
+		return []Standing{}, nil
 	}
-	// One statement for any number of keys: a JSON array of them.
+	var lines sql.NullString
+	err := s.r.QueryRowContext(ctx, `SELECT group_concat(id || ',' || registered_at || ',' || last_seen || ',' || peer_id || ',' || net, char(10))
+		FROM peers WHERE id IN (SELECT value FROM json_each(?))`, keyList(keys)).Scan(&lines)
+	if err != nil {
+		return nil, err
+	}
+	return parseStandings(lines.String)
+}
+
+// keyList is keys as a JSON array: one statement for any number of keys.
+func keyList(keys []int64) string {
 	list := make([]byte, 0, 8*len(keys)+2)
 	list = append(list, '[')
 	for i, k := range keys {
@@ -590,9 +595,15 @@ func (s *SQLite) Describe(ctx context.Context, keys []int64, liveSince time.Time
 		}
 		list = strconv.AppendInt(list, k, 10)
 	}
-	list = append(list, ']')
-	peers, err := queryPeers(ctx, s.r, `SELECT peer_id, addrs, last_seen, packages, id FROM peers
-		WHERE id IN (SELECT value FROM json_each(?)) AND last_seen >= ?`, string(list), liveSince.UnixMilli())
+	return string(append(list, ']'))
+}
+
+func (s *SQLite) Describe(ctx context.Context, keys []int64, liveSince time.Time) ([]Described, error) {
+	if len(keys) == 0 {
+		return []Described{}, nil
+	}
+	peers, err := queryPeers(ctx, s.r, `SELECT peer_id, addrs, last_seen, packages, id, registered_at, net FROM peers
+		WHERE id IN (SELECT value FROM json_each(?)) AND last_seen >= ?`, keyList(keys), liveSince.UnixMilli())
 	if err != nil {
 		return nil, err
 	}
@@ -615,7 +626,7 @@ func inKeyOrder(peers []Described, keys []int64) []Described {
 }
 
 func (s *SQLite) Peers(ctx context.Context, liveSince time.Time, after string, limit int) ([]trackerapi.PeerInfo, error) {
-	peers, err := queryPeers(ctx, s.r, `SELECT peer_id, addrs, last_seen, packages, id FROM peers
+	peers, err := queryPeers(ctx, s.r, `SELECT peer_id, addrs, last_seen, packages, id, registered_at, net FROM peers
 		WHERE peer_id > ? AND last_seen >= ? ORDER BY peer_id LIMIT ?`, after, liveSince.UnixMilli(), limit)
 	out := make([]trackerapi.PeerInfo, len(peers))
 	for i, p := range peers {
@@ -642,7 +653,7 @@ func (s *SQLite) Rows(ctx context.Context) (int64, error) {
 // TrackerID names the database (made with it: migration 2).
 func (s *SQLite) TrackerID() string { return s.id }
 
-// queryPeers reads peer_id, addrs, last_seen, packages, id.
+// queryPeers reads peer_id, addrs, last_seen, packages, id, registered_at, net.
 func queryPeers(ctx context.Context, db *sql.DB, query string, args ...any) ([]Described, error) {
 	rows, err := db.QueryContext(ctx, query, args...)
 	if err != nil {
@@ -656,7 +667,7 @@ func queryPeers(ctx context.Context, db *sql.DB, query string, args ...any) ([]D
 			addrs    string
 			lastSeen int64
 		)
-		if err := rows.Scan(&p.PeerID, &addrs, &lastSeen, &p.Packages, &p.Key); err != nil {
+		if err := rows.Scan(&p.PeerID, &addrs, &lastSeen, &p.Packages, &p.Key, &p.Since, &p.Net); err != nil {
 			return nil, err
 		}
 		p.Addrs = decodeAddrs(addrs)
