@@ -371,6 +371,31 @@ func (p *peerixProc) openFiles() (int, error) {
 	return len(es), err
 }
 
+// openFileKinds says what the process's open files are, counted by kind
+// (socket, anon_inode:[eventpoll], a path's directory), for a test's
+// failure message.
+func (p *peerixProc) openFileKinds() string {
+	dir := fmt.Sprintf("/proc/%d/fd", p.cmd.Process.Pid)
+	es, err := os.ReadDir(dir)
+	if err != nil {
+		return err.Error()
+	}
+	kinds := map[string]int{}
+	for _, e := range es {
+		target, err := os.Readlink(filepath.Join(dir, e.Name()))
+		switch {
+		case err != nil:
+			target = "?"
+		case strings.HasPrefix(target, "socket:"):
+			target = "socket"
+		case strings.HasPrefix(target, "/"):
+			target = filepath.Dir(target) + "/"
+		}
+		kinds[target]++
+	}
+	return fmt.Sprint(kinds)
+}
+
 // vmMiB returns the process's VmRSS and VmHWM from /proc, in MiB.
 func (p *peerixProc) vmMiB() (rss, hwm float64, err error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))

@@ -464,6 +464,7 @@ func TestSlowReaders(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	kinds := w.d.openFileKinds()
 	r, a := w.run(t, "slow readers", 15*time.Second, w.slowReaders)
 	defer a.close()
 	if r.success < 1 {
@@ -481,7 +482,7 @@ func TestSlowReaders(t *testing.T) {
 	start := time.Now()
 	waitFor(t, "T to cut the stalled transfers", 45*time.Second, func() (bool, string) {
 		n, err := w.d.openFiles()
-		return err == nil && n <= before+4, fmt.Sprintf("%d open files (%d before the attack), %v", n, before, err)
+		return err == nil && n <= before+4, fmt.Sprintf("%d open files (%d before the attack: %s), now %s, %v", n, before, kinds, w.d.openFileKinds(), err)
 	})
 	a.mu.Lock()
 	held := len(a.conns)
