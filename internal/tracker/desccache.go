@@ -17,12 +17,12 @@ import (
 // its description (PeerInfo). Entries are kept for descTTL. A standing or
 // description is used only while the last_seen it recorded is still live
 // (a peer past it is asked about again, and counted or listed only if it
-// heartbeat since); a standing that was not live when read (an expired
-// peer whose hashes the sweep has not deleted yet) is believed for
-// holderCacheMaxAge. This tracker's own announces and deletions forget
-// the peer at once; another tracker on a shared PostgreSQL database shows
-// a changed address or network within descTTL (a peer announces when its
-// addresses change, which is rare: a relay reservation, a new network).
+// heartbeat since: an expired peer, whose hashes stay until the sweep, is
+// asked about at every find that reads the hash's holders). This
+// tracker's own announces and deletions forget the peer at once; another
+// tracker on a shared PostgreSQL database shows a changed address or
+// network within descTTL (a peer announces when its addresses change,
+// which is rare: a relay reservation, a new network).
 type descCache struct {
 	mu    sync.Mutex
 	m     map[int64]descEntry
@@ -155,13 +155,13 @@ func (c *descCache) holders(ctx context.Context, reg Registry, keys []int64, liv
 	c.mu.Lock()
 	for i, k := range keys {
 		e, ok := c.m[k]
-		switch {
-		case !ok || !e.usable(now):
-			missing = append(missing, k)
-		case e.lastSeen >= live:
+		if ok && e.usable(now) && e.lastSeen >= live {
 			slots[i], listed[i] = Holder{Key: k, Net: e.net, Since: e.since}, true
-		case now.Sub(e.at) >= holderCacheMaxAge:
-			missing = append(missing, k) // expired when read: ask again
+		} else {
+			// Not known, or seen last too long ago when read: it may
+			// have heartbeat since (through another tracker on the
+			// same database), or registered again.
+			missing = append(missing, k)
 		}
 	}
 	forgets := c.forgets
@@ -171,21 +171,25 @@ func (c *descCache) holders(ctx context.Context, reg Registry, keys []int64, liv
 		if err != nil {
 			return nil, err
 		}
-		read := make(map[int64]Standing, len(sts))
+		read := make(map[int64]Holder, len(sts))
 		c.mu.Lock()
 		for _, st := range sts {
-			read[st.Key] = st
+			// Strings copied: st's share the registry's whole answer,
+			// which cached candidates would otherwise keep.
+			st.PeerID, st.Net = strings.Clone(st.PeerID), strings.Clone(st.Net)
+			if st.LastSeen >= live {
+				read[st.Key] = st.Holder
+			}
 			if c.keepable(st.PeerID, forgets) {
 				// Replaces no description that could be used (that of
-				// a peer found expired). Strings copied: st's share the
-				// registry's whole answer.
-				c.put(st.Key, descEntry{peerID: strings.Clone(st.PeerID), net: strings.Clone(st.Net), since: st.Since, lastSeen: st.LastSeen, at: now})
+				// a peer whose recorded last_seen is too old).
+				c.put(st.Key, descEntry{peerID: st.PeerID, net: st.Net, since: st.Since, lastSeen: st.LastSeen, at: now})
 			}
 		}
 		c.mu.Unlock()
 		for i, k := range keys {
-			if st, ok := read[k]; ok && st.LastSeen >= live {
-				slots[i], listed[i] = st.Holder, true
+			if h, ok := read[k]; ok {
+				slots[i], listed[i] = h, true
 			}
 		}
 	}
@@ -232,7 +236,8 @@ func (c *descCache) forget(peerID string) {
 	}
 }
 
-// len is the number of descriptions kept.
+// len is the number of peers kept (standings, with or without a
+// description).
 func (c *descCache) len() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -85,9 +85,9 @@ func (r *countingReg) Standings(ctx context.Context, keys []int64) ([]Standing, 
 // reads the hash's keys and asks the registry only for the standings it
 // does not know: none on the second read of the same holders; a peer
 // that announced (here from another network) again at once, with its
-// new network; an expired peer's row is not listed, and its standing
-// believed for holderCacheMaxAge; a peer whose recorded last_seen went
-// past the TTL is asked about again, and listed if it heartbeat since.
+// new network; an expired peer's row is not listed, and it is asked
+// about at every read; a peer whose recorded last_seen went past the TTL
+// is asked about again, and listed if it heartbeat since.
 func TestHoldersStandingsFromMemory(t *testing.T) {
 	const ttl = 20 * time.Second // shorter than descTTL
 	reg := &countingReg{Registry: sqliteBackend.open(t)}
@@ -160,10 +160,38 @@ func TestHoldersStandingsFromMemory(t *testing.T) {
 	if hs := read(5); len(hs) != 4 || hs[0].Key == all[0].Key || hs[3].Key != all[4].Key {
 		t.Fatalf("after ps[0] expired: %+v", hs)
 	}
-	// The expired standing is believed for holderCacheMaxAge, then read
-	// again.
-	clock.Advance(holderCacheMaxAge - time.Millisecond)
-	read(0)
-	clock.Advance(time.Millisecond)
+	// The expired peer is asked about again at every read.
 	read(1)
+}
+
+// TestHolderBackThroughAnotherTracker: a peer that expired, then
+// registered again through another tracker on the same database, is
+// listed by this one at once for a hash it alone holds (this tracker's
+// standing of it, read while it was expired, is not believed).
+func TestHolderBackThroughAnotherTracker(t *testing.T) {
+	eachBackend(t, func(t *testing.T, be backend) {
+		const ttl = 20 * time.Second
+		reg := be.open(t)
+		clock := &fakeClock{t: t0}
+		t1 := NewServer(reg, ServerOptions{TTL: ttl, Now: clock.Now, Log: quietLog(), Limits: NoLimits()})
+		t2 := NewServer(reg, ServerOptions{TTL: ttl, Now: clock.Now, Log: quietLog(), Limits: NoLimits()})
+		x, y := hashN(31), hashN(32)
+		p := newSigner(t)
+		const from = "10.0.1.7:1"
+		p.announceFrom(t, t1, ms(clock.Now()), from)
+		p.packagesFrom(t, t1, ms(clock.Now())+1, from, []string{y})
+		clock.Advance(ttl + time.Second) // p expired; its hash y stays until the sweep
+		if got := serveFind(t, t1, y); len(got) != 0 {
+			t.Fatalf("expired p listed: %+v", got)
+		}
+		clock.Advance(500 * time.Millisecond)
+		p.announceFrom(t, t2, ms(clock.Now()), from) // registers again, through t2
+		p.packagesFrom(t, t2, ms(clock.Now())+1, from, []string{x})
+		clock.Advance(500 * time.Millisecond)
+		for i, s := range []*Server{t1, t2} {
+			if got := serveFind(t, s, x); len(got) != 1 {
+				t.Errorf("tracker %d: the only holder of x, registered through t2 1 s ago, listed %d times, want 1", i+1, len(got))
+			}
+		}
+	})
 }
