@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"sync"
 	"time"
 
@@ -126,10 +127,31 @@ func Copy(w io.Writer, src io.Reader, size int64, counted func(nar int64)) (int6
 	return n, err
 }
 
-// ReadFrom fills blocks straight from r.
+// ReadFrom fills blocks straight from r. A whole raw block of a file (r an
+// *io.LimitedReader over an *os.File, as the NAR dumper hands out for
+// file bodies) is not read at all: its header is written and the block's
+// bytes handed on as an *io.LimitedReader over the file to the
+// destination's own ReadFrom (an HTTP response's, down to sendfile). The
+// blocks are the same as when read: only where a block starts empty and
+// the file holds a whole one, and only while sending raw and no probe is
+// due.
 func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
+	var rf io.ReaderFrom
+	lr, limited := r.(*io.LimitedReader)
+	if limited {
+		if _, file := lr.R.(*os.File); file {
+			rf, _ = w.w.(io.ReaderFrom)
+		}
+	}
 	var total int64
 	for {
+		if rf != nil && len(w.buf) == 0 {
+			n, err := w.sendFile(rf, lr)
+			total += n
+			if err != nil || lr.N <= 0 {
+				return total, err
+			}
+		}
 		k, err := r.Read(w.buf[len(w.buf):cap(w.buf)])
 		w.buf = w.buf[:len(w.buf)+k]
 		total += int64(k)
@@ -145,6 +167,45 @@ func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
 			return total, err
 		}
 	}
+}
+
+// sendFile sends the whole raw blocks of lr (over a file) that can go
+// straight from the file, while the buffer is empty: a block header, then
+// the block's bytes through rf. It stops at the first block that cannot
+// (a part block, a probe or compressing), for ReadFrom to read.
+func (w *Writer) sendFile(rf io.ReaderFrom, lr *io.LimitedReader) (int64, error) {
+	var total int64
+	block := cap(w.buf)
+	for len(w.buf) == 0 && lr.N >= int64(block) && w.sinceProbe+1 < probeEvery && !w.compressing() {
+		w.sinceProbe++
+		hdr := w.out[:headerSize]
+		hdr[0] = kindRaw
+		binary.BigEndian.PutUint32(hdr[1:], uint32(block))
+		binary.BigEndian.PutUint32(hdr[5:], uint32(block))
+		start := time.Now()
+		if _, err := w.w.Write(hdr); err != nil {
+			return total, err
+		}
+		part := &io.LimitedReader{R: lr.R, N: int64(block)}
+		n, err := rf.ReadFrom(part)
+		lr.N -= n
+		total += n
+		if err == nil && n < int64(block) {
+			// The file ended inside a block whose header went out: the
+			// body is broken.
+			err = io.ErrUnexpectedEOF
+		}
+		if err != nil {
+			return total, err
+		}
+		w.link.add(headerSize+block, time.Since(start).Seconds())
+		w.nar += int64(block)
+		w.wire += int64(headerSize + block)
+		if w.counted != nil {
+			w.counted(int64(block))
+		}
+	}
+	return total, nil
 }
 
 // Close writes the last, partial block.

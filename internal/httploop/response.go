@@ -3,6 +3,7 @@ package httploop
 import (
 	"io"
 	"net/http"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -116,7 +117,9 @@ func (w *response) Write(p []byte) (int, error) {
 }
 
 // ReadFrom sends src through the connection's own ReadFrom (sendfile for
-// files) when the length is declared; otherwise it writes in pieces.
+// files) when the length is declared, or, chunked, when src is an
+// *io.LimitedReader over a regular file holding all its N bytes: then as
+// one chunk of N bytes. Otherwise it writes in pieces.
 func (w *response) ReadFrom(src io.Reader) (int64, error) {
 	if w.status == 0 {
 		w.WriteHeader(http.StatusOK)
@@ -126,9 +129,15 @@ func (w *response) ReadFrom(src io.Reader) (int64, error) {
 	}
 	rf, ok := w.cn.c.(io.ReaderFrom)
 	lr, limited := src.(*io.LimitedReader)
-	if !ok || w.declared < 0 || !limited || lr.N > w.declared-w.written || !w.typed && !w.sent {
+	if !ok || !limited || !w.typed && !w.sent || w.noBody {
 		// Through Write, which holds the declared length (and sniffs the
 		// Content-Type).
+		return io.Copy(writerOnly{w}, src)
+	}
+	if w.declared < 0 {
+		return w.readChunkFrom(rf, lr)
+	}
+	if lr.N > w.declared-w.written {
 		return io.Copy(writerOnly{w}, src)
 	}
 	if !w.sent {
@@ -142,6 +151,50 @@ func (w *response) ReadFrom(src io.Reader) (int64, error) {
 		w.fail(err)
 	}
 	return n, err
+}
+
+// readChunkFrom sends lr, over a file that holds its N bytes, as one chunk
+// through the connection's ReadFrom: the chunk's size line, then the file
+// (sendfile); its CRLF goes with what comes next. A file that still ends
+// short (it shrank meanwhile) leaves a chunk that cannot be finished: the
+// connection is done, as with a body shorter than its Content-Length.
+func (w *response) readChunkFrom(rf io.ReaderFrom, lr *io.LimitedReader) (int64, error) {
+	f, file := lr.R.(*os.File)
+	if !file || lr.N <= 0 || !fileHolds(f, lr.N) {
+		return io.Copy(writerOnly{w}, lr)
+	}
+	if !w.sent {
+		if err := w.sendHeader(nil); err != nil {
+			return 0, err
+		}
+	}
+	want := lr.N
+	w.body = w.chunkHead(w.body[:0], int(want))
+	_, err := w.write(w.body)
+	w.body = w.body[:0]
+	if err != nil {
+		return 0, err
+	}
+	n, err := rf.ReadFrom(lr)
+	w.written += n
+	if err == nil && n < want {
+		err = io.ErrUnexpectedEOF
+	}
+	if err != nil {
+		w.fail(err)
+	}
+	return n, err
+}
+
+// fileHolds reports whether f is a regular file with at least n bytes from
+// its offset on. A variable for tests.
+var fileHolds = func(f *os.File, n int64) bool {
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() {
+		return false
+	}
+	off, err := f.Seek(0, io.SeekCurrent)
+	return err == nil && fi.Size()-off >= n
 }
 
 type writerOnly struct{ io.Writer }

@@ -2,11 +2,14 @@ package httploop_test
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"os"
+	"path/filepath"
 	"regexp"
 	"testing"
 	"time"
@@ -45,6 +48,19 @@ func TestResponsesMatchNetHTTP(t *testing.T) {
 		"sniff-after-small": func(w http.ResponseWriter, r *http.Request) {
 			io.WriteString(w, "   ")
 			io.WriteString(w, "<html>")
+		},
+		// A file as one chunk (sendfile), and one shorter than its
+		// LimitedReader says (copied), after a small chunk and before
+		// one.
+		"file-chunked": func(w http.ResponseWriter, r *http.Request) {
+			fileChunk(t, w, 40000, 40000)
+		},
+		"file-short-chunked": func(w http.ResponseWriter, r *http.Request) {
+			fileChunk(t, w, 40000, 50000)
+		},
+		"file-sized": func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Length", "40010")
+			fileChunk(t, w, 40000, 40000)
 		},
 	}
 	mux := http.NewServeMux()
@@ -87,4 +103,26 @@ func TestResponsesMatchNetHTTP(t *testing.T) {
 			t.Errorf("%s:\nloop:\n%s\nnet/http:\n%s", name, a, b)
 		}
 	}
+}
+
+var fileChunkData = bytes.Repeat([]byte("0123456789abcdef"), 5000)
+
+// fileChunk writes 5 bytes, then a file of size bytes through ReadFrom as
+// an *io.LimitedReader of n, then 5 bytes.
+func fileChunk(t *testing.T, w http.ResponseWriter, size, n int64) {
+	path := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(path, fileChunkData[:size], 0o644); err != nil {
+		t.Error(err)
+		return
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	defer f.Close()
+	w.Header().Set("Content-Type", "text/plain")
+	io.WriteString(w, "start")
+	w.(io.ReaderFrom).ReadFrom(&io.LimitedReader{R: f, N: n})
+	io.WriteString(w, "end..")
 }
