@@ -74,10 +74,10 @@ func oldFind(ctx context.Context, reg Registry, hash string, liveSince time.Time
 	hb, _ := decodeHashes([]string{hash})
 	switch r := reg.(type) {
 	case *SQLite:
-		ps, err := queryPeers(ctx, r.r, `SELECT p.peer_id, p.addrs, p.last_seen, p.packages, p.id
+		ps, err := scanPeers(r.r.QueryContext(ctx, `SELECT p.peer_id, p.addrs, p.last_seen, p.packages, p.id
 			FROM packages k CROSS JOIN peers p ON p.id = k.peer
 			WHERE k.hash = ? AND p.last_seen >= ?
-			ORDER BY p.last_seen DESC, p.id LIMIT 100`, hb[0], liveSince.UnixMilli())
+			ORDER BY p.last_seen DESC, p.id LIMIT 100`, hb[0], liveSince.UnixMilli()))
 		return len(ps), err
 	case *Postgres:
 		ps, err := r.queryPeers(ctx, `SELECT p.peer_id, p.addrs, p.last_seen, p.packages, p.id

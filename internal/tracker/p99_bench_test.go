@@ -168,9 +168,9 @@ func bareLookup(reg Registry, hash string) func(context.Context) (int, error) {
 	return func(ctx context.Context) (int, error) {
 		switch r := reg.(type) {
 		case *SQLite:
-			ps, err := queryPeers(ctx, r.r, `SELECT p.peer_id, p.addrs, p.last_seen, p.packages, p.id, p.registered_at, p.net
+			ps, err := scanPeers(r.r.QueryContext(ctx, `SELECT p.peer_id, p.addrs, p.last_seen, p.packages, p.id, p.registered_at, p.net
 				FROM packages k CROSS JOIN peers p ON p.id = k.peer
-				WHERE k.hash = ? LIMIT 100`, hb[0])
+				WHERE k.hash = ? LIMIT 100`, hb[0]))
 			return len(ps), err
 		case *Postgres:
 			ps, err := r.queryPeers(ctx, `SELECT p.peer_id, p.addrs, p.last_seen, p.packages, p.id, p.registered_at, p.net

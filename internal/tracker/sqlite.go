@@ -47,6 +47,10 @@ type SQLite struct {
 	w  *sql.DB // the one writer connection
 	r  *sql.DB // read-only pool
 	id string  // TrackerID
+	// finds holds the statements of a find, prepared once on r: the
+	// driver compiles a statement at each use otherwise (a tenth of an
+	// uncached find's CPU).
+	finds findStmts
 
 	group   grouper     // small packages updates, committed together (group.go)
 	noGroup bool        // each update its own transaction (benchmarks compare)
@@ -120,7 +124,48 @@ func OpenSQLite(path string) (*SQLite, error) {
 		r.Close()
 		return nil, fmt.Errorf("tracker database %s: reading the tracker ID: %w", path, err)
 	}
+	if err := s.finds.prepare(r); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("tracker database %s: %w", path, err)
+	}
 	return s, nil
+}
+
+// findStmts are the queries of a find.
+type findStmts struct {
+	holderKeys, standings, describe *sql.Stmt
+}
+
+func (f *findStmts) prepare(db *sql.DB) error {
+	for _, q := range []struct {
+		stmt **sql.Stmt
+		sql  string
+	}{
+		// A range scan of packages' primary key, in peer order (no sort).
+		{&f.holderKeys, `SELECT group_concat(peer) FROM (
+			SELECT peer FROM packages WHERE hash = ? ORDER BY peer LIMIT ?)`},
+		{&f.standings, `SELECT group_concat(id || ',' || registered_at || ',' || last_seen || ',' || peer_id || ',' || net, char(10))
+			FROM peers WHERE id IN (SELECT value FROM json_each(?))`},
+		{&f.describe, `SELECT peer_id, addrs, last_seen, packages, id, registered_at, net FROM peers
+			WHERE id IN (SELECT value FROM json_each(?)) AND last_seen >= ?`},
+	} {
+		stmt, err := db.Prepare(q.sql)
+		if err != nil {
+			return fmt.Errorf("preparing %q: %w", q.sql, err)
+		}
+		*q.stmt = stmt
+	}
+	return nil
+}
+
+func (f *findStmts) close() error {
+	var errs []error
+	for _, stmt := range []*sql.Stmt{f.holderKeys, f.standings, f.describe} {
+		if stmt != nil {
+			errs = append(errs, stmt.Close())
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func migrate(db *sql.DB) error {
@@ -157,7 +202,7 @@ func migrate(db *sql.DB) error {
 
 // Close closes the connection pools.
 func (s *SQLite) Close() error {
-	return errors.Join(s.r.Close(), s.w.Close())
+	return errors.Join(s.finds.close(), s.r.Close(), s.w.Close())
 }
 
 // Checkpoints. SQLite copies its WAL back into the database file when the
@@ -562,10 +607,8 @@ func (s *SQLite) HolderKeys(ctx context.Context, hash string, max int) ([]int64,
 	if err != nil || len(h) != 20 {
 		return nil, fmt.Errorf("invalid hash %q", hash)
 	}
-	// A range scan of packages' primary key, in peer order (no sort).
 	var keys sql.NullString
-	err = s.r.QueryRowContext(ctx, `SELECT group_concat(peer) FROM (
-		SELECT peer FROM packages WHERE hash = ? ORDER BY peer LIMIT ?)`, h, max).Scan(&keys)
+	err = s.finds.holderKeys.QueryRowContext(ctx, h, max).Scan(&keys)
 	if err != nil {
 		return nil, err
 	}
@@ -577,8 +620,7 @@ func (s *SQLite) Standings(ctx context.Context, keys []int64) ([]Standing, error
 		return []Standing{}, nil
 	}
 	var lines sql.NullString
-	err := s.r.QueryRowContext(ctx, `SELECT group_concat(id || ',' || registered_at || ',' || last_seen || ',' || peer_id || ',' || net, char(10))
-		FROM peers WHERE id IN (SELECT value FROM json_each(?))`, keyList(keys)).Scan(&lines)
+	err := s.finds.standings.QueryRowContext(ctx, keyList(keys)).Scan(&lines)
 	if err != nil {
 		return nil, err
 	}
@@ -602,8 +644,7 @@ func (s *SQLite) Describe(ctx context.Context, keys []int64, liveSince time.Time
 	if len(keys) == 0 {
 		return []Described{}, nil
 	}
-	peers, err := queryPeers(ctx, s.r, `SELECT peer_id, addrs, last_seen, packages, id, registered_at, net FROM peers
-		WHERE id IN (SELECT value FROM json_each(?)) AND last_seen >= ?`, keyList(keys), liveSince.UnixMilli())
+	peers, err := scanPeers(s.finds.describe.QueryContext(ctx, keyList(keys), liveSince.UnixMilli()))
 	if err != nil {
 		return nil, err
 	}
@@ -626,8 +667,8 @@ func inKeyOrder(peers []Described, keys []int64) []Described {
 }
 
 func (s *SQLite) Peers(ctx context.Context, liveSince time.Time, after string, limit int) ([]trackerapi.PeerInfo, error) {
-	peers, err := queryPeers(ctx, s.r, `SELECT peer_id, addrs, last_seen, packages, id, registered_at, net FROM peers
-		WHERE peer_id > ? AND last_seen >= ? ORDER BY peer_id LIMIT ?`, after, liveSince.UnixMilli(), limit)
+	peers, err := scanPeers(s.r.QueryContext(ctx, `SELECT peer_id, addrs, last_seen, packages, id, registered_at, net FROM peers
+		WHERE peer_id > ? AND last_seen >= ? ORDER BY peer_id LIMIT ?`, after, liveSince.UnixMilli(), limit))
 	out := make([]trackerapi.PeerInfo, len(peers))
 	for i, p := range peers {
 		out[i] = p.PeerInfo
@@ -653,9 +694,9 @@ func (s *SQLite) Rows(ctx context.Context) (int64, error) {
 // TrackerID names the database (made with it: migration 2).
 func (s *SQLite) TrackerID() string { return s.id }
 
-// queryPeers reads peer_id, addrs, last_seen, packages, id, registered_at, net.
-func queryPeers(ctx context.Context, db *sql.DB, query string, args ...any) ([]Described, error) {
-	rows, err := db.QueryContext(ctx, query, args...)
+// scanPeers reads the rows of a query of peer_id, addrs, last_seen,
+// packages, id, registered_at, net (given with the query's error).
+func scanPeers(rows *sql.Rows, err error) ([]Described, error) {
 	if err != nil {
 		return nil, err
 	}

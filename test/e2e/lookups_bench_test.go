@@ -41,6 +41,11 @@ import (
 //   - peer-holds-everything: A holds the closure (signed as the upstream
 //     would have), peerix in front of U vs U alone (a static cache on the
 //     same LAN);
+//   - large-path: the real Nix realises the 256 MiB path from A through
+//     B's peerix (a fresh daemon, which spools and verifies the NAR before
+//     Nix gets a byte, and a daemon to which A is proven, which streams it
+//     through as it is verified) vs from U alone, a static cache on the
+//     same LAN: the LAN transfer row as the user lives with it;
 //   - upstream-100mbit: the same with U's link shaped to 100 Mbit/s (tbf;
 //     the kernel has no netem, so no added latency), for the closure and
 //     for a 256 MiB path;
@@ -166,13 +171,61 @@ func BenchmarkLookups(b *testing.B) {
 		}
 	})
 
-	b.Run("upstream-100mbit", func(b *testing.B) {
-		fill(b)
-		// The 256 MiB path: in the upstream's cache, and on A (signed as
-		// the upstream, so A shares it and B's verifier vouches for it).
+	// bigEverywhere puts the 256 MiB path in the upstream's cache and on A
+	// (signed as the upstream, so A shares it and B's verifier vouches for
+	// it).
+	bigPlaced := false
+	bigEverywhere := func(b *testing.B) {
+		b.Helper()
+		if bigPlaced {
+			return
+		}
 		staticCache(b, w.cacheDir, w.upstreamSK, big)
 		w.signAsUpstream(b, big)
 		putOnA(b, w, big)
+		bigPlaced = true
+	}
+	realiseBig := func(b *testing.B, what string, substituters ...string) time.Duration {
+		return realiseOn(b, w.B, what, w.upKey, bigWant, []string{big}, substituters)
+	}
+
+	b.Run("large-path", func(b *testing.B) {
+		bigEverywhere(b)
+		rounds := max(3, rounds/2)
+		fresh, static := interleave(rounds,
+			func(i int) time.Duration {
+				d := freshB(b)
+				defer stopProc(b, d)
+				return realiseBig(b, fmt.Sprintf("round %d, 256 MiB path, a fresh peerix in front, on A", i), d.url, w.upstream)
+			},
+			func(i int) time.Duration {
+				return realiseBig(b, fmt.Sprintf("round %d, 256 MiB path, the upstream as a static cache on the LAN", i), w.upstream)
+			})
+		reportPair(b, "fresh-peerix", fresh, "static", static, 0)
+		// A daemon that has verified 4 of A's NARs (16 MiB and more): A
+		// is proven to it, and a large NAR streams through. (One daemon
+		// on B at a time: they share its port.)
+		d := freshB(b)
+		defer stopProc(b, d)
+		url := d.url + "/" + narInfoURL(b, d.client, d.url+"/"+hashPart(big)+".narinfo", "nar/lan/")
+		for range 4 {
+			if n, _, err := fetchNAR(d.client, url); err != nil {
+				b.Fatalf("warming B's daemon with %s: %d bytes, %v", url, n, err)
+			}
+		}
+		proven, static := interleave(rounds,
+			func(i int) time.Duration {
+				return realiseBig(b, fmt.Sprintf("round %d, 256 MiB path, peerix in front, A proven", i), d.url, w.upstream)
+			},
+			func(i int) time.Duration {
+				return realiseBig(b, fmt.Sprintf("round %d, 256 MiB path, the upstream as a static cache on the LAN", i), w.upstream)
+			})
+		reportPair(b, "proven-peerix", proven, "static-2", static, 0)
+	})
+
+	b.Run("upstream-100mbit", func(b *testing.B) {
+		fill(b)
+		bigEverywhere(b)
 		nsRun(b, w.U.ns, "tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "100mbit", "burst", "256kb", "latency", "100ms")
 		defer nsRun(b, w.U.ns, "tc", "qdisc", "del", "dev", "eth0", "root")
 		b.Logf("U's eth0: %s", strings.TrimSpace(nsRun(b, w.U.ns, "tc", "qdisc", "show", "dev", "eth0")))
@@ -184,17 +237,14 @@ func BenchmarkLookups(b *testing.B) {
 				return upstreamAlone(b, fmt.Sprintf("round %d, upstream alone at 100 Mbit/s", i))
 			})
 		reportPair(b, "peerix", px, "upstream", up, 0)
-		realiseBig := func(what string, substituters ...string) time.Duration {
-			return realiseOn(b, w.B, what, w.upKey, bigWant, []string{big}, substituters)
-		}
 		px, up = interleave(max(3, rounds/2),
 			func(i int) time.Duration {
 				d := freshB(b)
 				defer stopProc(b, d)
-				return realiseBig(fmt.Sprintf("round %d, 256 MiB path, peerix in front, on A, U at 100 Mbit/s", i), d.url, w.upstream)
+				return realiseBig(b, fmt.Sprintf("round %d, 256 MiB path, peerix in front, on A, U at 100 Mbit/s", i), d.url, w.upstream)
 			},
 			func(i int) time.Duration {
-				return realiseBig(fmt.Sprintf("round %d, 256 MiB path, upstream alone at 100 Mbit/s", i), w.upstream)
+				return realiseBig(b, fmt.Sprintf("round %d, 256 MiB path, upstream alone at 100 Mbit/s", i), w.upstream)
 			})
 		reportPair(b, "256MiB-peerix", px, "256MiB-upstream", up, 0)
 	})
@@ -228,8 +278,7 @@ func BenchmarkLookups(b *testing.B) {
 	})
 
 	b.Run("large-nar", func(b *testing.B) {
-		w.signAsUpstream(b, big)
-		putOnA(b, w, big)
+		bigEverywhere(b)
 		size, digest := narOf(b, w.aStore, big)
 		hash := hashPart(big)
 		bc := w.B.httpClient()
