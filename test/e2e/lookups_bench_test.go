@@ -188,19 +188,24 @@ func BenchmarkLookups(b *testing.B) {
 	realiseBig := func(b *testing.B, what string, substituters ...string) time.Duration {
 		return realiseOn(b, w.B, what, w.upKey, bigWant, []string{big}, substituters)
 	}
-
-	b.Run("large-path", func(b *testing.B) {
-		bigEverywhere(b)
-		rounds := max(3, rounds/2)
-		fresh, static := interleave(rounds,
+	// bigFreshVsUpstream realises the 256 MiB path through a fresh
+	// daemon on B in front of U, and from U alone, interleaved; where
+	// tells the rounds apart in the log.
+	bigFreshVsUpstream := func(b *testing.B, where string) (px, up []time.Duration) {
+		return interleave(max(3, rounds/2),
 			func(i int) time.Duration {
 				d := freshB(b)
 				defer stopProc(b, d)
-				return realiseBig(b, fmt.Sprintf("round %d, 256 MiB path, a fresh peerix in front, on A", i), d.url, w.upstream)
+				return realiseBig(b, fmt.Sprintf("round %d, 256 MiB path, a fresh peerix in front, on A, %s", i, where), d.url, w.upstream)
 			},
 			func(i int) time.Duration {
-				return realiseBig(b, fmt.Sprintf("round %d, 256 MiB path, the upstream as a static cache on the LAN", i), w.upstream)
+				return realiseBig(b, fmt.Sprintf("round %d, 256 MiB path, upstream alone, %s", i, where), w.upstream)
 			})
+	}
+
+	b.Run("large-path", func(b *testing.B) {
+		bigEverywhere(b)
+		fresh, static := bigFreshVsUpstream(b, "U a static cache on the LAN")
 		reportPair(b, "fresh-peerix", fresh, "static", static, 0)
 		// A daemon that has verified 4 of A's NARs (16 MiB and more): A
 		// is proven to it, and a large NAR streams through. (One daemon
@@ -213,7 +218,7 @@ func BenchmarkLookups(b *testing.B) {
 				b.Fatalf("warming B's daemon with %s: %d bytes, %v", url, n, err)
 			}
 		}
-		proven, static := interleave(rounds,
+		proven, static := interleave(max(3, rounds/2),
 			func(i int) time.Duration {
 				return realiseBig(b, fmt.Sprintf("round %d, 256 MiB path, peerix in front, A proven", i), d.url, w.upstream)
 			},
@@ -237,15 +242,7 @@ func BenchmarkLookups(b *testing.B) {
 				return upstreamAlone(b, fmt.Sprintf("round %d, upstream alone at 100 Mbit/s", i))
 			})
 		reportPair(b, "peerix", px, "upstream", up, 0)
-		px, up = interleave(max(3, rounds/2),
-			func(i int) time.Duration {
-				d := freshB(b)
-				defer stopProc(b, d)
-				return realiseBig(b, fmt.Sprintf("round %d, 256 MiB path, peerix in front, on A, U at 100 Mbit/s", i), d.url, w.upstream)
-			},
-			func(i int) time.Duration {
-				return realiseBig(b, fmt.Sprintf("round %d, 256 MiB path, upstream alone at 100 Mbit/s", i), w.upstream)
-			})
+		px, up = bigFreshVsUpstream(b, "U at 100 Mbit/s")
 		reportPair(b, "256MiB-peerix", px, "256MiB-upstream", up, 0)
 	})
 
