@@ -172,11 +172,21 @@ func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
 // sendFile sends the whole raw blocks of lr (over a file) that can go
 // straight from the file, while the buffer is empty: a block header, then
 // the block's bytes through rf. It stops at the first block that cannot
-// (a part block, a probe or compressing), for ReadFrom to read.
+// (a part block, a probe or compressing), for ReadFrom to read. A
+// block's header goes out only if the file holds the block: lr.N is a
+// bound, and a file may end before it (io.LimitReader(f, huge)).
 func (w *Writer) sendFile(rf io.ReaderFrom, lr *io.LimitedReader) (int64, error) {
 	var total int64
 	block := cap(w.buf)
+	left := int64(-1) // what the file holds from its offset on, once asked
 	for len(w.buf) == 0 && lr.N >= int64(block) && w.sinceProbe+1 < probeEvery && !w.compressing() {
+		if left < 0 {
+			left = fileLeft(lr.R.(*os.File))
+		}
+		if left < int64(block) {
+			break
+		}
+		left -= int64(block)
 		w.sinceProbe++
 		hdr := w.out[:headerSize]
 		hdr[0] = kindRaw
@@ -206,6 +216,20 @@ func (w *Writer) sendFile(rf io.ReaderFrom, lr *io.LimitedReader) (int64, error)
 		}
 	}
 	return total, nil
+}
+
+// fileLeft is how many bytes f holds from its offset on (0 if it is not a
+// regular file, or cannot tell).
+func fileLeft(f *os.File) int64 {
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() {
+		return 0
+	}
+	off, err := f.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return 0
+	}
+	return max(fi.Size()-off, 0)
 }
 
 // Close writes the last, partial block.

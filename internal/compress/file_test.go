@@ -237,3 +237,45 @@ func TestFileShorterThanItsBlockFails(t *testing.T) {
 		t.Fatalf("ReadFrom = %v, want io.ErrUnexpectedEOF", err)
 	}
 }
+
+// An *io.LimitedReader's N is a bound, not a length: a file that ends
+// before it (io.LimitReader(f, huge)) is sent whole, in the blocks that
+// reading it gives, and no block header promises bytes the file lacks.
+func TestFileEndingBeforeItsLimit(t *testing.T) {
+	for _, size := range []int{BlockSize / 2, BlockSize + BlockSize/2, 3*BlockSize + 1} {
+		t.Run(fmt.Sprint(size), func(t *testing.T) {
+			body := randomBytes(size)
+			p := filepath.Join(t.TempDir(), "f")
+			if err := os.WriteFile(p, body, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			send := func(dst io.Writer) {
+				f, err := os.Open(p)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer f.Close()
+				w := NewWriter(dst, -1)
+				w.sinceProbe = 0 // the first block is no probe, as in the middle of a NAR
+				n, err := w.ReadFrom(io.LimitReader(f, 1<<40))
+				if err != nil || n != int64(size) {
+					t.Fatalf("ReadFrom = %d, %v; want %d bytes", n, err, size)
+				}
+				if err := w.Close(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var viaFile fileDest
+			send(&viaFile)
+			var read bytes.Buffer
+			send(writerOnly{&read})
+			if !bytes.Equal(viaFile.Bytes(), read.Bytes()) {
+				t.Fatalf("the block stream through ReadFrom (%d bytes) differs from the one of reading the file (%d bytes)", viaFile.Len(), read.Len())
+			}
+			got, err := io.ReadAll(NewReader(bytes.NewReader(viaFile.Bytes())))
+			if err != nil || !bytes.Equal(got, body) {
+				t.Fatalf("decoded %d bytes, %v; want the file's %d", len(got), err, size)
+			}
+		})
+	}
+}
